@@ -1,0 +1,36 @@
+"""notify: multi-channel notification delivery on Celery.
+
+    import notify
+    result = notify.send("welcome", to={"email": "ada@example.com"}, data={"name": "Ada"})
+    notify.status(result.id)
+"""
+
+from notify.api import send, status
+from notify.errors import (
+    ConfigurationError,
+    DeliveryError,
+    NotifyError,
+    PermanentDeliveryError,
+    TemplateError,
+    TransientDeliveryError,
+    ValidationError,
+)
+from notify.models import Channel, Delivery, Priority, Recipient, SendResult, Status
+
+__all__ = [
+    "Channel",
+    "ConfigurationError",
+    "Delivery",
+    "DeliveryError",
+    "NotifyError",
+    "PermanentDeliveryError",
+    "Priority",
+    "Recipient",
+    "SendResult",
+    "Status",
+    "TemplateError",
+    "TransientDeliveryError",
+    "ValidationError",
+    "send",
+    "status",
+]

@@ -1,0 +1,36 @@
+"""Providers, one module each, picked by `NOTIFY_<CHANNEL>_BACKEND`.
+
+Named by dotted path and imported only when a worker asks for one, so a
+producer never imports aiosmtplib, twilio or pyfcm. A backend may also be a
+dotted path of your own ("mypackage.providers:MyProvider").
+"""
+
+from __future__ import annotations
+
+from kombu.utils.imports import symbol_by_name
+
+from notify.channels.base import Provider
+from notify.errors import ConfigurationError
+from notify.settings import Settings
+
+PROVIDERS: dict[str, dict[str, str]] = {
+    "email": {"smtp": "notify.channels.email:SmtpProvider",
+              "outbox": "notify.channels.outbox:OutboxProvider"},
+    "sms": {"twilio": "notify.channels.sms:TwilioProvider",
+            "outbox": "notify.channels.outbox:OutboxProvider"},
+    "push": {"fcm": "notify.channels.push:FcmProvider",
+             "outbox": "notify.channels.outbox:OutboxProvider"},
+}
+
+
+def load_provider(channel: str, settings: Settings) -> Provider:
+    """Build `channel`'s configured provider; raise `ConfigurationError` if it cannot."""
+    variable = f"NOTIFY_{channel.upper()}_BACKEND"
+    backend: str = getattr(settings, f"{channel}_backend")
+    path = PROVIDERS[channel].get(backend, backend if ":" in backend else None)
+    if path is None:
+        known = ", ".join(PROVIDERS[channel])
+        raise ConfigurationError(f"{variable}={backend!r} is not a backend ({known}, or a "
+                                 "dotted path module:Class)", setting=variable)
+    provider: Provider = symbol_by_name(path).from_settings(settings)
+    return provider

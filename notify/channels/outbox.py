@@ -1,0 +1,51 @@
+"""The development backend: what would be sent, written as files under `.notify/outbox/`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+from notify.channels.base import EmailMessage, Message, Receipt, SmsMessage
+from notify.channels.email import build_mime
+from notify.settings import Settings
+
+
+class OutboxProvider:
+    """Writes `<channel>/<delivery id>.json` (and `.eml` for email); a resend overwrites."""
+
+    name = "outbox"
+
+    def __init__(self, root: Path, sender: str) -> None:
+        self.root = root
+        self.sender = sender
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> OutboxProvider:
+        return cls(settings.home / "outbox", settings.email_from or "notify@localhost")
+
+    def deliver(self, message: Message) -> Receipt:
+        kind = _kind(message)
+        folder = self.root / kind
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{message.delivery_id}.json"
+        _write_atomically(path, json.dumps(dataclasses.asdict(message), indent=2).encode())
+        if isinstance(message, EmailMessage):
+            _write_atomically(path.with_suffix(".eml"), bytes(build_mime(message, self.sender)))
+        return Receipt(provider_id=f"outbox:{kind}/{path.name}")
+
+    def close(self) -> None:
+        pass
+
+
+def _kind(message: Message) -> str:
+    if isinstance(message, EmailMessage):
+        return "email"
+    return "sms" if isinstance(message, SmsMessage) else "push"
+
+
+def _write_atomically(path: Path, content: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(content)
+    os.replace(tmp, path)

@@ -1,0 +1,23 @@
+"""Names shared by producers and workers: queues, tasks, limits."""
+
+from __future__ import annotations
+
+CHANNELS = ("email", "sms", "push")
+PRIORITIES = ("high", "normal", "low")  # the order a worker drains them in
+
+DELIVER_TASK = "notify.deliver"
+RELEASE_DUE_TASK = "notify.release_due"
+SWEEP_TASK = "notify.sweep"
+MAINTENANCE_QUEUE = "notify.maintenance"  # the scheduler's ticks; every worker consumes it
+
+MAX_SMS_CHARS = 1600  # Twilio's hard limit on a message body
+
+
+def queue_name(channel: str, priority: str) -> str:
+    """`notify.<channel>.<priority>`, the queue a delivery is enqueued on."""
+    return f"notify.{channel}.{priority}"
+
+
+def channel_queues(channel: str) -> list[str]:
+    """A channel's queues, highest priority first."""
+    return [queue_name(channel, p) for p in PRIORITIES]

@@ -1,0 +1,91 @@
+"""The errors notify raises.
+
+    NotifyError
+    ├── ConfigurationError          a setting or policy is missing or invalid
+    ├── ValidationError             send() rejected its input; .field names it
+    │   └── TemplateError           a template is missing, broken or lacks data
+    └── DeliveryError               a provider refused or failed a delivery
+        ├── TransientDeliveryError  worth retrying; .retry_after is the provider's hint
+        └── PermanentDeliveryError  retrying cannot help
+
+Errors carry context (field, channel, provider, provider code) and never
+secrets or message bodies. A duplicate is an outcome, not an error.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigurationError",
+    "DeliveryError",
+    "NotifyError",
+    "PermanentDeliveryError",
+    "TemplateError",
+    "TransientDeliveryError",
+    "ValidationError",
+]
+
+
+class NotifyError(Exception):
+    """Base class of every error notify raises."""
+
+
+class ConfigurationError(NotifyError):
+    """A setting or policy is missing or invalid; `setting` names it."""
+
+    def __init__(self, message: str, *, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+
+class ValidationError(NotifyError, ValueError):
+    """`send()` rejected its input; `field` names the offending argument."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class TemplateError(ValidationError):
+    """A template is missing, does not render, or needs data that was not given."""
+
+
+class DeliveryError(NotifyError):
+    """A provider failed a delivery.
+
+    `code` is the provider's own code (SMTP reply code, Twilio error code,
+    FCM error status) and `reason` its message, both kept on the delivery.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        channel: str,
+        provider: str,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(f"{provider} ({channel}): {code + ' ' if code else ''}{reason}")
+        self.reason = reason
+        self.channel = channel
+        self.provider = provider
+        self.code = code
+
+
+class TransientDeliveryError(DeliveryError):
+    """A failure worth retrying; `retry_after` is the provider's hint in seconds."""
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        channel: str,
+        provider: str,
+        code: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(reason, channel=channel, provider=provider, code=code)
+        self.retry_after = retry_after
+
+
+class PermanentDeliveryError(DeliveryError):
+    """A failure that retrying cannot fix (bad address, unregistered token)."""

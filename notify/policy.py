@@ -1,0 +1,115 @@
+"""Per-channel delivery policies: retries, backoff, dedup window, rate limit."""
+
+from __future__ import annotations
+
+import random
+import re
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from notify.constants import CHANNELS
+from notify.errors import ConfigurationError
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_RATE = re.compile(r"^\d+(?:\.\d+)?(/[smh])?$")
+
+
+def parse_duration(value: object, *, key: str = "duration") -> float:
+    """Seconds from a number or a string like "500ms", "10s", "5m", "24h"."""
+    if isinstance(value, bool):
+        raise ConfigurationError(f"{key}: expected a duration, got {value!r}", setting=key)
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.match(value)):
+        seconds = float(match[1]) * _UNIT_SECONDS[match[2]]
+    else:
+        raise ConfigurationError(
+            f'{key}: expected seconds or a string like "500ms", "10s", "5m", "24h", got {value!r}',
+            setting=key,
+        )
+    if seconds < 0:
+        raise ConfigurationError(f"{key}: must not be negative, got {value!r}", setting=key)
+    return seconds
+
+
+@dataclass(frozen=True)
+class ChannelPolicy:
+    max_attempts: int = 6
+    backoff_initial: float = 10.0
+    backoff_multiplier: float = 2.0
+    backoff_max: float = 1800.0
+    jitter: bool = True
+    dedup_window: float = 86400.0
+    rate_limit: str | None = None  # Celery syntax, per worker process
+
+    def delay(self, attempt: int, *, retry_after: float | None = None) -> float:
+        """Seconds to wait after failed try number `attempt` (1-based)."""
+        base = self.backoff_initial * self.backoff_multiplier ** max(attempt - 1, 0)
+        delay = min(base, self.backoff_max)
+        if self.jitter:
+            delay = random.uniform(0, delay)
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        return delay
+
+
+DEFAULT_POLICIES: dict[str, ChannelPolicy] = {
+    "email": ChannelPolicy(),
+    "sms": ChannelPolicy(max_attempts=5, backoff_initial=30.0, backoff_max=1800.0),
+    "push": ChannelPolicy(max_attempts=5, backoff_initial=5.0, backoff_max=600.0,
+                          dedup_window=3600.0),
+}
+
+_DURATION_KEYS = {"backoff_initial", "backoff_max", "dedup_window"}
+
+
+def load_policies(path: Path | None) -> dict[str, ChannelPolicy]:
+    """The built-in policies, overridden by `[channels.<name>]` tables of `path`."""
+    if path is None:
+        return dict(DEFAULT_POLICIES)
+    try:
+        document = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigurationError(f"{path}: cannot read: {exc.strerror}", setting="NOTIFY_CONFIG") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"{path}: not valid TOML: {exc}", setting="NOTIFY_CONFIG") from None
+    channels = document.get("channels", {})
+    unknown = set(document) - {"channels"} | set(channels) - set(CHANNELS)
+    if unknown:
+        raise ConfigurationError(f"{path}: unknown section {sorted(unknown)[0]!r}", setting="NOTIFY_CONFIG")
+    return {
+        name: _policy(f"{path}: channels.{name}", DEFAULT_POLICIES[name], channels.get(name, {}))
+        for name in CHANNELS
+    }
+
+
+def _policy(where: str, base: ChannelPolicy, table: dict[str, Any]) -> ChannelPolicy:
+    known = {f.name for f in fields(ChannelPolicy)}
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in known:
+            raise ConfigurationError(f"{where}.{key}: unknown key (known: {', '.join(sorted(known))})",
+                                     setting="NOTIFY_CONFIG")
+        values[key] = _value(f"{where}.{key}", key, value)
+    if values.get("max_attempts", base.max_attempts) < 1:
+        raise ConfigurationError(f"{where}.max_attempts: must be at least 1", setting="NOTIFY_CONFIG")
+    return replace(base, **values)
+
+
+def _value(where: str, key: str, value: object) -> object:
+    if key in _DURATION_KEYS:
+        return parse_duration(value, key=where)
+    expected: dict[str, type | tuple[type, ...]] = {
+        "max_attempts": int, "backoff_multiplier": (int, float), "jitter": bool, "rate_limit": str,
+    }
+    if not isinstance(value, expected[key]) or (key != "jitter" and isinstance(value, bool)):
+        raise ConfigurationError(f"{where}: wrong type {type(value).__name__}", setting="NOTIFY_CONFIG")
+    if key == "backoff_multiplier" and float(value) < 1:  # type: ignore[arg-type]
+        raise ConfigurationError(f"{where}: must be at least 1", setting="NOTIFY_CONFIG")
+    if key == "rate_limit" and not _RATE.match(str(value)):
+        raise ConfigurationError(f'{where}: expected Celery rate syntax like "100/s", got {value!r}',
+                                 setting="NOTIFY_CONFIG")
+    return float(value) if key == "backoff_multiplier" else value  # type: ignore[arg-type]

@@ -1,0 +1,165 @@
+"""Templates: strict, sandboxed Jinja2 over the repo's `templates/` tree.
+
+    templates/<name>/email.subject.j2, email.txt.j2, email.html.j2 (optional)
+    templates/<name>/sms.txt.j2
+    templates/<name>/push.title.j2, push.body.j2
+    templates/<name>/<locale>/...     per-locale overrides, falling back to the above
+    templates/_layouts/...            shared layouts for {% extends %}
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import jinja2.meta
+from jinja2.sandbox import SandboxedEnvironment
+
+from notify.errors import TemplateError
+
+# part -> file; a channel exists for a template when its required parts do.
+CHANNEL_PARTS: dict[str, dict[str, str]] = {
+    "email": {"subject": "email.subject.j2", "text": "email.txt.j2", "html": "email.html.j2"},
+    "sms": {"body": "sms.txt.j2"},
+    "push": {"title": "push.title.j2", "body": "push.body.j2"},
+}
+OPTIONAL_PARTS = {("email", "html")}
+SINGLE_LINE_PARTS = {"subject", "title"}  # end up in headers or one-line UI
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+_LOCALE = re.compile(r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*$")
+_UNDEFINED = re.compile(r"'([^']+)' (?:is undefined|has no attribute '([^']+)')")
+
+Rendered = dict[str, str]
+
+
+def _autoescape(name: str | None) -> bool:
+    return name is not None and name.endswith(".html.j2")
+
+
+class Renderer:
+    """Renders one template's parts for one channel; compiled templates are cached."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.env = SandboxedEnvironment(
+            loader=jinja2.FileSystemLoader(root),
+            undefined=jinja2.StrictUndefined,
+            autoescape=_autoescape,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+
+    def names(self) -> list[str]:
+        """Every template under the root (folders not starting with _ or .)."""
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            p.name for p in self.root.iterdir()
+            if p.is_dir() and _NAME.match(p.name) and not p.name.startswith("_")
+        )
+
+    def channels(self, name: str) -> list[str]:
+        """The channels `name` has: those whose required files exist."""
+        folder = self.root / name
+        return [
+            channel for channel, parts in CHANNEL_PARTS.items()
+            if all((folder / f).is_file() for p, f in parts.items() if (channel, p) not in OPTIONAL_PARTS)
+        ]
+
+    def render(
+        self, name: str, channel: str, data: Mapping[str, Any], locale: str | None = None
+    ) -> Rendered:
+        """Each part of `channel`'s message, rendered strictly from `data`."""
+        self.check_name(name)
+        if locale is not None and not _LOCALE.match(locale):
+            raise TemplateError("locale", f"not a locale tag: {locale!r}")
+        rendered: Rendered = {}
+        for part, filename in CHANNEL_PARTS[channel].items():
+            template = self._select(name, filename, locale, optional=(channel, part) in OPTIONAL_PARTS)
+            if template is None:
+                continue
+            text = self._render(template, data)
+            rendered[part] = " ".join(text.split()) if part in SINGLE_LINE_PARTS else text.strip()
+        return rendered
+
+    def check_name(self, name: str) -> None:
+        if not isinstance(name, str) or not _NAME.match(name) or name.startswith("_"):
+            raise TemplateError("template", f"not a template name: {name!r}")
+        if not (self.root / name).is_dir():
+            raise TemplateError("template", f"unknown template {name!r} (none under {self.root})")
+
+    def _select(
+        self, name: str, filename: str, locale: str | None, *, optional: bool
+    ) -> jinja2.Template | None:
+        candidates = [f"{name}/{loc}/{filename}" for loc in _locale_chain(locale)]
+        candidates.append(f"{name}/{filename}")
+        try:
+            return self.env.select_template(candidates)
+        except jinja2.TemplatesNotFound:
+            if optional:
+                return None
+            raise TemplateError("template", f"template {name!r} has no {filename}") from None
+        except jinja2.TemplateSyntaxError as exc:
+            raise TemplateError("template", f"{exc.name}:{exc.lineno}: {exc.message}") from None
+
+    def _render(self, template: jinja2.Template, data: Mapping[str, Any]) -> str:
+        try:
+            return template.render(data)
+        except jinja2.UndefinedError as exc:
+            match = _UNDEFINED.search(str(exc))
+            field = "data." + (match[1] if match and not match[2] else (match[2] if match else "?"))
+            raise TemplateError(field, f"{template.name} needs it: {exc}") from None
+        except jinja2.TemplateSyntaxError as exc:
+            raise TemplateError("template", f"{exc.name}:{exc.lineno}: {exc.message}") from None
+        except jinja2.TemplateError as exc:  # includes the sandbox's SecurityError
+            raise TemplateError("template", f"{template.name}: {exc}") from None
+        except Exception as exc:  # a filter or test raising on the given data
+            raise TemplateError("data", f"{template.name}: {type(exc).__name__}: {exc}") from None
+
+
+def _locale_chain(locale: str | None) -> list[str]:
+    """"de-AT" -> ["de-AT", "de"]: most specific first."""
+    if not locale:
+        return []
+    parts = locale.replace("_", "-").split("-")
+    return ["-".join(parts[:i]) for i in range(len(parts), 0, -1)]
+
+
+def check_template(renderer: Renderer, name: str) -> list[str]:
+    """Problems with template `name` that no data can fix: syntax, half a channel."""
+    problems = []
+    folder = renderer.root / name
+    for path in sorted(folder.rglob("*.j2")):
+        relative = path.relative_to(renderer.root).as_posix()
+        try:
+            renderer.env.parse(path.read_text(), name=relative, filename=str(path))
+        except jinja2.TemplateSyntaxError as exc:
+            problems.append(f"{relative}:{exc.lineno}: {exc.message}")
+    for channel, parts in CHANNEL_PARTS.items():
+        present = [f for f in parts.values() if (folder / f).is_file()]
+        required = [f for p, f in parts.items() if (channel, p) not in OPTIONAL_PARTS]
+        missing = [f for f in required if f not in present]
+        if present and missing:
+            problems.append(f"{name}/: has {', '.join(present)} but lacks {', '.join(missing)}, "
+                            f"so it has no {channel} channel")
+    return problems
+
+
+def variables(renderer: Renderer, name: str, channel: str) -> set[str]:
+    """Top-level variables `channel`'s templates use, layouts included."""
+    found: set[str] = set()
+    pending = [f"{name}/{f}" for f in CHANNEL_PARTS[channel].values()]
+    seen: set[str] = set()
+    while pending:
+        template = pending.pop()
+        if template in seen or not (renderer.root / template).is_file():
+            continue
+        seen.add(template)
+        ast = renderer.env.parse((renderer.root / template).read_text())
+        found |= jinja2.meta.find_undeclared_variables(ast)
+        pending += [t for t in jinja2.meta.find_referenced_templates(ast) if t]
+    return found

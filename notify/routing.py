@@ -1,0 +1,78 @@
+"""Queues, routing and the Celery configuration producers and workers share.
+
+Producers enqueue by task name only: nothing here imports a provider, and
+the worker's tasks are not imported either.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from celery import Celery
+from kombu import Exchange, Queue
+
+from notify.constants import CHANNELS, DELIVER_TASK, MAINTENANCE_QUEUE, PRIORITIES, queue_name
+from notify.settings import Settings
+
+EMBEDDED_TRANSPORT = "notify.embedded_broker:Transport"
+
+
+def task_queues() -> list[Queue]:
+    exchange = Exchange("notify", type="direct", durable=True)
+    names = [queue_name(c, p) for c in CHANNELS for p in PRIORITIES] + [MAINTENANCE_QUEUE]
+    return [Queue(name, exchange, routing_key=name, durable=True) for name in names]
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """The Celery settings every notify process uses; see README "Delivery semantics"."""
+    transport_options: dict[str, Any] = {}
+    if settings.uses_embedded_broker:
+        settings.home.mkdir(parents=True, exist_ok=True)
+    else:
+        transport_options = {
+            # Redis: poll a worker's queues in the order given (high first).
+            "queue_order_strategy": "priority",
+            # Redis: an unacked message returns to its queue after this long, so
+            # a SIGKILLed worker's tasks come back in minutes, not the default hour.
+            "visibility_timeout": settings.visibility_timeout,
+        }
+    return {
+        "broker_url": settings.resolved_broker_url,
+        "broker_transport": EMBEDDED_TRANSPORT if settings.uses_embedded_broker else None,
+        "broker_transport_options": transport_options,
+        "broker_connection_retry_on_startup": True,
+        "task_queues": task_queues(),
+        "task_default_queue": queue_name("email", "normal"),
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "task_ignore_result": True,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_acks_on_failure_or_timeout": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_hijack_root_logger": False,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "task_default_delivery_mode": "persistent",
+        "enable_utc": True,
+    }
+
+
+@functools.lru_cache(maxsize=8)
+def producer_app(settings: Settings) -> Celery:
+    """A Celery app used only to publish; one per settings, reused."""
+    app = Celery("notify-producer", set_as_current=False)
+    app.conf.update(celery_config(settings))
+    return app
+
+
+def enqueue(
+    settings: Settings, delivery_id: str, channel: str, priority: str, *, countdown: float | None = None
+) -> None:
+    """Publish one delivery on `notify.<channel>.<priority>`."""
+    queue = queue_name(channel, priority)
+    producer_app(settings).send_task(
+        DELIVER_TASK, args=[delivery_id], queue=queue, routing_key=queue,
+        countdown=countdown, ignore_result=True,
+    )

@@ -1,0 +1,44 @@
+"""The Celery app workers run.
+
+Run it with `notify worker CHANNEL` (or `celery -A workers.app worker -Q
+notify.email.high,notify.email.normal,notify.email.low,notify.maintenance`).
+Settings are read when Celery first needs its configuration, not at import.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from notify.constants import MAINTENANCE_QUEUE, RELEASE_DUE_TASK, SWEEP_TASK
+from notify.routing import celery_config
+from notify.settings import Settings, get_settings
+
+RELEASE_EVERY = 1.0  # seconds: how late a due send_at or long retry may start
+SWEEP_EVERY = 30.0
+
+
+def worker_config(settings: Settings) -> dict[str, Any]:
+    config = celery_config(settings)
+    config.update(
+        imports=["workers.tasks"],
+        worker_pool="threads",  # delivery waits on the network, not the CPU
+        worker_concurrency=16,
+        beat_schedule={
+            "release-due": {"task": RELEASE_DUE_TASK, "schedule": RELEASE_EVERY,
+                            "options": {"queue": MAINTENANCE_QUEUE, "expires": 10}},
+            "sweep": {"task": SWEEP_TASK, "schedule": SWEEP_EVERY,
+                      "options": {"queue": MAINTENANCE_QUEUE, "expires": SWEEP_EVERY}},
+        },
+        beat_schedule_filename=str(settings.home / "beat-schedule"),
+    )
+    return config
+
+
+app = Celery("notify")
+
+
+@app.on_configure.connect
+def _configure(sender: Celery, **_: Any) -> None:
+    sender.config_from_object(worker_config(get_settings()))

@@ -1,0 +1,20 @@
+"""The `notify` command: workers, sends, status, dead letters, templates, demo."""
+
+from __future__ import annotations
+
+import click
+
+from workers.cli.demo import demo
+from workers.cli.dlq import dlq
+from workers.cli.running import beat, worker
+from workers.cli.sending import send, status
+from workers.cli.templates import templates
+
+
+@click.group()
+def main() -> None:
+    """notify: deliver notifications over email, SMS and push."""
+
+
+for command in (worker, beat, send, status, dlq, templates, demo):
+    main.add_command(command)

@@ -1,0 +1,115 @@
+"""`notify demo`: the whole path on the embedded defaults, nothing to install."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import click
+
+from notify.api import Notifier
+from notify.models import FINAL_STATUSES, SendResult
+from notify.settings import Settings, get_settings
+from workers.cli.output import table
+
+SAMPLES = [
+    ("welcome", {"email": "ada@example.com", "phone": "+14155550100", "push_token": "demo-token-ada"},
+     {"name": "Ada"}, {"priority": "normal"}),
+    ("welcome", {"email": "jonas@example.de", "phone": "+4930123456"}, {"name": "Jonas"}, {"locale": "de"}),
+    ("password_reset", {"email": "grace@example.com", "phone": "+14155550101"},
+     {"name": "Grace", "code": "493021", "expires_minutes": 15,
+      "reset_url": "https://example.com/reset?t=abc&u=grace"}, {"priority": "high"}),
+    ("order_shipped", {"email": "ada@example.com", "push_token": "demo-token-ada"},
+     {"name": "Ada", "order_id": "A-1001", "carrier": "DHL", "tracking_number": "JD0140",
+      "items": [{"quantity": 2, "title": "Notebook"}]}, {"priority": "low", "dedup_key": "ship-A-1001"}),
+    # The same dedup key again: suppressed, status "duplicate".
+    ("order_shipped", {"email": "ada@example.com", "push_token": "demo-token-ada"},
+     {"name": "Ada", "order_id": "A-1001", "carrier": "DHL", "tracking_number": "JD0140"},
+     {"priority": "low", "dedup_key": "ship-A-1001"}),
+]
+
+
+@click.command()
+@click.option("--timeout", type=float, default=90.0, show_default=True,
+              help="Seconds to wait for every delivery to finish.")
+def demo(timeout: float) -> None:
+    """Start a mail catcher and three workers, send the samples, show their statuses."""
+    from workers.mailcatcher import MailCatcher
+
+    base = get_settings()
+    home = base.home.resolve()
+    with MailCatcher(home / "mail") as catcher:
+        env = _demo_env(catcher.port)
+        settings = Settings.from_env(env)
+        workers = [_start_worker(channel, env, home) for channel in ("email", "sms", "push")]
+        try:
+            results = _send_samples(Notifier(settings))
+            _wait(Notifier(settings), results, timeout)
+        finally:
+            for process in workers:
+                process.terminate()
+            for process in workers:
+                _reap(process)
+        _report(Notifier(settings), results, home, len(catcher.messages))
+
+
+def _demo_env(smtp_port: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "NOTIFY_SMTP_HOST": "127.0.0.1", "NOTIFY_SMTP_PORT": str(smtp_port), "NOTIFY_SMTP_TLS": "none",
+        "NOTIFY_EMAIL_FROM": env.get("NOTIFY_EMAIL_FROM", "notify-demo@example.com"),
+        "NOTIFY_EMAIL_BACKEND": "smtp", "NOTIFY_SMS_BACKEND": "outbox", "NOTIFY_PUSH_BACKEND": "outbox",
+    })
+    return env
+
+
+def _start_worker(channel: str, env: dict[str, str], home: Path) -> subprocess.Popen[bytes]:
+    log = (home / f"demo-worker-{channel}.log").open("wb")
+    beat = ["--beat"] if channel == "email" else []
+    return subprocess.Popen(
+        [sys.executable, "-m", "workers.cli", "worker", channel, "-c", "4", "-l", "info", *beat],
+        env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _send_samples(notifier: Notifier) -> list[SendResult]:
+    results = []
+    for template, to, data, options in SAMPLES:
+        results.append(notifier.send(template, to, data=data, **options))  # type: ignore[arg-type]
+    later = datetime.now(UTC) + timedelta(seconds=3)
+    results.append(notifier.send("welcome", {"email": "linus@example.org"}, data={"name": "Linus"},
+                                 send_at=later))
+    return results
+
+
+def _wait(notifier: Notifier, results: list[SendResult], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        statuses = [d.status for r in results for d in notifier.status(r.id)]
+        if all(s in FINAL_STATUSES for s in statuses):
+            return
+        time.sleep(0.2)
+    click.echo(f"warning: not every delivery finished within {timeout:.0f}s", err=True)
+
+
+def _reap(process: subprocess.Popen[bytes]) -> None:
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def _report(notifier: Notifier, results: list[SendResult], home: Path, mails: int) -> None:
+    rows = []
+    for result, (template, *_rest) in zip(results, [*SAMPLES, ("welcome (send_at +3s)",)], strict=True):
+        for d in notifier.status(result.id):
+            rows.append((result.id, template, d.channel, d.status, d.attempts,
+                         d.provider_id or d.duplicate_of or d.last_error))
+    click.echo(table(["notification", "template", "channel", "status", "attempts", "provider id"], rows))
+    click.echo(f"\n{mails} emails caught by the local SMTP server: {home / 'mail'}")
+    click.echo(f"SMS and push (outbox backend): {home / 'outbox'}")
+    click.echo(f"worker logs: {home}/demo-worker-*.log")

@@ -1,0 +1,72 @@
+"""What every command shares: error reporting and output for people and for scripts."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Sequence
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+
+from notify.api import Notifier
+from notify.errors import NotifyError
+from notify.models import Delivery
+from notify.settings import get_settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def reports_errors(command: F) -> F:
+    """Turn a NotifyError into a one-line reason and exit status 2."""
+
+    @wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except NotifyError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def notifier() -> Notifier:
+    return Notifier(get_settings())
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A plain text table; nothing is shortened (operators paste IDs)."""
+    cells = [[("" if v is None else str(v)) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def delivery_json(d: Delivery) -> dict[str, Any]:
+    return {
+        "id": d.id, "notification_id": d.notification_id, "channel": str(d.channel),
+        "status": str(d.status), "attempts": d.attempts, "last_error": d.last_error,
+        "error_code": d.error_code, "provider_id": d.provider_id, "duplicate_of": d.duplicate_of,
+        "next_attempt_at": d.next_attempt_at.isoformat() if d.next_attempt_at else None,
+        "sent_at": d.sent_at.isoformat() if d.sent_at else None,
+    }
+
+
+def deliveries_table(deliveries: Sequence[Delivery]) -> str:
+    return table(
+        ["delivery", "channel", "status", "attempts", "provider id", "last error"],
+        [(d.id, d.channel, d.status, d.attempts, d.provider_id or d.duplicate_of, d.last_error)
+         for d in deliveries])
+
+
+def json_object(option: str, text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint=option) from None
+    if not isinstance(value, dict):
+        raise click.BadParameter("must be a JSON object", param_hint=option)
+    return value

@@ -1,0 +1,70 @@
+"""`notify templates`: list, check and preview the repo's templates."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from notify.rendering import Renderer, check_template, variables
+from notify.settings import get_settings
+from workers.cli.output import json_object, reports_errors, table
+
+
+def _renderer() -> Renderer:
+    return Renderer(get_settings().templates_dir)
+
+
+@click.group()
+def templates() -> None:
+    """The notification templates under NOTIFY_TEMPLATES_DIR."""
+
+
+@templates.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def list_(as_json: bool) -> None:
+    """Each template, its channels, locales and the variables it needs."""
+    renderer = _renderer()
+    rows = []
+    for name in renderer.names():
+        channels = renderer.channels(name)
+        locales = sorted(p.name for p in (renderer.root / name).iterdir() if p.is_dir())
+        needs = sorted(set().union(*(variables(renderer, name, c) for c in channels)))
+        rows.append({"name": name, "channels": channels, "locales": locales, "variables": needs})
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    click.echo(table(["template", "channels", "locales", "variables"],
+                     [(r["name"], ",".join(r["channels"]), ",".join(r["locales"]) or "-",
+                       ",".join(r["variables"])) for r in rows]))
+
+
+@templates.command()
+def check() -> None:
+    """Parse every template; exit 1 if any is broken or has half a channel."""
+    renderer = _renderer()
+    names = renderer.names()
+    problems = [p for name in names for p in check_template(renderer, name)]
+    for problem in problems:
+        click.echo(problem, err=True)
+    if problems:
+        sys.exit(1)
+    click.echo(f"{len(names)} templates OK")
+
+
+@templates.command()
+@click.argument("name")
+@click.option("--channel", required=True, type=click.Choice(["email", "sms", "push"]))
+@click.option("--data", default="{}", help="JSON object of template variables.")
+@click.option("--locale")
+@reports_errors
+def preview(name: str, channel: str, data: str, locale: str | None) -> None:
+    """Render NAME for CHANNEL with --data, exactly as a worker would."""
+    renderer = _renderer()
+    renderer.check_name(name)
+    if channel not in renderer.channels(name):
+        raise click.UsageError(f"template {name!r} has no {channel} channel")
+    for part, text in renderer.render(name, channel, json_object("--data", data), locale).items():
+        click.echo(f"--- {part}")
+        click.echo(text)

@@ -1,0 +1,72 @@
+"""The tasks: deliver one delivery; release what is due; sweep what is stuck."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from celery import Task
+from celery.signals import worker_shutdown
+from kombu.utils.imports import symbol_by_name
+
+from notify.constants import DELIVER_TASK, RELEASE_DUE_TASK, SWEEP_TASK
+from notify.delivery import Deliverer
+from notify.routing import enqueue
+from notify.settings import get_settings
+from workers.app import app
+
+log = logging.getLogger("notify.worker")
+
+_deliverer: Deliverer | None = None
+_lock = threading.Lock()
+
+
+def deliverer() -> Deliverer:
+    """This worker process's deliverer, built on first use."""
+    global _deliverer
+    with _lock:
+        if _deliverer is None:
+            settings = get_settings()
+            hook = settings.on_permanent_failure
+            _deliverer = Deliverer(settings, on_permanent_failure=symbol_by_name(hook) if hook else None)
+        return _deliverer
+
+
+@worker_shutdown.connect
+def _close(**_: Any) -> None:
+    if _deliverer is not None:
+        _deliverer.close()
+
+
+@app.task(name=DELIVER_TASK, bind=True, ignore_result=True)
+def deliver(self: Task, delivery_id: str) -> str:
+    outcome = deliverer().attempt(delivery_id)
+    if outcome.again_in is not None:
+        # A new message on the queue this one came from; this one is acked.
+        raise self.retry(countdown=outcome.again_in, max_retries=None)
+    return outcome.status
+
+
+@app.task(name=RELEASE_DUE_TASK, ignore_result=True)
+def release_due() -> int:
+    """Enqueue deliveries whose `send_at` or long retry delay has come."""
+    settings = get_settings()
+    released = deliverer().store.release_due()
+    for delivery_id, channel, priority in released:
+        enqueue(settings, delivery_id, channel, priority)
+    return len(released)
+
+
+@app.task(name=SWEEP_TASK, ignore_result=True)
+def sweep() -> int:
+    """Re-enqueue deliveries nobody is working on: lost by a broker or a dead worker."""
+    settings = get_settings()
+    store = deliverer().store
+    stuck = store.stuck(older_than=settings.sweep_after)
+    for delivery_id, channel, priority in stuck:
+        enqueue(settings, delivery_id, channel, priority)
+    if stuck:
+        store.touch([delivery_id for delivery_id, _, _ in stuck])
+        log.warning("sweeper re-enqueued %d stuck deliveries", len(stuck))
+    return len(stuck)
