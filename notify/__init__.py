@@ -1,8 +1,8 @@
 """notify: multi-channel notification delivery on Celery.
 
-    import notify
-    result = notify.send("welcome", to={"email": "ada@example.com"}, data={"name": "Ada"})
-    notify.status(result.id)
+import notify
+result = notify.send("welcome", to={"email": "ada@example.com"}, data={"name": "Ada"})
+notify.status(result.id)
 """
 
 from notify.api import send, status

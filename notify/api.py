@@ -42,10 +42,17 @@ class Notifier:
         return Store(self.settings.resolved_database_url)
 
     def send(
-        self, template: str, /, to: Recipient | Mapping[str, str], *,
-        data: Mapping[str, Any] | None = None, channels: Iterable[str] | None = None,
-        priority: str = "normal", dedup_key: str | None = None,
-        send_at: datetime | None = None, locale: str | None = None,
+        self,
+        template: str,
+        /,
+        to: Recipient | Mapping[str, str],
+        *,
+        data: Mapping[str, Any] | None = None,
+        channels: Iterable[str] | None = None,
+        priority: str = "normal",
+        dedup_key: str | None = None,
+        send_at: datetime | None = None,
+        locale: str | None = None,
     ) -> SendResult:
         recipient = _recipient(to)
         level = _priority(priority)
@@ -60,9 +67,13 @@ class Notifier:
         held = send_at is not None and send_at > utcnow()
         new = [
             NewDelivery(
-                id=str(uuid.uuid4()), channel=channel, address=str(recipient.address(channel)),
-                priority=level, status=Status.SCHEDULED if held else Status.QUEUED,
-                dedup_key=dedup_key, dedup_window=self.policies[channel].dedup_window,
+                id=str(uuid.uuid4()),
+                channel=channel,
+                address=str(recipient.address(channel)),
+                priority=level,
+                status=Status.SCHEDULED if held else Status.QUEUED,
+                dedup_key=dedup_key,
+                dedup_window=self.policies[channel].dedup_window,
                 release_at=send_at if held else None,
             )
             for channel in chosen
@@ -79,6 +90,11 @@ class Notifier:
             raise ValidationError("notification_id", f"no notification {notification_id!r}")
         return found
 
+    def close(self) -> None:
+        """Release the store's connections."""
+        if "store" in self.__dict__:
+            self.store.close()
+
     def replay(self, ids: list[str] | None) -> Replayed:
         """Re-queue failed deliveries (these, or all of them) for a fresh attempt cycle."""
         reset = reset_for_replay(self.store, ids)
@@ -91,8 +107,13 @@ class Notifier:
         try:
             enqueue(self.settings, delivery_id, channel, priority)
         except Exception as exc:  # the store has it; the sweeper enqueues it later
-            log.warning("broker unavailable, delivery %s stays queued in the store: %s",
-                        delivery_id, type(exc).__name__)
+            log.warning(
+                "broker unavailable, delivery %s stays queued in the store until the "
+                "sweeper enqueues it: %s: %s",
+                delivery_id,
+                type(exc).__name__,
+                exc,
+            )
 
     def _data(self, data: Mapping[str, Any] | None) -> dict[str, Any]:
         if data is None:
@@ -105,22 +126,24 @@ class Notifier:
             raise ValidationError("data", f"must be JSON-serializable: {exc}") from None
         if len(encoded.encode()) > self.settings.max_data_bytes:
             raise ValidationError(
-                "data", f"is {len(encoded.encode())} bytes as JSON, over the limit of "
-                f"{self.settings.max_data_bytes} (NOTIFY_MAX_DATA_BYTES)")
+                "data",
+                f"is {len(encoded.encode())} bytes as JSON, over the limit of "
+                f"{self.settings.max_data_bytes} (NOTIFY_MAX_DATA_BYTES)",
+            )
         loaded: dict[str, Any] = json.loads(encoded)  # render what the worker will see
         return loaded
 
-    def _channels(
-        self, template: str, recipient: Recipient, channels: Iterable[str] | None
-    ) -> list[str]:
+    def _channels(self, template: str, recipient: Recipient, channels: Iterable[str] | None) -> list[str]:
         self.renderer.check_name(template)
         available = self.renderer.channels(template)
         if channels is None:
             chosen = [c for c in available if recipient.address(c)]
             if not chosen:
                 raise ValidationError(
-                    "to", f"template {template!r} has {', '.join(available) or 'no channels'}, "
-                    "and the recipient has no address for any of them")
+                    "to",
+                    f"template {template!r} has {', '.join(available) or 'no channels'}, "
+                    "and the recipient has no address for any of them",
+                )
             return chosen
         if isinstance(channels, str):
             raise ValidationError("channels", "must be a list of channel names, not a string")
@@ -137,12 +160,14 @@ class Notifier:
             raise ValidationError("channels", "must name at least one channel")
         return chosen
 
-    def _validate_render(self, template: str, channel: str, data: dict[str, Any],
-                         locale: str | None) -> None:
+    def _validate_render(self, template: str, channel: str, data: dict[str, Any], locale: str | None) -> None:
         rendered = self.renderer.render(template, channel, data, locale)
         if channel == Channel.SMS and len(rendered["body"]) > MAX_SMS_CHARS:
-            raise TemplateError("template", f"{template}/sms.txt.j2 renders {len(rendered['body'])} "
-                                f"characters, over Twilio's limit of {MAX_SMS_CHARS}")
+            raise TemplateError(
+                "template",
+                f"{template}/sms.txt.j2 renders {len(rendered['body'])} "
+                f"characters, over Twilio's limit of {MAX_SMS_CHARS}",
+            )
 
 
 _ADDRESS_FIELD = {"email": "email", "sms": "phone", "push": "push_token"}
@@ -150,14 +175,14 @@ _ADDRESS_FIELD = {"email": "email", "sms": "phone", "push": "push_token"}
 
 def _channel(name: object) -> str:
     try:
-        return Channel(name).value
+        return Channel(str(name) if isinstance(name, Channel) else name).value  # type: ignore[arg-type]
     except ValueError:
         raise ValidationError("channels", f"unknown channel {name!r} (known: email, sms, push)") from None
 
 
 def _priority(priority: object) -> str:
     try:
-        return Priority(priority).value
+        return Priority(priority).value  # type: ignore[arg-type]
     except ValueError:
         raise ValidationError("priority", f"unknown priority {priority!r} (high, normal or low)") from None
 
@@ -166,8 +191,9 @@ def _recipient(to: object) -> Recipient:
     if isinstance(to, Mapping):
         unknown = set(to) - {"email", "phone", "push_token"}
         if unknown:
-            raise ValidationError("to", f"unknown address kind {sorted(unknown)[0]!r} "
-                                  "(email, phone, push_token)")
+            raise ValidationError(
+                "to", f"unknown address kind {sorted(unknown)[0]!r} (email, phone, push_token)"
+            )
         to = Recipient(**to)
     if not isinstance(to, Recipient):
         raise ValidationError("to", f"must be a Recipient or a mapping, not {type(to).__name__}")
@@ -201,8 +227,9 @@ def _check_send_at(send_at: object) -> None:
     if not isinstance(send_at, datetime):
         raise ValidationError("send_at", f"must be a datetime, not {type(send_at).__name__}")
     if send_at.tzinfo is None or send_at.utcoffset() is None:
-        raise ValidationError("send_at", "must be timezone-aware (e.g. datetime.now(UTC)); "
-                              "a naive datetime is ambiguous")
+        raise ValidationError(
+            "send_at", "must be timezone-aware (e.g. datetime.now(UTC)); a naive datetime is ambiguous"
+        )
 
 
 def _check_dedup_key(key: object) -> None:
@@ -225,10 +252,16 @@ def default_notifier() -> Notifier:
 
 
 def send(
-    template: str, /, to: Recipient | Mapping[str, str], *,
-    data: Mapping[str, Any] | None = None, channels: Sequence[str] | None = None,
-    priority: str = "normal", dedup_key: str | None = None,
-    send_at: datetime | None = None, locale: str | None = None,
+    template: str,
+    /,
+    to: Recipient | Mapping[str, str],
+    *,
+    data: Mapping[str, Any] | None = None,
+    channels: Sequence[str] | None = None,
+    priority: str = "normal",
+    dedup_key: str | None = None,
+    send_at: datetime | None = None,
+    locale: str | None = None,
 ) -> SendResult:
     """Validate, record and enqueue one notification; one delivery per channel.
 
@@ -236,8 +269,15 @@ def send(
     is recorded or enqueued.
     """
     return default_notifier().send(
-        template, to, data=data, channels=channels, priority=priority,
-        dedup_key=dedup_key, send_at=send_at, locale=locale)
+        template,
+        to,
+        data=data,
+        channels=channels,
+        priority=priority,
+        dedup_key=dedup_key,
+        send_at=send_at,
+        locale=locale,
+    )
 
 
 def status(notification_id: str) -> list[Delivery]:

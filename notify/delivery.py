@@ -53,20 +53,30 @@ def message_id(delivery_id: str, sender: str | None) -> str:
 def build_message(job: Job, rendered: Rendered, sender: str | None) -> Message:
     if job.channel == "email":
         return EmailMessage(
-            delivery_id=job.delivery_id, to=job.address, subject=rendered["subject"],
-            text=rendered["text"], html=rendered.get("html"),
-            message_id=message_id(job.delivery_id, sender))
+            delivery_id=job.delivery_id,
+            to=job.address,
+            subject=rendered["subject"],
+            text=rendered["text"],
+            html=rendered.get("html"),
+            message_id=message_id(job.delivery_id, sender),
+        )
     if job.channel == "sms":
         return SmsMessage(delivery_id=job.delivery_id, to=job.address, body=rendered["body"])
     return PushMessage(
-        delivery_id=job.delivery_id, token=job.address, title=rendered["title"],
-        body=rendered["body"], data={"notify_delivery_id": job.delivery_id})
+        delivery_id=job.delivery_id,
+        token=job.address,
+        title=rendered["title"],
+        body=rendered["body"],
+        data={"notify_delivery_id": job.delivery_id},
+    )
 
 
 class Deliverer:
     """Attempts deliveries for a worker process; providers are built once per channel."""
 
-    def __init__(self, settings: Settings, *, on_permanent_failure: PermanentFailureHook | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, on_permanent_failure: PermanentFailureHook | None = None
+    ) -> None:
         self.settings = settings
         self.store = Store(settings.resolved_database_url)
         self.renderer = Renderer(settings.templates_dir)
@@ -95,20 +105,32 @@ class Deliverer:
             message = build_message(claim, rendered, self.settings.email_from)
             receipt = self.provider(claim.channel).deliver(message)
         except TemplateError as exc:  # the template changed since send() checked it
-            return self._fail(claim, PermanentDeliveryError(
-                str(exc), channel=claim.channel, provider="templates", code="template"))
+            return self._fail(
+                claim,
+                PermanentDeliveryError(
+                    str(exc), channel=claim.channel, provider="templates", code="template"
+                ),
+            )
         except PermanentDeliveryError as exc:
             return self._fail(claim, exc)
         except TransientDeliveryError as exc:
             return self._retry(claim, exc)
         except ConfigurationError as exc:  # bad credentials: loud, and keep the delivery
             log.critical("delivery %s: provider configuration error: %s", claim.delivery_id, exc)
-            return self._retry(claim, TransientDeliveryError(
-                str(exc), channel=claim.channel, provider="config", code="configuration"))
+            return self._retry(
+                claim,
+                TransientDeliveryError(
+                    str(exc), channel=claim.channel, provider="config", code="configuration"
+                ),
+            )
         except Exception as exc:
             log.exception("delivery %s: unexpected error", claim.delivery_id)
-            return self._retry(claim, TransientDeliveryError(
-                f"{type(exc).__name__}: {exc}", channel=claim.channel, provider="notify", code="bug"))
+            return self._retry(
+                claim,
+                TransientDeliveryError(
+                    f"{type(exc).__name__}: {exc}", channel=claim.channel, provider="notify", code="bug"
+                ),
+            )
         self.store.mark_sent(claim.delivery_id, receipt.provider_id)
         log.info("delivery %s sent (%s, try %d)", claim.delivery_id, claim.channel, claim.attempts)
         return Outcome("sent")
@@ -127,10 +149,16 @@ class Deliverer:
             return self._fail(job, exc, note=f" (gave up after {job.attempts} tries)")
         delay = policy.delay(job.attempts, retry_after=exc.retry_after)
         held = delay > MAX_BROKER_DELAY
-        self.store.mark_retrying(job.delivery_id, _reason(exc), exc.code,
-                                 utcnow() + timedelta(seconds=delay), held=held)
-        log.info("delivery %s: try %d failed (%s), next in %.1fs", job.delivery_id, job.attempts,
-                 _reason(exc), delay)
+        self.store.mark_retrying(
+            job.delivery_id, _reason(exc), exc.code, utcnow() + timedelta(seconds=delay), held=held
+        )
+        log.info(
+            "delivery %s: try %d failed (%s), next in %.1fs",
+            job.delivery_id,
+            job.attempts,
+            _reason(exc),
+            delay,
+        )
         return Outcome("retrying", again_in=None if held else delay)
 
     def _fail(self, job: Job, exc: DeliveryError, note: str = "") -> Outcome:

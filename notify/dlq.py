@@ -1,11 +1,11 @@
 """Dead letters: deliveries that failed for good, to list, replay and purge.
 
-    from notify import dlq
-    for letter in dlq.list():
-        print(letter.id, letter.channel, letter.reason)
-    dlq.replay([letter.id])      # a fresh attempt cycle, same delivery id
-    dlq.replay_all()
-    dlq.purge()
+from notify import dlq
+for letter in dlq.list():
+    print(letter.id, letter.channel, letter.reason)
+dlq.replay([letter.id])      # a fresh attempt cycle, same delivery id
+dlq.replay_all()
+dlq.purge()
 """
 
 from __future__ import annotations
@@ -57,19 +57,45 @@ def mask(address: str) -> str:
     return address[:6] + "…" if len(address) > 6 else "***"
 
 
-def list_dead_letters(store: Store, *, channel: str | None = None, limit: int = 100) -> builtins.list[DeadLetter]:
+def list_dead_letters(
+    store: Store, *, channel: str | None = None, limit: int = 100
+) -> builtins.list[DeadLetter]:
     d = deliveries.c
-    query = (sa.select(d.id, d.notification_id, d.channel, d.address, notifications.c.template,
-                       d.last_error, d.error_code, d.attempts, d.failed_at)
-             .join(notifications).where(d.status == Status.FAILED)
-             .order_by(d.failed_at.desc()).limit(limit))
+    query = (
+        sa.select(
+            d.id,
+            d.notification_id,
+            d.channel,
+            d.address,
+            notifications.c.template,
+            d.last_error,
+            d.error_code,
+            d.attempts,
+            d.failed_at,
+        )
+        .join(notifications)
+        .where(d.status == Status.FAILED)
+        .order_by(d.failed_at.desc())
+        .limit(limit)
+    )
     if channel is not None:
         query = query.where(d.channel == channel)
     with store.engine.connect() as conn:
         rows = conn.execute(query).all()
-    return [DeadLetter(id=r.id, notification_id=r.notification_id, channel=r.channel, address=r.address,
-                       template=r.template, reason=r.last_error, code=r.error_code, attempts=r.attempts,
-                       failed_at=_aware(r.failed_at) or utcnow()) for r in rows]
+    return [
+        DeadLetter(
+            id=r.id,
+            notification_id=r.notification_id,
+            channel=r.channel,
+            address=r.address,
+            template=r.template,
+            reason=r.last_error,
+            code=r.error_code,
+            attempts=r.attempts,
+            failed_at=_aware(r.failed_at) or utcnow(),
+        )
+        for r in rows
+    ]
 
 
 def reset_for_replay(store: Store, ids: builtins.list[str] | None) -> builtins.list[tuple[str, str, str]]:
@@ -81,10 +107,18 @@ def reset_for_replay(store: Store, ids: builtins.list[str] | None) -> builtins.l
         condition = sa.and_(condition, d.id.in_(ids))
     with store.engine.begin() as conn:
         rows = conn.execute(
-            deliveries.update().where(condition)
-            .values(status=Status.QUEUED, attempts=0, failed_at=None, next_attempt_at=None,
-                    release_at=None, updated_at=now)
-            .returning(d.id, d.channel, d.priority)).all()
+            deliveries.update()
+            .where(condition)
+            .values(
+                status=Status.QUEUED,
+                attempts=0,
+                failed_at=None,
+                next_attempt_at=None,
+                release_at=None,
+                updated_at=now,
+            )
+            .returning(d.id, d.channel, d.priority)
+        ).all()
     return [(r.id, r.channel, r.priority) for r in rows]
 
 
@@ -95,7 +129,8 @@ def purge_dead_letters(store: Store) -> int:
 
 # -- the module-level API, on the process-wide settings -------------------------
 
-def list(*, channel: str | None = None, limit: int = 100) -> builtins.list[DeadLetter]:  # noqa: A001
+
+def list(*, channel: str | None = None, limit: int = 100) -> builtins.list[DeadLetter]:
     """Failed deliveries, newest first."""
     from notify.api import default_notifier
 

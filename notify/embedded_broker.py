@@ -27,7 +27,7 @@ from kombu.utils.scheduling import FairCycle
 from sqlalchemy import event, text
 
 
-class InOrderCycle(FairCycle):  # type: ignore[misc]
+class InOrderCycle(FairCycle):
     """Try the resources in their given order on every get: strict priority."""
 
     def get(self, callback: Any, **kwargs: Any) -> Any:
@@ -35,7 +35,7 @@ class InOrderCycle(FairCycle):  # type: ignore[misc]
         return super().get(callback, **kwargs)
 
 
-class Channel(sql_transport.Channel):  # type: ignore[misc]
+class Channel(sql_transport.Channel):
     def _reset_cycle(self) -> None:
         self._cycle = InOrderCycle(self._get_and_deliver, self._active_queues, Empty)
 
@@ -51,8 +51,8 @@ class Channel(sql_transport.Channel):  # type: ignore[misc]
 
         return engine
 
-    def _get(self, queue: str) -> Any:
-        obj = self._get_or_create(queue)
+    def _get(self, queue: str, timeout: float | None = None) -> Any:
+        obj = self._get_or_create(queue)  # type: ignore[attr-defined]
         session = self.session
         session.execute(text("BEGIN IMMEDIATE TRANSACTION"))
         try:
@@ -72,6 +72,6 @@ class Channel(sql_transport.Channel):  # type: ignore[misc]
             session.commit()
 
 
-class Transport(sql_transport.Transport):  # type: ignore[misc]
+class Transport(sql_transport.Transport):
     Channel = Channel
     polling_interval = 0.1

@@ -59,8 +59,7 @@ class ChannelPolicy:
 DEFAULT_POLICIES: dict[str, ChannelPolicy] = {
     "email": ChannelPolicy(),
     "sms": ChannelPolicy(max_attempts=5, backoff_initial=30.0, backoff_max=1800.0),
-    "push": ChannelPolicy(max_attempts=5, backoff_initial=5.0, backoff_max=600.0,
-                          dedup_window=3600.0),
+    "push": ChannelPolicy(max_attempts=5, backoff_initial=5.0, backoff_max=600.0, dedup_window=3600.0),
 }
 
 _DURATION_KEYS = {"backoff_initial", "backoff_max", "dedup_window"}
@@ -91,8 +90,9 @@ def _policy(where: str, base: ChannelPolicy, table: dict[str, Any]) -> ChannelPo
     values: dict[str, Any] = {}
     for key, value in table.items():
         if key not in known:
-            raise ConfigurationError(f"{where}.{key}: unknown key (known: {', '.join(sorted(known))})",
-                                     setting="NOTIFY_CONFIG")
+            raise ConfigurationError(
+                f"{where}.{key}: unknown key (known: {', '.join(sorted(known))})", setting="NOTIFY_CONFIG"
+            )
         values[key] = _value(f"{where}.{key}", key, value)
     if values.get("max_attempts", base.max_attempts) < 1:
         raise ConfigurationError(f"{where}.max_attempts: must be at least 1", setting="NOTIFY_CONFIG")
@@ -103,13 +103,17 @@ def _value(where: str, key: str, value: object) -> object:
     if key in _DURATION_KEYS:
         return parse_duration(value, key=where)
     expected: dict[str, type | tuple[type, ...]] = {
-        "max_attempts": int, "backoff_multiplier": (int, float), "jitter": bool, "rate_limit": str,
+        "max_attempts": int,
+        "backoff_multiplier": (int, float),
+        "jitter": bool,
+        "rate_limit": str,
     }
     if not isinstance(value, expected[key]) or (key != "jitter" and isinstance(value, bool)):
         raise ConfigurationError(f"{where}: wrong type {type(value).__name__}", setting="NOTIFY_CONFIG")
     if key == "backoff_multiplier" and float(value) < 1:  # type: ignore[arg-type]
         raise ConfigurationError(f"{where}: must be at least 1", setting="NOTIFY_CONFIG")
     if key == "rate_limit" and not _RATE.match(str(value)):
-        raise ConfigurationError(f'{where}: expected Celery rate syntax like "100/s", got {value!r}',
-                                 setting="NOTIFY_CONFIG")
+        raise ConfigurationError(
+            f'{where}: expected Celery rate syntax like "100/s", got {value!r}', setting="NOTIFY_CONFIG"
+        )
     return float(value) if key == "backoff_multiplier" else value  # type: ignore[arg-type]

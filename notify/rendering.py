@@ -1,10 +1,10 @@
 """Templates: strict, sandboxed Jinja2 over the repo's `templates/` tree.
 
-    templates/<name>/email.subject.j2, email.txt.j2, email.html.j2 (optional)
-    templates/<name>/sms.txt.j2
-    templates/<name>/push.title.j2, push.body.j2
-    templates/<name>/<locale>/...     per-locale overrides, falling back to the above
-    templates/_layouts/...            shared layouts for {% extends %}
+templates/<name>/email.subject.j2, email.txt.j2, email.html.j2 (optional)
+templates/<name>/sms.txt.j2
+templates/<name>/push.title.j2, push.body.j2
+templates/<name>/<locale>/...     per-locale overrides, falling back to the above
+templates/_layouts/...            shared layouts for {% extends %}
 """
 
 from __future__ import annotations
@@ -58,7 +58,8 @@ class Renderer:
         if not self.root.is_dir():
             return []
         return sorted(
-            p.name for p in self.root.iterdir()
+            p.name
+            for p in self.root.iterdir()
             if p.is_dir() and _NAME.match(p.name) and not p.name.startswith("_")
         )
 
@@ -66,13 +67,12 @@ class Renderer:
         """The channels `name` has: those whose required files exist."""
         folder = self.root / name
         return [
-            channel for channel, parts in CHANNEL_PARTS.items()
+            channel
+            for channel, parts in CHANNEL_PARTS.items()
             if all((folder / f).is_file() for p, f in parts.items() if (channel, p) not in OPTIONAL_PARTS)
         ]
 
-    def render(
-        self, name: str, channel: str, data: Mapping[str, Any], locale: str | None = None
-    ) -> Rendered:
+    def render(self, name: str, channel: str, data: Mapping[str, Any], locale: str | None = None) -> Rendered:
         """Each part of `channel`'s message, rendered strictly from `data`."""
         self.check_name(name)
         if locale is not None and not _LOCALE.match(locale):
@@ -122,7 +122,7 @@ class Renderer:
 
 
 def _locale_chain(locale: str | None) -> list[str]:
-    """"de-AT" -> ["de-AT", "de"]: most specific first."""
+    """ "de-AT" -> ["de-AT", "de"]: most specific first."""
     if not locale:
         return []
     parts = locale.replace("_", "-").split("-")
@@ -144,8 +144,10 @@ def check_template(renderer: Renderer, name: str) -> list[str]:
         required = [f for p, f in parts.items() if (channel, p) not in OPTIONAL_PARTS]
         missing = [f for f in required if f not in present]
         if present and missing:
-            problems.append(f"{name}/: has {', '.join(present)} but lacks {', '.join(missing)}, "
-                            f"so it has no {channel} channel")
+            problems.append(
+                f"{name}/: has {', '.join(present)} but lacks {', '.join(missing)}, "
+                f"so it has no {channel} channel"
+            )
     return problems
 
 

@@ -73,6 +73,10 @@ def enqueue(
     """Publish one delivery on `notify.<channel>.<priority>`."""
     queue = queue_name(channel, priority)
     producer_app(settings).send_task(
-        DELIVER_TASK, args=[delivery_id], queue=queue, routing_key=queue,
-        countdown=countdown, ignore_result=True,
+        DELIVER_TASK,
+        args=[delivery_id],
+        queue=queue,
+        routing_key=queue,
+        countdown=countdown,
+        ignore_result=True,
     )

@@ -12,8 +12,6 @@ from dotenv import dotenv_values
 
 from notify.errors import ConfigurationError
 
-PREFIX = "NOTIFY_"
-
 
 class Secret:
     """A value that never shows in a repr, a log line or an error."""
@@ -38,51 +36,47 @@ class Secret:
         return hash(self._value)
 
 
-def _env(name: str) -> dict[str, Any]:
-    return {"metadata": {"env": PREFIX + name}}
-
-
 @dataclass(frozen=True)
 class Settings:
     """Every knob of notify; field metadata names its environment variable."""
 
-    home: Path = field(default=Path(".notify"), **_env("HOME"))
-    broker_url: str | None = field(default=None, **_env("BROKER_URL"))
-    database_url: str | None = field(default=None, **_env("DATABASE_URL"))
-    templates_dir: Path = field(default=Path("templates"), **_env("TEMPLATES_DIR"))
-    config_path: Path | None = field(default=None, **_env("CONFIG"))
-    max_data_bytes: int = field(default=65536, **_env("MAX_DATA_BYTES"))
+    home: Path = field(default=Path(".notify"), metadata={"env": "NOTIFY_HOME"})
+    broker_url: str | None = field(default=None, metadata={"env": "NOTIFY_BROKER_URL"})
+    database_url: str | None = field(default=None, metadata={"env": "NOTIFY_DATABASE_URL"})
+    templates_dir: Path = field(default=Path("templates"), metadata={"env": "NOTIFY_TEMPLATES_DIR"})
+    config_path: Path | None = field(default=None, metadata={"env": "NOTIFY_CONFIG"})
+    max_data_bytes: int = field(default=65536, metadata={"env": "NOTIFY_MAX_DATA_BYTES"})
 
-    email_backend: str = field(default="smtp", **_env("EMAIL_BACKEND"))
-    sms_backend: str = field(default="twilio", **_env("SMS_BACKEND"))
-    push_backend: str = field(default="fcm", **_env("PUSH_BACKEND"))
+    email_backend: str = field(default="smtp", metadata={"env": "NOTIFY_EMAIL_BACKEND"})
+    sms_backend: str = field(default="twilio", metadata={"env": "NOTIFY_SMS_BACKEND"})
+    push_backend: str = field(default="fcm", metadata={"env": "NOTIFY_PUSH_BACKEND"})
 
-    smtp_host: str = field(default="localhost", **_env("SMTP_HOST"))
-    smtp_port: int = field(default=25, **_env("SMTP_PORT"))
-    smtp_username: str | None = field(default=None, **_env("SMTP_USERNAME"))
-    smtp_password: Secret | None = field(default=None, **_env("SMTP_PASSWORD"))
-    smtp_tls: str = field(default="starttls", **_env("SMTP_TLS"))
-    smtp_timeout: float = field(default=30.0, **_env("SMTP_TIMEOUT"))
-    email_from: str | None = field(default=None, **_env("EMAIL_FROM"))
+    smtp_host: str = field(default="localhost", metadata={"env": "NOTIFY_SMTP_HOST"})
+    smtp_port: int = field(default=25, metadata={"env": "NOTIFY_SMTP_PORT"})
+    smtp_username: str | None = field(default=None, metadata={"env": "NOTIFY_SMTP_USERNAME"})
+    smtp_password: Secret | None = field(default=None, metadata={"env": "NOTIFY_SMTP_PASSWORD"})
+    smtp_tls: str = field(default="starttls", metadata={"env": "NOTIFY_SMTP_TLS"})
+    smtp_timeout: float = field(default=30.0, metadata={"env": "NOTIFY_SMTP_TIMEOUT"})
+    email_from: str | None = field(default=None, metadata={"env": "NOTIFY_EMAIL_FROM"})
 
-    twilio_account_sid: str | None = field(default=None, **_env("TWILIO_ACCOUNT_SID"))
-    twilio_auth_token: Secret | None = field(default=None, **_env("TWILIO_AUTH_TOKEN"))
-    twilio_from: str | None = field(default=None, **_env("TWILIO_FROM"))
-    twilio_base_url: str = field(default="https://api.twilio.com", **_env("TWILIO_BASE_URL"))
+    twilio_account_sid: str | None = field(default=None, metadata={"env": "NOTIFY_TWILIO_ACCOUNT_SID"})
+    twilio_auth_token: Secret | None = field(default=None, metadata={"env": "NOTIFY_TWILIO_AUTH_TOKEN"})
+    twilio_from: str | None = field(default=None, metadata={"env": "NOTIFY_TWILIO_FROM"})
+    twilio_base_url: str = field(default="https://api.twilio.com", metadata={"env": "NOTIFY_TWILIO_BASE_URL"})
 
-    fcm_credentials: Path | None = field(default=None, **_env("FCM_CREDENTIALS"))
-    fcm_project_id: str | None = field(default=None, **_env("FCM_PROJECT_ID"))
-    fcm_base_url: str = field(default="https://fcm.googleapis.com", **_env("FCM_BASE_URL"))
+    fcm_credentials: Path | None = field(default=None, metadata={"env": "NOTIFY_FCM_CREDENTIALS"})
+    fcm_project_id: str | None = field(default=None, metadata={"env": "NOTIFY_FCM_PROJECT_ID"})
+    fcm_base_url: str = field(default="https://fcm.googleapis.com", metadata={"env": "NOTIFY_FCM_BASE_URL"})
 
     # How long the broker may hold an unacknowledged message before handing
     # it to another worker (Redis visibility timeout); bounds crash recovery.
-    visibility_timeout: float = field(default=120.0, **_env("VISIBILITY_TIMEOUT"))
+    visibility_timeout: float = field(default=120.0, metadata={"env": "NOTIFY_VISIBILITY_TIMEOUT"})
     # The sweeper re-enqueues deliveries left "queued" (or with an expired
     # lease) this long: what a broker lost, or a send() whose enqueue failed.
-    sweep_after: float = field(default=600.0, **_env("SWEEP_AFTER"))
+    sweep_after: float = field(default=600.0, metadata={"env": "NOTIFY_SWEEP_AFTER"})
     # "module:function" called as f(channel, address, error) when a delivery
     # fails for good, e.g. to delete a push token FCM calls UNREGISTERED.
-    on_permanent_failure: str | None = field(default=None, **_env("ON_PERMANENT_FAILURE"))
+    on_permanent_failure: str | None = field(default=None, metadata={"env": "NOTIFY_ON_PERMANENT_FAILURE"})
 
     def __post_init__(self) -> None:
         if self.smtp_tls not in ("none", "starttls", "tls"):
@@ -148,9 +142,7 @@ def _convert(variable: str, type_name: str, raw: str) -> Any:
         if type_name.startswith("float"):
             return float(raw)
     except ValueError:
-        raise ConfigurationError(
-            f"{variable} must be a number, not {raw!r}", setting=variable
-        ) from None
+        raise ConfigurationError(f"{variable} must be a number, not {raw!r}", setting=variable) from None
     return raw
 
 

@@ -25,7 +25,8 @@ metadata = sa.MetaData()
 _ts = sa.DateTime(timezone=True)
 
 notifications = sa.Table(
-    "notify_notifications", metadata,
+    "notify_notifications",
+    metadata,
     sa.Column("id", sa.String(36), primary_key=True),
     sa.Column("template", sa.String(200), nullable=False),
     sa.Column("locale", sa.String(35)),
@@ -34,9 +35,12 @@ notifications = sa.Table(
 )
 
 deliveries = sa.Table(
-    "notify_deliveries", metadata,
+    "notify_deliveries",
+    metadata,
     sa.Column("id", sa.String(36), primary_key=True),
-    sa.Column("notification_id", sa.String(36), sa.ForeignKey(notifications.c.id), nullable=False, index=True),
+    sa.Column(
+        "notification_id", sa.String(36), sa.ForeignKey(notifications.c.id), nullable=False, index=True
+    ),
     sa.Column("channel", sa.String(16), nullable=False),
     sa.Column("address", sa.String(512), nullable=False),
     sa.Column("priority", sa.String(16), nullable=False),
@@ -58,7 +62,8 @@ deliveries = sa.Table(
 )
 
 dedup_claims = sa.Table(
-    "notify_dedup_claims", metadata,
+    "notify_dedup_claims",
+    metadata,
     sa.Column("channel", sa.String(16), primary_key=True),
     sa.Column("address", sa.String(512), primary_key=True),
     sa.Column("dedup_key", sa.String(200), primary_key=True),
@@ -162,55 +167,88 @@ class Store:
     # -- producers -----------------------------------------------------------
 
     def record(
-        self, notification_id: str, template: str, locale: str | None,
-        data: dict[str, Any], new: Iterable[NewDelivery],
+        self,
+        notification_id: str,
+        template: str,
+        locale: str | None,
+        data: dict[str, Any],
+        new: Iterable[NewDelivery],
     ) -> list[Delivery]:
         """Record a notification and its deliveries; claim dedup keys atomically."""
         now = utcnow()
         result: list[Delivery] = []
         with self._tx() as conn:
-            conn.execute(notifications.insert().values(
-                id=notification_id, template=template, locale=locale,
-                data=json.dumps(data), created_at=now))
+            conn.execute(
+                notifications.insert().values(
+                    id=notification_id,
+                    template=template,
+                    locale=locale,
+                    data=json.dumps(data),
+                    created_at=now,
+                )
+            )
             for d in new:
                 holder = self._claim_dedup(conn, d, now) if d.dedup_key else d.id
                 status = d.status if holder == d.id else Status.DUPLICATE
-                conn.execute(deliveries.insert().values(
-                    id=d.id, notification_id=notification_id, channel=d.channel,
-                    address=d.address, priority=d.priority, status=status, attempts=0,
-                    dedup_key=d.dedup_key, duplicate_of=None if holder == d.id else holder,
-                    created_at=now, updated_at=now,
-                    release_at=d.release_at, next_attempt_at=d.release_at))
-                result.append(Delivery(
-                    id=d.id, notification_id=notification_id, channel=Channel(d.channel),
-                    status=status, next_attempt_at=d.release_at,
-                    duplicate_of=None if holder == d.id else holder))
+                conn.execute(
+                    deliveries.insert().values(
+                        id=d.id,
+                        notification_id=notification_id,
+                        channel=d.channel,
+                        address=d.address,
+                        priority=d.priority,
+                        status=status,
+                        attempts=0,
+                        dedup_key=d.dedup_key,
+                        duplicate_of=None if holder == d.id else holder,
+                        created_at=now,
+                        updated_at=now,
+                        release_at=d.release_at,
+                        next_attempt_at=d.release_at,
+                    )
+                )
+                result.append(
+                    Delivery(
+                        id=d.id,
+                        notification_id=notification_id,
+                        channel=Channel(d.channel),
+                        status=status,
+                        next_attempt_at=d.release_at,
+                        duplicate_of=None if holder == d.id else holder,
+                    )
+                )
         return result
 
     def _claim_dedup(self, conn: sa.Connection, d: NewDelivery, now: datetime) -> str:
         """The id of the delivery holding (channel, address, key): ours if we won it."""
         expires = now + timedelta(seconds=d.dedup_window)
         stmt = self._insert(dedup_claims).values(
-            channel=d.channel, address=d.address, dedup_key=d.dedup_key,
-            delivery_id=d.id, expires_at=expires)
-        stmt = stmt.on_conflict_do_update(
+            channel=d.channel, address=d.address, dedup_key=d.dedup_key, delivery_id=d.id, expires_at=expires
+        )
+        upsert = stmt.on_conflict_do_update(
             index_elements=["channel", "address", "dedup_key"],
             set_={"delivery_id": stmt.excluded.delivery_id, "expires_at": stmt.excluded.expires_at},
             where=dedup_claims.c.expires_at <= now,
         ).returning(dedup_claims.c.delivery_id)
-        won = conn.execute(stmt).scalar()
+        won = conn.execute(upsert).scalar()
         if won is not None:
             return str(won)
-        holder = conn.execute(sa.select(dedup_claims.c.delivery_id).where(
-            dedup_claims.c.channel == d.channel, dedup_claims.c.address == d.address,
-            dedup_claims.c.dedup_key == d.dedup_key)).scalar_one()
+        holder = conn.execute(
+            sa.select(dedup_claims.c.delivery_id).where(
+                dedup_claims.c.channel == d.channel,
+                dedup_claims.c.address == d.address,
+                dedup_claims.c.dedup_key == d.dedup_key,
+            )
+        ).scalar_one()
         return str(holder)
 
     def deliveries_of(self, notification_id: str) -> list[Delivery]:
         with self.engine.connect() as conn:
             rows = conn.execute(
-                sa.select(deliveries).where(deliveries.c.notification_id == notification_id)
-                .order_by(deliveries.c.channel)).all()
+                sa.select(deliveries)
+                .where(deliveries.c.notification_id == notification_id)
+                .order_by(deliveries.c.channel)
+            ).all()
         return [_delivery(row) for row in rows]
 
     def get(self, delivery_id: str) -> Delivery | None:
@@ -231,45 +269,88 @@ class Store:
         )
         with self._tx() as conn:
             claimed = conn.execute(
-                deliveries.update().where(d.id == delivery_id, claimable).values(
-                    status=Status.SENDING, attempts=d.attempts + 1, updated_at=now,
-                    lease_until=now + timedelta(seconds=lease), next_attempt_at=None)
+                deliveries.update()
+                .where(d.id == delivery_id, claimable)
+                .values(
+                    status=Status.SENDING,
+                    attempts=d.attempts + 1,
+                    updated_at=now,
+                    lease_until=now + timedelta(seconds=lease),
+                    next_attempt_at=None,
+                )
             ).rowcount
             row = conn.execute(
-                sa.select(deliveries, notifications.c.template, notifications.c.locale,
-                          notifications.c.data)
-                .join(notifications).where(d.id == delivery_id)).first()
+                sa.select(deliveries, notifications.c.template, notifications.c.locale, notifications.c.data)
+                .join(notifications)
+                .where(d.id == delivery_id)
+            ).first()
         if row is None:
             return Refusal(status=None)
         if not claimed:
             return _refusal(row, now)
         return Job(
-            delivery_id=row.id, channel=row.channel, address=row.address,
-            priority=row.priority, attempts=row.attempts,
-            template=row.template, locale=row.locale, data=json.loads(row.data))
+            delivery_id=row.id,
+            channel=row.channel,
+            address=row.address,
+            priority=row.priority,
+            attempts=row.attempts,
+            template=row.template,
+            locale=row.locale,
+            data=json.loads(row.data),
+        )
 
     def mark_sent(self, delivery_id: str, provider_id: str | None) -> None:
         now = utcnow()
-        self._finish(delivery_id, status=Status.SENT, provider_id=provider_id, sent_at=now,
-                     lease_until=None, updated_at=now)
+        self._finish(
+            delivery_id,
+            status=Status.SENT,
+            provider_id=provider_id,
+            sent_at=now,
+            lease_until=None,
+            updated_at=now,
+        )
 
     def mark_retrying(
-        self, delivery_id: str, reason: str, code: str | None, at: datetime, *, held: bool,
+        self,
+        delivery_id: str,
+        reason: str,
+        code: str | None,
+        at: datetime,
+        *,
+        held: bool,
     ) -> None:
         """Record a failed try; `held`: the store (not the broker) releases the next one."""
-        self._finish(delivery_id, status=Status.RETRYING, last_error=reason, error_code=code,
-                     next_attempt_at=at, release_at=at if held else None, lease_until=None,
-                     updated_at=utcnow())
+        self._finish(
+            delivery_id,
+            status=Status.RETRYING,
+            last_error=reason,
+            error_code=code,
+            next_attempt_at=at,
+            release_at=at if held else None,
+            lease_until=None,
+            updated_at=utcnow(),
+        )
 
     def mark_failed(self, delivery_id: str, reason: str, code: str | None) -> None:
         now = utcnow()
-        self._finish(delivery_id, status=Status.FAILED, last_error=reason, error_code=code,
-                     failed_at=now, lease_until=None, next_attempt_at=None, updated_at=now)
+        self._finish(
+            delivery_id,
+            status=Status.FAILED,
+            last_error=reason,
+            error_code=code,
+            failed_at=now,
+            lease_until=None,
+            next_attempt_at=None,
+            updated_at=now,
+        )
 
     def _finish(self, delivery_id: str, **values: Any) -> None:
         with self._tx() as conn:
-            conn.execute(deliveries.update().where(
-                deliveries.c.id == delivery_id, deliveries.c.status == Status.SENDING).values(**values))
+            conn.execute(
+                deliveries.update()
+                .where(deliveries.c.id == delivery_id, deliveries.c.status == Status.SENDING)
+                .values(**values)
+            )
 
     # -- scheduler -----------------------------------------------------------
 
@@ -278,16 +359,24 @@ class Store:
         now = utcnow()
         d = deliveries.c
         with self._tx() as conn:
-            due = conn.execute(
-                sa.select(d.id).where(d.release_at <= now,
-                                      d.status.in_([Status.SCHEDULED, Status.RETRYING]))
-                .order_by(d.release_at).limit(limit)).scalars().all()
+            due = (
+                conn.execute(
+                    sa.select(d.id)
+                    .where(d.release_at <= now, d.status.in_([Status.SCHEDULED, Status.RETRYING]))
+                    .order_by(d.release_at)
+                    .limit(limit)
+                )
+                .scalars()
+                .all()
+            )
             if not due:
                 return []
             rows = conn.execute(
-                deliveries.update().where(d.id.in_(due), d.release_at <= now)
+                deliveries.update()
+                .where(d.id.in_(due), d.release_at <= now)
                 .values(status=Status.QUEUED, release_at=None, updated_at=now)
-                .returning(d.id, d.channel, d.priority)).all()
+                .returning(d.id, d.channel, d.priority)
+            ).all()
         return [(r.id, r.channel, r.priority) for r in rows]
 
     def stuck(self, older_than: float, limit: int = 500) -> list[tuple[str, str, str]]:
@@ -297,18 +386,25 @@ class Store:
         d = deliveries.c
         with self.engine.connect() as conn:
             rows = conn.execute(
-                sa.select(d.id, d.channel, d.priority).where(sa.or_(
-                    sa.and_(d.status == Status.QUEUED, d.updated_at < before),
-                    sa.and_(d.status == Status.SENDING, d.lease_until < before),
-                )).limit(limit)).all()
+                sa.select(d.id, d.channel, d.priority)
+                .where(
+                    sa.or_(
+                        sa.and_(d.status == Status.QUEUED, d.updated_at < before),
+                        sa.and_(d.status == Status.SENDING, d.lease_until < before),
+                    )
+                )
+                .limit(limit)
+            ).all()
         return [(r.id, r.channel, r.priority) for r in rows]
 
     def touch(self, ids: list[str]) -> None:
         """Note that `ids` were just re-enqueued, so the sweeper leaves them a while."""
         with self._tx() as conn:
-            conn.execute(deliveries.update().where(
-                deliveries.c.id.in_(ids), deliveries.c.status == Status.QUEUED)
-                .values(updated_at=utcnow()))
+            conn.execute(
+                deliveries.update()
+                .where(deliveries.c.id.in_(ids), deliveries.c.status == Status.QUEUED)
+                .values(updated_at=utcnow())
+            )
 
 
 def _refusal(row: Any, now: datetime) -> Refusal:
@@ -321,8 +417,15 @@ def _refusal(row: Any, now: datetime) -> Refusal:
 
 def _delivery(row: Any) -> Delivery:
     return Delivery(
-        id=row.id, notification_id=row.notification_id, channel=Channel(row.channel),
-        status=Status(row.status), attempts=row.attempts, last_error=row.last_error,
-        error_code=row.error_code, provider_id=row.provider_id,
-        next_attempt_at=_aware(row.next_attempt_at), sent_at=_aware(row.sent_at),
-        duplicate_of=row.duplicate_of)
+        id=row.id,
+        notification_id=row.notification_id,
+        channel=Channel(row.channel),
+        status=Status(row.status),
+        attempts=row.attempts,
+        last_error=row.last_error,
+        error_code=row.error_code,
+        provider_id=row.provider_id,
+        next_attempt_at=_aware(row.next_attempt_at),
+        sent_at=_aware(row.sent_at),
+        duplicate_of=row.duplicate_of,
+    )

@@ -26,10 +26,16 @@ def worker_config(settings: Settings) -> dict[str, Any]:
         worker_pool="threads",  # delivery waits on the network, not the CPU
         worker_concurrency=16,
         beat_schedule={
-            "release-due": {"task": RELEASE_DUE_TASK, "schedule": RELEASE_EVERY,
-                            "options": {"queue": MAINTENANCE_QUEUE, "expires": 10}},
-            "sweep": {"task": SWEEP_TASK, "schedule": SWEEP_EVERY,
-                      "options": {"queue": MAINTENANCE_QUEUE, "expires": SWEEP_EVERY}},
+            "release-due": {
+                "task": RELEASE_DUE_TASK,
+                "schedule": RELEASE_EVERY,
+                "options": {"queue": MAINTENANCE_QUEUE, "expires": 10},
+            },
+            "sweep": {
+                "task": SWEEP_TASK,
+                "schedule": SWEEP_EVERY,
+                "options": {"queue": MAINTENANCE_QUEUE, "expires": SWEEP_EVERY},
+            },
         },
         beat_schedule_filename=str(settings.home / "beat-schedule"),
     )

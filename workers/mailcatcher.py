@@ -20,7 +20,7 @@ class _Handler:
         self._lock = threading.Lock()
         self._numbers = itertools.count(1)
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         content: bytes = envelope.original_content or envelope.content
         with self._lock:
             number = next(self._numbers)

@@ -40,7 +40,7 @@ def _close(**_: Any) -> None:
 
 
 @app.task(name=DELIVER_TASK, bind=True, ignore_result=True)
-def deliver(self: Task, delivery_id: str) -> str:
+def deliver(self: Task[[str], str], delivery_id: str) -> str:
     outcome = deliverer().attempt(delivery_id)
     if outcome.again_in is not None:
         # A new message on the queue this one came from; this one is acked.

@@ -14,12 +14,15 @@ from notify.errors import ConfigurationError
 from notify.settings import Settings
 
 PROVIDERS: dict[str, dict[str, str]] = {
-    "email": {"smtp": "notify.channels.email:SmtpProvider",
-              "outbox": "notify.channels.outbox:OutboxProvider"},
-    "sms": {"twilio": "notify.channels.sms:TwilioProvider",
-            "outbox": "notify.channels.outbox:OutboxProvider"},
-    "push": {"fcm": "notify.channels.push:FcmProvider",
-             "outbox": "notify.channels.outbox:OutboxProvider"},
+    "email": {
+        "smtp": "notify.channels.email:SmtpProvider",
+        "outbox": "notify.channels.outbox:OutboxProvider",
+    },
+    "sms": {
+        "twilio": "notify.channels.sms:TwilioProvider",
+        "outbox": "notify.channels.outbox:OutboxProvider",
+    },
+    "push": {"fcm": "notify.channels.push:FcmProvider", "outbox": "notify.channels.outbox:OutboxProvider"},
 }
 
 
@@ -30,7 +33,9 @@ def load_provider(channel: str, settings: Settings) -> Provider:
     path = PROVIDERS[channel].get(backend, backend if ":" in backend else None)
     if path is None:
         known = ", ".join(PROVIDERS[channel])
-        raise ConfigurationError(f"{variable}={backend!r} is not a backend ({known}, or a "
-                                 "dotted path module:Class)", setting=variable)
+        raise ConfigurationError(
+            f"{variable}={backend!r} is not a backend ({known}, or a dotted path module:Class)",
+            setting=variable,
+        )
     provider: Provider = symbol_by_name(path).from_settings(settings)
     return provider

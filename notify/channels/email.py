@@ -66,14 +66,14 @@ def classify(exc: BaseException) -> NotifyError:
     if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
         return ConfigurationError(
             f"SMTP server refused the login ({exc.code}); check NOTIFY_SMTP_USERNAME and "
-            "NOTIFY_SMTP_PASSWORD", setting="NOTIFY_SMTP_PASSWORD")
+            "NOTIFY_SMTP_PASSWORD",
+            setting="NOTIFY_SMTP_PASSWORD",
+        )
     if isinstance(exc, aiosmtplib.SMTPNotSupported):
         return ConfigurationError(f"SMTP server does not support it: {exc}", setting="NOTIFY_SMTP_TLS")
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused) and exc.recipients:
         exc = exc.recipients[0]
-    if isinstance(exc, aiosmtplib.SMTPResponseException) and not isinstance(
-        exc, aiosmtplib.SMTPConnectError
-    ):
+    if isinstance(exc, aiosmtplib.SMTPResponseException) and not isinstance(exc, aiosmtplib.SMTPConnectError):
         args = {"channel": "email", "provider": "smtp", "code": str(exc.code)}
         if 400 <= exc.code < 500:
             return TransientDeliveryError(exc.message, retry_after=_retry_hint(exc.message), **args)
@@ -104,10 +104,17 @@ class SmtpProvider:
     @classmethod
     def from_settings(cls, settings: Settings) -> SmtpProvider:
         settings.require("email_from", "smtp_host")
-        return cls(SmtpConfig(
-            host=settings.smtp_host, port=settings.smtp_port, sender=str(settings.email_from),
-            tls=settings.smtp_tls, username=settings.smtp_username,
-            password=settings.smtp_password, timeout=settings.smtp_timeout))
+        return cls(
+            SmtpConfig(
+                host=settings.smtp_host,
+                port=settings.smtp_port,
+                sender=str(settings.email_from),
+                tls=settings.smtp_tls,
+                username=settings.smtp_username,
+                password=settings.smtp_password,
+                timeout=settings.smtp_timeout,
+            )
+        )
 
     def __repr__(self) -> str:
         return f"SmtpProvider({self.config.host}:{self.config.port}, tls={self.config.tls})"
@@ -174,8 +181,13 @@ class SmtpProvider:
     async def _connect(self) -> aiosmtplib.SMTP:
         c = self.config
         client = aiosmtplib.SMTP(
-            hostname=c.host, port=c.port, timeout=c.timeout,
-            use_tls=c.tls == "tls", start_tls=c.tls == "starttls",
-            username=c.username, password=c.password.reveal() if c.password else None)
+            hostname=c.host,
+            port=c.port,
+            timeout=c.timeout,
+            use_tls=c.tls == "tls",
+            start_tls=c.tls == "starttls",
+            username=c.username,
+            password=c.password.reveal() if c.password else None,
+        )
         await client.connect()
         return client

@@ -259,6 +259,7 @@ def _check_base_url(base_url: str) -> None:
     parts = urlsplit(base_url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigurationError(
-            f"NOTIFY_TWILIO_BASE_URL must be an http(s) URL, not {base_url!r}",
+            # The value is not echoed: a URL may carry user:password.
+            "NOTIFY_TWILIO_BASE_URL must be an http(s) URL like https://api.twilio.com",
             setting="NOTIFY_TWILIO_BASE_URL",
         )

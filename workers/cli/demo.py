@@ -17,25 +17,54 @@ from notify.settings import Settings, get_settings
 from workers.cli.output import table
 
 SAMPLES = [
-    ("welcome", {"email": "ada@example.com", "phone": "+14155550100", "push_token": "demo-token-ada"},
-     {"name": "Ada"}, {"priority": "normal"}),
+    (
+        "welcome",
+        {"email": "ada@example.com", "phone": "+14155550100", "push_token": "demo-token-ada"},
+        {"name": "Ada"},
+        {"priority": "normal"},
+    ),
     ("welcome", {"email": "jonas@example.de", "phone": "+4930123456"}, {"name": "Jonas"}, {"locale": "de"}),
-    ("password_reset", {"email": "grace@example.com", "phone": "+14155550101"},
-     {"name": "Grace", "code": "493021", "expires_minutes": 15,
-      "reset_url": "https://example.com/reset?t=abc&u=grace"}, {"priority": "high"}),
-    ("order_shipped", {"email": "ada@example.com", "push_token": "demo-token-ada"},
-     {"name": "Ada", "order_id": "A-1001", "carrier": "DHL", "tracking_number": "JD0140",
-      "items": [{"quantity": 2, "title": "Notebook"}]}, {"priority": "low", "dedup_key": "ship-A-1001"}),
+    (
+        "password_reset",
+        {"email": "grace@example.com", "phone": "+14155550101"},
+        {
+            "name": "Grace",
+            "code": "493021",
+            "expires_minutes": 15,
+            "reset_url": "https://example.com/reset?t=abc&u=grace",
+        },
+        {"priority": "high"},
+    ),
+    (
+        "order_shipped",
+        {"email": "ada@example.com", "push_token": "demo-token-ada"},
+        {
+            "name": "Ada",
+            "order_id": "A-1001",
+            "carrier": "DHL",
+            "tracking_number": "JD0140",
+            "items": [{"quantity": 2, "title": "Notebook"}],
+        },
+        {"priority": "low", "dedup_key": "ship-A-1001"},
+    ),
     # The same dedup key again: suppressed, status "duplicate".
-    ("order_shipped", {"email": "ada@example.com", "push_token": "demo-token-ada"},
-     {"name": "Ada", "order_id": "A-1001", "carrier": "DHL", "tracking_number": "JD0140"},
-     {"priority": "low", "dedup_key": "ship-A-1001"}),
+    (
+        "order_shipped",
+        {"email": "ada@example.com", "push_token": "demo-token-ada"},
+        {"name": "Ada", "order_id": "A-1001", "carrier": "DHL", "tracking_number": "JD0140"},
+        {"priority": "low", "dedup_key": "ship-A-1001"},
+    ),
 ]
 
 
 @click.command()
-@click.option("--timeout", type=float, default=90.0, show_default=True,
-              help="Seconds to wait for every delivery to finish.")
+@click.option(
+    "--timeout",
+    type=float,
+    default=90.0,
+    show_default=True,
+    help="Seconds to wait for every delivery to finish.",
+)
 def demo(timeout: float) -> None:
     """Start a mail catcher and three workers, send the samples, show their statuses."""
     from workers.mailcatcher import MailCatcher
@@ -59,11 +88,17 @@ def demo(timeout: float) -> None:
 
 def _demo_env(smtp_port: int) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({
-        "NOTIFY_SMTP_HOST": "127.0.0.1", "NOTIFY_SMTP_PORT": str(smtp_port), "NOTIFY_SMTP_TLS": "none",
-        "NOTIFY_EMAIL_FROM": env.get("NOTIFY_EMAIL_FROM", "notify-demo@example.com"),
-        "NOTIFY_EMAIL_BACKEND": "smtp", "NOTIFY_SMS_BACKEND": "outbox", "NOTIFY_PUSH_BACKEND": "outbox",
-    })
+    env.update(
+        {
+            "NOTIFY_SMTP_HOST": "127.0.0.1",
+            "NOTIFY_SMTP_PORT": str(smtp_port),
+            "NOTIFY_SMTP_TLS": "none",
+            "NOTIFY_EMAIL_FROM": env.get("NOTIFY_EMAIL_FROM", "notify-demo@example.com"),
+            "NOTIFY_EMAIL_BACKEND": "smtp",
+            "NOTIFY_SMS_BACKEND": "outbox",
+            "NOTIFY_PUSH_BACKEND": "outbox",
+        }
+    )
     return env
 
 
@@ -72,7 +107,10 @@ def _start_worker(channel: str, env: dict[str, str], home: Path) -> subprocess.P
     beat = ["--beat"] if channel == "email" else []
     return subprocess.Popen(
         [sys.executable, "-m", "workers.cli", "worker", channel, "-c", "4", "-l", "info", *beat],
-        env=env, stdout=log, stderr=subprocess.STDOUT)
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def _send_samples(notifier: Notifier) -> list[SendResult]:
@@ -80,8 +118,9 @@ def _send_samples(notifier: Notifier) -> list[SendResult]:
     for template, to, data, options in SAMPLES:
         results.append(notifier.send(template, to, data=data, **options))  # type: ignore[arg-type]
     later = datetime.now(UTC) + timedelta(seconds=3)
-    results.append(notifier.send("welcome", {"email": "linus@example.org"}, data={"name": "Linus"},
-                                 send_at=later))
+    results.append(
+        notifier.send("welcome", {"email": "linus@example.org"}, data={"name": "Linus"}, send_at=later)
+    )
     return results
 
 
@@ -107,8 +146,16 @@ def _report(notifier: Notifier, results: list[SendResult], home: Path, mails: in
     rows = []
     for result, (template, *_rest) in zip(results, [*SAMPLES, ("welcome (send_at +3s)",)], strict=True):
         for d in notifier.status(result.id):
-            rows.append((result.id, template, d.channel, d.status, d.attempts,
-                         d.provider_id or d.duplicate_of or d.last_error))
+            rows.append(
+                (
+                    result.id,
+                    template,
+                    d.channel,
+                    d.status,
+                    d.attempts,
+                    d.provider_id or d.duplicate_of or d.last_error,
+                )
+            )
     click.echo(table(["notification", "template", "channel", "status", "attempts", "provider id"], rows))
     click.echo(f"\n{mails} emails caught by the local SMTP server: {home / 'mail'}")
     click.echo(f"SMS and push (outbox backend): {home / 'outbox'}")

@@ -25,15 +25,43 @@ def list_(channel: str | None, limit: int, as_json: bool) -> None:
     """Failed deliveries, newest first."""
     letters = list_dead_letters(notifier().store, channel=channel, limit=limit)
     if as_json:
-        click.echo(json.dumps([{
-            "id": x.id, "notification_id": x.notification_id, "channel": x.channel,
-            "address": x.address, "template": x.template, "reason": x.reason, "code": x.code,
-            "attempts": x.attempts, "failed_at": x.failed_at.isoformat()} for x in letters]))
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "id": x.id,
+                        "notification_id": x.notification_id,
+                        "channel": x.channel,
+                        "address": x.address,
+                        "template": x.template,
+                        "reason": x.reason,
+                        "code": x.code,
+                        "attempts": x.attempts,
+                        "failed_at": x.failed_at.isoformat(),
+                    }
+                    for x in letters
+                ]
+            )
+        )
         return
-    click.echo(table(
-        ["delivery", "channel", "recipient", "template", "code", "reason", "attempts", "age"],
-        [(x.id, x.channel, x.masked_address, x.template, x.code, x.reason, x.attempts,
-          _age(x.age_seconds)) for x in letters]))
+    click.echo(
+        table(
+            ["delivery", "channel", "recipient", "template", "code", "reason", "attempts", "age"],
+            [
+                (
+                    x.id,
+                    x.channel,
+                    x.masked_address,
+                    x.template,
+                    x.code,
+                    x.reason,
+                    x.attempts,
+                    _age(x.age_seconds),
+                )
+                for x in letters
+            ],
+        )
+    )
 
 
 @dlq.command()

@@ -47,9 +47,15 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 def delivery_json(d: Delivery) -> dict[str, Any]:
     return {
-        "id": d.id, "notification_id": d.notification_id, "channel": str(d.channel),
-        "status": str(d.status), "attempts": d.attempts, "last_error": d.last_error,
-        "error_code": d.error_code, "provider_id": d.provider_id, "duplicate_of": d.duplicate_of,
+        "id": d.id,
+        "notification_id": d.notification_id,
+        "channel": str(d.channel),
+        "status": str(d.status),
+        "attempts": d.attempts,
+        "last_error": d.last_error,
+        "error_code": d.error_code,
+        "provider_id": d.provider_id,
+        "duplicate_of": d.duplicate_of,
         "next_attempt_at": d.next_attempt_at.isoformat() if d.next_attempt_at else None,
         "sent_at": d.sent_at.isoformat() if d.sent_at else None,
     }
@@ -58,8 +64,11 @@ def delivery_json(d: Delivery) -> dict[str, Any]:
 def deliveries_table(deliveries: Sequence[Delivery]) -> str:
     return table(
         ["delivery", "channel", "status", "attempts", "provider id", "last error"],
-        [(d.id, d.channel, d.status, d.attempts, d.provider_id or d.duplicate_of, d.last_error)
-         for d in deliveries])
+        [
+            (d.id, d.channel, d.status, d.attempts, d.provider_id or d.duplicate_of, d.last_error)
+            for d in deliveries
+        ],
+    )
 
 
 def json_object(option: str, text: str) -> dict[str, Any]:

@@ -12,8 +12,14 @@ from workers.cli.output import reports_errors
 
 @click.command()
 @click.argument("channel", type=click.Choice(CHANNELS))
-@click.option("--concurrency", "-c", type=click.IntRange(1, 1000), default=16, show_default=True,
-              help="Threads delivering at once (delivery waits on the network).")
+@click.option(
+    "--concurrency",
+    "-c",
+    type=click.IntRange(1, 1000),
+    default=16,
+    show_default=True,
+    help="Threads delivering at once (delivery waits on the network).",
+)
 @click.option("--beat", is_flag=True, help="Also run the scheduler (release due sends, sweep).")
 @click.option("--loglevel", "-l", default="info", show_default=True)
 @reports_errors
@@ -27,9 +33,21 @@ def worker(channel: str, concurrency: int, beat: bool, loglevel: str) -> None:
     rate = Notifier(settings).policies[channel].rate_limit
     if rate:
         app.conf.task_annotations = {DELIVER_TASK: {"rate_limit": rate}}
-    argv = ["worker", "-Q", ",".join([*channel_queues(channel), MAINTENANCE_QUEUE]),
-            "-P", "threads", "-c", str(concurrency), "-n", f"{channel}@%h", "-l", loglevel,
-            "--without-gossip", "--without-mingle"]
+    argv = [
+        "worker",
+        "-Q",
+        ",".join([*channel_queues(channel), MAINTENANCE_QUEUE]),
+        "-P",
+        "threads",
+        "-c",
+        str(concurrency),
+        "-n",
+        f"{channel}@%h",
+        "-l",
+        loglevel,
+        "--without-gossip",
+        "--without-mingle",
+    ]
     app.worker_main([*argv, "-B"] if beat else argv)
 
 

@@ -7,7 +7,7 @@ from datetime import datetime
 
 import click
 
-from workers.cli.output import delivery_json, deliveries_table, json_object, notifier, reports_errors
+from workers.cli.output import deliveries_table, delivery_json, json_object, notifier, reports_errors
 
 
 @click.command()
@@ -23,18 +23,37 @@ from workers.cli.output import delivery_json, deliveries_table, json_object, not
 @click.option("--locale")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @reports_errors
-def send(template: str, to_email: str | None, to_phone: str | None, to_push_token: str | None,
-         data: str, channels: tuple[str, ...], priority: str, dedup_key: str | None,
-         send_at: str | None, locale: str | None, as_json: bool) -> None:
+def send(
+    template: str,
+    to_email: str | None,
+    to_phone: str | None,
+    to_push_token: str | None,
+    data: str,
+    channels: tuple[str, ...],
+    priority: str,
+    dedup_key: str | None,
+    send_at: str | None,
+    locale: str | None,
+    as_json: bool,
+) -> None:
     """Send TEMPLATE to a recipient; prints the notification and delivery ids."""
-    to = {k: v for k, v in {"email": to_email, "phone": to_phone, "push_token": to_push_token}.items()
-          if v is not None}
+    to = {
+        k: v
+        for k, v in {"email": to_email, "phone": to_phone, "push_token": to_push_token}.items()
+        if v is not None
+    }
     result = notifier().send(
-        template, to, data=json_object("--data", data), channels=list(channels) or None,
-        priority=priority, dedup_key=dedup_key, send_at=_when(send_at), locale=locale)
+        template,
+        to,
+        data=json_object("--data", data),
+        channels=list(channels) or None,
+        priority=priority,
+        dedup_key=dedup_key,
+        send_at=_when(send_at),
+        locale=locale,
+    )
     if as_json:
-        click.echo(json.dumps({"id": result.id,
-                               "deliveries": [delivery_json(d) for d in result.deliveries]}))
+        click.echo(json.dumps({"id": result.id, "deliveries": [delivery_json(d) for d in result.deliveries]}))
         return
     click.echo(f"notification {result.id}")
     click.echo(deliveries_table(result.deliveries))

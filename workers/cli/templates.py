@@ -35,9 +35,15 @@ def list_(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows))
         return
-    click.echo(table(["template", "channels", "locales", "variables"],
-                     [(r["name"], ",".join(r["channels"]), ",".join(r["locales"]) or "-",
-                       ",".join(r["variables"])) for r in rows]))
+    click.echo(
+        table(
+            ["template", "channels", "locales", "variables"],
+            [
+                (r["name"], ",".join(r["channels"]), ",".join(r["locales"]) or "-", ",".join(r["variables"]))
+                for r in rows
+            ],
+        )
+    )
 
 
 @templates.command()

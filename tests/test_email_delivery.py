@@ -1,0 +1,169 @@
+"""Email end to end: real worker processes, a real broker, a real SMTP server."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from notify.api import Notifier
+from notify.models import Status
+from notify.routing import enqueue
+from tests.support.processes import Worker, wait_for
+from tests.support.smtp import SmtpServer
+
+
+@pytest.fixture(params=["embedded+sqlite", "redis+postgresql"])
+def stack(request: pytest.FixtureRequest, env: dict[str, str]) -> dict[str, str]:
+    """The broker and store a test runs on: the embedded defaults, or Redis + PostgreSQL."""
+    if request.param == "redis+postgresql":
+        env["NOTIFY_BROKER_URL"] = request.getfixturevalue("redis_url")
+        env["NOTIFY_DATABASE_URL"] = request.getfixturevalue("postgres_url")
+    return env
+
+
+def sent(notifier: Notifier, notification_id: str) -> bool:
+    return all(d.status == Status.SENT for d in notifier.status(notification_id))
+
+
+def test_an_email_arrives_with_tracking_headers_and_both_parts(
+    stack: dict[str, str],
+    notifier: Callable[[], Notifier],
+    start_worker: Callable[..., Worker],
+    smtp_server: SmtpServer,
+) -> None:
+    start_worker("email", "-c", "4")
+    producer = notifier()
+
+    result = producer.send("welcome", {"email": "ada@example.com"}, data={"name": "Ada <& Co>"})
+
+    wait_for(lambda: sent(producer, result.id), what="the email to be sent")
+    [message] = smtp_server.messages
+    [delivery] = producer.status(result.id)
+    assert message["X-Notify-Delivery-Id"] == delivery.id
+    assert message["Message-ID"] == f"<{delivery.id}@example.com>"
+    assert message["To"] == "ada@example.com"
+    assert message["Subject"] == "Welcome, Ada <& Co>!"
+    assert message.get_content_type() == "multipart/alternative"
+    text = message.get_body(("plain",))
+    html = message.get_body(("html",))
+    assert text is not None and "Hello Ada <& Co>," in text.get_content()
+    assert html is not None and "Hello Ada &lt;&amp; Co&gt;," in html.get_content()
+    assert delivery.attempts == 1
+    assert delivery.provider_id == "Q000001"  # the SMTP server's queue id
+    assert delivery.sent_at is not None
+
+
+def test_many_emails_share_a_few_smtp_connections(
+    env: dict[str, str],
+    notifier: Callable[[], Notifier],
+    start_worker: Callable[..., Worker],
+    smtp_server: SmtpServer,
+) -> None:
+    start_worker("email", "-c", "4")
+    producer = notifier()
+
+    ids = [producer.send("welcome", {"email": f"u{i}@example.com"}, data={"name": "U"}).id for i in range(40)]
+
+    wait_for(lambda: all(sent(producer, i) for i in ids), what="40 emails to be sent")
+    assert len(smtp_server.messages) == 40
+    assert smtp_server.sessions <= 4  # one connection per concurrent delivery, reused
+
+
+def test_the_worker_reconnects_when_the_smtp_server_restarts(
+    env: dict[str, str],
+    notifier: Callable[[], Notifier],
+    start_worker: Callable[..., Worker],
+    smtp_server: SmtpServer,
+) -> None:
+    env["NOTIFY_CONFIG"] = str(_fast_retries(Path(env["NOTIFY_HOME"]).parent))
+    start_worker("email", "-c", "1")
+    producer = notifier()
+    first = producer.send("welcome", {"email": "a@example.com"}, data={"name": "A"})
+    wait_for(lambda: sent(producer, first.id), what="the first email")
+
+    smtp_server.stop()
+    smtp_server.start()  # same port, every old connection gone
+    second = producer.send("welcome", {"email": "b@example.com"}, data={"name": "B"})
+
+    wait_for(lambda: sent(producer, second.id), what="the email after the restart")
+    assert sorted(smtp_server.delivery_ids().values()) == [1, 1]
+
+
+def test_a_redelivered_message_of_a_sent_delivery_sends_nothing(
+    env: dict[str, str],
+    notifier: Callable[[], Notifier],
+    start_worker: Callable[..., Worker],
+    smtp_server: SmtpServer,
+) -> None:
+    worker = start_worker("email", "-c", "2")
+    producer = notifier()
+    result = producer.send("welcome", {"email": "ada@example.com"}, data={"name": "Ada"})
+    wait_for(lambda: sent(producer, result.id), what="the email to be sent")
+    [delivery] = result.deliveries
+
+    for _ in range(3):  # what a broker does after a worker died before acking
+        enqueue(producer.settings, delivery.id, "email", "normal")
+
+    wait_for(lambda: worker.output().count("'skipped'") == 3, what="the redelivered messages")
+    assert smtp_server.delivery_ids() == {delivery.id: 1}
+    assert producer.status(result.id)[0].attempts == 1
+
+
+@pytest.mark.parametrize("broker", ["embedded", "redis"])
+def test_a_worker_drains_high_before_normal_before_low(
+    broker: str,
+    env: dict[str, str],
+    notifier: Callable[[], Notifier],
+    start_worker: Callable[..., Worker],
+    smtp_server: SmtpServer,
+    request: pytest.FixtureRequest,
+) -> None:
+    if broker == "redis":
+        env["NOTIFY_BROKER_URL"] = request.getfixturevalue("redis_url")
+    producer = notifier()
+    # Queued while no worker runs: the backlog a bulk campaign leaves.
+    sends = (
+        [("low", i) for i in range(20)] + [("normal", i) for i in range(5)] + [("high", i) for i in range(5)]
+    )
+    for priority, i in sends:
+        producer.send(
+            "welcome", {"email": f"{priority}{i}@example.com"}, data={"name": priority}, priority=priority
+        )
+
+    start_worker("email", "-c", "1")
+
+    wait_for(lambda: len(smtp_server.messages) == len(sends), what="every email")
+    order = [
+        str(m["To"]).rstrip("0123456789").split("@")[0].rstrip("0123456789") for m in smtp_server.messages
+    ]
+    assert order[:5] == ["high"] * 5
+    assert order[5:10] == ["normal"] * 5
+    assert order[10:] == ["low"] * 20
+
+
+def test_two_worker_processes_on_the_embedded_broker_send_each_email_once(
+    env: dict[str, str],
+    notifier: Callable[[], Notifier],
+    start_worker: Callable[..., Worker],
+    smtp_server: SmtpServer,
+) -> None:
+    producer = notifier()
+    ids = [
+        producer.send("welcome", {"email": f"u{i}@example.com"}, data={"name": "U"}).id for i in range(150)
+    ]
+
+    start_worker("email", "-c", "4")
+    start_worker("email", "-c", "4")
+
+    wait_for(lambda: all(sent(producer, i) for i in ids), timeout=90, what="150 emails to be sent")
+    counts = smtp_server.delivery_ids()
+    assert len(counts) == 150
+    assert set(counts.values()) == {1}
+
+
+def _fast_retries(folder: Path) -> Path:
+    path = folder / "notify.toml"
+    path.write_text('[channels.email]\nbackoff_initial = "200ms"\nbackoff_max = "1s"\njitter = false\n')
+    return path
