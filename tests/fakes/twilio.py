@@ -1,0 +1,355 @@
+"""A local fake of Twilio's Messages API: a real HTTP server for the real client.
+
+    with FakeTwilio() as fake:            # 127.0.0.1, ephemeral port, own thread
+        settings = Settings(
+            twilio_account_sid=fake.account_sid,
+            twilio_auth_token=Secret(fake.auth_token),
+            twilio_from="+15005550006",
+            twilio_base_url=fake.url,
+        )
+        ...
+        fake.messages          # accepted messages, as `SentMessage`s, in order
+        fake.request_count     # requests that reached the server, accepted or not
+        fake.connection_count  # TCP connections accepted (shows connection reuse)
+
+It answers `POST /2010-04-01/Accounts/{sid}/Messages.json` (form-encoded To,
+From or MessagingServiceSid, Body), checks HTTP Basic auth against
+`account_sid`/`auth_token` (401, code 20003 otherwise) and answers 201 with a
+Twilio-shaped message resource. Errors use Twilio's JSON error shape, so the
+real client raises `TwilioRestException` with `.status` and `.code`.
+
+Faults:
+
+    fake.fail_next(2, status=503, code=20503, headers={"Retry-After": "2"})
+    fake.fail_for("+15005550001", status=400, code=21211)   # every message to it
+    fake.down = True    # every request answers 503
+    fake.hang = True    # requests get no answer (until stop(), 30 s at most)
+    fake.stop()         # closes the port and open connections: connection refused
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hmac
+import json
+import re
+import secrets
+import socket
+import threading
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import parse_qs
+
+__all__ = ["FakeTwilio", "SentMessage"]
+
+MAX_BODY_CHARS = 1600
+HANG_LIMIT = 30.0  # seconds a hung request waits at most, so no test thread leaks
+_PATH = re.compile(r"^/2010-04-01/Accounts/(?P<sid>[^/]+)/Messages\.json$")
+_MESSAGES = {
+    20003: "Authenticate",
+    20404: "The requested resource was not found",
+    20429: "Too Many Requests",
+    20500: "Internal Server Error",
+    20503: "Service Unavailable",
+    21211: "Invalid 'To' Phone Number",
+    21408: "Permission to send an SMS has not been enabled for the region",
+    21602: "Message body is required.",
+    21603: "A 'From' phone number is required.",
+    21604: "A 'To' phone number is required.",
+    21610: "Attempt to send to unsubscribed recipient",
+    21612: "The 'To' phone number is not currently reachable via SMS",
+    21614: "'To' number is not a valid mobile number",
+    21617: "The concatenated message body exceeds the 1600 character limit.",
+}
+
+
+@dataclass(frozen=True)
+class SentMessage:
+    """A message the fake accepted."""
+
+    sid: str
+    to: str
+    from_: str | None
+    messaging_service_sid: str | None
+    body: str
+
+
+@dataclass(frozen=True)
+class _Fault:
+    status: int
+    code: int | None
+    message: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Answer:
+    status: int
+    payload: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _fault(status: int, code: int | None, message: str | None, headers: dict[str, str] | None) -> _Fault:
+    text = message or _MESSAGES.get(code or 0, f"Fake failure {status}")
+    return _Fault(status, code, text, dict(headers or {}))
+
+
+def _error(fault: _Fault) -> _Answer:
+    payload = {
+        "code": fault.code,
+        "message": fault.message,
+        "more_info": f"https://www.twilio.com/docs/errors/{fault.code}",
+        "status": fault.status,
+    }
+    return _Answer(fault.status, payload, fault.headers)
+
+
+def _invalid(form: dict[str, str]) -> int | None:
+    """The Twilio code for a request Twilio would reject, or None."""
+    if not form.get("To"):
+        return 21604
+    if not (form.get("From") or form.get("MessagingServiceSid")):
+        return 21603
+    if not form.get("Body"):
+        return 21602
+    if len(form["Body"]) > MAX_BODY_CHARS:
+        return 21617
+    return None
+
+
+def _segments(body: str) -> int:
+    single, multi = (160, 153) if body.isascii() else (70, 67)
+    return 1 if len(body) <= single else -(-len(body) // multi)
+
+
+class FakeTwilio:
+    """Twilio's Messages API on 127.0.0.1; see the module docstring."""
+
+    def __init__(
+        self,
+        account_sid: str = "AC" + "0" * 32,
+        auth_token: str | None = None,
+    ) -> None:
+        self.account_sid = account_sid
+        self.auth_token = auth_token or secrets.token_hex(16)
+        self.down = False
+        self.hang = False
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._messages: list[SentMessage] = []
+        self._failures: deque[_Fault] = deque()
+        self._rules: dict[str, _Fault] = {}
+        self._connections: set[socket.socket] = set()
+        self._requests = 0
+        self._connection_count = 0
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},  # so stop() returns quickly
+            name="fake-twilio",
+            daemon=True,
+        )
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    @property
+    def messages(self) -> list[SentMessage]:
+        with self._lock:
+            return list(self._messages)
+
+    @property
+    def request_count(self) -> int:
+        with self._lock:
+            return self._requests
+
+    @property
+    def connection_count(self) -> int:
+        with self._lock:
+            return self._connection_count
+
+    def fail_next(
+        self,
+        n: int = 1,
+        *,
+        status: int = 503,
+        code: int | None = None,
+        message: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """Answer the next `n` requests with this error, whatever they ask."""
+        with self._lock:
+            self._failures.extend([_fault(status, code, message, headers)] * n)
+
+    def fail_for(
+        self,
+        to: str,
+        *,
+        status: int = 400,
+        code: int | None = 21211,
+        message: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """Answer every authenticated message to `to` with this error."""
+        with self._lock:
+            self._rules[to] = _fault(status, code, message, headers)
+
+    def start(self) -> Self:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and cut open connections, so clients get refused."""
+        self._stopped.set()
+        if self._thread.is_alive():
+            self._server.shutdown()
+            self._thread.join(timeout=10)
+        self._server.server_close()
+        with self._lock:
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):  # already gone
+                connection.shutdown(socket.SHUT_RDWR)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _connected(self, connection: socket.socket, alive: bool) -> None:
+        with self._lock:
+            if alive:
+                self._connections.add(connection)
+                self._connection_count += 1
+            else:
+                self._connections.discard(connection)
+
+    def _answer(self, path: str, authorization: str | None, form: dict[str, str]) -> _Answer | None:
+        """What to answer; None means no answer at all (hang)."""
+        with self._lock:
+            self._requests += 1
+        if self.hang:
+            self._stopped.wait(HANG_LIMIT)
+            return None
+        with self._lock:
+            scripted = self._failures.popleft() if self._failures else None
+        if self.down:
+            return _error(_fault(503, 20503, None, None))
+        if scripted is not None:
+            return _error(scripted)
+        match = _PATH.match(path)
+        if not self._authorized(authorization):
+            return _error(_fault(401, 20003, None, None))
+        if match is None or match["sid"] != self.account_sid:
+            return _error(_fault(404, 20404, None, None))
+        return self._create(form)
+
+    def _authorized(self, authorization: str | None) -> bool:
+        scheme, _, encoded = (authorization or "").partition(" ")
+        try:
+            decoded = base64.b64decode(encoded, validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        expected = f"{self.account_sid}:{self.auth_token}"
+        return scheme.lower() == "basic" and hmac.compare_digest(decoded, expected)
+
+    def _create(self, form: dict[str, str]) -> _Answer:
+        with self._lock:
+            rule = self._rules.get(form.get("To", ""))
+        if rule is not None:
+            return _error(rule)
+        invalid = _invalid(form)
+        if invalid is not None:
+            return _error(_fault(400, invalid, None, None))
+        sent = SentMessage(
+            sid="SM" + uuid.uuid4().hex,
+            to=form["To"],
+            from_=form.get("From") or None,
+            messaging_service_sid=form.get("MessagingServiceSid") or None,
+            body=form["Body"],
+        )
+        with self._lock:
+            self._messages.append(sent)
+        return _Answer(201, self._resource(sent))
+
+    def _resource(self, sent: SentMessage) -> dict[str, Any]:
+        now = formatdate(usegmt=True)
+        uri = f"/2010-04-01/Accounts/{self.account_sid}/Messages/{sent.sid}"
+        return {
+            "account_sid": self.account_sid,
+            "api_version": "2010-04-01",
+            "body": sent.body,
+            "date_created": now,
+            "date_sent": None,
+            "date_updated": now,
+            "direction": "outbound-api",
+            "error_code": None,
+            "error_message": None,
+            "from": sent.from_,
+            "messaging_service_sid": sent.messaging_service_sid,
+            "num_media": "0",
+            "num_segments": str(_segments(sent.body)),
+            "price": None,
+            "price_unit": "USD",
+            "sid": sent.sid,
+            "status": "queued" if sent.from_ else "accepted",
+            "subresource_uris": {"media": f"{uri}/Media.json"},
+            "to": sent.to,
+            "uri": f"{uri}.json",
+        }
+
+
+def _handler_for(fake: FakeTwilio) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as Twilio does
+        disable_nagle_algorithm = True  # headers and body go out in two writes
+
+        def setup(self) -> None:
+            super().setup()
+            fake._connected(self.connection, alive=True)
+
+        def finish(self) -> None:
+            fake._connected(self.connection, alive=False)
+            super().finish()
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length).decode()
+            form = {k: v[0] for k, v in parse_qs(raw, keep_blank_values=True).items()}
+            self._send(fake._answer(self.path, self.headers.get("Authorization"), form))
+
+        def do_GET(self) -> None:
+            self._send(fake._answer(self.path, self.headers.get("Authorization"), {}))
+
+        def _send(self, answer: _Answer | None) -> None:
+            if answer is None:
+                self.close_connection = True
+                return
+            payload = json.dumps(answer.payload).encode()
+            self.send_response(answer.status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            for name, value in answer.headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # keep test output clean
+
+    return Handler
