@@ -1,0 +1,35 @@
+# The two commands of the README (make demo, make test) and a few more.
+# Each sets up what it needs: a virtualenv in .venv with the project installed.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint bench services clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: $(BIN)/.installed  ## the whole path on the embedded defaults: no server needed
+	$(BIN)/notify demo
+
+test: $(BIN)/.installed services  ## every test; Redis, PostgreSQL and RabbitMQ are started if installed
+	$(BIN)/python -m pytest
+
+services:
+	scripts/start-services
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+bench: $(BIN)/.installed services  ## throughput, notify against hand-rolled Celery, side by side
+	$(BIN)/python -m benchmarks.email_throughput
+	$(BIN)/python -m benchmarks.provider_throughput
+
+clean:
+	rm -rf $(VENV) .notify .pytest_cache .mypy_cache .ruff_cache
