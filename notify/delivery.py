@@ -30,9 +30,6 @@ from notify.store import Job, Refusal, Store, utcnow
 
 log = logging.getLogger("notify.delivery")
 
-LEASE_SECONDS = 120.0  # a claimed delivery is another worker's to retry after this
-MAX_BROKER_DELAY = 30.0  # longer waits are held in the store, never as a broker ETA
-
 PermanentFailureHook = Callable[[str, str, PermanentDeliveryError], None]
 
 
@@ -97,7 +94,7 @@ class Deliverer:
         self.store.close()
 
     def attempt(self, delivery_id: str) -> Outcome:
-        claim = self.store.claim(delivery_id, LEASE_SECONDS)
+        claim = self.store.claim(delivery_id, self.settings.lease)
         if isinstance(claim, Refusal):
             return self._refused(delivery_id, claim)
         try:
@@ -140,7 +137,9 @@ class Deliverer:
             log.warning("delivery %s: not in the store; dropping its message", delivery_id)
         elif refusal.retry_in is not None:
             # Another worker holds it (or held it and died): look again when its lease ends.
-            return Outcome("skipped", again_in=min(max(refusal.retry_in, 1.0), MAX_BROKER_DELAY))
+            return Outcome(
+                "skipped", again_in=min(max(refusal.retry_in, 1.0), self.settings.max_broker_delay)
+            )
         return Outcome("skipped")
 
     def _retry(self, job: Job, exc: TransientDeliveryError) -> Outcome:
@@ -148,7 +147,7 @@ class Deliverer:
         if job.attempts >= policy.max_attempts:
             return self._fail(job, exc, note=f" (gave up after {job.attempts} tries)")
         delay = policy.delay(job.attempts, retry_after=exc.retry_after)
-        held = delay > MAX_BROKER_DELAY
+        held = delay > self.settings.max_broker_delay
         self.store.mark_retrying(
             job.delivery_id, _reason(exc), exc.code, utcnow() + timedelta(seconds=delay), held=held
         )

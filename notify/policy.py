@@ -23,7 +23,7 @@ def parse_duration(value: object, *, key: str = "duration") -> float:
         raise ConfigurationError(f"{key}: expected a duration, got {value!r}", setting=key)
     if isinstance(value, int | float):
         seconds = float(value)
-    elif isinstance(value, str) and (match := _DURATION.match(value)):
+    elif isinstance(value, str) and (match := _DURATION.fullmatch(value)):
         seconds = float(match[1]) * _UNIT_SECONDS[match[2]]
     else:
         raise ConfigurationError(

@@ -11,6 +11,7 @@ from typing import Any
 from dotenv import dotenv_values
 
 from notify.errors import ConfigurationError
+from notify.policy import parse_duration
 
 
 class Secret:
@@ -71,14 +72,36 @@ class Settings:
     # How long the broker may hold an unacknowledged message before handing
     # it to another worker (Redis visibility timeout); bounds crash recovery.
     visibility_timeout: float = field(default=120.0, metadata={"env": "NOTIFY_VISIBILITY_TIMEOUT"})
-    # The sweeper re-enqueues deliveries left "queued" (or with an expired
-    # lease) this long: what a broker lost, or a send() whose enqueue failed.
+    # The longest one attempt may take (provider calls are bounded by it). A
+    # worker's claim on a delivery lasts 1.5 times this; then another may retry.
+    delivery_timeout: float = field(default=60.0, metadata={"env": "NOTIFY_DELIVERY_TIMEOUT"})
+    # The sweeper re-enqueues deliveries left "queued" this long (what a broker
+    # lost, or a send() whose enqueue failed) and those whose worker died.
     sweep_after: float = field(default=600.0, metadata={"env": "NOTIFY_SWEEP_AFTER"})
+    # Sent and duplicate deliveries, and expired dedup claims, are purged after this.
+    retention: float = field(default=30 * 86400.0, metadata={"env": "NOTIFY_RETENTION"})
     # "module:function" called as f(channel, address, error) when a delivery
     # fails for good, e.g. to delete a push token FCM calls UNREGISTERED.
     on_permanent_failure: str | None = field(default=None, metadata={"env": "NOTIFY_ON_PERMANENT_FAILURE"})
 
+    @property
+    def lease(self) -> float:
+        """How long a worker's claim on a delivery lasts."""
+        return self.delivery_timeout * 1.5
+
+    @property
+    def max_broker_delay(self) -> float:
+        """The longest retry delay left to the broker; longer ones wait in the store."""
+        return min(30.0, self.visibility_timeout / 4)
+
     def __post_init__(self) -> None:
+        if self.visibility_timeout <= self.lease:
+            raise ConfigurationError(
+                f"NOTIFY_VISIBILITY_TIMEOUT ({self.visibility_timeout:g}s) must exceed the delivery "
+                f"lease, 1.5 x NOTIFY_DELIVERY_TIMEOUT ({self.lease:g}s), or a slow delivery is "
+                "handed to a second worker while the first still sends it",
+                setting="NOTIFY_VISIBILITY_TIMEOUT",
+            )
         if self.smtp_tls not in ("none", "starttls", "tls"):
             raise ConfigurationError(
                 f"NOTIFY_SMTP_TLS must be none, starttls or tls, not {self.smtp_tls!r}",
@@ -140,7 +163,7 @@ def _convert(variable: str, type_name: str, raw: str) -> Any:
         if type_name.startswith("int"):
             return int(raw)
         if type_name.startswith("float"):
-            return float(raw)
+            return parse_duration(raw, key=variable)
     except ValueError:
         raise ConfigurationError(f"{variable} must be a number, not {raw!r}", setting=variable) from None
     return raw

@@ -379,32 +379,48 @@ class Store:
             ).all()
         return [(r.id, r.channel, r.priority) for r in rows]
 
-    def stuck(self, older_than: float, limit: int = 500) -> list[tuple[str, str, str]]:
-        """Deliveries nobody is working on: queued or with an expired lease, for a while."""
+    def reclaim_stuck(self, queued_for: float, limit: int = 500) -> list[tuple[str, str, str]]:
+        """Deliveries nobody is working on, set back to "queued": (id, channel, priority).
+
+        That is, queued for `queued_for` seconds (a broker lost the message, or
+        send() could not enqueue it), or claimed by a worker whose lease ran out
+        (it died mid-delivery).
+        """
         now = utcnow()
-        before = now - timedelta(seconds=older_than)
         d = deliveries.c
-        with self.engine.connect() as conn:
+        lost = sa.or_(
+            sa.and_(d.status == Status.QUEUED, d.updated_at < now - timedelta(seconds=queued_for)),
+            sa.and_(d.status == Status.SENDING, d.lease_until < now),
+        )
+        with self._tx() as conn:
+            ids = conn.execute(sa.select(d.id).where(lost).limit(limit)).scalars().all()
+            if not ids:
+                return []
             rows = conn.execute(
-                sa.select(d.id, d.channel, d.priority)
-                .where(
-                    sa.or_(
-                        sa.and_(d.status == Status.QUEUED, d.updated_at < before),
-                        sa.and_(d.status == Status.SENDING, d.lease_until < before),
-                    )
-                )
-                .limit(limit)
+                deliveries.update()
+                .where(d.id.in_(ids), lost)
+                .values(status=Status.QUEUED, lease_until=None, updated_at=now)
+                .returning(d.id, d.channel, d.priority)
             ).all()
         return [(r.id, r.channel, r.priority) for r in rows]
 
-    def touch(self, ids: list[str]) -> None:
-        """Note that `ids` were just re-enqueued, so the sweeper leaves them a while."""
+    def purge_finished(self, older_than: float) -> int:
+        """Delete sent and duplicate deliveries older than that, and expired dedup claims."""
+        now = utcnow()
+        cutoff = now - timedelta(seconds=older_than)
+        d = deliveries.c
         with self._tx() as conn:
+            removed = conn.execute(
+                deliveries.delete().where(
+                    d.status.in_([Status.SENT, Status.DUPLICATE]), d.updated_at < cutoff
+                )
+            ).rowcount
+            conn.execute(dedup_claims.delete().where(dedup_claims.c.expires_at < now))
+            orphans = sa.select(d.notification_id).where(d.notification_id == notifications.c.id)
             conn.execute(
-                deliveries.update()
-                .where(deliveries.c.id.in_(ids), deliveries.c.status == Status.QUEUED)
-                .values(updated_at=utcnow())
+                notifications.delete().where(notifications.c.created_at < cutoff, ~sa.exists(orphans))
             )
+        return int(removed)
 
 
 def _refusal(row: Any, now: datetime) -> Refusal:

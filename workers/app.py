@@ -11,12 +11,13 @@ from typing import Any
 
 from celery import Celery
 
-from notify.constants import MAINTENANCE_QUEUE, RELEASE_DUE_TASK, SWEEP_TASK
+from notify.constants import MAINTENANCE_QUEUE, PURGE_TASK, RELEASE_DUE_TASK, SWEEP_TASK
 from notify.routing import celery_config
 from notify.settings import Settings, get_settings
 
 RELEASE_EVERY = 1.0  # seconds: how late a due send_at or long retry may start
 SWEEP_EVERY = 30.0
+PURGE_EVERY = 3600.0
 
 
 def worker_config(settings: Settings) -> dict[str, Any]:
@@ -30,6 +31,11 @@ def worker_config(settings: Settings) -> dict[str, Any]:
                 "task": RELEASE_DUE_TASK,
                 "schedule": RELEASE_EVERY,
                 "options": {"queue": MAINTENANCE_QUEUE, "expires": 10},
+            },
+            "purge": {
+                "task": PURGE_TASK,
+                "schedule": PURGE_EVERY,
+                "options": {"queue": MAINTENANCE_QUEUE, "expires": PURGE_EVERY},
             },
             "sweep": {
                 "task": SWEEP_TASK,

@@ -10,7 +10,7 @@ from celery import Task
 from celery.signals import worker_shutdown
 from kombu.utils.imports import symbol_by_name
 
-from notify.constants import DELIVER_TASK, RELEASE_DUE_TASK, SWEEP_TASK
+from notify.constants import DELIVER_TASK, PURGE_TASK, RELEASE_DUE_TASK, SWEEP_TASK
 from notify.delivery import Deliverer
 from notify.routing import enqueue
 from notify.settings import get_settings
@@ -63,10 +63,15 @@ def sweep() -> int:
     """Re-enqueue deliveries nobody is working on: lost by a broker or a dead worker."""
     settings = get_settings()
     store = deliverer().store
-    stuck = store.stuck(older_than=settings.sweep_after)
+    stuck = store.reclaim_stuck(queued_for=settings.sweep_after)
     for delivery_id, channel, priority in stuck:
         enqueue(settings, delivery_id, channel, priority)
     if stuck:
-        store.touch([delivery_id for delivery_id, _, _ in stuck])
         log.warning("sweeper re-enqueued %d stuck deliveries", len(stuck))
     return len(stuck)
+
+
+@app.task(name=PURGE_TASK, ignore_result=True)
+def purge() -> int:
+    """Delete sent and duplicate deliveries older than NOTIFY_RETENTION; dead letters stay."""
+    return deliverer().store.purge_finished(older_than=get_settings().retention)

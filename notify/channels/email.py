@@ -42,7 +42,8 @@ class SmtpConfig:
     tls: str = "starttls"  # none | starttls | tls
     username: str | None = None
     password: Secret | None = None
-    timeout: float = 30.0
+    timeout: float = 30.0  # each SMTP command
+    deadline: float = 60.0  # a whole delivery, connecting included
     pool_size: int = 16
 
 
@@ -113,6 +114,7 @@ class SmtpProvider:
                 username=settings.smtp_username,
                 password=settings.smtp_password,
                 timeout=settings.smtp_timeout,
+                deadline=settings.delivery_timeout,
             )
         )
 
@@ -124,7 +126,7 @@ class SmtpProvider:
         mime = build_mime(message, self.config.sender)
         future = asyncio.run_coroutine_threadsafe(self._send(mime), self._loop)
         try:
-            response = future.result(timeout=self.config.timeout * 4)
+            response = future.result(timeout=self.config.deadline)
         except FutureTimeout:
             future.cancel()
             raise TransientDeliveryError("timed out", channel="email", provider="smtp") from None
