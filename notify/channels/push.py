@@ -39,7 +39,7 @@ __all__ = ["SCOPE", "TIMEOUT", "FcmProvider", "build_request", "classify"]
 
 SCOPE: Final = "https://www.googleapis.com/auth/firebase.messaging"
 TIMEOUT: Final = 30.0  # seconds, for FCM and the token endpoint alike
-POOL_SIZE: Final = 32  # connections kept to FCM, shared by a worker's threads
+_POOL_SIZE: Final = 32  # connections kept to FCM, shared by a worker's threads
 
 _CHANNEL: Final = "push"
 _PROVIDER: Final = "fcm"
@@ -213,7 +213,7 @@ class _Client(FCMNotification):  # type: ignore[misc]  # pyfcm is untyped
     def __init__(self, credentials: service_account.Credentials, endpoint: str) -> None:
         # Shared by every thread's session; max_retries=0 because the default
         # adapter re-sends 502/503 up to ten times with backoff.
-        self._adapter = HTTPAdapter(max_retries=0, pool_maxsize=POOL_SIZE)
+        self._adapter = HTTPAdapter(max_retries=0, pool_maxsize=_POOL_SIZE)
         super().__init__(credentials=credentials, adapter=self._adapter)
         self._endpoint = endpoint
         self._token_lock = threading.Lock()
