@@ -10,6 +10,7 @@ import threading
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
+from email.errors import HeaderParseError
 from email.headerregistry import Address
 from typing import Any
 
@@ -199,7 +200,7 @@ def _recipient(to: object) -> Recipient:
         raise ValidationError("to", f"must be a Recipient or a mapping, not {type(to).__name__}")
     if to.email is not None:
         _check_email(to.email)
-    if to.phone is not None and not (isinstance(to.phone, str) and _E164.match(to.phone)):
+    if to.phone is not None and not (isinstance(to.phone, str) and _E164.fullmatch(to.phone)):
         raise ValidationError("to.phone", f"not an E.164 number (like +14155550100): {to.phone!r}")
     if to.push_token is not None and (not isinstance(to.push_token, str) or not to.push_token.strip()):
         raise ValidationError("to.push_token", "must not be empty")
@@ -215,7 +216,7 @@ def _check_email(value: object) -> None:
             address = Address(addr_spec=value)
             if not address.username or "." not in address.domain or any(c.isspace() for c in value):
                 problem = "needs a user and a domain"
-        except (ValueError, IndexError) as exc:
+        except (ValueError, IndexError, HeaderParseError) as exc:
             problem = str(exc)
     if problem:
         raise ValidationError("to.email", f"not a valid email address {value!r}: {problem}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import re
 import tomllib
@@ -30,6 +31,8 @@ def parse_duration(value: object, *, key: str = "duration") -> float:
             f'{key}: expected seconds or a string like "500ms", "10s", "5m", "24h", got {value!r}',
             setting=key,
         )
+    if not math.isfinite(seconds):
+        raise ConfigurationError(f"{key}: must be a finite number of seconds, got {value!r}", setting=key)
     if seconds < 0:
         raise ConfigurationError(f"{key}: must not be negative, got {value!r}", setting=key)
     return seconds
@@ -47,7 +50,10 @@ class ChannelPolicy:
 
     def delay(self, attempt: int, *, retry_after: float | None = None) -> float:
         """Seconds to wait after failed try number `attempt` (1-based)."""
-        base = self.backoff_initial * self.backoff_multiplier ** max(attempt - 1, 0)
+        try:
+            base = self.backoff_initial * self.backoff_multiplier ** max(attempt - 1, 0)
+        except OverflowError:
+            base = self.backoff_max
         delay = min(base, self.backoff_max)
         if self.jitter:
             delay = random.uniform(0, delay)
@@ -76,6 +82,8 @@ def load_policies(path: Path | None) -> dict[str, ChannelPolicy]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigurationError(f"{path}: not valid TOML: {exc}", setting="NOTIFY_CONFIG") from None
     channels = document.get("channels", {})
+    if not isinstance(channels, dict):
+        raise ConfigurationError(f"{path}: channels must be a table", setting="NOTIFY_CONFIG")
     unknown = set(document) - {"channels"} | set(channels) - set(CHANNELS)
     if unknown:
         raise ConfigurationError(f"{path}: unknown section {sorted(unknown)[0]!r}", setting="NOTIFY_CONFIG")
@@ -85,7 +93,9 @@ def load_policies(path: Path | None) -> dict[str, ChannelPolicy]:
     }
 
 
-def _policy(where: str, base: ChannelPolicy, table: dict[str, Any]) -> ChannelPolicy:
+def _policy(where: str, base: ChannelPolicy, table: object) -> ChannelPolicy:
+    if not isinstance(table, dict):
+        raise ConfigurationError(f"{where}: must be a table", setting="NOTIFY_CONFIG")
     known = {f.name for f in fields(ChannelPolicy)}
     values: dict[str, Any] = {}
     for key, value in table.items():
@@ -101,7 +111,10 @@ def _policy(where: str, base: ChannelPolicy, table: dict[str, Any]) -> ChannelPo
 
 def _value(where: str, key: str, value: object) -> object:
     if key in _DURATION_KEYS:
-        return parse_duration(value, key=where)
+        try:
+            return parse_duration(value, key=where)
+        except ConfigurationError as exc:
+            raise ConfigurationError(str(exc), setting="NOTIFY_CONFIG") from None
     expected: dict[str, type | tuple[type, ...]] = {
         "max_attempts": int,
         "backoff_multiplier": (int, float),

@@ -95,7 +95,11 @@ class Renderer:
     def _select(
         self, name: str, filename: str, locale: str | None, *, optional: bool
     ) -> jinja2.Template | None:
-        candidates = [f"{name}/{loc}/{filename}" for loc in _locale_chain(locale)]
+        candidates = [
+            f"{name}/{spelling}/{filename}"
+            for loc in _locale_chain(locale)
+            for spelling in dict.fromkeys((loc, loc.replace("-", "_")))
+        ]
         candidates.append(f"{name}/{filename}")
         try:
             return self.env.select_template(candidates)
@@ -110,8 +114,10 @@ class Renderer:
         try:
             return template.render(data)
         except jinja2.UndefinedError as exc:
+            # "'name' is undefined" names a top-level variable; "'dict object' has
+            # no attribute 'name'" does not say whose, so only "data" is certain.
             match = _UNDEFINED.search(str(exc))
-            field = "data." + (match[1] if match and not match[2] else (match[2] if match else "?"))
+            field = f"data.{match[1]}" if match and not match[2] else "data"
             raise TemplateError(field, f"{template.name} needs it: {exc}") from None
         except jinja2.TemplateSyntaxError as exc:
             raise TemplateError("template", f"{exc.name}:{exc.lineno}: {exc.message}") from None

@@ -8,6 +8,7 @@ import sys
 import click
 
 from notify.dlq import list_dead_letters, purge_dead_letters
+from notify.errors import ValidationError
 from workers.cli.output import notifier, reports_errors, table
 
 
@@ -71,7 +72,7 @@ def list_(channel: str | None, limit: int, as_json: bool) -> None:
 def replay(ids: tuple[str, ...], everything: bool) -> None:
     """Start a fresh attempt cycle for IDS (same delivery ids)."""
     if bool(ids) == everything:
-        raise click.UsageError("give delivery IDs or --all, not both or neither")
+        raise ValidationError("ids", "give delivery IDs or --all, not both or neither")
     result = notifier().replay(None if everything else list(ids))
     for delivery_id in result.replayed:
         click.echo(f"replayed {delivery_id}")

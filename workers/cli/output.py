@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import click
 
 from notify.api import Notifier
-from notify.errors import NotifyError
+from notify.errors import NotifyError, ValidationError
 from notify.models import Delivery
 from notify.settings import get_settings
 
@@ -75,7 +75,7 @@ def json_object(option: str, text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not JSON: {exc}", param_hint=option) from None
+        raise ValidationError(option, f"not JSON: {exc}") from None
     if not isinstance(value, dict):
-        raise click.BadParameter("must be a JSON object", param_hint=option)
+        raise ValidationError(option, "must be a JSON object")
     return value

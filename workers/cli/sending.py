@@ -7,6 +7,7 @@ from datetime import datetime
 
 import click
 
+from notify.errors import ValidationError
 from workers.cli.output import deliveries_table, delivery_json, json_object, notifier, reports_errors
 
 
@@ -78,4 +79,4 @@ def _when(text: str | None) -> datetime | None:
     try:
         return datetime.fromisoformat(text)
     except ValueError:
-        raise click.BadParameter(f"not an ISO 8601 time: {text!r}", param_hint="--send-at") from None
+        raise ValidationError("--send-at", f"not an ISO 8601 time: {text!r}") from None
