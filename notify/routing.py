@@ -34,14 +34,29 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             # Redis: poll a worker's queues in the order given (high first).
             "queue_order_strategy": "priority",
             # Redis: an unacked message returns to its queue after this long, so
-            # a SIGKILLed worker's tasks come back in minutes, not the default hour.
+            # a SIGKILLed worker's tasks come back in minutes, not the default hour...
             "visibility_timeout": settings.visibility_timeout,
+            # ...provided someone looks: kombu scans for them only every
+            # interval x throttle seconds (10 x 10 by default, another 100 s).
+            "unacked_restore_interval": max(1.0, settings.visibility_timeout / 10),
+            "unacked_restore_throttle": 1,
+            # A worker killed while restoring must not block restores for long.
+            "unacked_mutex_expire": 60,
         }
     return {
         "broker_url": settings.resolved_broker_url,
         "broker_transport": EMBEDDED_TRANSPORT if settings.uses_embedded_broker else None,
         "broker_transport_options": transport_options,
         "broker_connection_retry_on_startup": True,
+        # send() must not hang on a dead broker: the store has the delivery and
+        # the sweeper enqueues it later.
+        "task_publish_retry_policy": {
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
+        },
+        "broker_connection_timeout": 2.0,
         "task_queues": task_queues(),
         "task_default_queue": queue_name("email", "normal"),
         "task_serializer": "json",

@@ -71,10 +71,10 @@ class Settings:
 
     # How long the broker may hold an unacknowledged message before handing
     # it to another worker (Redis visibility timeout); bounds crash recovery.
-    visibility_timeout: float = field(default=120.0, metadata={"env": "NOTIFY_VISIBILITY_TIMEOUT"})
+    visibility_timeout: float = field(default=90.0, metadata={"env": "NOTIFY_VISIBILITY_TIMEOUT"})
     # The longest one attempt may take (provider calls are bounded by it). A
     # worker's claim on a delivery lasts 1.5 times this; then another may retry.
-    delivery_timeout: float = field(default=60.0, metadata={"env": "NOTIFY_DELIVERY_TIMEOUT"})
+    delivery_timeout: float = field(default=45.0, metadata={"env": "NOTIFY_DELIVERY_TIMEOUT"})
     # The sweeper re-enqueues deliveries left "queued" this long (what a broker
     # lost, or a send() whose enqueue failed) and those whose worker died.
     sweep_after: float = field(default=600.0, metadata={"env": "NOTIFY_SWEEP_AFTER"})

@@ -16,11 +16,11 @@ from notify.routing import celery_config
 from notify.settings import Settings, get_settings
 
 RELEASE_EVERY = 1.0  # seconds: how late a due send_at or long retry may start
-SWEEP_EVERY = 30.0
 PURGE_EVERY = 3600.0
 
 
 def worker_config(settings: Settings) -> dict[str, Any]:
+    sweep_every = max(1.0, min(30.0, settings.sweep_after / 2))
     config = celery_config(settings)
     config.update(
         imports=["workers.tasks"],
@@ -39,8 +39,8 @@ def worker_config(settings: Settings) -> dict[str, Any]:
             },
             "sweep": {
                 "task": SWEEP_TASK,
-                "schedule": SWEEP_EVERY,
-                "options": {"queue": MAINTENANCE_QUEUE, "expires": SWEEP_EVERY},
+                "schedule": sweep_every,
+                "options": {"queue": MAINTENANCE_QUEUE, "expires": sweep_every},
             },
         },
         beat_schedule_filename=str(settings.home / "beat-schedule"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -20,6 +21,7 @@ class _Handler:
         self.failures: list[str] = []  # replies to give the next DATA commands
         self.rejected: dict[str, str] = {}  # address -> RCPT reply
         self.sessions = 0  # EHLO/HELO greetings: one per connection
+        self.attempts: list[tuple[float, str]] = []  # (time.time(), delivery id) of every DATA
 
     async def handle_EHLO(
         self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
@@ -37,6 +39,8 @@ class _Handler:
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         with self.lock:
+            delivery_id = message_from_bytes(envelope.content)["X-Notify-Delivery-Id"]
+            self.attempts.append((time.time(), str(delivery_id)))
             if self.failures:
                 return self.failures.pop(0)
             message = message_from_bytes(envelope.content, policy=policy.default)
@@ -71,6 +75,11 @@ class SmtpServer:
     def sessions(self) -> int:
         with self.handler.lock:
             return self.handler.sessions
+
+    def attempts_of(self, delivery_id: str) -> list[float]:
+        """When each DATA for `delivery_id` arrived, accepted or not."""
+        with self.handler.lock:
+            return [t for t, i in self.handler.attempts if i == delivery_id]
 
     def delivery_ids(self) -> Counter[str]:
         """How often each X-Notify-Delivery-Id arrived."""
