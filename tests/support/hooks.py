@@ -1,0 +1,14 @@
+"""A permanent-failure hook for tests: appends each call to $NOTIFY_TEST_HOOK_FILE."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from notify.errors import PermanentDeliveryError
+
+
+def record(channel: str, address: str, error: PermanentDeliveryError) -> None:
+    line = json.dumps({"channel": channel, "address": address, "code": error.code})
+    with open(os.environ["NOTIFY_TEST_HOOK_FILE"], "a") as f:
+        f.write(line + "\n")
