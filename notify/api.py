@@ -239,6 +239,7 @@ def _check_dedup_key(key: object) -> None:
 
 
 _lock = threading.Lock()
+_installed: list[Notifier] = []  # set by notify.testing.capture()
 
 
 @functools.lru_cache(maxsize=1)
@@ -247,9 +248,9 @@ def _notifier(settings: Settings) -> Notifier:
 
 
 def default_notifier() -> Notifier:
-    """The process-wide notifier for the current settings."""
+    """The process-wide notifier: the one `notify.testing` installed, or one for the settings."""
     with _lock:
-        return _notifier(get_settings())
+        return _installed[-1] if _installed else _notifier(get_settings())
 
 
 def send(

@@ -17,7 +17,8 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from notify.models import Status
-from notify.store import Store, _aware, deliveries, notifications, utcnow
+from notify.schema import _aware, deliveries, notifications, utcnow
+from notify.store import Queued, Store
 
 
 @dataclass(frozen=True)
@@ -98,28 +99,14 @@ def list_dead_letters(
     ]
 
 
-def reset_for_replay(store: Store, ids: builtins.list[str] | None) -> builtins.list[tuple[str, str, str]]:
-    """Put failed deliveries (these, or all) back to "queued" with no attempts: (id, channel, priority)."""
+def reset_for_replay(store: Store, ids: builtins.list[str] | None) -> builtins.list[Queued]:
+    """Put failed deliveries (these, or all) back to "queued" with no attempts."""
     d = deliveries.c
-    now = utcnow()
-    condition = d.status == Status.FAILED
-    if ids is not None:
-        condition = sa.and_(condition, d.id.in_(ids))
-    with store.engine.begin() as conn:
-        rows = conn.execute(
-            deliveries.update()
-            .where(condition)
-            .values(
-                status=Status.QUEUED,
-                attempts=0,
-                failed_at=None,
-                next_attempt_at=None,
-                release_at=None,
-                updated_at=now,
-            )
-            .returning(d.id, d.channel, d.priority)
-        ).all()
-    return [(r.id, r.channel, r.priority) for r in rows]
+    failed = d.status == Status.FAILED
+    where = failed if ids is None else sa.and_(failed, d.id.in_(ids))
+    return store.requeue(
+        where, limit=100_000, attempts=0, failed_at=None, next_attempt_at=None, release_at=None
+    )
 
 
 def purge_dead_letters(store: Store) -> int:

@@ -12,74 +12,16 @@ import json
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from notify.models import Channel, Delivery, Status
+from notify.schema import _aware, create_engine, dedup_claims, deliveries, metadata, notifications, utcnow
 
-metadata = sa.MetaData()
-_ts = sa.DateTime(timezone=True)
-
-notifications = sa.Table(
-    "notify_notifications",
-    metadata,
-    sa.Column("id", sa.String(36), primary_key=True),
-    sa.Column("template", sa.String(200), nullable=False),
-    sa.Column("locale", sa.String(35)),
-    sa.Column("data", sa.Text, nullable=False),  # JSON
-    sa.Column("created_at", _ts, nullable=False),
-)
-
-deliveries = sa.Table(
-    "notify_deliveries",
-    metadata,
-    sa.Column("id", sa.String(36), primary_key=True),
-    sa.Column(
-        "notification_id", sa.String(36), sa.ForeignKey(notifications.c.id), nullable=False, index=True
-    ),
-    sa.Column("channel", sa.String(16), nullable=False),
-    sa.Column("address", sa.String(512), nullable=False),
-    sa.Column("priority", sa.String(16), nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("attempts", sa.Integer, nullable=False, default=0),
-    sa.Column("dedup_key", sa.String(200)),
-    sa.Column("duplicate_of", sa.String(36)),
-    sa.Column("provider_id", sa.String(300)),
-    sa.Column("last_error", sa.Text),
-    sa.Column("error_code", sa.String(64)),
-    sa.Column("created_at", _ts, nullable=False),
-    sa.Column("updated_at", _ts, nullable=False),
-    sa.Column("next_attempt_at", _ts),
-    sa.Column("release_at", _ts),  # set while the store, not the broker, holds the next try
-    sa.Column("lease_until", _ts),  # while "sending": the worker's claim
-    sa.Column("sent_at", _ts),
-    sa.Column("failed_at", _ts),
-    sa.Index("ix_notify_deliveries_status_release", "status", "release_at"),
-)
-
-dedup_claims = sa.Table(
-    "notify_dedup_claims",
-    metadata,
-    sa.Column("channel", sa.String(16), primary_key=True),
-    sa.Column("address", sa.String(512), primary_key=True),
-    sa.Column("dedup_key", sa.String(200), primary_key=True),
-    sa.Column("delivery_id", sa.String(36), nullable=False),
-    sa.Column("expires_at", _ts, nullable=False),
-)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
+__all__ = ["Job", "NewDelivery", "Queued", "Refusal", "Store", "utcnow"]
 
 
 @dataclass(frozen=True)
@@ -108,40 +50,20 @@ class Job:
     data: dict[str, Any]
 
 
+class Queued(NamedTuple):
+    """A delivery set back to "queued", to publish on its channel and priority."""
+
+    id: str
+    channel: str
+    priority: str
+
+
 @dataclass(frozen=True)
 class Refusal:
     """Why a claim was refused: the delivery is done, or another worker holds it."""
 
     status: str | None  # None: no such delivery
     retry_in: float | None = None  # another worker's lease, or not yet due
-
-
-def create_engine(url: str) -> sa.Engine:
-    if url.startswith(("postgresql://", "postgres://")):
-        url = "postgresql+psycopg://" + url.split("://", 1)[1]
-    if not url.startswith("sqlite"):
-        return sa.create_engine(url, pool_pre_ping=True)
-    database = sa.make_url(url).database
-    if database and database != ":memory:":
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url, connect_args={"timeout": 60})
-
-    @sa.event.listens_for(engine, "connect")
-    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None  # let "begin" below emit BEGIN
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=60000")
-        cursor.close()
-
-    @sa.event.listens_for(engine, "begin")
-    def _begin_immediate(connection: sa.Connection) -> None:
-        # Take the write lock up front: a deferred transaction that reads and
-        # then writes fails with SQLITE_BUSY instead of waiting its turn.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-    return engine
 
 
 class Store:
@@ -354,33 +276,29 @@ class Store:
 
     # -- scheduler -----------------------------------------------------------
 
-    def release_due(self, limit: int = 500) -> list[tuple[str, str, str]]:
-        """Move held deliveries whose time has come to "queued": (id, channel, priority)."""
-        now = utcnow()
+    def requeue(self, where: sa.ColumnElement[bool], *, limit: int = 500, **values: Any) -> list[Queued]:
+        """Set deliveries matching `where` back to "queued" (with `values`); return them."""
         d = deliveries.c
         with self._tx() as conn:
-            due = (
-                conn.execute(
-                    sa.select(d.id)
-                    .where(d.release_at <= now, d.status.in_([Status.SCHEDULED, Status.RETRYING]))
-                    .order_by(d.release_at)
-                    .limit(limit)
-                )
-                .scalars()
-                .all()
-            )
-            if not due:
+            ids = conn.execute(sa.select(d.id).where(where).limit(limit)).scalars().all()
+            if not ids:
                 return []
             rows = conn.execute(
                 deliveries.update()
-                .where(d.id.in_(due), d.release_at <= now)
-                .values(status=Status.QUEUED, release_at=None, updated_at=now)
+                .where(d.id.in_(ids), where)  # re-checked: another process may have won
+                .values(status=Status.QUEUED, updated_at=utcnow(), **values)
                 .returning(d.id, d.channel, d.priority)
             ).all()
-        return [(r.id, r.channel, r.priority) for r in rows]
+        return [Queued(*row) for row in rows]
 
-    def reclaim_stuck(self, queued_for: float, limit: int = 500) -> list[tuple[str, str, str]]:
-        """Deliveries nobody is working on, set back to "queued": (id, channel, priority).
+    def release_due(self) -> list[Queued]:
+        """Held deliveries (send_at, long retry delays) whose time has come."""
+        d = deliveries.c
+        due = sa.and_(d.release_at <= utcnow(), d.status.in_([Status.SCHEDULED, Status.RETRYING]))
+        return self.requeue(due, release_at=None)
+
+    def reclaim_stuck(self, queued_for: float) -> list[Queued]:
+        """Deliveries nobody is working on.
 
         That is, queued for `queued_for` seconds (a broker lost the message, or
         send() could not enqueue it), or claimed by a worker whose lease ran out
@@ -392,17 +310,7 @@ class Store:
             sa.and_(d.status == Status.QUEUED, d.updated_at < now - timedelta(seconds=queued_for)),
             sa.and_(d.status == Status.SENDING, d.lease_until < now),
         )
-        with self._tx() as conn:
-            ids = conn.execute(sa.select(d.id).where(lost).limit(limit)).scalars().all()
-            if not ids:
-                return []
-            rows = conn.execute(
-                deliveries.update()
-                .where(d.id.in_(ids), lost)
-                .values(status=Status.QUEUED, lease_until=None, updated_at=now)
-                .returning(d.id, d.channel, d.priority)
-            ).all()
-        return [(r.id, r.channel, r.priority) for r in rows]
+        return self.requeue(lost, lease_until=None)
 
     def purge_finished(self, older_than: float) -> int:
         """Delete sent and duplicate deliveries older than that, and expired dedup claims."""

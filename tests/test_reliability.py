@@ -350,7 +350,35 @@ def test_a_worker_refuses_to_start_with_an_invalid_policy_file(
 def _all_deliveries(producer: Notifier) -> list:  # type: ignore[type-arg]
     import sqlalchemy as sa
 
-    from notify.store import _delivery, deliveries
+    from notify.schema import deliveries
+    from notify.store import _delivery
 
     with producer.store.engine.connect() as conn:
         return [_delivery(row) for row in conn.execute(sa.select(deliveries))]
+
+
+def test_a_retry_goes_back_to_the_queue_it_came_from(
+    env: dict[str, str],
+    redis_url: str,
+    notifier: Callable[[], Notifier],
+    start_worker: Callable[..., Worker],
+    smtp_server: SmtpServer,
+) -> None:
+    import redis
+
+    env["NOTIFY_BROKER_URL"] = redis_url
+    smtp_server.fail_next(1, "451 4.7.1 Greylisted, try again in 15 seconds")  # a broker-held delay
+    start_worker("email", "-c", "1")
+    producer = notifier()
+
+    result = producer.send("welcome", {"email": "ada@example.com"}, data={"name": "Ada"}, priority="high")
+
+    wait_for(lambda: only_delivery(producer, result.id).status == Status.RETRYING, what="the first failure")
+    client = redis.Redis.from_url(redis_url)
+
+    def waiting_retry() -> list[str]:
+        # The worker holds the countdown message unacked; kombu keeps its route beside it.
+        return [json.loads(raw)[2] for raw in client.hvals("unacked")]
+
+    assert wait_for(waiting_retry, what="the retry message") == ["notify.email.high"]
+    client.close()

@@ -7,9 +7,11 @@ Settings are read when Celery first needs its configuration, not at import.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Celery
+from celery.signals import after_setup_logger
 
 from notify.constants import MAINTENANCE_QUEUE, PURGE_TASK, RELEASE_DUE_TASK, SWEEP_TASK
 from notify.routing import celery_config
@@ -49,6 +51,12 @@ def worker_config(settings: Settings) -> dict[str, Any]:
 
 
 app = Celery("notify")
+
+
+@after_setup_logger.connect
+def _quiet_provider_clients(**_: Any) -> None:
+    # twilio logs every request's URL and headers at INFO: eleven lines a message.
+    logging.getLogger("twilio.http_client").setLevel(logging.WARNING)
 
 
 @app.on_configure.connect

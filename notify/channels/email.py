@@ -26,8 +26,8 @@ from notify.errors import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
+from notify.schema import utcnow
 from notify.settings import Secret, Settings
-from notify.store import utcnow
 
 _IDLE_CHECK_AFTER = 5.0  # seconds idle after which a pooled connection is NOOP-checked
 _QUEUED_AS = re.compile(r"queued as\s+(\S+)", re.IGNORECASE)

@@ -76,7 +76,7 @@ def build_request(message: SmsMessage, sender: str) -> dict[str, str]:
 def classify(exc: Exception, retry_after: float | None = None) -> NotifyError:
     """Turn what the twilio client raised into notify's error.
 
-    429 and 5xx are transient (with the provider's `retry_after` in seconds),
+    408, 429 and 5xx are transient (with the provider's `retry_after` in seconds),
     as are network failures; 401 (code 20003) is a `ConfigurationError`;
     any other answer (21211 invalid number, 21610 unsubscribed, ...) is permanent.
     """
@@ -97,7 +97,7 @@ def _classify_answer(status: int, code: int | None, reason: str, retry_after: fl
             "NOTIFY_TWILIO_ACCOUNT_SID and NOTIFY_TWILIO_AUTH_TOKEN",
             setting="NOTIFY_TWILIO_AUTH_TOKEN",
         )
-    if status == 429 or code == 20429 or status >= 500:
+    if status in (408, 429) or code == 20429 or status >= 500:
         return TransientDeliveryError(
             reason,
             channel=CHANNEL,

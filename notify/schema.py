@@ -1,0 +1,97 @@
+"""The store's tables, and engines tuned for them (SQLite pragmas, PostgreSQL driver)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+_ts = sa.DateTime(timezone=True)
+
+notifications = sa.Table(
+    "notify_notifications",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("template", sa.String(200), nullable=False),
+    sa.Column("locale", sa.String(35)),
+    sa.Column("data", sa.Text, nullable=False),  # JSON
+    sa.Column("created_at", _ts, nullable=False),
+)
+
+deliveries = sa.Table(
+    "notify_deliveries",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column(
+        "notification_id", sa.String(36), sa.ForeignKey(notifications.c.id), nullable=False, index=True
+    ),
+    sa.Column("channel", sa.String(16), nullable=False),
+    sa.Column("address", sa.String(512), nullable=False),
+    sa.Column("priority", sa.String(16), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("dedup_key", sa.String(200)),
+    sa.Column("duplicate_of", sa.String(36)),
+    sa.Column("provider_id", sa.String(300)),
+    sa.Column("last_error", sa.Text),
+    sa.Column("error_code", sa.String(64)),
+    sa.Column("created_at", _ts, nullable=False),
+    sa.Column("updated_at", _ts, nullable=False),
+    sa.Column("next_attempt_at", _ts),
+    sa.Column("release_at", _ts),  # set while the store, not the broker, holds the next try
+    sa.Column("lease_until", _ts),  # while "sending": the worker's claim
+    sa.Column("sent_at", _ts),
+    sa.Column("failed_at", _ts),
+    sa.Index("ix_notify_deliveries_status_release", "status", "release_at"),
+)
+
+dedup_claims = sa.Table(
+    "notify_dedup_claims",
+    metadata,
+    sa.Column("channel", sa.String(16), primary_key=True),
+    sa.Column("address", sa.String(512), primary_key=True),
+    sa.Column("dedup_key", sa.String(200), primary_key=True),
+    sa.Column("delivery_id", sa.String(36), nullable=False),
+    sa.Column("expires_at", _ts, nullable=False),
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def create_engine(url: str) -> sa.Engine:
+    if url.startswith(("postgresql://", "postgres://")):
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    if not url.startswith("sqlite"):
+        return sa.create_engine(url, pool_pre_ping=True)
+    database = sa.make_url(url).database
+    if database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, connect_args={"timeout": 60})
+
+    @sa.event.listens_for(engine, "connect")
+    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # let "begin" below emit BEGIN
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin_immediate(connection: sa.Connection) -> None:
+        # Take the write lock up front: a deferred transaction that reads and
+        # then writes fails with SQLITE_BUSY instead of waiting its turn.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine

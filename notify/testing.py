@@ -1,0 +1,130 @@
+"""Test doubles for applications that call `notify.send()`.
+
+    import notify.testing
+
+    def test_signup_sends_a_welcome():
+        with notify.testing.capture() as outbox:
+            myapp.sign_up("ada@example.com")
+        [email] = outbox.emails
+        assert email.subject == "Welcome, Ada!"
+
+Inside `capture()`, `notify.send()` validates exactly as in production, then
+renders and "delivers" every delivery at once, in the calling thread, into
+`outbox` (no broker, no worker, a throwaway SQLite store). `notify.status()`
+shows the outcomes. Provider failures can be scripted with `outbox.fail_next`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from notify import api
+from notify.api import Notifier
+from notify.channels.base import EmailMessage, Message, PushMessage, Receipt, SmsMessage
+from notify.delivery import Deliverer
+from notify.errors import DeliveryError
+from notify.settings import Settings, get_settings
+
+__all__ = ["MemoryProvider", "Outbox", "capture"]
+
+MEMORY_BACKEND = "notify.testing:MemoryProvider"
+
+
+class Outbox:
+    """What was delivered while capturing, in order."""
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+        self._failures: list[DeliveryError] = []
+        self._lock = threading.Lock()
+
+    @property
+    def emails(self) -> list[EmailMessage]:
+        return [m for m in self.messages if isinstance(m, EmailMessage)]
+
+    @property
+    def sms(self) -> list[SmsMessage]:
+        return [m for m in self.messages if isinstance(m, SmsMessage)]
+
+    @property
+    def pushes(self) -> list[PushMessage]:
+        return [m for m in self.messages if isinstance(m, PushMessage)]
+
+    def fail_next(self, error: DeliveryError) -> None:
+        """Make the next delivery raise `error` (e.g. a `PermanentDeliveryError`)."""
+        with self._lock:
+            self._failures.append(error)
+
+    def _take(self, message: Message) -> Receipt:
+        with self._lock:
+            if self._failures:
+                raise self._failures.pop(0)
+            self.messages.append(message)
+            return Receipt(provider_id=f"memory:{len(self.messages)}")
+
+
+_outboxes: list[Outbox] = []
+
+
+class MemoryProvider:
+    """The provider `capture()` configures for every channel."""
+
+    name = "memory"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> MemoryProvider:
+        return cls()
+
+    def deliver(self, message: Message) -> Receipt:
+        return _outboxes[-1]._take(message)
+
+    def close(self) -> None:
+        pass
+
+
+class _InlineNotifier(Notifier):
+    """Delivers in the calling thread instead of enqueueing."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.deliverer = Deliverer(settings)
+
+    def _enqueue(self, delivery_id: str, channel: str, priority: str) -> None:
+        self.deliverer.attempt(delivery_id)
+
+    def close(self) -> None:
+        self.deliverer.close()
+        super().close()
+
+
+@contextmanager
+def capture(settings: Settings | None = None) -> Iterator[Outbox]:
+    """Route `notify.send()` to an in-memory outbox for the duration of the block."""
+    base = settings or get_settings()
+    with tempfile.TemporaryDirectory(prefix="notify-testing-") as home:
+        inline = _InlineNotifier(
+            dataclasses.replace(
+                base,
+                home=Path(home),
+                broker_url=None,
+                database_url=f"sqlite:///{home}/notify.db",
+                email_backend=MEMORY_BACKEND,
+                sms_backend=MEMORY_BACKEND,
+                push_backend=MEMORY_BACKEND,
+                email_from=base.email_from or "notify@example.com",
+            )
+        )
+        outbox = Outbox()
+        _outboxes.append(outbox)
+        api._installed.append(inline)
+        try:
+            yield outbox
+        finally:
+            api._installed.remove(inline)
+            _outboxes.remove(outbox)
+            inline.close()
