@@ -48,6 +48,24 @@ def redis_url() -> Iterator[str]:
 
 
 @pytest.fixture
+def rabbitmq_url() -> str:
+    """RabbitMQ with notify's queues declared and empty."""
+    require_service("RabbitMQ", RABBITMQ_URL)
+    from kombu import Connection
+
+    from notify.routing import task_queues
+
+    with Connection(RABBITMQ_URL) as connection:
+        channel = connection.channel()
+        for queue in task_queues():
+            bound = queue(channel)
+            bound.declare()
+            bound.purge()
+        channel.close()
+    return RABBITMQ_URL
+
+
+@pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A fresh PostgreSQL database for one test, dropped afterwards."""
     require_service("PostgreSQL", POSTGRES_URL)

@@ -303,14 +303,12 @@ def test_the_sweeper_delivers_what_never_reached_the_broker(
 @pytest.mark.rabbitmq
 def test_a_rabbitmq_restart_between_send_and_delivery_loses_nothing(
     env: dict[str, str],
+    rabbitmq_url: str,
     notifier: Callable[[], Notifier],
     start_worker: Callable[..., Worker],
     smtp_server: SmtpServer,
 ) -> None:
-    from tests.conftest import RABBITMQ_URL, require_service
-
-    require_service("RabbitMQ", RABBITMQ_URL)
-    env["NOTIFY_BROKER_URL"] = RABBITMQ_URL
+    env["NOTIFY_BROKER_URL"] = rabbitmq_url
     producer = notifier()
     results = [
         producer.send("welcome", {"email": f"u{i}@example.com"}, data={"name": "U"}) for i in range(10)
