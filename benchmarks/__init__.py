@@ -1,0 +1,1 @@
+"""Throughput benchmarks: notify side by side with what teams hand-roll; see README.md."""

@@ -1,0 +1,261 @@
+"""One measured leg (N messages through one contender to a counting server) and the summary."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from benchmarks._harness import Child, Control, CpuMeter, PgCounters, median, print_table, rate
+
+WARMUP_TIMEOUT = 90.0  # seconds: a worker's start-up plus its first messages
+
+
+@dataclass
+class Leg:
+    """What one leg measured; times are seconds from the first message handed over."""
+
+    round: int
+    leg: str
+    count: int
+    producer_s: float  # notify.send() / task.delay() for all, or the whole raw loop
+    e2e_s: float  # until the server had received all `count`
+    first_receipt_s: float
+    drain_s: float  # first receipt -> last: the delivering side alone once it is busy
+    received: int
+    distinct: int
+    duplicates: int
+    missing: int
+    unexpected: int
+    channel: str = "email"
+    store: dict[str, int] | None = None  # notify legs: deliveries per status afterwards
+    cpu_s: dict[str, float] | None = None  # CPU seconds per component while measuring
+    pg_per_msg: dict[str, float] | None = None  # notify legs: pg_stat_database counters per message
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def e2e_rate(self) -> float | None:
+        return rate(self.count, self.e2e_s)
+
+    @property
+    def producer_rate(self) -> float | None:
+        return rate(self.count, self.producer_s)
+
+    @property
+    def drain_rate(self) -> float | None:
+        return rate(self.count - 1, self.drain_s)
+
+    @property
+    def cpu_ms_per_msg(self) -> dict[str, float] | None:
+        if self.cpu_s is None:
+            return None
+        per = {name: 1000 * spent / self.count for name, spent in self.cpu_s.items()}
+        return {**per, "total": sum(per.values())}
+
+    def as_json(self) -> dict[str, Any]:
+        extra = {"ok": self.ok, "e2e_per_s": self.e2e_rate, "producer_per_s": self.producer_rate,
+                 "drain_per_s": self.drain_rate, "cpu_ms_per_msg": self.cpu_ms_per_msg}  # fmt: skip
+        return {**asdict(self), **extra}
+
+    def check(self, *, expect_sent: bool) -> None:
+        """Fill `problems`: exactly `count` distinct recipients, no duplicates, the store agrees."""
+        if self.received != self.count or self.distinct != self.count:
+            self.problems.append(
+                f"received {self.received} ({self.distinct} distinct), expected {self.count}"
+            )
+        if self.duplicates:
+            self.problems.append(f"{self.duplicates} duplicates")
+        if self.missing or self.unexpected:
+            self.problems.append(f"{self.missing} missing, {self.unexpected} unexpected recipients")
+        if expect_sent and (self.store or {}).get("sent") != self.count:
+            self.problems.append(f"store statuses {self.store}, expected {self.count} sent")
+
+
+def warm_up(
+    server: Control, watch: Sequence[Child], send: Callable[[int, str], object], recipients: Sequence[str]
+) -> None:
+    """Untimed messages first: connections, caches, and proof that a worker is up."""
+    server.reset()
+    for i, recipient in enumerate(recipients):
+        send(i, recipient)
+    server.wait(len(recipients), timeout=WARMUP_TIMEOUT, watch=watch)
+    time.sleep(0.3)
+    server.reset()
+
+
+def measure(
+    *,
+    round_no: int,
+    leg: str,
+    channel: str,
+    server: Control,
+    watch: Sequence[Child],
+    send: Callable[[int, str], object],
+    recipients: Sequence[str],
+    timeout: float,
+    settle: float,
+    start_after_enqueue: Callable[[], Sequence[Child]] | None = None,
+    meter: CpuMeter | None = None,
+) -> Leg:
+    """Time `recipients` from the first handed over until the server has them all.
+
+    With `start_after_enqueue` (preload mode) every message is enqueued first and
+    only then is the worker started; `drain_s` is then the figure that counts.
+    """
+    server.reset()
+    count = len(recipients)
+    if meter is not None:
+        meter.start()
+    started = time.monotonic()
+    for i, recipient in enumerate(recipients):
+        send(i, recipient)
+        if i % 250 == 0:  # a dead worker fails the leg now, not after the whole loop
+            for child in watch:
+                child.check_alive()
+    handed_over = time.monotonic()
+    if start_after_enqueue is not None:
+        watch = [*watch, *start_after_enqueue()]
+        timeout += WARMUP_TIMEOUT
+    done = server.wait(count, timeout=timeout, watch=watch)
+    cpu = meter.stop() if meter is not None else None
+    time.sleep(settle)  # anything arriving now is a duplicate or a stray
+    final, keys = server.stats(), server.keys()
+    expected = set(recipients)
+    return Leg(
+        round=round_no,
+        leg=leg,
+        channel=channel,
+        count=count,
+        producer_s=handed_over - started,
+        e2e_s=done["last_at"] - started,
+        first_receipt_s=done["first_at"] - started,
+        drain_s=done["last_at"] - done["first_at"],
+        received=final["received"],
+        distinct=final["distinct"],
+        duplicates=final["duplicates"],
+        missing=len(expected - keys),
+        unexpected=len(keys - expected),
+        cpu_s=cpu,
+    )
+
+
+def summarize(legs: Sequence[Leg], contender: str, baseline: str) -> dict[str, Any]:
+    """Medians per contender and the contender/baseline ratios, per round and their median."""
+    by = {(leg.round, leg.leg): leg for leg in legs}
+    paired = sorted({r for r, _ in by if (r, contender) in by and (r, baseline) in by})
+
+    def rates(name: str, attr: str) -> list[float]:
+        return [v for leg in legs if leg.leg == name and (v := getattr(leg, attr))]
+
+    def ratios(attr: str) -> list[float]:
+        pairs = [(getattr(by[r, contender], attr), getattr(by[r, baseline], attr)) for r in paired]
+        return [a / b for a, b in pairs if a and b]
+
+    ours, theirs = median(rates(contender, "e2e_rate")), median(rates(baseline, "e2e_rate"))
+    return {
+        "contender": contender,
+        "baseline": baseline,
+        "contender_e2e_per_s_median": ours,
+        "baseline_e2e_per_s_median": theirs,
+        "contender_producer_per_s_median": median(rates(contender, "producer_rate")),
+        "baseline_producer_per_s_median": median(rates(baseline, "producer_rate")),
+        "e2e_ratio_per_round": ratios("e2e_rate"),
+        "e2e_ratio_median": median(ratios("e2e_rate")),
+        "e2e_ratio_of_medians": ours / theirs if ours and theirs else None,
+        "contender_drain_per_s_median": median(rates(contender, "drain_rate")),
+        "baseline_drain_per_s_median": median(rates(baseline, "drain_rate")),
+        "drain_ratio_per_round": ratios("drain_rate"),
+        "drain_ratio_median": median(ratios("drain_rate")),
+        "producer_ratio_per_round": ratios("producer_rate"),
+        "producer_ratio_median": median(ratios("producer_rate")),
+        "cpu_ms_per_msg_median": {name: _cpu_medians(legs, name) for name in (contender, baseline)},
+        "all_correct": bool(legs) and all(leg.ok for leg in legs),
+    }
+
+
+def _cpu_medians(legs: Sequence[Leg], name: str) -> dict[str, float | None]:
+    measured = [leg.cpu_ms_per_msg for leg in legs if leg.leg == name and leg.cpu_ms_per_msg]
+    components = list(measured[0]) if measured else []
+    return {c: median([m[c] for m in measured]) for c in components}
+
+
+def print_legs(legs: Sequence[Leg], *, producer_header: str = "producer s") -> None:
+    headers = ["channel", "round", "leg", producer_header, "producer/s", "e2e s", "e2e msg/s",
+               "1st rcpt s", "drain msg/s", "received", "dup", "missing", "ok"]  # fmt: skip
+    rows = [
+        [
+            leg.channel,
+            leg.round,
+            leg.leg,
+            leg.producer_s,
+            leg.producer_rate,
+            leg.e2e_s,
+            leg.e2e_rate,
+            leg.first_receipt_s,
+            leg.drain_rate,
+            leg.received,
+            leg.duplicates,
+            leg.missing,
+            "yes" if leg.ok else "NO: " + "; ".join(leg.problems),
+        ]
+        for leg in legs
+    ]
+    print_table(headers, rows)
+
+
+def print_ratios(summary: dict[str, Any], label: str) -> None:
+    per_round = ", ".join(f"{r:.2f}" for r in summary["e2e_ratio_per_round"]) or "-"
+    ours, theirs = summary["contender_e2e_per_s_median"] or 0, summary["baseline_e2e_per_s_median"] or 0
+    print(
+        f"{label} end to end: median {times(summary['e2e_ratio_median'])} (per round {per_round}; "
+        f"{ours:,.0f} vs {theirs:,.0f} msg/s, ratio of medians {times(summary['e2e_ratio_of_medians'])})"
+    )
+
+
+def times(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def print_cpu_ratio(summary: dict[str, Any], label: str) -> None:
+    ours = summary["cpu_ms_per_msg_median"][summary["contender"]].get("total")
+    theirs = summary["cpu_ms_per_msg_median"][summary["baseline"]].get("total")
+    if ours and theirs:
+        print(
+            f"{label} CPU per message, all components: {ours:.2f} vs {theirs:.2f} ms ({ours / theirs:.2f}x)"
+        )
+
+
+def print_cpu(legs: Sequence[Leg]) -> None:
+    """CPU milliseconds per message, per component: the cost, whatever the neighbours do."""
+    measured = [leg for leg in legs if leg.cpu_ms_per_msg]
+    if not measured:
+        return
+    names = list(measured[0].cpu_ms_per_msg or {})
+    rows = [[leg.channel, leg.round, leg.leg, *[(leg.cpu_ms_per_msg or {}).get(n) for n in names]]
+            for leg in measured]  # fmt: skip
+    print("CPU ms per message (from /proc; redis is shared with whatever else uses it):")
+    print_table(["channel", "round", "leg", *names], rows, digits=2)
+
+
+def print_pg(legs: Sequence[Leg]) -> None:
+    measured = [leg for leg in legs if leg.pg_per_msg]
+    if not measured:
+        return
+    names = list(PgCounters.COLUMNS)
+    print("PostgreSQL per message (pg_stat_database; sessions = connections opened):")
+    rows = [
+        [leg.channel, leg.round, leg.leg, *[(leg.pg_per_msg or {}).get(n) for n in names]] for leg in measured
+    ]
+    print_table(["channel", "round", "leg", *names], rows, digits=2)
+
+
+def print_drain_ratio(summary: dict[str, Any], label: str) -> None:
+    per_round = ", ".join(f"{r:.2f}" for r in summary["drain_ratio_per_round"]) or "-"
+    ours, theirs = summary["contender_drain_per_s_median"] or 0, summary["baseline_drain_per_s_median"] or 0
+    print(f"{label} drain (first -> last receipt): median {times(summary['drain_ratio_median'])} "
+          f"(per round {per_round}; {ours:,.0f} vs {theirs:,.0f} msg/s)")  # fmt: skip

@@ -1,0 +1,330 @@
+"""SMS and push: `notify worker sms|push` against the raw provider client in a loop, side by side.
+
+    python -m benchmarks.provider_throughput [--count 1000] [--rounds 2] [--channels sms push]
+
+Both contenders send the same `--count` welcome messages to the same local fake
+(tests/fakes/, each in its own process): Twilio's Messages API for SMS, FCM
+HTTP v1 plus its OAuth token endpoint for push. notify goes the whole way
+(notify.send() -> PostgreSQL store -> Redis -> worker subprocess with
+`--concurrency` threads -> twilio / pyfcm); the baseline is the bare client
+sending pre-rendered messages one after another from this process. Legs
+alternate per channel (notify, raw, notify, raw); see benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from jinja2 import Environment, FileSystemLoader
+
+from benchmarks._harness import (
+    REPO,
+    RESULTS,
+    BenchmarkError,
+    Child,
+    Control,
+    CpuMeter,
+    PgCounters,
+    Processes,
+    backend_pids,
+    check_service,
+    clean_environ,
+    delivery_statuses,
+    environment,
+    flush_redis,
+    raise_on_sigterm,
+    redis_pid,
+    temporary_database,
+    write_results,
+)
+from benchmarks._legs import (
+    Leg,
+    measure,
+    print_cpu,
+    print_cpu_ratio,
+    print_legs,
+    print_pg,
+    print_ratios,
+    summarize,
+    warm_up,
+)
+from benchmarks.email_throughput import close_notify_producer
+
+NAME = "provider_throughput"
+NOTIFY, RAW = "notify", "raw client"
+SMS_FROM = "+15005550006"
+FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
+CHANNEL_CODE = {"sms": 1, "push": 2}
+
+
+def recipient(channel: str, leg: str, round_no: int, i: int) -> str:
+    """A distinct phone number (E.164) or push token per message, per leg and round."""
+    leg_code = {NOTIFY: 1, RAW: 2, "warmup": 9}[leg]
+    if channel == "sms":
+        return f"+1{CHANNEL_CODE[channel]}{leg_code}{round_no:02d}{i:07d}"
+    return f"bench-{leg_code}-{round_no}-{i:07d}"
+
+
+class Renderer:
+    """The welcome templates, rendered with plain Jinja2 for the raw loops (before timing)."""
+
+    def __init__(self) -> None:
+        self.env = Environment(
+            loader=FileSystemLoader(REPO / "templates"), trim_blocks=True, lstrip_blocks=True
+        )
+
+    def __call__(self, part: str, name: str) -> str:
+        return self.env.get_template(f"welcome/{part}.j2").render(name=name).strip()
+
+
+def raw_twilio(info: dict[str, Any]) -> Callable[[str, str], object]:
+    """twilio's own client against the fake: its HTTP client rebased, as teams do for a mock."""
+    from twilio.http.http_client import TwilioHttpClient
+    from twilio.rest import Client
+
+    base = urlsplit(info["url"])
+
+    class RebasedHttpClient(TwilioHttpClient):  # type: ignore[misc]
+        def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+            parts = urlsplit(url)
+            url = urlunsplit((base.scheme, base.netloc, parts.path, parts.query, parts.fragment))
+            return super().request(method, url, *args, **kwargs)
+
+    client = Client(info["account_sid"], info["auth_token"], http_client=RebasedHttpClient(timeout=30))
+    return lambda to, body: client.messages.create(to=to, from_=SMS_FROM, body=body)
+
+
+def raw_fcm(info: dict[str, Any]) -> Callable[[str, str, str], object]:
+    """pyfcm with service-account credentials, its endpoint pointed at the fake."""
+    from google.oauth2 import service_account
+    from pyfcm import FCMNotification
+
+    load = service_account.Credentials.from_service_account_file
+    credentials = load(info["credentials"], scopes=[FCM_SCOPE])  # type: ignore[no-untyped-call]
+    client = FCMNotification(credentials=credentials)
+    client.FCM_END_POINT_BASE = info["url"] + "/v1/projects"
+    return lambda token, title, body: client.notify(
+        fcm_token=token, notification_title=title, notification_body=body, data_payload={"source": "bench"}
+    )
+
+
+class ProviderBenchmark:
+    def __init__(self, args: argparse.Namespace, procs: Processes, database_url: str) -> None:
+        self.args = args
+        self.procs = procs
+        self.database_url = database_url
+        self.render = Renderer()
+        self.servers: dict[str, dict[str, Any]] = {}
+        self.controls: dict[str, Control] = {}
+        if "sms" in args.channels:
+            self._start_fake("sms", "twilio")
+        if "push" in args.channels:
+            self._start_fake("push", "fcm", "--dir", str(procs.log_dir))
+        self.redis_pid = redis_pid(args.redis_url)
+        self.environ = self._environ()
+        os.environ.update(self.environ)  # notify.send() reads these
+
+    def _start_fake(self, channel: str, kind: str, *extra: str) -> None:
+        argv = [sys.executable, "-m", "benchmarks.fake_servers", kind, *extra]
+        info = self.procs.start_server(f"fake-{kind}", argv, clean_environ())
+        self.servers[channel] = info
+        self.controls[channel] = Control(info["control_url"], info["child"])
+
+    def _environ(self) -> dict[str, str]:
+        env = {
+            "NOTIFY_HOME": str(self.procs.log_dir / "notify-home"),
+            "NOTIFY_BROKER_URL": self.args.redis_url,
+            "NOTIFY_DATABASE_URL": self.database_url,
+            "NOTIFY_TEMPLATES_DIR": str(REPO / "templates"),
+            "NOTIFY_EMAIL_BACKEND": "outbox",
+            "NOTIFY_SMS_BACKEND": "twilio",
+            "NOTIFY_PUSH_BACKEND": "fcm",
+        }
+        if "sms" in self.servers:
+            twilio = self.servers["sms"]
+            env |= {
+                "NOTIFY_TWILIO_ACCOUNT_SID": twilio["account_sid"],
+                "NOTIFY_TWILIO_AUTH_TOKEN": twilio["auth_token"],
+                "NOTIFY_TWILIO_FROM": SMS_FROM,
+                "NOTIFY_TWILIO_BASE_URL": twilio["url"],
+            }
+        if "push" in self.servers:
+            env |= {"NOTIFY_FCM_CREDENTIALS": self.servers["push"]["credentials"],
+                    "NOTIFY_FCM_BASE_URL": self.servers["push"]["url"]}  # fmt: skip
+        return env
+
+    def run(self, channel: str, round_no: int, leg: str) -> Leg:
+        recipients = [recipient(channel, leg, round_no, i) for i in range(self.args.count)]
+        warmup = [
+            recipient(channel, "warmup", round_no * 10 + (leg == RAW), i) for i in range(self.args.warmup)
+        ]
+        server = self.controls[channel]
+        common: dict[str, Any] = {
+            "round_no": round_no,
+            "leg": leg,
+            "channel": channel,
+            "server": server,
+            "recipients": recipients,
+            "timeout": self.args.timeout,
+            "settle": self.args.settle,
+        }
+        if leg == RAW:
+            send = self._raw_sender(channel)
+            warm_up(server, [], send, warmup)
+            result = measure(watch=[], send=send, meter=self._meter(channel, []), **common)
+            result.check(expect_sent=False)
+            return result
+        flush_redis(self.args.redis_url)  # before the worker starts: it declares its queues
+        env = {**clean_environ(), **self.environ, "PYTHONUNBUFFERED": "1"}
+        argv = [sys.executable, "-m", "workers.cli", "worker", channel, "-c", str(self.args.concurrency),
+                "-l", "warning"]  # fmt: skip
+        if self.args.profile:
+            out = self.procs.log_dir / f"profile-{channel}-round{round_no}.prof"
+            argv = [sys.executable, "-m", "benchmarks.profiled", "--out", str(out), *argv[1:]]
+        worker = self.procs.start(f"worker-{channel}-round{round_no}", argv, env)
+        pg = PgCounters(self.database_url)
+        try:
+            send = _notify_sender(channel)
+            warm_up(server, [worker], send, warmup)
+            close_notify_producer()  # its PostgreSQL sessions publish their counters as they end
+            pg.start()
+            result = measure(watch=[worker], send=send, meter=self._meter(channel, [worker]), **common)
+        finally:
+            self.procs.stop(worker)
+        prefix = recipients[0][: -len("0000000")]  # recipient() ends in a 7-digit sequence number
+        result.store = delivery_statuses(self.database_url, f"{prefix}%")
+        close_notify_producer()
+        result.pg_per_msg = pg.per_message(result.count)
+        result.check(expect_sent=True)
+        return result
+
+    def _meter(self, channel: str, workers: list[Child]) -> CpuMeter:
+        fake = self.controls[channel].child
+        return CpuMeter({
+            "producer": lambda: [os.getpid()],
+            "worker": lambda: [w.process.pid for w in workers if w.alive],
+            "fake": lambda: [fake.process.pid],
+            "postgres": lambda: backend_pids(self.database_url),
+            "redis": lambda: [self.redis_pid] if self.redis_pid else [],
+        })  # fmt: skip
+
+    def _raw_sender(self, channel: str) -> Callable[[int, str], object]:
+        """A send(i, recipient) over pre-rendered messages: only the client call is timed."""
+        names = [f"User {i}" for i in range(max(self.args.count, self.args.warmup))]
+        if channel == "sms":
+            bodies = [self.render("sms.txt", name) for name in names]
+            sms = raw_twilio(self.servers["sms"])
+            return lambda i, to: sms(to, bodies[i])
+        titles = [self.render("push.title", name) for name in names]
+        bodies = [self.render("push.body", name) for name in names]
+        push = raw_fcm(self.servers["push"])
+        return lambda i, token: push(token, titles[i], bodies[i])
+
+
+def _notify_sender(channel: str) -> Callable[[int, str], object]:
+    import notify
+
+    field = "phone" if channel == "sms" else "push_token"
+
+    def send(i: int, to: str) -> object:
+        return notify.send("welcome", to={field: to}, data={"name": f"User {i}"}, channels=[channel])
+
+    return send
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.provider_throughput", description=__doc__)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--count", type=int, default=1000, help="messages per leg (default 1000)")
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="rounds of notify + raw per channel (default 2)"
+    )
+    parser.add_argument("--channels", nargs="+", choices=["sms", "push"], default=["sms", "push"])
+    parser.add_argument(
+        "--concurrency", "-c", type=int, default=16, help="notify worker threads (default 16)"
+    )
+    parser.add_argument("--warmup", type=int, default=None, help="untimed messages first (default: -c)")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14",
+                        help="broker; this db is FLUSHED before each notify leg (default db 14)")  # fmt: skip
+    parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/test",
+                        help="admin connection: a fresh database is created, then dropped")  # fmt: skip
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds one leg may take at most")
+    parser.add_argument("--profile", action="store_true",
+                        help="run notify workers under cProfile (slower); see results/logs/")  # fmt: skip
+    parser.add_argument("--settle", type=float, default=1.0, help="seconds to watch for late duplicates")
+    args = parser.parse_args(argv)
+    if args.warmup is None:
+        args.warmup = args.concurrency
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    raise_on_sigterm()
+    for name, url in (("Redis", args.redis_url), ("PostgreSQL", args.postgres_url)):
+        parts = urlsplit(url)
+        check_service(name, parts.hostname or "127.0.0.1", parts.port or 0)
+    env_at_start = environment()
+    legs: list[Leg] = []
+    error: str | None = None
+    started = time.monotonic()
+    try:
+        with (
+            temporary_database(args.postgres_url) as database_url,
+            Processes(RESULTS / "logs" / NAME) as procs,
+        ):
+            bench = ProviderBenchmark(args, procs, database_url)
+            try:
+                for channel in args.channels:
+                    for round_no in range(1, args.rounds + 1):
+                        for leg in (NOTIFY, RAW):
+                            print(f"{channel} round {round_no}: {leg} ...", flush=True)
+                            legs.append(bench.run(channel, round_no, leg))
+            finally:
+                close_notify_producer()
+                flush_redis(args.redis_url)
+    except BenchmarkError as exc:
+        error = str(exc)
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        error = "interrupted"
+        print("interrupted: child processes stopped, benchmark database dropped", file=sys.stderr)
+    summaries = {
+        channel: summarize([leg for leg in legs if leg.channel == channel], NOTIFY, RAW)
+        for channel in args.channels
+    }
+    print()
+    print_legs(legs, producer_header="producer s")
+    print()
+    for channel, summary in summaries.items():
+        print_ratios(summary, f"{channel}: notify/raw client")
+        print_cpu_ratio(summary, f"{channel}: notify/raw client")
+    print()
+    print_cpu(legs)
+    print()
+    print_pg(legs)
+    path = write_results(NAME + ("_profile" if args.profile else ""), {
+        "benchmark": NAME,
+        "params": {k: v for k, v in vars(args).items() if k != "postgres_url"},
+        "environment": env_at_start,
+        "loadavg_at_end": os.getloadavg(),
+        "wall_s": time.monotonic() - started,
+        "legs": [leg.as_json() for leg in legs],
+        "summary": summaries,
+        "error": error,
+    })  # fmt: skip
+    print(f"results: {path.relative_to(REPO)}")
+    correct = all(s["all_correct"] for s in summaries.values())
+    if error == "interrupted":
+        return 130
+    return 0 if error is None and correct else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
