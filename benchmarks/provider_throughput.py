@@ -131,7 +131,8 @@ class ProviderBenchmark:
         os.environ.update(self.environ)  # notify.send() reads these
 
     def _start_fake(self, channel: str, kind: str, *extra: str) -> None:
-        argv = [sys.executable, "-m", "benchmarks.fake_servers", kind, *extra]
+        latency = ["--latency", str(self.args.latency_ms / 1000)]
+        argv = [sys.executable, "-m", "benchmarks.fake_servers", kind, *latency, *extra]
         info = self.procs.start_server(f"fake-{kind}", argv, clean_environ())
         self.servers[channel] = info
         self.controls[channel] = Control(info["control_url"], info["child"])
@@ -183,7 +184,7 @@ class ProviderBenchmark:
         flush_redis(self.args.redis_url)  # before the worker starts: it declares its queues
         env = {**clean_environ(), **self.environ, "PYTHONUNBUFFERED": "1"}
         argv = [sys.executable, "-m", "workers.cli", "worker", channel, "-c", str(self.args.concurrency),
-                "-l", "warning"]  # fmt: skip
+                "-P", self.args.pool, "-l", "warning"]  # fmt: skip
         if self.args.profile:
             out = self.procs.log_dir / f"profile-{channel}-round{round_no}.prof"
             argv = [sys.executable, "-m", "benchmarks.profiled", "--out", str(out), *argv[1:]]
@@ -244,6 +245,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--count", type=int, default=1000, help="messages per leg (default 1000)")
     parser.add_argument(
         "--rounds", type=int, default=2, help="rounds of notify + raw per channel (default 2)"
+    )
+    parser.add_argument(
+        "--pool",
+        choices=["threads", "prefork", "solo"],
+        default="threads",
+        help="the notify worker's Celery pool (default threads)",
+    )
+    parser.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        help="how long the fakes take to answer, like a real provider (default 0)",
     )
     parser.add_argument("--channels", nargs="+", choices=["sms", "push"], default=["sms", "push"])
     parser.add_argument(

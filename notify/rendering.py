@@ -51,6 +51,7 @@ class Renderer:
             autoescape=_autoescape,
             trim_blocks=True,
             lstrip_blocks=True,
+            auto_reload=False,  # templates change with a deploy, which restarts the process
         )
 
     def names(self) -> list[str]:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+
+_PING_IF_IDLE_FOR = 10.0  # seconds
 
 metadata = sa.MetaData()
 _ts = sa.DateTime(timezone=True)
@@ -73,7 +76,7 @@ def create_engine(url: str) -> sa.Engine:
     if url.startswith(("postgresql://", "postgres://")):
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
     if not url.startswith("sqlite"):
-        return sa.create_engine(url, pool_pre_ping=True)
+        return _server_engine(url)
     database = sa.make_url(url).database
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
@@ -93,5 +96,33 @@ def create_engine(url: str) -> sa.Engine:
         # Take the write lock up front: a deferred transaction that reads and
         # then writes fails with SQLITE_BUSY instead of waiting its turn.
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def _server_engine(url: str) -> sa.Engine:
+    # A pool for a worker's 16 delivery threads plus the scheduler's, so
+    # connections are reused instead of opened and closed per message.
+    engine = sa.create_engine(url, pool_size=20, max_overflow=10, pool_recycle=1800)
+
+    @sa.event.listens_for(engine, "checkin")
+    def _idle_since(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @sa.event.listens_for(engine, "checkout")
+    def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        # pool_pre_ping would cost a round trip per transaction; a connection
+        # in steady use is known good, one that sat idle may have been dropped
+        # (database restart, proxy timeout): check those, and let the pool
+        # replace the dead ones.
+        if time.monotonic() - record.info.get("idle_since", time.monotonic()) < _PING_IF_IDLE_FOR:
+            return
+        try:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("SELECT 1")
+            cursor.close()
+            dbapi_connection.rollback()
+        except Exception as exc:
+            raise sa.exc.DisconnectionError() from exc
 
     return engine

@@ -189,8 +189,12 @@ class Store:
             sa.and_(d.status == Status.RETRYING, d.release_at.is_(None)),
             sa.and_(d.status == Status.SENDING, d.lease_until < now),
         )
+        n = notifications.c
+        of_notification = n.id == d.notification_id
         with self._tx() as conn:
-            claimed = conn.execute(
+            # One round trip: update and read back, the notification's fields by
+            # subquery (SQLite's RETURNING cannot name a joined table's columns).
+            row = conn.execute(
                 deliveries.update()
                 .where(d.id == delivery_id, claimable)
                 .values(
@@ -200,16 +204,20 @@ class Store:
                     lease_until=now + timedelta(seconds=lease),
                     next_attempt_at=None,
                 )
-            ).rowcount
-            row = conn.execute(
-                sa.select(deliveries, notifications.c.template, notifications.c.locale, notifications.c.data)
-                .join(notifications)
-                .where(d.id == delivery_id)
+                .returning(
+                    d.id,
+                    d.channel,
+                    d.address,
+                    d.priority,
+                    d.attempts,
+                    sa.select(n.template).where(of_notification).scalar_subquery().label("template"),
+                    sa.select(n.locale).where(of_notification).scalar_subquery().label("locale"),
+                    sa.select(n.data).where(of_notification).scalar_subquery().label("data"),
+                )
             ).first()
-        if row is None:
-            return Refusal(status=None)
-        if not claimed:
-            return _refusal(row, now)
+            if row is None:
+                held = conn.execute(sa.select(deliveries).where(d.id == delivery_id)).first()
+                return Refusal(status=None) if held is None else _refusal(held, now)
         return Job(
             delivery_id=row.id,
             channel=row.channel,

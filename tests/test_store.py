@@ -227,3 +227,26 @@ def test_purging_keeps_dead_letters_and_recent_deliveries(store: Store) -> None:
     assert store.purge_finished(older_than=-1) == 2
     assert store.get(sent) is None and store.get(recent) is None
     assert store.get(failed).status == Status.FAILED  # type: ignore[union-attr]
+
+
+def test_a_postgresql_connection_dropped_while_idle_is_replaced_quietly(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import psycopg
+
+    import notify.schema
+
+    monkeypatch.setattr(notify.schema, "_PING_IF_IDLE_FOR", 0.0)  # every checkout counts as idle
+    store = Store(postgres_url)
+    [delivery_id] = record(store, new())
+    database = postgres_url.rsplit("/", 1)[1]
+    with psycopg.connect(postgres_url.rsplit("/", 1)[0] + "/test", autocommit=True) as admin:
+        killed = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s", (database,)
+        ).fetchone()
+
+    delivery = store.get(delivery_id)  # the pool's connection is dead; the ping replaces it
+
+    store.close()
+    assert killed is not None and killed[0] >= 1
+    assert delivery is not None and delivery.status == Status.QUEUED

@@ -20,10 +20,18 @@ from workers.cli.output import reports_errors
     show_default=True,
     help="Threads delivering at once (delivery waits on the network).",
 )
+@click.option(
+    "--pool",
+    "-P",
+    type=click.Choice(["threads", "prefork", "solo"]),
+    default="threads",
+    show_default=True,
+    help="Celery pool; threads suit delivery, which waits on the network.",
+)
 @click.option("--beat", is_flag=True, help="Also run the scheduler (release due sends, sweep).")
 @click.option("--loglevel", "-l", default="info", show_default=True)
 @reports_errors
-def worker(channel: str, concurrency: int, beat: bool, loglevel: str) -> None:
+def worker(channel: str, concurrency: int, pool: str, beat: bool, loglevel: str) -> None:
     """Run a Celery worker for CHANNEL's queues, high before normal before low."""
     from notify.channels import load_provider
     from workers.app import app
