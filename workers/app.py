@@ -23,6 +23,9 @@ PURGE_EVERY = 3600.0
 
 def worker_config(settings: Settings) -> dict[str, Any]:
     sweep_every = max(1.0, min(30.0, settings.sweep_after / 2))
+    # Beat keeps its schedule file here; without the folder it dies at start
+    # and the worker runs on without a scheduler.
+    settings.home.mkdir(parents=True, exist_ok=True)
     config = celery_config(settings)
     config.update(
         imports=["workers.tasks"],
