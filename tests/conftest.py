@@ -13,7 +13,7 @@ import pytest
 
 from notify.api import Notifier
 from notify.settings import Settings
-from tests.support.processes import Worker
+from tests.support.processes import Notify, Worker
 from tests.support.smtp import SmtpServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -134,3 +134,17 @@ def start_worker(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., 
     yield start
     for worker in started:
         worker.stop()
+
+
+@pytest.fixture
+def start_beat(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[[], Notify]]:
+    """`notify beat`, the scheduler as a process of its own."""
+    started: list[Notify] = []
+
+    def start() -> Notify:
+        started.append(Notify(["beat", "-l", "info"], env, tmp_path / "beat.log"))
+        return started[-1]
+
+    yield start
+    for beat in started:
+        beat.stop()

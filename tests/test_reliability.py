@@ -17,7 +17,7 @@ from notify.api import Notifier
 from notify.dlq import list_dead_letters
 from notify.models import FINAL_STATUSES, Status
 from notify.settings import Settings
-from tests.support.processes import Worker, wait_for
+from tests.support.processes import Notify, Worker, wait_for
 from tests.support.smtp import SmtpServer
 
 
@@ -263,13 +263,20 @@ def test_deliveries_wait_out_an_smtp_outage(
     assert all(only_delivery(producer, r.id).status == Status.SENT for r in results)
 
 
+@pytest.mark.parametrize("scheduler", ["worker --beat", "notify beat"])
 def test_send_at_is_held_in_the_store_and_arrives_after_not_before(
+    scheduler: str,
     env: dict[str, str],
     notifier: Callable[[], Notifier],
     start_worker: Callable[..., Worker],
+    start_beat: Callable[[], Notify],
     smtp_server: SmtpServer,
 ) -> None:
-    start_worker("email", "-c", "2", "--beat")
+    if scheduler == "notify beat":
+        start_worker("email", "-c", "2")
+        start_beat()
+    else:
+        start_worker("email", "-c", "2", "--beat")
     producer = notifier()
     when = datetime.now(UTC) + timedelta(seconds=3)
 

@@ -26,15 +26,14 @@ def wait_for(predicate: Callable[[], T], *, timeout: float = 30.0, what: str = "
         time.sleep(0.05)
 
 
-class Worker:
-    """`notify worker CHANNEL` as a subprocess, its log in a file."""
+class Notify:
+    """A `notify ...` command as a subprocess, its log in a file."""
 
-    def __init__(self, channel: str, env: dict[str, str], log: Path, *args: str) -> None:
-        self.channel = channel
+    def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
         self.log = log
         self._log_file = log.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "workers.cli", "worker", channel, "-l", "info", *args],
+            [sys.executable, "-m", "workers.cli", *argv],
             env=env,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
@@ -44,17 +43,8 @@ class Worker:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
-    def wait_ready(self, timeout: float = 60.0) -> Worker:
-        def ready() -> bool:
-            if self.process.poll() is not None:
-                raise AssertionError(f"worker exited with {self.process.returncode}:\n{self.output()}")
-            return " ready." in self.output()
-
-        wait_for(ready, timeout=timeout, what=f"the {self.channel} worker to be ready")
-        return self
-
     def kill(self) -> None:
-        """SIGKILL the worker and everything it started: no chance to ack or clean up."""
+        """SIGKILL the process and everything it started: no chance to ack or clean up."""
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=30)
@@ -67,3 +57,20 @@ class Worker:
             except subprocess.TimeoutExpired:
                 self.kill()
         self._log_file.close()
+
+
+class Worker(Notify):
+    """`notify worker CHANNEL` as a subprocess."""
+
+    def __init__(self, channel: str, env: dict[str, str], log: Path, *args: str) -> None:
+        super().__init__(["worker", channel, "-l", "info", *args], env, log)
+        self.channel = channel
+
+    def wait_ready(self, timeout: float = 60.0) -> Worker:
+        def ready() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError(f"worker exited with {self.process.returncode}:\n{self.output()}")
+            return " ready." in self.output()
+
+        wait_for(ready, timeout=timeout, what=f"the {self.channel} worker to be ready")
+        return self
