@@ -387,3 +387,35 @@ def test_a_retry_goes_back_to_the_queue_it_came_from(
 
     assert wait_for(waiting_retry, what="the retry message") == ["notify.email.high"]
     client.close()
+
+
+def test_deliveries_wait_out_a_store_outage(
+    redis_postgres: dict[str, str],
+    notifier: Callable[[], Notifier],
+    start_worker: Callable[..., Worker],
+    smtp_server: SmtpServer,
+) -> None:
+    import psycopg
+
+    from tests.conftest import POSTGRES_URL
+
+    producer = notifier()
+    results = [
+        producer.send("welcome", {"email": f"u{i}@example.com"}, data={"name": "U"}) for i in range(10)
+    ]
+    database = redis_postgres["NOTIFY_DATABASE_URL"].rsplit("/", 1)[1]
+    producer.close()
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (database,)
+        )
+        worker = start_worker("email", "-c", "4")
+        wait_for(lambda: worker.output().count("store unavailable") >= 10, what="claims failing on the store")
+        admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+
+    wait_for(lambda: len(smtp_server.messages) == 10, timeout=60, what="the 10 emails")
+    producer = notifier()
+    assert all(finished(producer, r.id) for r in results)
+    counts = smtp_server.delivery_ids()
+    assert len(counts) == 10 and set(counts.values()) == {1}

@@ -9,6 +9,7 @@ from typing import Any
 from celery import Task
 from celery.signals import worker_shutdown
 from kombu.utils.imports import symbol_by_name
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from notify.constants import DELIVER_TASK, PURGE_TASK, RELEASE_DUE_TASK, SWEEP_TASK
 from notify.delivery import Deliverer
@@ -41,7 +42,16 @@ def _close(**_: Any) -> None:
 
 @app.task(name=DELIVER_TASK, bind=True, ignore_result=True)
 def deliver(self: Task[[str], str], delivery_id: str) -> str:
-    outcome = deliverer().attempt(delivery_id)
+    try:
+        outcome = deliverer().attempt(delivery_id)
+    except (OperationalError, InterfaceError) as exc:
+        # The store is unreachable: keep the message and try again, backing off,
+        # rather than let Celery ack a failed task and leave it to the sweeper.
+        delay = min(2.0 ** min(self.request.retries, 10), get_settings().max_broker_delay)
+        log.error(
+            "delivery %s: store unavailable (%s), again in %.1fs", delivery_id, type(exc).__name__, delay
+        )
+        raise self.retry(countdown=delay, max_retries=None) from None
     if outcome.again_in is not None:
         # A new message on the queue this one came from; this one is acked.
         raise self.retry(countdown=outcome.again_in, max_retries=None)
