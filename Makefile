@@ -8,9 +8,10 @@ BIN := $(VENV)/bin
 .PHONY: demo test lint bench services clean
 
 $(BIN)/.installed: pyproject.toml
+	@echo "installing into $(VENV) (log: $(VENV)/install.log)"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@{ $(BIN)/python -m pip install --upgrade pip && $(BIN)/python -m pip install -e '.[dev]'; } \
+		> $(VENV)/install.log 2>&1 || { tail -n 30 $(VENV)/install.log; exit 1; }
 	touch $@
 
 demo: $(BIN)/.installed  ## the whole path on the embedded defaults: no server needed

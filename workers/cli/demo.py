@@ -14,7 +14,7 @@ import click
 from notify.api import Notifier
 from notify.models import FINAL_STATUSES, SendResult
 from notify.settings import Settings, get_settings
-from workers.cli.output import table
+from workers.cli.output import outcome, table
 
 SAMPLES = [
     (
@@ -74,9 +74,11 @@ def demo(timeout: float) -> None:
     with MailCatcher(home / "mail") as catcher:
         env = _demo_env(catcher.port)
         settings = Settings.from_env(env)
+        click.echo(f"SMTP catcher on 127.0.0.1:{catcher.port}; starting email, sms and push workers")
         workers = [_start_worker(channel, env, home) for channel in ("email", "sms", "push")]
         try:
             results = _send_samples(Notifier(settings))
+            click.echo(f"sent {len(results)} notifications; waiting for every delivery to finish\n")
             _wait(Notifier(settings), results, timeout)
         finally:
             for process in workers:
@@ -146,16 +148,7 @@ def _report(notifier: Notifier, results: list[SendResult], home: Path, mails: in
     rows = []
     for result, (template, *_rest) in zip(results, [*SAMPLES, ("welcome (send_at +3s)",)], strict=True):
         for d in notifier.status(result.id):
-            rows.append(
-                (
-                    result.id,
-                    template,
-                    d.channel,
-                    d.status,
-                    d.attempts,
-                    d.provider_id or d.duplicate_of or d.last_error,
-                )
-            )
+            rows.append((result.id, template, d.channel, d.status, d.attempts, outcome(d) or d.last_error))
     click.echo(table(["notification", "template", "channel", "status", "attempts", "provider id"], rows))
     click.echo(f"\n{mails} emails caught by the local SMTP server: {home / 'mail'}")
     click.echo(f"SMS and push (outbox backend): {home / 'outbox'}")

@@ -64,11 +64,13 @@ def delivery_json(d: Delivery) -> dict[str, Any]:
 def deliveries_table(deliveries: Sequence[Delivery]) -> str:
     return table(
         ["delivery", "channel", "status", "attempts", "provider id", "last error"],
-        [
-            (d.id, d.channel, d.status, d.attempts, d.provider_id or d.duplicate_of, d.last_error)
-            for d in deliveries
-        ],
+        [(d.id, d.channel, d.status, d.attempts, outcome(d), d.last_error) for d in deliveries],
     )
+
+
+def outcome(d: Delivery) -> str | None:
+    """The provider's id for a sent delivery, or which delivery a duplicate repeats."""
+    return f"duplicate of {d.duplicate_of}" if d.duplicate_of else d.provider_id
 
 
 def json_object(option: str, text: str) -> dict[str, Any]:
