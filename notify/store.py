@@ -98,7 +98,6 @@ class Store:
     ) -> list[Delivery]:
         """Record a notification and its deliveries; claim dedup keys atomically."""
         now = utcnow()
-        result: list[Delivery] = []
         with self._tx() as conn:
             conn.execute(
                 notifications.insert().values(
@@ -109,37 +108,40 @@ class Store:
                     created_at=now,
                 )
             )
-            for d in new:
-                holder = self._claim_dedup(conn, d, now) if d.dedup_key else d.id
-                status = d.status if holder == d.id else Status.DUPLICATE
-                conn.execute(
-                    deliveries.insert().values(
-                        id=d.id,
-                        notification_id=notification_id,
-                        channel=d.channel,
-                        address=d.address,
-                        priority=d.priority,
-                        status=status,
-                        attempts=0,
-                        dedup_key=d.dedup_key,
-                        duplicate_of=None if holder == d.id else holder,
-                        created_at=now,
-                        updated_at=now,
-                        release_at=d.release_at,
-                        next_attempt_at=d.release_at,
-                    )
-                )
-                result.append(
-                    Delivery(
-                        id=d.id,
-                        notification_id=notification_id,
-                        channel=Channel(d.channel),
-                        status=status,
-                        next_attempt_at=d.release_at,
-                        duplicate_of=None if holder == d.id else holder,
-                    )
-                )
-        return result
+            recorded = [self._insert_delivery(conn, notification_id, d, now) for d in new]
+        return recorded
+
+    def _insert_delivery(
+        self, conn: sa.Connection, notification_id: str, d: NewDelivery, now: datetime
+    ) -> Delivery:
+        holder = self._claim_dedup(conn, d, now) if d.dedup_key else d.id
+        duplicate_of = None if holder == d.id else holder
+        status = Status.DUPLICATE if duplicate_of else d.status
+        conn.execute(
+            deliveries.insert().values(
+                id=d.id,
+                notification_id=notification_id,
+                channel=d.channel,
+                address=d.address,
+                priority=d.priority,
+                status=status,
+                attempts=0,
+                dedup_key=d.dedup_key,
+                duplicate_of=duplicate_of,
+                created_at=now,
+                updated_at=now,
+                release_at=d.release_at,
+                next_attempt_at=d.release_at,
+            )
+        )
+        return Delivery(
+            id=d.id,
+            notification_id=notification_id,
+            channel=Channel(d.channel),
+            status=status,
+            next_attempt_at=d.release_at,
+            duplicate_of=duplicate_of,
+        )
 
     def _claim_dedup(self, conn: sa.Connection, d: NewDelivery, now: datetime) -> str:
         """The id of the delivery holding (channel, address, key): ours if we won it."""
