@@ -413,6 +413,14 @@ def environment() -> dict[str, Any]:
     }
 
 
+def close_notify_producer() -> None:
+    """Let go of the producer's database connections before the database is dropped."""
+    if "notify.api" in sys.modules:
+        from notify.api import default_notifier
+
+        default_notifier().close()
+
+
 def write_results(name: str, payload: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"

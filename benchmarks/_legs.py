@@ -1,13 +1,36 @@
-"""One measured leg (N messages through one contender to a counting server) and the summary."""
+"""Measured legs (N messages, one contender, a counting server), their summary and the run around them."""
 
 from __future__ import annotations
 
+import argparse
+import os
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
+from urllib.parse import urlsplit
 
-from benchmarks._harness import Child, Control, CpuMeter, PgCounters, median, print_table, rate
+from benchmarks._harness import (
+    REPO,
+    RESULTS,
+    BenchmarkError,
+    Child,
+    Control,
+    CpuMeter,
+    PgCounters,
+    Processes,
+    check_service,
+    close_notify_producer,
+    environment,
+    flush_redis,
+    median,
+    print_table,
+    raise_on_sigterm,
+    rate,
+    temporary_database,
+    write_results,
+)
 
 WARMUP_TIMEOUT = 90.0  # seconds: a worker's start-up plus its first messages
 
@@ -259,3 +282,101 @@ def print_drain_ratio(summary: dict[str, Any], label: str) -> None:
     ours, theirs = summary["contender_drain_per_s_median"] or 0, summary["baseline_drain_per_s_median"] or 0
     print(f"{label} drain (first -> last receipt): median {times(summary['drain_ratio_median'])} "
           f"(per round {per_round}; {ours:,.0f} vs {theirs:,.0f} msg/s)")  # fmt: skip
+
+
+def add_common_arguments(
+    parser: argparse.ArgumentParser, *, default_count: int, help_for: Mapping[str, str]
+) -> None:
+    """The options every benchmark takes; `help_for` words those whose meaning differs.
+
+    `help_for` holds the help of --count, --rounds, --concurrency, --redis-url and --profile.
+    """
+    parser.add_argument("--count", type=int, default=default_count, help=help_for["--count"])
+    parser.add_argument("--rounds", type=int, default=2, help=help_for["--rounds"])
+    parser.add_argument("--concurrency", "-c", type=int, default=16, help=help_for["--concurrency"])
+    parser.add_argument("--warmup", type=int, default=None, help="untimed messages first (default: -c)")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14", help=help_for["--redis-url"])
+    parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/test",
+                        help="admin connection: a fresh database is created, then dropped")  # fmt: skip
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds one leg may take at most")
+    parser.add_argument("--profile", action="store_true", help=help_for["--profile"])
+    parser.add_argument("--settle", type=float, default=1.0, help="seconds to watch for late duplicates")
+
+
+def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse `argv`; --warmup defaults to the concurrency."""
+    args = parser.parse_args(argv)
+    if args.warmup is None:
+        args.warmup = args.concurrency
+    return args
+
+
+class Benchmark(Protocol):
+    def legs(self) -> Iterator[Leg]:
+        """Run every leg in order, announcing each as it starts."""
+        ...
+
+
+@dataclass
+class Run:
+    """What one benchmark run measured, and why it stopped short if it did."""
+
+    name: str
+    args: argparse.Namespace
+    legs: list[Leg] = field(default_factory=list)
+    error: str | None = None
+    environment: dict[str, Any] = field(default_factory=environment)
+    started: float = field(default_factory=time.monotonic)
+
+    def finish(self, results_name: str, summary: Any, *, correct: bool) -> int:
+        """Print the CPU and PostgreSQL tables, write the results file; the exit status."""
+        print()
+        print_cpu(self.legs)
+        print()
+        print_pg(self.legs)
+        path = write_results(results_name, {
+            "benchmark": self.name,
+            "params": {k: v for k, v in vars(self.args).items() if k != "postgres_url"},
+            "environment": self.environment,
+            "loadavg_at_end": os.getloadavg(),
+            "wall_s": time.monotonic() - self.started,
+            "legs": [leg.as_json() for leg in self.legs],
+            "summary": summary,
+            "error": self.error,
+        })  # fmt: skip
+        print(f"results: {path.relative_to(REPO)}")
+        if self.error == "interrupted":
+            return 130
+        return 0 if self.error is None and correct else 1
+
+
+def run(
+    name: str,
+    args: argparse.Namespace,
+    make_bench: Callable[[argparse.Namespace, Processes, str], Benchmark],
+) -> Run:
+    """Run a benchmark's legs on a temporary database; every child and the Redis db cleaned up after."""
+    raise_on_sigterm()
+    for service, url in (("Redis", args.redis_url), ("PostgreSQL", args.postgres_url)):
+        parts = urlsplit(url)
+        check_service(service, parts.hostname or "127.0.0.1", parts.port or 0)
+    result = Run(name, args)
+    try:
+        with (
+            temporary_database(args.postgres_url) as database_url,
+            Processes(RESULTS / "logs" / name) as procs,
+        ):
+            bench = make_bench(args, procs, database_url)
+            try:
+                for leg in bench.legs():
+                    result.legs.append(leg)
+            finally:
+                close_notify_producer()
+                flush_redis(args.redis_url)
+    except BenchmarkError as exc:
+        result.error = str(exc)
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        result.error = "interrupted"
+        print("interrupted: child processes stopped, benchmark database dropped", file=sys.stderr)
+    return result

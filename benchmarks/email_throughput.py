@@ -14,40 +14,33 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
-from collections.abc import Callable
-from urllib.parse import urlsplit
+from collections.abc import Callable, Iterator
 
 from benchmarks._harness import (
     REPO,
-    RESULTS,
-    BenchmarkError,
     Child,
     Control,
     CpuMeter,
     PgCounters,
     Processes,
     backend_pids,
-    check_service,
     clean_environ,
+    close_notify_producer,
     delivery_statuses,
-    environment,
     flush_redis,
     free_port,
-    raise_on_sigterm,
     redis_pid,
-    temporary_database,
-    write_results,
 )
 from benchmarks._legs import (
     Leg,
+    add_common_arguments,
     measure,
-    print_cpu,
+    parse_arguments,
     print_cpu_ratio,
     print_drain_ratio,
     print_legs,
-    print_pg,
     print_ratios,
+    run,
     summarize,
     times,
     warm_up,
@@ -69,6 +62,12 @@ class EmailBenchmark:
         self.redis_pid = redis_pid(args.redis_url)
         self.environ = _environ(args.redis_url, database_url, sink["smtp_port"], procs.log_dir)
         os.environ.update(self.environ)  # notify.send() and the hand-rolled producer read these
+
+    def legs(self) -> Iterator[Leg]:
+        for round_no in range(1, self.args.rounds + 1):
+            for leg in (NOTIFY, BASELINE):
+                print(f"round {round_no}: {leg} ...", flush=True)
+                yield self.run(round_no, leg)
 
     def run(self, round_no: int, leg: str) -> Leg:
         flush_redis(self.args.redis_url)  # before a worker starts: it declares the queues
@@ -183,59 +182,28 @@ def _sender(leg: str) -> Callable[[int, str], object]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.email_throughput", description=__doc__)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--count", type=int, default=2000, help="emails per leg (default 2000)")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds of notify + hand-rolled (default 2)")
-    parser.add_argument("--concurrency", "-c", type=int, default=16, help="worker threads, both (default 16)")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed messages first (default: -c)")
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14",
-                        help="broker; this database is FLUSHED before each leg (default: db 14)")  # fmt: skip
-    parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/test",
-                        help="admin connection: a fresh database is created, then dropped")  # fmt: skip
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds one leg may take at most")
+    add_common_arguments(
+        parser,
+        default_count=2000,
+        help_for={
+            "--count": "emails per leg (default %(default)s)",
+            "--rounds": "rounds of notify + hand-rolled (default %(default)s)",
+            "--concurrency": "worker threads, both (default %(default)s)",
+            "--redis-url": "broker; this database is FLUSHED before each leg (default: db 14)",
+            "--profile": "run workers under cProfile (slower); profiles go to results/logs/",
+        },
+    )
     parser.add_argument("--preload", action="store_true",
                         help="enqueue all before the worker starts: compare the workers alone")  # fmt: skip
-    parser.add_argument("--profile", action="store_true",
-                        help="run workers under cProfile (slower); profiles go to results/logs/")  # fmt: skip
-    parser.add_argument("--settle", type=float, default=1.0, help="seconds to watch for late duplicates")
-    args = parser.parse_args(argv)
-    if args.warmup is None:
-        args.warmup = args.concurrency
-    return args
+    return parse_arguments(parser, argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    raise_on_sigterm()
-    for name, url in (("Redis", args.redis_url), ("PostgreSQL", args.postgres_url)):
-        parts = urlsplit(url)
-        check_service(name, parts.hostname or "127.0.0.1", parts.port or 0)
-    env_at_start = environment()
-    legs: list[Leg] = []
-    error: str | None = None
-    started = time.monotonic()
-    try:
-        with (
-            temporary_database(args.postgres_url) as database_url,
-            Processes(RESULTS / "logs" / NAME) as procs,
-        ):
-            bench = EmailBenchmark(args, procs, database_url)
-            try:
-                for round_no in range(1, args.rounds + 1):
-                    for leg in (NOTIFY, BASELINE):
-                        print(f"round {round_no}: {leg} ...", flush=True)
-                        legs.append(bench.run(round_no, leg))
-            finally:
-                close_notify_producer()
-                flush_redis(args.redis_url)
-    except BenchmarkError as exc:
-        error = str(exc)
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-    except KeyboardInterrupt:
-        error = "interrupted"
-        print("interrupted: child processes stopped, benchmark database dropped", file=sys.stderr)
-    summary = summarize(legs, NOTIFY, BASELINE)
+    result = run(NAME, args, EmailBenchmark)
+    summary = summarize(result.legs, NOTIFY, BASELINE)
     print()
-    print_legs(legs, producer_header="enqueue s")
+    print_legs(result.legs, producer_header="enqueue s")
     print()
     if args.preload:
         print_drain_ratio(summary, "notify/hand-rolled workers alone,")
@@ -245,32 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     producer = times(summary["producer_ratio_median"])
     print(f"notify/hand-rolled producer (notify.send vs task.delay): median {producer}")
     print_cpu_ratio(summary, "notify/hand-rolled")
-    print()
-    print_cpu(legs)
-    print()
-    print_pg(legs)
-    path = write_results(NAME + ("_preload" if args.preload else "") + ("_profile" if args.profile else ""), {
-        "benchmark": NAME,
-        "params": {k: v for k, v in vars(args).items() if k != "postgres_url"},
-        "environment": env_at_start,
-        "loadavg_at_end": os.getloadavg(),
-        "wall_s": time.monotonic() - started,
-        "legs": [leg.as_json() for leg in legs],
-        "summary": summary,
-        "error": error,
-    })  # fmt: skip
-    print(f"results: {path.relative_to(REPO)}")
-    if error == "interrupted":
-        return 130
-    return 0 if error is None and summary["all_correct"] else 1
-
-
-def close_notify_producer() -> None:
-    """Let go of the producer's database connections before the database is dropped."""
-    if "notify.api" in sys.modules:
-        from notify.api import default_notifier
-
-        default_notifier().close()
+    suffix = ("_preload" if args.preload else "") + ("_profile" if args.profile else "")
+    return result.finish(NAME + suffix, summary, correct=summary["all_correct"])
 
 
 if __name__ == "__main__":

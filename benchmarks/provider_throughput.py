@@ -16,8 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -25,36 +24,30 @@ from jinja2 import Environment, FileSystemLoader
 
 from benchmarks._harness import (
     REPO,
-    RESULTS,
-    BenchmarkError,
     Child,
     Control,
     CpuMeter,
     PgCounters,
     Processes,
     backend_pids,
-    check_service,
     clean_environ,
+    close_notify_producer,
     delivery_statuses,
-    environment,
     flush_redis,
-    raise_on_sigterm,
     redis_pid,
-    temporary_database,
-    write_results,
 )
 from benchmarks._legs import (
     Leg,
+    add_common_arguments,
     measure,
-    print_cpu,
+    parse_arguments,
     print_cpu_ratio,
     print_legs,
-    print_pg,
     print_ratios,
+    run,
     summarize,
     warm_up,
 )
-from benchmarks.email_throughput import close_notify_producer
 
 NAME = "provider_throughput"
 NOTIFY, RAW = "notify", "raw client"
@@ -160,6 +153,13 @@ class ProviderBenchmark:
                     "NOTIFY_FCM_BASE_URL": self.servers["push"]["url"]}  # fmt: skip
         return env
 
+    def legs(self) -> Iterator[Leg]:
+        for channel in self.args.channels:
+            for round_no in range(1, self.args.rounds + 1):
+                for leg in (NOTIFY, RAW):
+                    print(f"{channel} round {round_no}: {leg} ...", flush=True)
+                    yield self.run(channel, round_no, leg)
+
     def run(self, channel: str, round_no: int, leg: str) -> Leg:
         recipients = [recipient(channel, leg, round_no, i) for i in range(self.args.count)]
         warmup = [
@@ -242,9 +242,16 @@ def _notify_sender(channel: str) -> Callable[[int, str], object]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.provider_throughput", description=__doc__)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--count", type=int, default=1000, help="messages per leg (default 1000)")
-    parser.add_argument(
-        "--rounds", type=int, default=2, help="rounds of notify + raw per channel (default 2)"
+    add_common_arguments(
+        parser,
+        default_count=1000,
+        help_for={
+            "--count": "messages per leg (default %(default)s)",
+            "--rounds": "rounds of notify + raw per channel (default %(default)s)",
+            "--concurrency": "notify worker threads (default %(default)s)",
+            "--redis-url": "broker; this db is FLUSHED before each notify leg (default db 14)",
+            "--profile": "run notify workers under cProfile (slower); see results/logs/",
+        },
     )
     parser.add_argument(
         "--pool",
@@ -259,84 +266,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="how long the fakes take to answer, like a real provider (default 0)",
     )
     parser.add_argument("--channels", nargs="+", choices=["sms", "push"], default=["sms", "push"])
-    parser.add_argument(
-        "--concurrency", "-c", type=int, default=16, help="notify worker threads (default 16)"
-    )
-    parser.add_argument("--warmup", type=int, default=None, help="untimed messages first (default: -c)")
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14",
-                        help="broker; this db is FLUSHED before each notify leg (default db 14)")  # fmt: skip
-    parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/test",
-                        help="admin connection: a fresh database is created, then dropped")  # fmt: skip
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds one leg may take at most")
-    parser.add_argument("--profile", action="store_true",
-                        help="run notify workers under cProfile (slower); see results/logs/")  # fmt: skip
-    parser.add_argument("--settle", type=float, default=1.0, help="seconds to watch for late duplicates")
-    args = parser.parse_args(argv)
-    if args.warmup is None:
-        args.warmup = args.concurrency
-    return args
+    return parse_arguments(parser, argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    raise_on_sigterm()
-    for name, url in (("Redis", args.redis_url), ("PostgreSQL", args.postgres_url)):
-        parts = urlsplit(url)
-        check_service(name, parts.hostname or "127.0.0.1", parts.port or 0)
-    env_at_start = environment()
-    legs: list[Leg] = []
-    error: str | None = None
-    started = time.monotonic()
-    try:
-        with (
-            temporary_database(args.postgres_url) as database_url,
-            Processes(RESULTS / "logs" / NAME) as procs,
-        ):
-            bench = ProviderBenchmark(args, procs, database_url)
-            try:
-                for channel in args.channels:
-                    for round_no in range(1, args.rounds + 1):
-                        for leg in (NOTIFY, RAW):
-                            print(f"{channel} round {round_no}: {leg} ...", flush=True)
-                            legs.append(bench.run(channel, round_no, leg))
-            finally:
-                close_notify_producer()
-                flush_redis(args.redis_url)
-    except BenchmarkError as exc:
-        error = str(exc)
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-    except KeyboardInterrupt:
-        error = "interrupted"
-        print("interrupted: child processes stopped, benchmark database dropped", file=sys.stderr)
+    result = run(NAME, args, ProviderBenchmark)
     summaries = {
-        channel: summarize([leg for leg in legs if leg.channel == channel], NOTIFY, RAW)
+        channel: summarize([leg for leg in result.legs if leg.channel == channel], NOTIFY, RAW)
         for channel in args.channels
     }
     print()
-    print_legs(legs, producer_header="producer s")
+    print_legs(result.legs, producer_header="producer s")
     print()
     for channel, summary in summaries.items():
         print_ratios(summary, f"{channel}: notify/raw client")
         print_cpu_ratio(summary, f"{channel}: notify/raw client")
-    print()
-    print_cpu(legs)
-    print()
-    print_pg(legs)
-    path = write_results(NAME + ("_profile" if args.profile else ""), {
-        "benchmark": NAME,
-        "params": {k: v for k, v in vars(args).items() if k != "postgres_url"},
-        "environment": env_at_start,
-        "loadavg_at_end": os.getloadavg(),
-        "wall_s": time.monotonic() - started,
-        "legs": [leg.as_json() for leg in legs],
-        "summary": summaries,
-        "error": error,
-    })  # fmt: skip
-    print(f"results: {path.relative_to(REPO)}")
     correct = all(s["all_correct"] for s in summaries.values())
-    if error == "interrupted":
-        return 130
-    return 0 if error is None and correct else 1
+    return result.finish(NAME + ("_profile" if args.profile else ""), summaries, correct=correct)
 
 
 if __name__ == "__main__":

@@ -37,25 +37,23 @@ Faults:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import secrets
-import socket
 import threading
 import uuid
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
+from email.message import Message
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import parse_qs
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from google.auth import jwt
+
+from tests.fakes._http import Answer, JsonFake, JsonServer
 
 __all__ = ["SCOPE", "FakeFcm", "FakeOAuth", "SentPush"]
 
@@ -63,6 +61,7 @@ SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"  # the JWT's `aud`, whatever token_uri is
 JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 _SEND_PATH = re.compile(r"^/v1/projects/(?P<project>[^/]+)/messages:send$")
+_CONTENT_TYPE = "application/json; charset=UTF-8"
 _FCM_ERROR = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
 _RPC_STATUS = {
     400: "INVALID_ARGUMENT",
@@ -96,19 +95,12 @@ class SentPush:
     data: dict[str, str]
 
 
-@dataclass
-class _Answer:
-    status: int
-    payload: dict[str, Any]
-    headers: dict[str, str] = field(default_factory=dict)
-
-
 def fcm_error(
     status: int,
     error_code: str | None = None,
     message: str | None = None,
     headers: dict[str, str] | None = None,
-) -> _Answer:
+) -> Answer:
     """FCM's error answer: google.rpc status plus an FcmError detail."""
     error: dict[str, Any] = {
         "code": status,
@@ -117,10 +109,10 @@ def fcm_error(
     }
     if error_code:
         error["details"] = [{"@type": _FCM_ERROR, "errorCode": error_code}]
-    return _Answer(status, {"error": error}, dict(headers or {}))
+    return Answer(status, {"error": error}, dict(headers or {}))
 
 
-def _unauthenticated(reason: str) -> _Answer:
+def _unauthenticated(reason: str) -> Answer:
     answer = fcm_error(401, message="Request had invalid authentication credentials.")
     answer.payload["error"]["details"] = [
         {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": reason}
@@ -128,98 +120,20 @@ def _unauthenticated(reason: str) -> _Answer:
     return answer
 
 
-def _oauth_error(status: int, error: str, description: str | None = None) -> _Answer:
+def _oauth_error(status: int, error: str, description: str | None = None) -> Answer:
     payload = {"error": error, "error_description": description or f"Fake {error}"}
-    return _Answer(status, payload)
+    return Answer(status, payload)
 
 
-class _Server:
-    """A ThreadingHTTPServer on 127.0.0.1 that can cut its open connections."""
-
-    def __init__(self, name: str, answer: Callable[[str, Any, bytes], _Answer]) -> None:
-        self._answer = answer
-        self._lock = threading.Lock()
-        self._connections: set[socket.socket] = set()
-        self.connection_count = 0
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, args=(0.05,), name=name, daemon=True
-        )
-
-    @property
-    def url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        if self._thread.is_alive():
-            self._httpd.shutdown()
-            self._thread.join(timeout=10)
-        self._httpd.server_close()
-        with self._lock:
-            connections = list(self._connections)
-        for connection in connections:
-            with contextlib.suppress(OSError):  # already gone
-                connection.shutdown(socket.SHUT_RDWR)
-
-    def connected(self, connection: socket.socket, alive: bool) -> None:
-        with self._lock:
-            if alive:
-                self._connections.add(connection)
-                self.connection_count += 1
-            else:
-                self._connections.discard(connection)
-
-    def answer(self, path: str, headers: Any, body: bytes) -> _Answer:
-        return self._answer(path, headers, body)
-
-
-class _Fake:
-    """Lifecycle shared by both fakes."""
-
-    _server: _Server
-
-    @property
-    def url(self) -> str:
-        return self._server.url
-
-    @property
-    def connection_count(self) -> int:
-        return self._server.connection_count
-
-    def start(self) -> Self:
-        self._server.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and cut open connections, so clients get refused."""
-        self._server.stop()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-class FakeOAuth(_Fake):
+class FakeOAuth(JsonFake):
     """Google's OAuth 2.0 token endpoint for service accounts; see the module docstring."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._keys: dict[str, tuple[str, str]] = {}  # private_key_id -> (client_email, public PEM)
-        self._failures: deque[_Answer] = deque()
+        self._failures: deque[Answer] = deque()
         self._issued: list[str] = []
-        self._requests = 0
-        self._server = _Server("fake-oauth", self._answer)
+        self._server = JsonServer("fake-oauth", self._answer, content_type=_CONTENT_TYPE)
 
     @property
     def token_uri(self) -> str:
@@ -229,11 +143,6 @@ class FakeOAuth(_Fake):
     def issued(self) -> list[str]:
         with self._lock:
             return list(self._issued)
-
-    @property
-    def request_count(self) -> int:
-        with self._lock:
-            return self._requests
 
     def service_account(self, directory: Path, *, project_id: str = "notify-test") -> Path:
         """Write a service-account JSON with a fresh key this endpoint trusts."""
@@ -274,9 +183,8 @@ class FakeOAuth(_Fake):
         with self._lock:
             return token in self._issued
 
-    def _answer(self, path: str, headers: Any, body: bytes) -> _Answer:
+    def _answer(self, method: str, path: str, headers: Message, body: bytes) -> Answer:
         with self._lock:
-            self._requests += 1
             scripted = self._failures.popleft() if self._failures else None
         if path != "/token":
             return _oauth_error(404, "not_found")
@@ -291,9 +199,9 @@ class FakeOAuth(_Fake):
         token = "ya29.fake-" + secrets.token_urlsafe(24)
         with self._lock:
             self._issued.append(token)
-        return _Answer(200, {"access_token": token, "expires_in": 3600, "token_type": "Bearer"})
+        return Answer(200, {"access_token": token, "expires_in": 3600, "token_type": "Bearer"})
 
-    def _refusal(self, assertion: str) -> _Answer | None:
+    def _refusal(self, assertion: str) -> Answer | None:
         """Why Google would refuse this assertion, or None."""
         with self._lock:
             keys = dict(self._keys)
@@ -312,7 +220,7 @@ class FakeOAuth(_Fake):
         return None
 
 
-class FakeFcm(_Fake):
+class FakeFcm(JsonFake):
     """FCM HTTP v1 `messages:send`; see the module docstring."""
 
     def __init__(self, oauth: FakeOAuth) -> None:
@@ -320,21 +228,15 @@ class FakeFcm(_Fake):
         self._oauth = oauth
         self._lock = threading.Lock()
         self._messages: list[SentPush] = []
-        self._failures: deque[_Answer] = deque()
-        self._rules: dict[str, _Answer] = {}
+        self._failures: deque[Answer] = deque()
+        self._rules: dict[str, Answer] = {}
         self._revoked: set[str] = set()
-        self._requests = 0
-        self._server = _Server("fake-fcm", self._answer)
+        self._server = JsonServer("fake-fcm", self._answer, content_type=_CONTENT_TYPE)
 
     @property
     def messages(self) -> list[SentPush]:
         with self._lock:
             return list(self._messages)
-
-    @property
-    def request_count(self) -> int:
-        with self._lock:
-            return self._requests
 
     def fail_next(
         self,
@@ -367,9 +269,7 @@ class FakeFcm(_Fake):
         with self._lock:
             self._revoked |= revoked
 
-    def _answer(self, path: str, headers: Any, body: bytes) -> _Answer:
-        with self._lock:
-            self._requests += 1
+    def _answer(self, method: str, path: str, headers: Message, body: bytes) -> Answer:
         match = _SEND_PATH.match(path)
         if match is None:
             return fcm_error(404, message=f"The requested URL {path} was not found.")
@@ -386,7 +286,7 @@ class FakeFcm(_Fake):
             return fcm_error(503, "UNAVAILABLE")
         return scripted or self._send(match["project"], bearer, body)
 
-    def _send(self, project: str, bearer: str, body: bytes) -> _Answer:
+    def _send(self, project: str, bearer: str, body: bytes) -> Answer:
         message = _message(body)
         if message is None:
             return fcm_error(400, "INVALID_ARGUMENT", "Invalid JSON payload received.")
@@ -404,7 +304,7 @@ class FakeFcm(_Fake):
         )
         with self._lock:
             self._messages.append(push)
-        return _Answer(200, {"name": push.name})
+        return Answer(200, {"name": push.name})
 
 
 def _message(body: bytes) -> dict[str, Any] | None:
@@ -419,34 +319,3 @@ def _message(body: bytes) -> dict[str, Any] | None:
     if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
         return None
     return message
-
-
-def _handler_for(server: _Server) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep-alive, as Google does
-        disable_nagle_algorithm = True  # headers and body go out in two writes
-
-        def setup(self) -> None:
-            super().setup()
-            server.connected(self.connection, alive=True)
-
-        def finish(self) -> None:
-            server.connected(self.connection, alive=False)
-            super().finish()
-
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            answer = server.answer(self.path, self.headers, body)
-            payload = json.dumps(answer.payload).encode()
-            self.send_response(answer.status)
-            self.send_header("Content-Type", "application/json; charset=UTF-8")
-            self.send_header("Content-Length", str(len(payload)))
-            for name, value in answer.headers.items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass  # keep test output clean
-
-    return Handler

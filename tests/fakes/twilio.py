@@ -31,21 +31,19 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import hmac
-import json
 import re
 import secrets
-import socket
 import threading
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
+from email.message import Message
 from email.utils import formatdate
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import parse_qs
+
+from tests.fakes._http import Answer, JsonFake, JsonServer
 
 __all__ = ["FakeTwilio", "SentMessage"]
 
@@ -89,26 +87,19 @@ class _Fault:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass
-class _Answer:
-    status: int
-    payload: dict[str, Any]
-    headers: dict[str, str] = field(default_factory=dict)
-
-
 def _fault(status: int, code: int | None, message: str | None, headers: dict[str, str] | None) -> _Fault:
     text = message or _MESSAGES.get(code or 0, f"Fake failure {status}")
     return _Fault(status, code, text, dict(headers or {}))
 
 
-def _error(fault: _Fault) -> _Answer:
+def _error(fault: _Fault) -> Answer:
     payload = {
         "code": fault.code,
         "message": fault.message,
         "more_info": f"https://www.twilio.com/docs/errors/{fault.code}",
         "status": fault.status,
     }
-    return _Answer(fault.status, payload, fault.headers)
+    return Answer(fault.status, payload, fault.headers)
 
 
 def _invalid(form: dict[str, str]) -> int | None:
@@ -129,7 +120,7 @@ def _segments(body: str) -> int:
     return 1 if len(body) <= single else -(-len(body) // multi)
 
 
-class FakeTwilio:
+class FakeTwilio(JsonFake):
     """Twilio's Messages API on 127.0.0.1; see the module docstring."""
 
     def __init__(
@@ -146,36 +137,12 @@ class FakeTwilio:
         self._messages: list[SentMessage] = []
         self._failures: deque[_Fault] = deque()
         self._rules: dict[str, _Fault] = {}
-        self._connections: set[socket.socket] = set()
-        self._requests = 0
-        self._connection_count = 0
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},  # so stop() returns quickly
-            name="fake-twilio",
-            daemon=True,
-        )
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        self._server = JsonServer("fake-twilio", self._respond, methods=("GET", "POST"))
 
     @property
     def messages(self) -> list[SentMessage]:
         with self._lock:
             return list(self._messages)
-
-    @property
-    def request_count(self) -> int:
-        with self._lock:
-            return self._requests
-
-    @property
-    def connection_count(self) -> int:
-        with self._lock:
-            return self._connection_count
 
     def fail_next(
         self,
@@ -203,46 +170,20 @@ class FakeTwilio:
         with self._lock:
             self._rules[to] = _fault(status, code, message, headers)
 
-    def start(self) -> Self:
-        self._thread.start()
-        return self
-
     def stop(self) -> None:
         """Stop serving and cut open connections, so clients get refused."""
-        self._stopped.set()
-        if self._thread.is_alive():
-            self._server.shutdown()
-            self._thread.join(timeout=10)
-        self._server.server_close()
-        with self._lock:
-            connections = list(self._connections)
-        for connection in connections:
-            with contextlib.suppress(OSError):  # already gone
-                connection.shutdown(socket.SHUT_RDWR)
+        self._stopped.set()  # hung requests end, unanswered
+        super().stop()
 
-    def __enter__(self) -> Self:
-        return self.start()
+    def _respond(self, method: str, path: str, headers: Message, body: bytes) -> Answer | None:
+        form: dict[str, str] = {}
+        if method == "POST":
+            fields = parse_qs(body.decode(), keep_blank_values=True)
+            form = {k: v[0] for k, v in fields.items()}
+        return self._answer(path, headers.get("Authorization"), form)
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def _connected(self, connection: socket.socket, alive: bool) -> None:
-        with self._lock:
-            if alive:
-                self._connections.add(connection)
-                self._connection_count += 1
-            else:
-                self._connections.discard(connection)
-
-    def _answer(self, path: str, authorization: str | None, form: dict[str, str]) -> _Answer | None:
+    def _answer(self, path: str, authorization: str | None, form: dict[str, str]) -> Answer | None:
         """What to answer; None means no answer at all (hang)."""
-        with self._lock:
-            self._requests += 1
         if self.hang:
             self._stopped.wait(HANG_LIMIT)
             return None
@@ -268,7 +209,7 @@ class FakeTwilio:
         expected = f"{self.account_sid}:{self.auth_token}"
         return scheme.lower() == "basic" and hmac.compare_digest(decoded, expected)
 
-    def _create(self, form: dict[str, str]) -> _Answer:
+    def _create(self, form: dict[str, str]) -> Answer:
         with self._lock:
             rule = self._rules.get(form.get("To", ""))
         if rule is not None:
@@ -285,7 +226,7 @@ class FakeTwilio:
         )
         with self._lock:
             self._messages.append(sent)
-        return _Answer(201, self._resource(sent))
+        return Answer(201, self._resource(sent))
 
     def _resource(self, sent: SentMessage) -> dict[str, Any]:
         now = formatdate(usegmt=True)
@@ -312,44 +253,3 @@ class FakeTwilio:
             "to": sent.to,
             "uri": f"{uri}.json",
         }
-
-
-def _handler_for(fake: FakeTwilio) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep-alive, as Twilio does
-        disable_nagle_algorithm = True  # headers and body go out in two writes
-
-        def setup(self) -> None:
-            super().setup()
-            fake._connected(self.connection, alive=True)
-
-        def finish(self) -> None:
-            fake._connected(self.connection, alive=False)
-            super().finish()
-
-        def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length).decode()
-            form = {k: v[0] for k, v in parse_qs(raw, keep_blank_values=True).items()}
-            self._send(fake._answer(self.path, self.headers.get("Authorization"), form))
-
-        def do_GET(self) -> None:
-            self._send(fake._answer(self.path, self.headers.get("Authorization"), {}))
-
-        def _send(self, answer: _Answer | None) -> None:
-            if answer is None:
-                self.close_connection = True
-                return
-            payload = json.dumps(answer.payload).encode()
-            self.send_response(answer.status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            for name, value in answer.headers.items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass  # keep test output clean
-
-    return Handler
