@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from email.errors import HeaderParseError
 from email.headerregistry import Address
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from notify.constants import MAX_SMS_CHARS
 from notify.dlq import Replayed, reset_for_replay
@@ -20,9 +20,12 @@ from notify.errors import NotifyError, TemplateError, ValidationError
 from notify.models import Channel, Delivery, Priority, Recipient, SendResult, Status
 from notify.policy import ChannelPolicy, load_policies
 from notify.rendering import Renderer
-from notify.routing import enqueue
+from notify.routing import enqueue, producer_app
 from notify.settings import Settings, get_settings
 from notify.store import NewDelivery, Store, utcnow
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 log = logging.getLogger("notify")
 
@@ -41,6 +44,11 @@ class Notifier:
     @functools.cached_property
     def store(self) -> Store:
         return Store(self.settings.resolved_database_url)
+
+    @functools.cached_property
+    def producer(self) -> Celery:
+        """The Celery app this notifier publishes with (connections pooled)."""
+        return producer_app(self.settings)
 
     def send(
         self,
@@ -92,9 +100,13 @@ class Notifier:
         return found
 
     def close(self) -> None:
-        """Release the store's connections."""
+        """Release the store's and the broker's connections."""
         if "store" in self.__dict__:
             self.store.close()
+        if "producer" in self.__dict__:
+            # Broker connections live in kombu's process-wide pools, shared by
+            # every app with the same broker URL; they are not ours to close.
+            self.producer.close()
 
     def replay(self, ids: list[str] | None) -> Replayed:
         """Re-queue failed deliveries (these, or all of them) for a fresh attempt cycle."""
@@ -106,7 +118,7 @@ class Notifier:
 
     def _enqueue(self, delivery_id: str, channel: str, priority: str) -> None:
         try:
-            enqueue(self.settings, delivery_id, channel, priority)
+            enqueue(self.producer, delivery_id, channel, priority)
         except Exception as exc:  # the store has it; the sweeper enqueues it later
             log.warning(
                 "broker unavailable, delivery %s stays queued in the store until the "

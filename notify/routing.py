@@ -6,7 +6,6 @@ the worker's tasks are not imported either.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 from celery import Celery
@@ -74,20 +73,19 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-@functools.lru_cache(maxsize=8)
 def producer_app(settings: Settings) -> Celery:
-    """A Celery app used only to publish; one per settings, reused."""
+    """A Celery app used only to publish; its owner reuses it and closes it."""
     app = Celery("notify-producer", set_as_current=False)
     app.conf.update(celery_config(settings))
     return app
 
 
 def enqueue(
-    settings: Settings, delivery_id: str, channel: str, priority: str, *, countdown: float | None = None
+    app: Celery, delivery_id: str, channel: str, priority: str, *, countdown: float | None = None
 ) -> None:
-    """Publish one delivery on `notify.<channel>.<priority>`."""
+    """Publish one delivery on `notify.<channel>.<priority>`, by task name."""
     queue = queue_name(channel, priority)
-    producer_app(settings).send_task(
+    app.send_task(
         DELIVER_TASK,
         args=[delivery_id],
         queue=queue,

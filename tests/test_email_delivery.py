@@ -105,7 +105,7 @@ def test_a_redelivered_message_of_a_sent_delivery_sends_nothing(
     [delivery] = result.deliveries
 
     for _ in range(3):  # what a broker does after a worker died before acking
-        enqueue(producer.settings, delivery.id, "email", "normal")
+        enqueue(producer.producer, delivery.id, "email", "normal")
 
     wait_for(lambda: worker.output().count("'skipped'") == 3, what="the redelivered messages")
     assert smtp_server.delivery_ids() == {delivery.id: 1}

@@ -61,10 +61,9 @@ def deliver(self: Task[[str], str], delivery_id: str) -> str:
 @app.task(name=RELEASE_DUE_TASK, ignore_result=True)
 def release_due() -> int:
     """Enqueue deliveries whose `send_at` or long retry delay has come."""
-    settings = get_settings()
     released = deliverer().store.release_due()
     for delivery_id, channel, priority in released:
-        enqueue(settings, delivery_id, channel, priority)
+        enqueue(app, delivery_id, channel, priority)
     return len(released)
 
 
@@ -75,7 +74,7 @@ def sweep() -> int:
     store = deliverer().store
     stuck = store.reclaim_stuck(queued_for=settings.sweep_after)
     for delivery_id, channel, priority in stuck:
-        enqueue(settings, delivery_id, channel, priority)
+        enqueue(app, delivery_id, channel, priority)
     if stuck:
         log.warning("sweeper re-enqueued %d stuck deliveries", len(stuck))
     return len(stuck)

@@ -73,19 +73,20 @@ def demo(timeout: float) -> None:
     home = base.home.resolve()
     with MailCatcher(home / "mail") as catcher:
         env = _demo_env(catcher.port)
-        settings = Settings.from_env(env)
+        notifier = Notifier(Settings.from_env(env))
         click.echo(f"SMTP catcher on 127.0.0.1:{catcher.port}; starting email, sms and push workers")
         workers = [_start_worker(channel, env, home) for channel in ("email", "sms", "push")]
         try:
-            results = _send_samples(Notifier(settings))
+            results = _send_samples(notifier)
             click.echo(f"sent {len(results)} notifications; waiting for every delivery to finish\n")
-            _wait(Notifier(settings), results, timeout)
+            _wait(notifier, results, timeout)
         finally:
             for process in workers:
                 process.terminate()
             for process in workers:
                 _reap(process)
-        _report(Notifier(settings), results, home, len(catcher.messages))
+        _report(notifier, results, home, len(catcher.messages))
+        notifier.close()
 
 
 def _demo_env(smtp_port: int) -> dict[str, str]:
