@@ -232,24 +232,10 @@ class Store:
         )
 
     def mark_sent(self, delivery_id: str, provider_id: str | None) -> None:
-        now = utcnow()
-        self._finish(
-            delivery_id,
-            status=Status.SENT,
-            provider_id=provider_id,
-            sent_at=now,
-            lease_until=None,
-            updated_at=now,
-        )
+        self._finish(delivery_id, status=Status.SENT, provider_id=provider_id, sent_at=utcnow())
 
     def mark_retrying(
-        self,
-        delivery_id: str,
-        reason: str,
-        code: str | None,
-        at: datetime,
-        *,
-        held: bool,
+        self, delivery_id: str, reason: str, code: str | None, at: datetime, *, held: bool
     ) -> None:
         """Record a failed try; `held`: the store (not the broker) releases the next one."""
         self._finish(
@@ -259,29 +245,25 @@ class Store:
             error_code=code,
             next_attempt_at=at,
             release_at=at if held else None,
-            lease_until=None,
-            updated_at=utcnow(),
         )
 
     def mark_failed(self, delivery_id: str, reason: str, code: str | None) -> None:
-        now = utcnow()
         self._finish(
             delivery_id,
             status=Status.FAILED,
             last_error=reason,
             error_code=code,
-            failed_at=now,
-            lease_until=None,
+            failed_at=utcnow(),
             next_attempt_at=None,
-            updated_at=now,
         )
 
     def _finish(self, delivery_id: str, **values: Any) -> None:
+        """Record the outcome of a try, and end its claim; only while it is "sending"."""
         with self._tx() as conn:
             conn.execute(
                 deliveries.update()
                 .where(deliveries.c.id == delivery_id, deliveries.c.status == Status.SENDING)
-                .values(**values)
+                .values(lease_until=None, updated_at=utcnow(), **values)
             )
 
     # -- scheduler -----------------------------------------------------------

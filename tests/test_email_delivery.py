@@ -123,22 +123,11 @@ def test_a_worker_drains_high_before_normal_before_low(
 ) -> None:
     if broker == "redis":
         env["NOTIFY_BROKER_URL"] = request.getfixturevalue("redis_url")
-    producer = notifier()
-    # Queued while no worker runs: the backlog a bulk campaign leaves.
-    sends = (
-        [("low", i) for i in range(20)] + [("normal", i) for i in range(5)] + [("high", i) for i in range(5)]
-    )
-    for priority, i in sends:
-        producer.send(
-            "welcome", {"email": f"{priority}{i}@example.com"}, data={"name": priority}, priority=priority
-        )
+    queue_a_backlog(notifier())
 
     start_worker("email", "-c", "1")
 
-    wait_for(lambda: len(smtp_server.messages) == len(sends), what="every email")
-    order = [
-        str(m["To"]).rstrip("0123456789").split("@")[0].rstrip("0123456789") for m in smtp_server.messages
-    ]
+    order = arrival_order(smtp_server)
     assert order[:5] == ["high"] * 5
     assert order[5:10] == ["normal"] * 5
     assert order[10:] == ["low"] * 20
@@ -164,6 +153,23 @@ def test_two_worker_processes_on_the_embedded_broker_send_each_email_once(
     assert set(counts.values()) == {1}
 
 
+BACKLOG = ["low"] * 20 + ["normal"] * 5 + ["high"] * 5
+
+
+def queue_a_backlog(producer: Notifier) -> None:
+    """Queue while no worker runs: the backlog a bulk campaign leaves, then urgent mail."""
+    for i, priority in enumerate(BACKLOG):
+        producer.send(
+            "welcome", {"email": f"{priority}-{i}@example.com"}, data={"name": "U"}, priority=priority
+        )
+
+
+def arrival_order(smtp_server: SmtpServer) -> list[str]:
+    """The priority of each email, in the order the server received them."""
+    wait_for(lambda: len(smtp_server.messages) == len(BACKLOG), what="every email")
+    return [str(m["To"]).split("-")[0] for m in smtp_server.messages]
+
+
 def _fast_retries(folder: Path) -> Path:
     path = folder / "notify.toml"
     path.write_text('[channels.email]\nbackoff_initial = "200ms"\nbackoff_max = "1s"\njitter = false\n')
@@ -179,19 +185,11 @@ def test_on_rabbitmq_high_priority_overtakes_a_backlog(
     smtp_server: SmtpServer,
 ) -> None:
     env["NOTIFY_BROKER_URL"] = rabbitmq_url
-    producer = notifier()
-    sends = (
-        [("low", i) for i in range(20)] + [("normal", i) for i in range(5)] + [("high", i) for i in range(5)]
-    )
-    for priority, i in sends:
-        producer.send(
-            "welcome", {"email": f"{priority}{i}@example.com"}, data={"name": priority}, priority=priority
-        )
+    queue_a_backlog(notifier())
 
     start_worker("email", "-c", "1")
 
-    wait_for(lambda: len(smtp_server.messages) == len(sends), what="every email")
-    order = [str(m["To"]).split("@")[0].rstrip("0123456789") for m in smtp_server.messages]
+    order = arrival_order(smtp_server)
     # RabbitMQ round-robins a worker's queues rather than draining them in
     # order (consumer priorities only rank consumers of one queue): high
     # messages are interleaved with the backlog, not first, but do not wait
