@@ -31,13 +31,6 @@ class BenchmarkError(RuntimeError):
     """The benchmark could not measure what it set out to (a process died, a wait ran out)."""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def wait_for(predicate: Callable[[], T], *, timeout: float, what: str, interval: float = 0.05) -> T:
     """Poll `predicate` until it returns something truthy; raise after `timeout` seconds."""
     deadline = time.monotonic() + timeout

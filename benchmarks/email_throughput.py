@@ -28,7 +28,6 @@ from benchmarks._harness import (
     close_notify_producer,
     delivery_statuses,
     flush_redis,
-    free_port,
     redis_pid,
 )
 from benchmarks._legs import (
@@ -45,6 +44,7 @@ from benchmarks._legs import (
     times,
     warm_up,
 )
+from workers.mailcatcher import free_port
 
 NAME = "email_throughput"
 NOTIFY, BASELINE = "notify", "hand-rolled"
