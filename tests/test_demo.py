@@ -1,0 +1,47 @@
+"""`notify demo`: the whole path on the embedded defaults, as README's first command runs it."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import REPO
+
+
+def test_the_demo_delivers_every_sample_and_shows_the_duplicate(tmp_path: Path) -> None:
+    home = tmp_path / ".notify"
+    environ = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(REPO),
+        "NOTIFY_HOME": str(home),
+        "NOTIFY_TEMPLATES_DIR": str(REPO / "templates"),
+    }
+
+    demo = subprocess.run(
+        [sys.executable, "-m", "workers.cli", "demo", "--timeout", "60"],
+        env=environ,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert demo.returncode == 0, demo.stderr
+    rows = [line for line in demo.stdout.splitlines() if re.match(r"[0-9a-f]{8}-", line)]
+    statuses = [
+        re.findall(r"  (sent|duplicate|failed|queued|scheduled|retrying|sending)  ", r)[0] for r in rows
+    ]
+    assert len(rows) == 12  # 6 notifications, 1 to 3 channels each
+    assert sorted(set(statuses)) == ["duplicate", "sent"]
+    assert statuses.count("duplicate") == 2 and "duplicate of" in demo.stdout
+    mails = sorted((home / "mail").glob("*.eml"))
+    assert len(mails) == 5
+    [sms] = [
+        json.loads(p.read_text())
+        for p in (home / "outbox" / "sms").glob("*.json")
+        if "493021" in p.read_text()
+    ]
+    assert sms["to"] == "+14155550101"  # the password reset code went to Grace's phone
