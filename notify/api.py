@@ -65,7 +65,7 @@ class Notifier:
     ) -> SendResult:
         recipient = _recipient(to)
         level = _priority(priority)
-        payload = self._data(data)
+        payload, payload_json = self._data(data)
         _check_send_at(send_at)
         _check_dedup_key(dedup_key)
         chosen = self._channels(template, recipient, channels)
@@ -87,7 +87,7 @@ class Notifier:
             )
             for channel in chosen
         ]
-        recorded = self.store.record(notification_id, template, locale, payload, new)
+        recorded = self.store.record(notification_id, template, locale, payload_json, new)
         for delivery in recorded:
             if delivery.status == Status.QUEUED:
                 self._enqueue(delivery.id, delivery.channel, level)
@@ -114,7 +114,8 @@ class Notifier:
         for delivery_id, channel, priority in reset:
             self._enqueue(delivery_id, channel, priority)
         done = [delivery_id for delivery_id, _, _ in reset]
-        return Replayed(replayed=done, not_found=[i for i in ids or [] if i not in done])
+        found = set(done)
+        return Replayed(replayed=done, not_found=[i for i in ids or [] if i not in found])
 
     def _enqueue(self, delivery_id: str, channel: str, priority: str) -> None:
         try:
@@ -128,23 +129,25 @@ class Notifier:
                 exc,
             )
 
-    def _data(self, data: Mapping[str, Any] | None) -> dict[str, Any]:
+    def _data(self, data: Mapping[str, Any] | None) -> tuple[dict[str, Any], str]:
+        """The data as the worker will see it, and as JSON for the store."""
         if data is None:
-            return {}
+            return {}, "{}"
         if not isinstance(data, Mapping):
             raise ValidationError("data", f"must be a mapping, not {type(data).__name__}")
         try:
             encoded = json.dumps(data)
         except (TypeError, ValueError) as exc:
             raise ValidationError("data", f"must be JSON-serializable: {exc}") from None
-        if len(encoded.encode()) > self.settings.max_data_bytes:
+        size = len(encoded.encode())
+        if size > self.settings.max_data_bytes:
             raise ValidationError(
                 "data",
-                f"is {len(encoded.encode())} bytes as JSON, over the limit of "
+                f"is {size} bytes as JSON, over the limit of "
                 f"{self.settings.max_data_bytes} (NOTIFY_MAX_DATA_BYTES)",
             )
         loaded: dict[str, Any] = json.loads(encoded)  # render what the worker will see
-        return loaded
+        return loaded, encoded
 
     def _channels(self, template: str, recipient: Recipient, channels: Iterable[str] | None) -> list[str]:
         self.renderer.check_name(template)

@@ -63,7 +63,7 @@ class Refusal:
     """Why a claim was refused: the delivery is done, or another worker holds it."""
 
     status: str | None  # None: no such delivery
-    retry_in: float | None = None  # another worker's lease, or not yet due
+    retry_in: float | None = None  # seconds left on another worker's lease
 
 
 class Store:
@@ -93,10 +93,10 @@ class Store:
         notification_id: str,
         template: str,
         locale: str | None,
-        data: dict[str, Any],
+        data_json: str,
         new: Iterable[NewDelivery],
     ) -> list[Delivery]:
-        """Record a notification and its deliveries; claim dedup keys atomically."""
+        """Record a notification (its data already JSON) and its deliveries; claim dedup keys atomically."""
         now = utcnow()
         with self._tx() as conn:
             conn.execute(
@@ -104,7 +104,7 @@ class Store:
                     id=notification_id,
                     template=template,
                     locale=locale,
-                    data=json.dumps(data),
+                    data=data_json,
                     created_at=now,
                 )
             )
@@ -326,9 +326,7 @@ class Store:
 def _refusal(row: Any, now: datetime) -> Refusal:
     if row.status == Status.SENDING and row.lease_until is not None:
         return Refusal(row.status, retry_in=(_aware(row.lease_until) - now).total_seconds())  # type: ignore[operator]
-    if row.release_at is not None:
-        return Refusal(row.status, retry_in=None)  # the store releases it when due
-    return Refusal(row.status)
+    return Refusal(row.status)  # done, or held by the store until it releases it
 
 
 def _delivery(row: Any) -> Delivery:

@@ -39,14 +39,14 @@ def new(channel: str = "email", address: str = "ada@example.com", **kwargs: obje
 
 
 def record(store: Store, *deliveries: NewDelivery) -> list[str]:
-    recorded = store.record(str(uuid.uuid4()), "welcome", None, {"name": "Ada"}, deliveries)
+    recorded = store.record(str(uuid.uuid4()), "welcome", None, '{"name": "Ada"}', deliveries)
     return [d.id for d in recorded]
 
 
 def test_a_recorded_notification_reads_back_with_its_deliveries(store: Store) -> None:
     email, sms = new(), new("sms", "+14155550100")
     notification_id = str(uuid.uuid4())
-    store.record(notification_id, "welcome", "de", {"name": "Ada"}, [email, sms])
+    store.record(notification_id, "welcome", "de", '{"name": "Ada"}', [email, sms])
 
     found = store.deliveries_of(notification_id)
 
@@ -129,7 +129,7 @@ def test_concurrent_producers_with_one_dedup_key_record_one_delivery(store: Stor
     def send(_: int) -> str:
         barrier.wait()
         delivery = new(dedup_key="signup-42", dedup_window=3600)
-        store.record(str(uuid.uuid4()), "welcome", None, {}, [delivery])
+        store.record(str(uuid.uuid4()), "welcome", None, "{}", [delivery])
         return str(store.get(delivery.id).status)  # type: ignore[union-attr]
 
     with ThreadPoolExecutor(8) as pool:
