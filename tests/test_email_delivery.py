@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable
 from pathlib import Path
 
@@ -174,26 +173,3 @@ def _fast_retries(folder: Path) -> Path:
     path = folder / "notify.toml"
     path.write_text('[channels.email]\nbackoff_initial = "200ms"\nbackoff_max = "1s"\njitter = false\n')
     return path
-
-
-@pytest.mark.rabbitmq
-def test_on_rabbitmq_high_priority_overtakes_a_backlog(
-    env: dict[str, str],
-    rabbitmq_url: str,
-    notifier: Callable[[], Notifier],
-    start_worker: Callable[..., Worker],
-    smtp_server: SmtpServer,
-) -> None:
-    env["NOTIFY_BROKER_URL"] = rabbitmq_url
-    queue_a_backlog(notifier())
-
-    start_worker("email", "-c", "1")
-
-    order = arrival_order(smtp_server)
-    # RabbitMQ round-robins a worker's queues rather than draining them in
-    # order (consumer priorities only rank consumers of one queue): high
-    # messages are interleaved with the backlog, not first, but do not wait
-    # for the end of it.
-    position = {kind: [i for i, k in enumerate(order) if k == kind] for kind in ("high", "low")}
-    assert max(position["high"]) < max(position["low"])
-    assert statistics.median(position["high"]) < statistics.median(position["low"])
