@@ -2,11 +2,14 @@
 
     NotifyError
     ├── ConfigurationError          a setting or policy is missing or invalid
+    ├── StoreUnavailable            the store (database) cannot be reached
     ├── ValidationError             send() rejected its input; .field names it
     │   └── TemplateError           a template is missing, broken or lacks data
     └── DeliveryError               a provider refused or failed a delivery
         ├── TransientDeliveryError  worth retrying; .retry_after is the provider's hint
         └── PermanentDeliveryError  retrying cannot help
+            └── OutcomeUnknownError the provider may have accepted it: not retried,
+                                    so a slow reply never becomes a second copy
 
 Errors carry context (field, channel, provider, provider code) and never
 secrets or message bodies. A duplicate is an outcome, not an error.
@@ -18,7 +21,9 @@ __all__ = [
     "ConfigurationError",
     "DeliveryError",
     "NotifyError",
+    "OutcomeUnknownError",
     "PermanentDeliveryError",
+    "StoreUnavailable",
     "TemplateError",
     "TransientDeliveryError",
     "ValidationError",
@@ -89,3 +94,16 @@ class TransientDeliveryError(DeliveryError):
 
 class PermanentDeliveryError(DeliveryError):
     """A failure that retrying cannot fix (bad address, unregistered token)."""
+
+
+class OutcomeUnknownError(PermanentDeliveryError):
+    """The message was handed over but no answer came: it may have been sent.
+
+    Retrying could deliver a second copy, so the delivery fails into the
+    dead-letter store instead, where an operator can check and replay it.
+    The address is not at fault: the permanent-failure hook is not called.
+    """
+
+
+class StoreUnavailable(NotifyError):
+    """The store could not be reached or did not answer; nothing was recorded."""
