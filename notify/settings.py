@@ -69,15 +69,21 @@ class Settings:
     fcm_project_id: str | None = field(default=None, metadata={"env": "NOTIFY_FCM_PROJECT_ID"})
     fcm_base_url: str = field(default="https://fcm.googleapis.com", metadata={"env": "NOTIFY_FCM_BASE_URL"})
 
-    # How long the broker may hold an unacknowledged message before handing
-    # it to another worker (Redis visibility timeout); bounds crash recovery.
-    visibility_timeout: float = field(default=90.0, metadata={"env": "NOTIFY_VISIBILITY_TIMEOUT"})
-    # The longest one attempt may take (provider calls are bounded by it). A
-    # worker's claim on a delivery lasts 1.5 times this; then another may retry.
-    delivery_timeout: float = field(default=45.0, metadata={"env": "NOTIFY_DELIVERY_TIMEOUT"})
-    # The sweeper re-enqueues deliveries left "queued" this long (what a broker
-    # lost, or a send() whose enqueue failed) and those whose worker died.
-    sweep_after: float = field(default=600.0, metadata={"env": "NOTIFY_SWEEP_AFTER"})
+    # How long Redis may hold an unacknowledged message before handing it to
+    # another worker. Recovery does not depend on it (the store's leases do);
+    # a message redelivered early is refused by the claim and dropped.
+    visibility_timeout: float = field(default=120.0, metadata={"env": "NOTIFY_VISIBILITY_TIMEOUT"})
+    # The longest one attempt's provider calls may take (connect, requests,
+    # token refresh). SMTP's wait for the reply to the end of DATA is the one
+    # exception: RFC 5321 gives it 10 minutes, and abandoning it early resends.
+    delivery_timeout: float = field(default=30.0, metadata={"env": "NOTIFY_DELIVERY_TIMEOUT"})
+    # How long a worker's claim on a delivery lives without a heartbeat. The
+    # worker renews it every lease/3 while the attempt runs; when a worker
+    # dies, another takes the delivery over within lease + sweep cadence.
+    lease_seconds: float = field(default=10.0, metadata={"env": "NOTIFY_LEASE"})
+    # Deliveries left "queued" this long are re-published even when their
+    # channel's queues are not empty (a message the broker lost under a backlog).
+    sweep_after: float = field(default=300.0, metadata={"env": "NOTIFY_SWEEP_AFTER"})
     # Sent and duplicate deliveries, and expired dedup claims, are purged after this.
     retention: float = field(default=30 * 86400.0, metadata={"env": "NOTIFY_RETENTION"})
     # "module:function" called as f(channel, address, error) when a delivery
@@ -86,22 +92,25 @@ class Settings:
 
     @property
     def lease(self) -> float:
-        """How long a worker's claim on a delivery lasts."""
-        return self.delivery_timeout * 1.5
+        """How long a worker's claim on a delivery lasts without a heartbeat."""
+        return self.lease_seconds
 
     @property
-    def max_broker_delay(self) -> float:
-        """The longest retry delay left to the broker; longer ones wait in the store."""
-        return min(30.0, self.visibility_timeout / 4)
+    def heartbeat_every(self) -> float:
+        """How often a worker renews the claims of the attempts it is running."""
+        return self.lease_seconds / 3
+
+    @property
+    def release_every(self) -> float:
+        """How often a worker releases what is due (send_at, retries): the lateness bound."""
+        return 0.5
+
+    @property
+    def sweep_every(self) -> float:
+        """How often a worker looks for deliveries nobody is working on."""
+        return min(2.0, self.lease_seconds / 2)
 
     def __post_init__(self) -> None:
-        if self.visibility_timeout <= self.lease:
-            raise ConfigurationError(
-                f"NOTIFY_VISIBILITY_TIMEOUT ({self.visibility_timeout:g}s) must exceed the delivery "
-                f"lease, 1.5 x NOTIFY_DELIVERY_TIMEOUT ({self.lease:g}s), or a slow delivery is "
-                "handed to a second worker while the first still sends it",
-                setting="NOTIFY_VISIBILITY_TIMEOUT",
-            )
         if self.smtp_tls not in ("none", "starttls", "tls"):
             raise ConfigurationError(
                 f"NOTIFY_SMTP_TLS must be none, starttls or tls, not {self.smtp_tls!r}",
