@@ -14,8 +14,10 @@ from twilio.base.exceptions import (
     TwilioRestException,
     TwilioServiceException,
 )
+from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError
 
 from notify.channels.base import EmailMessage, SmsMessage
+from notify.channels.http import MAX_RETRY_AFTER, Budget, BudgetSpent
 from notify.channels.sms import (
     MAX_BODY_CHARS,
     TwilioProvider,
@@ -28,6 +30,7 @@ from notify.errors import (
     ConfigurationError,
     DeliveryError,
     NotifyError,
+    OutcomeUnknownError,
     PermanentDeliveryError,
     TransientDeliveryError,
 )
@@ -191,7 +194,7 @@ def test_transient_failure_then_success(fake: FakeTwilio, provider: TwilioProvid
     assert receipt.provider_id == fake.messages[0].sid
 
 
-@pytest.mark.parametrize("code", [21211, 21610, 21614, 21612, 21408])
+@pytest.mark.parametrize("code", [21211, 21610, 21614, 21612])
 def test_invalid_or_unsubscribed_numbers_are_permanent(
     fake: FakeTwilio, provider: TwilioProvider, code: int
 ) -> None:
@@ -228,22 +231,105 @@ def test_connection_refused_is_transient(fake: FakeTwilio, provider: TwilioProvi
     assert "ConnectionError" in error.reason
 
 
-def test_hung_provider_times_out_as_transient(fake: FakeTwilio) -> None:
-    settings = settings_for(fake)
-    provider = TwilioProvider(
-        account_sid=fake.account_sid,
-        auth_token=Secret(fake.auth_token),
-        sender=SENDER,
-        base_url=settings.twilio_base_url,
-        timeout=0.5,
-    )
+def test_connection_refused_sends_nothing_and_stays_transient(
+    fake: FakeTwilio, provider: TwilioProvider
+) -> None:
+    fake.stop()
+
+    error = deliver_error(provider, sms())
+
+    assert type(error) is TransientDeliveryError
+    assert fake.messages == []
+
+
+@pytest.mark.timeout(20)  # the old fixed 30 s per request would blow this
+def test_a_slow_twilio_is_abandoned_at_the_budget_as_outcome_unknown_with_one_message(
+    fake: FakeTwilio,
+) -> None:
+    provider = TwilioProvider.from_settings(settings_for(fake, delivery_timeout=1.0))
+    fake.hold_answers()  # Twilio takes the message, then answers only when released
+
+    error = deliver_error(provider, sms())
+    unanswered = fake.answer_count
+    fake.release()
+    provider.close()
+
+    assert isinstance(error, OutcomeUnknownError)  # failed into the DLQ, never retried
+    assert "ReadTimeout" in error.reason
+    assert unanswered == 0  # our budget ended the wait, not Twilio
+    assert [m.to for m in fake.messages] == [TO]
+    assert fake.request_count == 1
+
+
+def test_a_connection_cut_after_the_request_is_outcome_unknown(
+    fake: FakeTwilio, provider: TwilioProvider
+) -> None:
+    fake.drop_answers()
+
+    error = deliver_error(provider, sms())
+
+    assert isinstance(error, OutcomeUnknownError)
+    assert [m.to for m in fake.messages] == [TO]
+
+
+@pytest.mark.timeout(20)
+def test_a_hung_twilio_is_abandoned_at_the_budget(fake: FakeTwilio) -> None:
+    provider = TwilioProvider.from_settings(settings_for(fake, delivery_timeout=1.0))
     fake.hang = True
 
     error = deliver_error(provider, sms())
     provider.close()
 
-    assert isinstance(error, TransientDeliveryError)
+    # The request was out: Twilio may have taken it, so it must not be resent.
+    assert isinstance(error, OutcomeUnknownError)
     assert "Timeout" in error.reason
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "setting"),
+    [
+        (400, 21606, "NOTIFY_TWILIO_FROM"),
+        (400, 21659, "NOTIFY_TWILIO_FROM"),
+        (400, 21212, "NOTIFY_TWILIO_FROM"),
+        (404, 20404, "NOTIFY_TWILIO_ACCOUNT_SID"),
+        (400, 21408, "NOTIFY_TWILIO_ACCOUNT_SID"),
+    ],
+)
+def test_a_misconfigured_sender_or_account_is_a_configuration_error_not_the_recipients(
+    fake: FakeTwilio, provider: TwilioProvider, status: int, code: int, setting: str
+) -> None:
+    fake.fail_for(TO, status=status, code=code)
+
+    error = deliver_error(provider, sms())
+
+    assert isinstance(error, ConfigurationError)  # kept and retried loudly; no permanent-failure hook
+    assert error.setting == setting
+    assert str(code) in str(error)
+    assert setting in str(error)
+
+
+def test_a_full_sender_queue_is_transient(fake: FakeTwilio, provider: TwilioProvider) -> None:
+    fake.fail_next(status=400, code=21611, headers={"Retry-After": "1.5"})
+
+    error = deliver_error(provider, sms())
+    provider.deliver(sms())
+
+    assert isinstance(error, TransientDeliveryError)
+    assert (error.code, error.retry_after) == ("21611", 1.5)
+    assert len(fake.messages) == 1
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["99999999999999", "1e308", "inf", "Fri, 01 Jan 2499 00:00:00 GMT", "Fri, 01 Jan 99999 00:00:00 GMT"],
+)
+def test_a_huge_retry_after_is_capped(fake: FakeTwilio, provider: TwilioProvider, header: str) -> None:
+    fake.fail_next(status=429, code=20429, headers={"Retry-After": header})
+
+    error = deliver_error(provider, sms())
+
+    assert isinstance(error, TransientDeliveryError)
+    assert error.retry_after == MAX_RETRY_AFTER
 
 
 def test_body_over_1600_characters_fails_before_any_request(
@@ -366,24 +452,39 @@ def rest_error(status: int, code: int | None, message: str = "Oops") -> Exceptio
     return error
 
 
+def refused() -> requests.ConnectionError:
+    """What requests raises when nothing listens: urllib3's connect failure, wrapped."""
+    reason = NewConnectionError(None, "Failed to establish a new connection: [Errno 111] refused")  # type: ignore[arg-type]
+    return requests.ConnectionError(MaxRetryError(None, "/Messages.json", reason))  # type: ignore[arg-type]
+
+
+def dropped() -> requests.ConnectionError:
+    """What requests raises when the server hangs up after reading the request."""
+    return requests.ConnectionError(ProtocolError("Connection aborted.", ConnectionResetError(104, "reset")))
+
+
 @pytest.mark.parametrize(
     ("exc", "kind", "code"),
     [
         (rest_error(429, 20429), TransientDeliveryError, "20429"),
         (rest_error(400, 20429), TransientDeliveryError, "20429"),
+        (rest_error(408, None), TransientDeliveryError, "408"),
         (rest_error(500, 20500), TransientDeliveryError, "20500"),
         (rest_error(503, None), TransientDeliveryError, "503"),
+        (rest_error(400, 21611), TransientDeliveryError, "21611"),  # From's queue is full
         (rest_error(400, 21211), PermanentDeliveryError, "21211"),
         (rest_error(400, 21610), PermanentDeliveryError, "21610"),
         (rest_error(400, 21614), PermanentDeliveryError, "21614"),
         (rest_error(400, 21612), PermanentDeliveryError, "21612"),
-        (rest_error(400, 21408), PermanentDeliveryError, "21408"),
-        (rest_error(404, 20404), PermanentDeliveryError, "20404"),
+        (rest_error(400, 21617), PermanentDeliveryError, "21617"),
         (rest_error(403, None), PermanentDeliveryError, "403"),
-        (requests.ConnectionError("refused"), TransientDeliveryError, None),
-        (requests.ConnectTimeout("slow"), TransientDeliveryError, None),
-        (requests.ReadTimeout("slow"), TransientDeliveryError, None),
-        (requests.exceptions.ChunkedEncodingError("cut"), TransientDeliveryError, None),
+        (refused(), TransientDeliveryError, None),
+        (requests.ConnectTimeout("slow to connect"), TransientDeliveryError, None),
+        (BudgetSpent("no time left"), TransientDeliveryError, None),
+        (requests.exceptions.SSLError("handshake"), TransientDeliveryError, None),
+        (requests.ReadTimeout("slow"), OutcomeUnknownError, None),
+        (dropped(), OutcomeUnknownError, None),
+        (requests.exceptions.ChunkedEncodingError("cut"), OutcomeUnknownError, None),
         (ValueError("odd"), PermanentDeliveryError, None),
     ],
 )
@@ -397,20 +498,38 @@ def test_classify(exc: Exception, kind: type[DeliveryError], code: str | None) -
         assert error.retry_after == 3.0
 
 
+@pytest.mark.parametrize(
+    ("status", "code", "setting"),
+    [
+        (401, 20003, "NOTIFY_TWILIO_AUTH_TOKEN"),
+        (401, None, "NOTIFY_TWILIO_AUTH_TOKEN"),
+        (403, 20003, "NOTIFY_TWILIO_AUTH_TOKEN"),
+        (404, 20404, "NOTIFY_TWILIO_ACCOUNT_SID"),
+        (400, 21408, "NOTIFY_TWILIO_ACCOUNT_SID"),  # the account lacks the region's geo permission
+        (400, 21608, "NOTIFY_TWILIO_ACCOUNT_SID"),  # a trial account
+        (400, 21212, "NOTIFY_TWILIO_FROM"),
+        (400, 21603, "NOTIFY_TWILIO_FROM"),
+        (400, 21606, "NOTIFY_TWILIO_FROM"),
+        (400, 21659, "NOTIFY_TWILIO_FROM"),
+        (400, 21660, "NOTIFY_TWILIO_FROM"),
+    ],
+)
+def test_classify_sender_and_account_problems_as_configuration(
+    status: int, code: int | None, setting: str
+) -> None:
+    error = classify(rest_error(status, code, "Refused"), 3.0)
+
+    assert isinstance(error, ConfigurationError)
+    assert error.setting == setting
+    assert str(code or status) in str(error)
+    assert setting in str(error)
+
+
 def test_classify_keeps_twilios_message() -> None:
     error = classify(rest_error(400, 21211, "Invalid 'To' Phone Number"), None)
 
     assert isinstance(error, DeliveryError)
     assert error.reason == "Invalid 'To' Phone Number"
-
-
-@pytest.mark.parametrize(("status", "code"), [(401, 20003), (401, None), (403, 20003)])
-def test_classify_bad_credentials_as_configuration(status: int, code: int | None) -> None:
-    error = classify(rest_error(status, code, "Authenticate"), None)
-
-    assert isinstance(error, ConfigurationError)
-    assert error.setting == "NOTIFY_TWILIO_AUTH_TOKEN"
-    assert str(code or status) in str(error)
 
 
 def test_classify_rfc9457_service_exception() -> None:
@@ -428,18 +547,51 @@ def test_classify_rfc9457_service_exception() -> None:
         ("7", 7.0),
         ("0", 0.0),
         ("1.5", 1.5),
+        (".5", 0.5),
         ("-3", 0.0),
         (" 12 ", 12.0),
         ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),  # in the past
+        ("Wednesday, 21-Oct-15 07:28:00 GMT", 0.0),  # RFC 850, obsolete but allowed
+        ("Wed Oct 21 07:28:00 2015", 0.0),  # asctime, likewise
         ("", None),
+        ("   ", None),
         (None, None),
         ("soon", None),
-        ("inf", None),
-        ("nan", None),
+        ("1_000", None),
+        ("0x10", None),
+        ("7 seconds", None),
+        ("99999999999999", MAX_RETRY_AFTER),
+        ("1e400", MAX_RETRY_AFTER),
+        ("inf", MAX_RETRY_AFTER),
+        ("-inf", 0.0),
+        ("nan", MAX_RETRY_AFTER),
+        ("Fri, 01 Jan 2499 00:00:00 GMT", MAX_RETRY_AFTER),
     ],
 )
 def test_parse_retry_after(header: str | None, seconds: float | None) -> None:
     assert parse_retry_after(header) == seconds
+
+
+def test_parse_retry_after_reads_an_http_date_against_now() -> None:
+    now = 1_445_412_480.0  # Wed, 21 Oct 2015 07:28:00 GMT
+
+    assert parse_retry_after("Wed, 21 Oct 2015 07:30:00 GMT", now=lambda: now) == 120.0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:30:00 -0000", now=lambda: now) == 120.0
+    assert parse_retry_after("Wed, 21 Oct 2015 08:30:00 +0100", now=lambda: now) == 120.0
+
+
+def test_budget_hands_out_what_is_left_as_each_requests_timeout() -> None:
+    clock = [100.0]
+    budget = Budget(8.0, clock=lambda: clock[0])
+
+    assert budget.timeout() == (8.0, 8.0)
+    clock[0] += 5.5  # a token fetch took 5.5 s
+    assert budget.timeout() == (2.5, 2.5)
+    assert budget.left == 2.5
+    clock[0] += 2.5
+    assert budget.left == 0.0
+    with pytest.raises(BudgetSpent):  # nothing was sent: a connect-phase timeout
+        budget.timeout()
 
 
 def test_parse_retry_after_future_http_date() -> None:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import math
+import logging
 import re
 import threading
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
@@ -17,24 +15,22 @@ from twilio.base.exceptions import (
     TwilioRestException,
     TwilioServiceException,
 )
-from twilio.http.http_client import TwilioHttpClient
+from twilio.http import HttpClient
+from twilio.http.response import Response as TwilioResponse
 from twilio.rest import Client
 
+from notify.channels import http
 from notify.channels.base import Message, Receipt, SmsMessage
-from notify.errors import (
-    ConfigurationError,
-    NotifyError,
-    PermanentDeliveryError,
-    TransientDeliveryError,
-)
+from notify.channels.http import Budget, Verdict, configuration, parse_retry_after
+from notify.errors import ConfigurationError, NotifyError, PermanentDeliveryError
 
 if TYPE_CHECKING:
     from notify.settings import Secret, Settings
 
 __all__ = [
+    "BY_CODE",
     "DEFAULT_BASE_URL",
     "MAX_BODY_CHARS",
-    "TIMEOUT_SECONDS",
     "TwilioProvider",
     "build_request",
     "classify",
@@ -42,18 +38,33 @@ __all__ = [
     "rebase_url",
 ]
 
-CHANNEL = "sms"
-PROVIDER = "twilio"
-DEFAULT_BASE_URL = "https://api.twilio.com"
-MAX_BODY_CHARS = 1600  # Twilio's hard limit; longer bodies fail with code 21617
-TIMEOUT_SECONDS = 30.0  # connect and read, so a hung Twilio cannot hold a worker thread
-_MESSAGING_SERVICE_SID = re.compile(r"MG[0-9a-fA-F]{32}")
-_CREATE_PREFIX = "Unable to create record: "  # twilio's wording, not Twilio's reason
-_TRANSIENT_NETWORK = (
-    requests.ConnectionError,
-    requests.Timeout,
-    requests.exceptions.ChunkedEncodingError,
-)
+CHANNEL: Final = "sms"
+PROVIDER: Final = "twilio"
+DEFAULT_BASE_URL: Final = "https://api.twilio.com"
+MAX_BODY_CHARS: Final = 1600  # Twilio's hard limit; longer bodies fail with code 21617
+_MESSAGING_SERVICE_SID: Final = re.compile(r"MG[0-9a-fA-F]{32}")
+_CREATE_PREFIX: Final = "Unable to create record: "  # twilio's wording, not Twilio's reason
+_SID: Final = "NOTIFY_TWILIO_ACCOUNT_SID"
+_TOKEN: Final = "NOTIFY_TWILIO_AUTH_TOKEN"
+_FROM: Final = "NOTIFY_TWILIO_FROM"
+
+# Twilio's error codes (twilio.com/docs/api/errors) that are not the
+# recipient's fault. A sender or account problem fails every message alike:
+# it must not fail them one by one and blame each good address.
+BY_CODE: Final[dict[str, Verdict]] = {
+    "20003": configuration(_TOKEN),  # authentication failed
+    "20404": configuration(_SID),  # no such account (or Messaging Service) at this URL
+    "21408": configuration(_SID),  # the account may not send to this region (geo permissions)
+    "21608": configuration(_SID),  # a trial account may send only to verified numbers
+    "21212": configuration(_FROM),  # invalid From number
+    "21603": configuration(_FROM),  # From is required
+    "21606": configuration(_FROM),  # From is not a message-capable Twilio number
+    "21659": configuration(_FROM),  # From is not a Twilio number
+    "21660": configuration(_FROM),  # From does not belong to the account
+    "20429": http.TRANSIENT,  # too many requests, whatever the HTTP status
+    "21611": http.TRANSIENT,  # From's queue is full: it drains at the sender's rate
+}
+_BY_STATUS: Final = {401: configuration(_TOKEN)}
 
 
 def build_request(message: SmsMessage, sender: str) -> dict[str, str]:
@@ -76,63 +87,26 @@ def build_request(message: SmsMessage, sender: str) -> dict[str, str]:
 def classify(exc: Exception, retry_after: float | None = None) -> NotifyError:
     """Turn what the twilio client raised into notify's error.
 
-    408, 429 and 5xx are transient (with the provider's `retry_after` in seconds),
-    as are network failures; 401 (code 20003) is a `ConfigurationError`;
-    any other answer (21211 invalid number, 21610 unsubscribed, ...) is permanent.
+    An answer is judged by `BY_CODE`, then by its HTTP status (408, 429, 5xx
+    transient with `retry_after`; 401 the credentials; anything else the
+    recipient's, permanent). No answer is transient if nothing was sent and
+    `OutcomeUnknownError` if the request was out.
     """
     if isinstance(exc, TwilioRestException | TwilioServiceException):
-        return _classify_answer(int(exc.status), exc.code, _twilio_reason(exc), retry_after)
-    if isinstance(exc, _TRANSIENT_NETWORK):
-        reason = f"{type(exc).__name__}: {exc}"
-        return TransientDeliveryError(reason, channel=CHANNEL, provider=PROVIDER)
+        code = str(exc.code) if exc.code else None
+        answer = http.Answer(int(exc.status), code, _twilio_reason(exc), retry_after)
+        verdict = http.judge(answer, BY_CODE, _BY_STATUS)
+        return http.error_for(verdict, answer, channel=CHANNEL, provider=PROVIDER)
+    if isinstance(exc, requests.RequestException):
+        return http.network_error(exc, channel=CHANNEL, provider=PROVIDER)
     reason = f"unexpected {type(exc).__name__} from the twilio client"
     return PermanentDeliveryError(reason, channel=CHANNEL, provider=PROVIDER)
-
-
-def _classify_answer(status: int, code: int | None, reason: str, retry_after: float | None) -> NotifyError:
-    provider_code = str(code or status)
-    if status == 401 or code == 20003:
-        return ConfigurationError(
-            f"Twilio rejected the credentials ({provider_code} {reason}): check "
-            "NOTIFY_TWILIO_ACCOUNT_SID and NOTIFY_TWILIO_AUTH_TOKEN",
-            setting="NOTIFY_TWILIO_AUTH_TOKEN",
-        )
-    if status in (408, 429) or code == 20429 or status >= 500:
-        return TransientDeliveryError(
-            reason,
-            channel=CHANNEL,
-            provider=PROVIDER,
-            code=provider_code,
-            retry_after=retry_after,
-        )
-    return PermanentDeliveryError(reason, channel=CHANNEL, provider=PROVIDER, code=provider_code)
 
 
 def _twilio_reason(exc: Any) -> str:
     # TwilioRestException has .msg; RFC 9457 TwilioServiceException .detail/.title.
     text = getattr(exc, "msg", None) or getattr(exc, "detail", None) or exc.title
     return str(text).removeprefix(_CREATE_PREFIX)
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a `Retry-After` header (delta-seconds or HTTP-date)."""
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        return _seconds_until(value)
-    return max(0.0, seconds) if math.isfinite(seconds) else None
-
-
-def _seconds_until(http_date: str) -> float | None:
-    try:
-        when = parsedate_to_datetime(http_date)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:  # "-0000" parses naive; HTTP dates are always GMT
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def rebase_url(url: str, base_url: str) -> str:
@@ -142,26 +116,47 @@ def rebase_url(url: str, base_url: str) -> str:
     return urlunsplit((base.scheme, base.netloc, path, target.query, target.fragment))
 
 
-class _HttpClient(TwilioHttpClient):  # type: ignore[misc]  # twilio ships no types
-    """twilio's HTTP client, sent to another base URL, keeping `Retry-After`.
+class _HttpClient(HttpClient):  # type: ignore[misc]  # twilio ships no types
+    """twilio's documented custom-client hook: our session, budget and base URL.
 
     twilio builds absolute https://api.twilio.com URLs (rewritten by
     TWILIO_EDGE/TWILIO_REGION) and its exceptions carry no headers, so this
-    is the one place that sees both the final URL and the response headers.
+    is the one place that sees the final URL and the response headers. Each
+    request's timeout is what is left of the attempt's `budget`.
     """
 
-    def __init__(self, base_url: str | None, timeout: float) -> None:
-        super().__init__(timeout=timeout)
+    def __init__(self, base_url: str | None) -> None:
+        super().__init__(logging.getLogger(__name__), is_async=False)
         self.base_url = base_url
+        self.session = requests.Session()  # requests' adapters: no retries
+        self.budget = Budget(0.0)  # set by deliver() before each attempt
         self.retry_after: str | None = None
 
-    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+    def request(
+        self,
+        method: str,
+        uri: str,
+        params: Any = None,  # twilio passes dicts of str, int and lists
+        data: Any = None,
+        headers: dict[str, str] | None = None,
+        auth: tuple[str, str] | None = None,
+        timeout: float | None = None,  # twilio's own, replaced by the budget
+        allow_redirects: bool = False,
+    ) -> TwilioResponse:
         self.retry_after = None
-        if self.base_url is not None:
-            url = rebase_url(url, self.base_url)
-        response = super().request(method, url, *args, **kwargs)
-        self.retry_after = (response.headers or {}).get("Retry-After")
-        return response
+        url = rebase_url(uri, self.base_url) if self.base_url is not None else uri
+        response = self.session.request(
+            method.upper(),
+            url,
+            params=params,
+            data=data,
+            headers=headers,
+            auth=auth,
+            timeout=self.budget.timeout(),
+            allow_redirects=allow_redirects,
+        )
+        self.retry_after = response.headers.get("Retry-After")
+        return TwilioResponse(response.status_code, response.text, response.headers)
 
 
 @dataclass(frozen=True)
@@ -173,8 +168,8 @@ class _ThreadClient:
 class TwilioProvider:
     """SMS delivery through Twilio, with one twilio client per thread.
 
-    Per thread because twilio's HTTP client keeps the last response on
-    itself and requests does not promise a `Session` is thread-safe.
+    Per thread because requests does not promise a `Session` is thread-safe
+    and each attempt's budget and Retry-After live on the HTTP client.
     """
 
     name = "twilio"
@@ -186,12 +181,12 @@ class TwilioProvider:
         auth_token: Secret,
         sender: str,
         base_url: str = DEFAULT_BASE_URL,
-        timeout: float = TIMEOUT_SECONDS,
+        delivery_timeout: float = 30.0,
     ) -> None:
         self.account_sid = account_sid
         self.sender = sender
         self.base_url = base_url
-        self.timeout = timeout
+        self.delivery_timeout = delivery_timeout
         self._auth_token = auth_token
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -207,19 +202,20 @@ class TwilioProvider:
             auth_token=cast("Secret", settings.twilio_auth_token),
             sender=cast(str, settings.twilio_from),
             base_url=settings.twilio_base_url,
+            delivery_timeout=settings.delivery_timeout,
         )
 
     def deliver(self, message: Message) -> Receipt:
-        """Send `message`; raise a classified error if Twilio does not accept it."""
+        """Send `message` within `delivery_timeout`; raise a classified error if not accepted."""
         if not isinstance(message, SmsMessage):
             raise TypeError(f"TwilioProvider sends SMS, not {type(message).__name__}")
         request = build_request(message, self.sender)
         client = self._thread_client()
+        client.http.budget = Budget(self.delivery_timeout)
         try:
             created = client.messages.create(**request)
         except (TwilioException, requests.RequestException) as exc:
-            retry_after = parse_retry_after(client.http.retry_after)
-            raise classify(exc, retry_after) from exc
+            raise classify(exc, parse_retry_after(client.http.retry_after)) from exc
         return Receipt(provider_id=created.sid)
 
     def close(self) -> None:
@@ -227,9 +223,8 @@ class TwilioProvider:
         with self._lock:
             http_clients, self._http_clients = self._http_clients, []
             self._local = threading.local()
-        for http in http_clients:
-            if http.session is not None:
-                http.session.close()
+        for client in http_clients:
+            client.session.close()
 
     def __repr__(self) -> str:
         return (
@@ -248,11 +243,11 @@ class TwilioProvider:
     def _new_client(self) -> _ThreadClient:
         # The default base URL is left alone so TWILIO_EDGE/TWILIO_REGION still apply.
         rebase = self.base_url.rstrip("/") != DEFAULT_BASE_URL
-        http = _HttpClient(self.base_url if rebase else None, self.timeout)
-        twilio = Client(self.account_sid, self._auth_token.reveal(), http_client=http)
+        client = _HttpClient(self.base_url if rebase else None)
+        twilio = Client(self.account_sid, self._auth_token.reveal(), http_client=client)
         with self._lock:
-            self._http_clients.append(http)
-        return _ThreadClient(http=http, messages=twilio.messages)
+            self._http_clients.append(client)
+        return _ThreadClient(http=client, messages=twilio.messages)
 
 
 def _check_base_url(base_url: str) -> None:

@@ -7,6 +7,13 @@
     server.connection_count   # TCP connections accepted (shows connection reuse)
     server.stop()             # closes the port and open connections: connection refused
 
+    server.hold_answers()     # a slow provider: each request is answered (a message is
+                              # recorded) but the answer is held until release() or stop()
+    server.drop_answers()     # answered, then the connection is cut: the client never hears
+    server.release()          # send the held answers, and answer at once from now on
+    server.held_count         # answers that were held
+    server.answer_count       # answers written to a client
+
 Connections are HTTP/1.1 keep-alive. An `answer` of None sends nothing and
 closes the connection; a method not in `methods` gets http.server's own 501.
 """
@@ -25,7 +32,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Self
 
-__all__ = ["Answer", "JsonFake", "JsonServer", "Respond"]
+__all__ = ["HOLD_LIMIT", "Answer", "JsonFake", "JsonServer", "Respond"]
+
+HOLD_LIMIT = 30.0  # seconds an answer is held at most, so no test thread leaks
 
 
 @dataclass
@@ -58,6 +67,10 @@ class JsonServer:
         self._connections: set[socket.socket] = set()
         self._connection_count = 0
         self._request_count = 0
+        self._held_count = 0
+        self._answer_count = 0
+        self._mode = "answer"  # or "hold" or "drop"
+        self._released = threading.Event()
         self._httpd = _Httpd(self)
         self._thread = threading.Thread(
             target=self._httpd.serve_forever,
@@ -81,11 +94,38 @@ class JsonServer:
         with self._lock:
             return self._request_count
 
+    @property
+    def held_count(self) -> int:
+        with self._lock:
+            return self._held_count
+
+    @property
+    def answer_count(self) -> int:
+        with self._lock:
+            return self._answer_count
+
     def start(self) -> None:
         self._thread.start()
 
+    def hold_answers(self) -> None:
+        with self._lock:
+            self._mode = "hold"
+            self._released.clear()
+
+    def drop_answers(self) -> None:
+        with self._lock:
+            self._mode = "drop"
+
+    def release(self) -> None:
+        with self._lock:
+            self._mode = "answer"
+        self._released.set()
+
     def stop(self) -> None:
         """Stop serving and cut open connections, so clients get refused."""
+        with self._lock:
+            self._mode = "drop"  # held answers are never sent
+        self._released.set()
         if self._thread.is_alive():
             self._httpd.shutdown()
             self._thread.join(timeout=10)
@@ -109,6 +149,21 @@ class JsonServer:
             self._request_count += 1
         return self.answer(method, path, headers, body)
 
+    def deliverable(self) -> bool:
+        """Whether to write the answer just computed: False drops the connection."""
+        with self._lock:
+            mode = self._mode
+            self._held_count += mode == "hold"
+        if mode == "hold":
+            self._released.wait(HOLD_LIMIT)
+            with self._lock:
+                mode = self._mode
+        return mode != "drop"
+
+    def answered(self) -> None:
+        with self._lock:
+            self._answer_count += 1
+
 
 class JsonFake:
     """The lifecycle of a fake served by one `JsonServer` (set as `_server`)."""
@@ -126,6 +181,26 @@ class JsonFake:
     @property
     def request_count(self) -> int:
         return self._server.request_count
+
+    @property
+    def held_count(self) -> int:
+        return self._server.held_count
+
+    @property
+    def answer_count(self) -> int:
+        return self._server.answer_count
+
+    def hold_answers(self) -> None:
+        """Answer each request (recording it) but hold the answer until `release()`."""
+        self._server.hold_answers()
+
+    def drop_answers(self) -> None:
+        """Answer each request (recording it), then cut the connection instead of replying."""
+        self._server.drop_answers()
+
+    def release(self) -> None:
+        """Send held answers, and answer at once from now on."""
+        self._server.release()
 
     def start(self) -> Self:
         self._server.start()
@@ -178,12 +253,17 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_error(HTTPStatus.NOT_IMPLEMENTED, f"Unsupported method ({self.command!r})")
             return
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        self._send(owner.respond(self.command, self.path, self.headers, body))
+        answer = owner.respond(self.command, self.path, self.headers, body)
+        if answer is not None and not owner.deliverable():
+            answer = None
+        with contextlib.suppress(OSError):  # a client that gave up has gone
+            self._send(answer)
 
     def _send(self, answer: Answer | None) -> None:
         if answer is None:
             self.close_connection = True
             return
+        self.server.owner.answered()
         payload = json.dumps(answer.payload).encode()
         self.send_response(answer.status)
         self.send_header("Content-Type", self.server.owner.content_type)

@@ -24,6 +24,8 @@ Faults:
     fake.fail_for("+15005550001", status=400, code=21211)   # every message to it
     fake.down = True    # every request answers 503
     fake.hang = True    # requests get no answer (until stop(), 30 s at most)
+    fake.hold_answers() # a slow Twilio: the message is accepted, the answer held until release()
+    fake.drop_answers() # the message is accepted, then the connection is cut
     fake.stop()         # closes the port and open connections: connection refused
 """
 
@@ -57,14 +59,20 @@ _MESSAGES = {
     20500: "Internal Server Error",
     20503: "Service Unavailable",
     21211: "Invalid 'To' Phone Number",
+    21212: "Invalid 'From' Phone Number",
     21408: "Permission to send an SMS has not been enabled for the region",
     21602: "Message body is required.",
     21603: "A 'From' phone number is required.",
     21604: "A 'To' phone number is required.",
+    21606: "The 'From' phone number provided is not a valid message-capable Twilio phone number.",
+    21608: "The 'To' phone number provided is not yet verified for this account.",
     21610: "Attempt to send to unsubscribed recipient",
+    21611: "This 'From' number has exceeded the maximum number of queued messages",
     21612: "The 'To' phone number is not currently reachable via SMS",
     21614: "'To' number is not a valid mobile number",
     21617: "The concatenated message body exceeds the 1600 character limit.",
+    21659: "'From' is not a Twilio phone number or Short Code country mismatch",
+    21660: "Mismatch between the 'From' number and the account",
 }
 
 
