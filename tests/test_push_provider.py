@@ -13,13 +13,17 @@ from typing import Any
 import pytest
 import requests
 from google.auth.exceptions import RefreshError, TransportError
+from pyfcm import FCMNotification
 from pyfcm.errors import FCMServerError
+from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError
 
 from notify.channels.base import PushMessage, SmsMessage
+from notify.channels.http import MAX_RETRY_AFTER
 from notify.channels.push import FcmProvider, build_request, classify
 from notify.errors import (
     ConfigurationError,
     NotifyError,
+    OutcomeUnknownError,
     PermanentDeliveryError,
     TransientDeliveryError,
 )
@@ -265,6 +269,95 @@ def test_sender_id_mismatch_points_at_the_project_id(provider: FcmProvider, fcm:
     assert error.setting == "NOTIFY_FCM_PROJECT_ID"
 
 
+@pytest.mark.timeout(20)  # the old fixed 30 s per request would blow this
+def test_a_slow_fcm_is_abandoned_at_the_budget_as_outcome_unknown_with_one_push(
+    fcm: FakeFcm, credentials: Path
+) -> None:
+    provider = FcmProvider.from_settings(settings_for(fcm, credentials, delivery_timeout=1.0))
+    fcm.hold_answers()  # FCM takes the push, then answers only when released
+
+    error = deliver_error(provider, push())
+    unanswered = fcm.answer_count
+    fcm.release()
+    provider.close()
+
+    assert isinstance(error, OutcomeUnknownError)  # failed into the DLQ, never retried
+    assert "ReadTimeout" in error.reason
+    assert unanswered == 0  # our budget ended the wait, not FCM
+    assert [sent.token for sent in fcm.messages] == [DEVICE]
+    assert fcm.request_count == 1
+
+
+def test_a_connection_cut_after_the_push_is_outcome_unknown(provider: FcmProvider, fcm: FakeFcm) -> None:
+    fcm.drop_answers()
+
+    error = deliver_error(provider, push())
+
+    assert isinstance(error, OutcomeUnknownError)
+    assert [sent.token for sent in fcm.messages] == [DEVICE]
+
+
+def test_a_refused_connection_sends_nothing_and_stays_transient(provider: FcmProvider, fcm: FakeFcm) -> None:
+    provider.deliver(push())  # a token and a pooled connection
+    fcm.stop()
+
+    error = deliver_error(provider, push(delivery_id="d-2"))
+
+    assert type(error) is TransientDeliveryError
+    assert len(fcm.messages) == 1
+
+
+@pytest.mark.timeout(20)
+def test_a_slow_token_endpoint_spends_the_budget_and_sends_nothing(
+    fcm: FakeFcm, oauth: FakeOAuth, credentials: Path
+) -> None:
+    provider = FcmProvider.from_settings(settings_for(fcm, credentials, delivery_timeout=1.0))
+    oauth.hold_answers()
+
+    error = deliver_error(provider, push())
+    unanswered = oauth.answer_count
+    oauth.release()
+    provider.close()
+
+    assert type(error) is TransientDeliveryError  # no push went out: safe to retry
+    assert unanswered == 0
+    assert oauth.request_count == 1
+    assert fcm.request_count == 0
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [("1.5", 1.5), ("99999999999999", MAX_RETRY_AFTER), ("Fri, 01 Jan 2499 00:00:00 GMT", MAX_RETRY_AFTER)],
+)
+def test_retry_after_is_read_with_decimals_and_capped(
+    provider: FcmProvider, fcm: FakeFcm, header: str, expected: float
+) -> None:
+    fcm.fail_next(1, status=429, error_code="QUOTA_EXCEEDED", headers={"Retry-After": header})
+
+    error = deliver_error(provider, push())
+
+    assert isinstance(error, TransientDeliveryError)
+    assert error.retry_after == expected
+
+
+@pytest.mark.parametrize(
+    ("status", "error_code", "setting"),
+    [
+        (401, "THIRD_PARTY_AUTH_ERROR", "NOTIFY_FCM_PROJECT_ID"),
+        (403, "PERMISSION_DENIED", "NOTIFY_FCM_CREDENTIALS"),
+    ],
+)
+def test_sender_side_failures_are_configuration_not_the_devices(
+    provider: FcmProvider, fcm: FakeFcm, status: int, error_code: str, setting: str
+) -> None:
+    fcm.fail_for(DEVICE, status=status, error_code=error_code)
+
+    error = deliver_error(provider, push())
+
+    assert isinstance(error, ConfigurationError)
+    assert error.setting == setting
+
+
 def test_only_push_messages_are_delivered(provider: FcmProvider) -> None:
     with pytest.raises(TypeError):
         provider.deliver(SmsMessage(delivery_id="d-1", to="+14155550100", body="hi"))
@@ -363,6 +456,20 @@ def test_build_request_maps_a_push_to_pyfcm_arguments() -> None:
     }
 
 
+def test_pyfcm_builds_the_fcm_v1_body_from_build_request() -> None:
+    # The one part of pyfcm used: if an upgrade changes its output, this fails.
+    payload = FCMNotification(credentials=object()).parse_payload(**build_request(push()))
+
+    assert json.loads(payload) == {
+        "message": {
+            "token": DEVICE,
+            "notification": {"title": "Welcome", "body": "Hello Ada"},
+            "data": {"notify_delivery_id": "d-1", "screen": "home"},
+        },
+        "validate_only": False,
+    }
+
+
 def test_build_request_sends_data_values_as_strings() -> None:
     message = PushMessage(
         delivery_id="d-1",
@@ -400,63 +507,73 @@ def google_error(kind: Callable[..., Exception], message: str, *, retryable: boo
     return kind(message, {}, retryable=retryable)  # google-auth's errors are untyped
 
 
+def refused() -> requests.ConnectionError:
+    reason = NewConnectionError(None, "Failed to establish a new connection: [Errno 111] refused")  # type: ignore[arg-type]
+    return requests.ConnectionError(MaxRetryError(None, "/v1/x", reason))  # type: ignore[arg-type]
+
+
+def dropped() -> requests.ConnectionError:
+    return requests.ConnectionError(ProtocolError("Connection aborted.", ConnectionResetError(104, "reset")))
+
+
+def fcm_answer(status: int, rpc_status: str, error_code: str | None) -> Exception:
+    return http_error(status, fcm_error(status, rpc_status, error_code))
+
+
 @pytest.mark.parametrize(
     ("exc", "kind", "code"),
     [
-        (
-            http_error(404, fcm_error(404, "NOT_FOUND", "UNREGISTERED")),
-            PermanentDeliveryError,
-            "UNREGISTERED",
-        ),
-        (
-            http_error(400, fcm_error(400, "INVALID_ARGUMENT", "INVALID_ARGUMENT")),
-            PermanentDeliveryError,
-            "INVALID_ARGUMENT",
-        ),
-        (
-            http_error(400, fcm_error(400, "INVALID_ARGUMENT", None)),
-            PermanentDeliveryError,
-            "INVALID_ARGUMENT",
-        ),
-        (
-            http_error(429, fcm_error(429, "RESOURCE_EXHAUSTED", "QUOTA_EXCEEDED")),
-            TransientDeliveryError,
-            "QUOTA_EXCEEDED",
-        ),
-        (
-            http_error(503, fcm_error(503, "UNAVAILABLE", "UNAVAILABLE")),
-            TransientDeliveryError,
-            "UNAVAILABLE",
-        ),
-        (http_error(500, fcm_error(500, "INTERNAL", "INTERNAL")), TransientDeliveryError, "INTERNAL"),
-        (http_error(502), TransientDeliveryError, None),
-        (http_error(504, "<html>gateway</html>"), TransientDeliveryError, None),
-        (http_error(401, fcm_error(401, "UNAUTHENTICATED", None)), ConfigurationError, None),
-        (
-            http_error(403, fcm_error(403, "PERMISSION_DENIED", "THIRD_PARTY_AUTH_ERROR")),
-            ConfigurationError,
-            None,
-        ),
-        (
-            http_error(403, fcm_error(403, "PERMISSION_DENIED", "SENDER_ID_MISMATCH")),
-            ConfigurationError,
-            None,
-        ),
-        (requests.ConnectionError("refused"), TransientDeliveryError, None),
-        (requests.Timeout("read timed out"), TransientDeliveryError, None),
+        (fcm_answer(404, "NOT_FOUND", "UNREGISTERED"), PermanentDeliveryError, "UNREGISTERED"),
+        (fcm_answer(400, "INVALID_ARGUMENT", "INVALID_ARGUMENT"), PermanentDeliveryError, "INVALID_ARGUMENT"),
+        (fcm_answer(400, "INVALID_ARGUMENT", None), PermanentDeliveryError, "INVALID_ARGUMENT"),
+        (fcm_answer(429, "RESOURCE_EXHAUSTED", "QUOTA_EXCEEDED"), TransientDeliveryError, "QUOTA_EXCEEDED"),
+        (fcm_answer(429, "RESOURCE_EXHAUSTED", None), TransientDeliveryError, "RESOURCE_EXHAUSTED"),
+        (fcm_answer(503, "UNAVAILABLE", "UNAVAILABLE"), TransientDeliveryError, "UNAVAILABLE"),
+        (fcm_answer(500, "INTERNAL", "INTERNAL"), TransientDeliveryError, "INTERNAL"),
+        (http_error(502), TransientDeliveryError, "502"),
+        (http_error(504, "<html>gateway</html>"), TransientDeliveryError, "504"),
+        (http_error(408), TransientDeliveryError, "408"),
+        (http_error(410), PermanentDeliveryError, "410"),
+        (refused(), TransientDeliveryError, None),
+        (requests.ConnectTimeout("slow to connect"), TransientDeliveryError, None),
+        (requests.ReadTimeout("read timed out"), OutcomeUnknownError, None),
+        (dropped(), OutcomeUnknownError, None),
         (FCMServerError("FCM server connection error, the response is empty"), TransientDeliveryError, None),
         (google_error(TransportError, "answered HTTP 500"), TransientDeliveryError, None),
+        (
+            google_error(TransportError, "ReadTimeout"),
+            TransientDeliveryError,
+            None,
+        ),  # the token, not the push
         (google_error(RefreshError, "server_error: busy", retryable=True), TransientDeliveryError, None),
-        (google_error(RefreshError, "invalid_grant: Invalid JWT Signature."), ConfigurationError, None),
     ],
 )
 def test_classify(exc: Exception, kind: type[NotifyError], code: str | None) -> None:
     error = classify(exc)
 
     assert type(error) is kind
-    if not isinstance(error, ConfigurationError):
-        assert error.code == code
-        assert (error.channel, error.provider) == ("push", "fcm")
+    assert not isinstance(error, ConfigurationError)
+    assert error.code == code
+    assert (error.channel, error.provider) == ("push", "fcm")
+
+
+@pytest.mark.parametrize(
+    ("exc", "setting"),
+    [
+        (fcm_answer(401, "UNAUTHENTICATED", None), "NOTIFY_FCM_CREDENTIALS"),
+        (fcm_answer(403, "PERMISSION_DENIED", None), "NOTIFY_FCM_CREDENTIALS"),
+        (fcm_answer(403, "PERMISSION_DENIED", "SENDER_ID_MISMATCH"), "NOTIFY_FCM_PROJECT_ID"),
+        (fcm_answer(401, "UNAUTHENTICATED", "THIRD_PARTY_AUTH_ERROR"), "NOTIFY_FCM_PROJECT_ID"),
+        (fcm_answer(404, "NOT_FOUND", None), "NOTIFY_FCM_PROJECT_ID"),  # no FcmError: no such project
+        (http_error(403), "NOTIFY_FCM_CREDENTIALS"),
+        (google_error(RefreshError, "invalid_grant: Invalid JWT Signature."), "NOTIFY_FCM_CREDENTIALS"),
+    ],
+)
+def test_classify_sender_side_failures_as_configuration(exc: Exception, setting: str) -> None:
+    error = classify(exc)
+
+    assert isinstance(error, ConfigurationError)
+    assert error.setting == setting
 
 
 def test_classify_keeps_fcms_message() -> None:
@@ -470,7 +587,15 @@ def test_classify_keeps_fcms_message() -> None:
 
 @pytest.mark.parametrize(
     ("header", "expected"),
-    [("120", 120.0), (" 5 ", 5.0), (None, None), ("soon", None), (formatdate(0, usegmt=True), 0.0)],
+    [
+        ("120", 120.0),
+        (" 5 ", 5.0),
+        ("1.5", 1.5),
+        (None, None),
+        ("soon", None),
+        (formatdate(0, usegmt=True), 0.0),
+        ("99999999999999", MAX_RETRY_AFTER),
+    ],
 )
 def test_classify_reads_retry_after(header: str | None, expected: float | None) -> None:
     headers = {"Retry-After": header} if header is not None else {}

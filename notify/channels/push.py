@@ -1,8 +1,10 @@
-"""Push over FCM HTTP v1, through pyfcm and a google-auth service account.
+"""Push over FCM HTTP v1: pyfcm builds the payload, this module sends it.
 
-pyfcm builds the payload and sends; `_Client` overrides what a worker cannot
-afford: Google's hard-coded host and the credentials' project, one OAuth
-token fetched per thread, and retries and sleeps the retry policy never sees.
+pyfcm's own sending does what a worker cannot afford: Google's hard-coded
+host and the credentials' project, an OAuth token fetched per thread with
+no timeout, an adapter retrying 502/503 and a sleep on any Retry-After that
+re-sends without bound. So only its public `parse_payload()` is used; the
+POST, the token (one for every thread) and the time budget are ours.
 """
 
 from __future__ import annotations
@@ -10,8 +12,6 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Mapping
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, cast
 
@@ -21,24 +21,19 @@ from google.auth.exceptions import GoogleAuthError, RefreshError, TransportError
 from google.auth.transport import DEFAULT_RETRYABLE_STATUS_CODES
 from google.oauth2 import service_account
 from pyfcm import FCMNotification
-from pyfcm.errors import FCMError
 from requests.adapters import HTTPAdapter
 
+from notify.channels import http
 from notify.channels.base import Message, PushMessage, Receipt
-from notify.errors import (
-    ConfigurationError,
-    DeliveryError,
-    PermanentDeliveryError,
-    TransientDeliveryError,
-)
+from notify.channels.http import PERMANENT, TRANSIENT, Budget, BudgetSpent, Verdict, configuration
+from notify.errors import ConfigurationError, DeliveryError, TransientDeliveryError
 
 if TYPE_CHECKING:
     from notify.settings import Settings
 
-__all__ = ["SCOPE", "TIMEOUT", "FcmProvider", "build_request", "classify"]
+__all__ = ["BY_CODE", "SCOPE", "FcmProvider", "build_request", "classify"]
 
 SCOPE: Final = "https://www.googleapis.com/auth/firebase.messaging"
-TIMEOUT: Final = 30.0  # seconds, for FCM and the token endpoint alike
 _POOL_SIZE: Final = 32  # connections kept to FCM, shared by a worker's threads
 
 _CHANNEL: Final = "push"
@@ -46,11 +41,28 @@ _PROVIDER: Final = "fcm"
 _CREDENTIALS: Final = "NOTIFY_FCM_CREDENTIALS"
 _PROJECT: Final = "NOTIFY_FCM_PROJECT_ID"
 _FCM_ERROR: Final = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
-_PERMANENT: Final = frozenset({"UNREGISTERED", "INVALID_ARGUMENT"})
-_REFUSED: Final = frozenset(
-    {"SENDER_ID_MISMATCH", "THIRD_PARTY_AUTH_ERROR", "UNAUTHENTICATED", "PERMISSION_DENIED"}
-)
-_TRANSIENT: Final = frozenset({"QUOTA_EXCEEDED", "UNAVAILABLE", "INTERNAL"})
+_CONTENT_TYPE: Final = "application/json; charset=UTF-8"
+# OAuth errors google-auth would sleep on and ask again (RFC 6749 section 4.1.2.1).
+_RETRYABLE_OAUTH: Final = frozenset({"internal_failure", "server_error", "temporarily_unavailable"})
+
+# FCM's errorCode (else the google.rpc status) -> what it means for us
+# (firebase.google.com/docs/reference/fcm/rest/v1/ErrorCode). Only the
+# first two blame the device token; the sender's problems fail every push.
+BY_CODE: Final[dict[str, Verdict]] = {
+    "UNREGISTERED": PERMANENT,  # the app was uninstalled or the token expired
+    "INVALID_ARGUMENT": PERMANENT,  # the token (or this message) is malformed
+    "SENDER_ID_MISMATCH": configuration(_PROJECT),  # the token belongs to another project
+    "THIRD_PARTY_AUTH_ERROR": configuration(
+        _PROJECT, "the APNs or Web Push credentials of the Firebase project"
+    ),
+    "UNAUTHENTICATED": configuration(_CREDENTIALS),
+    "PERMISSION_DENIED": configuration(_CREDENTIALS),  # the account may not send for the project
+    "NOT_FOUND": configuration(_PROJECT),  # a bare 404 (no FcmError): no such project
+    "QUOTA_EXCEEDED": TRANSIENT,
+    "UNAVAILABLE": TRANSIENT,
+    "INTERNAL": TRANSIENT,
+}
+_BY_STATUS: Final = {401: configuration(_CREDENTIALS), 403: configuration(_CREDENTIALS)}
 
 
 class FcmProvider:
@@ -58,9 +70,16 @@ class FcmProvider:
 
     name = "fcm"
 
-    def __init__(self, credentials: service_account.Credentials, endpoint: str) -> None:
-        self._client = _Client(credentials, endpoint)
+    def __init__(
+        self, credentials: service_account.Credentials, endpoint: str, *, delivery_timeout: float = 30.0
+    ) -> None:
         self.endpoint = endpoint
+        self.delivery_timeout = delivery_timeout
+        self._payloads = FCMNotification(credentials=credentials)  # for parse_payload() only
+        self._tokens = _Tokens(credentials)
+        # Shared by every thread's session; no retries, the retry policy decides.
+        self._adapter = HTTPAdapter(max_retries=0, pool_maxsize=_POOL_SIZE)
+        self._local = threading.local()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FcmProvider:
@@ -72,27 +91,54 @@ class FcmProvider:
                 f"{_PROJECT} is required: the credentials name no project_id", setting=_PROJECT
             )
         base = settings.fcm_base_url.rstrip("/")
-        return cls(credentials, f"{base}/v1/projects/{project}/messages:send")
+        endpoint = f"{base}/v1/projects/{project}/messages:send"
+        return cls(credentials, endpoint, delivery_timeout=settings.delivery_timeout)
 
     def deliver(self, message: Message) -> Receipt:
-        """Send one push; a failure raises our classified error."""
+        """Send one push within `delivery_timeout`; a failure raises our classified error."""
         if not isinstance(message, PushMessage):
             raise TypeError(f"FcmProvider delivers PushMessage, not {type(message).__name__}")
+        budget = Budget(self.delivery_timeout)
+        payload: bytes = self._payloads.parse_payload(**build_request(message))
         try:
-            answer = self._client.notify(**build_request(message), timeout=TIMEOUT)
-        except (FCMError, requests.RequestException, GoogleAuthError) as exc:
+            response = self._send(payload, budget)
+        except (requests.RequestException, GoogleAuthError) as exc:
             raise classify(exc) from exc
-        return Receipt(provider_id=answer.get("name"))
+        if response.status_code != 200:
+            raise classify(requests.HTTPError(f"FCM answered HTTP {response.status_code}", response=response))
+        return Receipt(provider_id=_message_name(response))
 
     def close(self) -> None:
-        self._client.close()
+        self._adapter.close()
+        self._tokens.close()
+        self._local = threading.local()
 
     def __repr__(self) -> str:
         return f"FcmProvider(endpoint={self.endpoint!r})"
 
+    def _send(self, payload: bytes, budget: Budget) -> requests.Response:
+        token = self._tokens.get(budget)
+        response = self._post(payload, token, budget)
+        if response.status_code == 401:  # expired or revoked early: one fresh token
+            response = self._post(payload, self._tokens.get(budget, refused=token), budget)
+        return response
+
+    def _post(self, payload: bytes, token: str, budget: Budget) -> requests.Response:
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": _CONTENT_TYPE}
+        return self._session().post(self.endpoint, data=payload, headers=headers, timeout=budget.timeout())
+
+    def _session(self) -> requests.Session:
+        # Per thread: requests does not promise a Session is thread-safe.
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+            session.mount("http://", self._adapter)
+            session.mount("https://", self._adapter)
+        return session
+
 
 def build_request(message: PushMessage) -> dict[str, Any]:
-    """The `FCMNotification.notify()` arguments for `message`."""
+    """The `FCMNotification.parse_payload()` arguments for `message`."""
     return {
         "fcm_token": message.token,
         "notification_title": message.title,
@@ -108,30 +154,28 @@ def classify(exc: Exception) -> ConfigurationError | DeliveryError:
     """Our error for a failed send, judged by FCM's answer where there is one."""
     if isinstance(exc, requests.HTTPError) and exc.response is not None:
         return _from_response(exc.response)
+    if isinstance(exc, requests.RequestException):
+        return http.network_error(exc, channel=_CHANNEL, provider=_PROVIDER)
     if isinstance(exc, RefreshError) and not exc.retryable:
         return ConfigurationError(
             f"the OAuth token endpoint refused the credentials in {_CREDENTIALS}: {exc.args[0]}",
             setting=_CREDENTIALS,
         )
-    if isinstance(exc, GoogleAuthError):
-        return _transient(f"OAuth token endpoint: {exc.args[0] if exc.args else exc}")
-    return _transient(f"{type(exc).__name__}: {exc}")  # network, timeout, empty answer
+    # The token endpoint, whose failures never sent the push, or the unexpected.
+    reason = f"OAuth token endpoint: {exc.args[0] if exc.args else exc}"
+    if not isinstance(exc, GoogleAuthError):
+        reason = f"{type(exc).__name__}: {exc}"
+    return TransientDeliveryError(reason, channel=_CHANNEL, provider=_PROVIDER)
 
 
 def _from_response(response: requests.Response) -> ConfigurationError | DeliveryError:
-    status: int = response.status_code
     code, reason = _fcm_error(response)
-    if code in _PERMANENT:
-        return PermanentDeliveryError(reason, channel=_CHANNEL, provider=_PROVIDER, code=code)
-    if code in _REFUSED or status in (401, 403):
-        setting = _PROJECT if code == "SENDER_ID_MISMATCH" else _CREDENTIALS
-        return ConfigurationError(
-            f"FCM refused the sender ({code or status}): {reason}; check {setting}",
-            setting=setting,
-        )
-    if code in _TRANSIENT or status in (408, 429) or status >= 500:
-        return _transient(reason, code, _retry_after(response.headers.get("Retry-After")))
-    return PermanentDeliveryError(reason, channel=_CHANNEL, provider=_PROVIDER, code=code or f"HTTP {status}")
+    retry_after = http.parse_retry_after(response.headers.get("Retry-After"))
+    answer = http.Answer(response.status_code, code, reason, retry_after)
+    error = http.error_for(
+        http.judge(answer, BY_CODE, _BY_STATUS), answer, channel=_CHANNEL, provider=_PROVIDER
+    )
+    return cast(ConfigurationError | DeliveryError, error)
 
 
 def _fcm_error(response: requests.Response) -> tuple[str | None, str]:
@@ -145,27 +189,13 @@ def _fcm_error(response: requests.Response) -> tuple[str | None, str]:
         return None, f"HTTP {response.status_code}"
 
 
-def _retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP-date."""
-    if not value:
-        return None
-    if value.strip().isdigit():
-        return float(value)
+def _message_name(response: requests.Response) -> str | None:
+    """FCM's id for an accepted push; a 200 is accepted even if its body is odd."""
     try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        name = response.json().get("name")
+    except (ValueError, AttributeError):
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
-def _transient(
-    reason: str, code: str | None = None, retry_after: float | None = None
-) -> TransientDeliveryError:
-    return TransientDeliveryError(
-        reason, channel=_CHANNEL, provider=_PROVIDER, code=code, retry_after=retry_after
-    )
+    return name if isinstance(name, str) else None
 
 
 def _load_credentials(path: Path) -> service_account.Credentials:
@@ -185,8 +215,44 @@ def _load_credentials(path: Path) -> service_account.Credentials:
     raise ConfigurationError(f"{_CREDENTIALS}: {path} {problem}", setting=_CREDENTIALS)
 
 
+class _Tokens:
+    """One OAuth token for every thread, refreshed under a lock within the caller's budget.
+
+    pyfcm fetched one per thread and its lazy loading raced; a refresh here
+    happens only when google-auth deems the token stale or FCM refused it.
+    """
+
+    def __init__(self, credentials: service_account.Credentials) -> None:
+        self._credentials = credentials
+        self._lock = threading.Lock()
+        self._session = requests.Session()  # used only under the lock
+
+    def get(self, budget: Budget, refused: str | None = None) -> str:
+        if not self._lock.acquire(timeout=budget.left):
+            raise TransportError("another thread's token refresh outlasted this attempt's budget")  # type: ignore[no-untyped-call]
+        try:
+            if not self._credentials.valid or self._credentials.token == refused:
+                self._credentials.refresh(_TokenTransport(self._session, budget))  # type: ignore[no-untyped-call]
+            return cast(str, self._credentials.token)
+        finally:
+            self._lock.release()
+
+    def close(self) -> None:
+        with self._lock:
+            self._session.close()
+
+
 class _TokenTransport(google.auth.transport.requests.Request):
-    """google-auth's transport with our timeout, failing fast on a busy token endpoint."""
+    """google-auth's transport for one refresh: one request, within the budget.
+
+    google-auth would sleep and ask again in this worker thread; the
+    delivery's retry policy is the one place that waits.
+    """
+
+    def __init__(self, session: requests.Session, budget: Budget) -> None:
+        super().__init__(session)
+        self._budget = budget
+        self._asked = False
 
     def __call__(
         self,
@@ -194,65 +260,32 @@ class _TokenTransport(google.auth.transport.requests.Request):
         method: str = "GET",
         body: bytes | None = None,
         headers: Mapping[str, str] | None = None,
-        timeout: float | None = TIMEOUT,
+        timeout: float | None = None,  # google-auth's, replaced by the budget
         **kwargs: Any,
     ) -> google.auth.transport.Response:
+        if self._asked:
+            raise TransportError("google-auth asked the token endpoint again")  # type: ignore[no-untyped-call]
+        self._asked = True
+        try:
+            budgeted = self._budget.timeout()
+        except BudgetSpent as exc:
+            raise TransportError(str(exc)) from exc  # type: ignore[no-untyped-call]
         response: google.auth.transport.Response = super().__call__(  # type: ignore[no-untyped-call]
-            url, method, body, headers, timeout=timeout, **kwargs
+            url, method, body, headers, timeout=budgeted, **kwargs
         )
-        if response.status in DEFAULT_RETRYABLE_STATUS_CODES:
-            # google-auth would sleep and ask again in this worker thread;
-            # the delivery's retry policy is the one place that waits.
+        if _would_retry(response):
             raise TransportError(f"answered HTTP {response.status}")  # type: ignore[no-untyped-call]
         return response
 
 
-class _Client(FCMNotification):  # type: ignore[misc]  # pyfcm is untyped
-    """pyfcm with our endpoint, one token for all threads, one request per send."""
-
-    def __init__(self, credentials: service_account.Credentials, endpoint: str) -> None:
-        # Shared by every thread's session; max_retries=0 because the default
-        # adapter re-sends 502/503 up to ten times with backoff.
-        self._adapter = HTTPAdapter(max_retries=0, pool_maxsize=_POOL_SIZE)
-        super().__init__(credentials=credentials, adapter=self._adapter)
-        self._endpoint = endpoint
-        self._token_lock = threading.Lock()
-        self._token_transport = _TokenTransport()
-
-    @property
-    def fcm_end_point(self) -> str:
-        # pyfcm prefers the credentials' project to ours and fixes Google's host.
-        return self._endpoint
-
-    def _get_access_token(self, refused: str | None = None) -> str:
-        # pyfcm fetches a token on each thread's first send; one token, refreshed
-        # only when google-auth deems it stale or FCM refused it, serves them all.
-        with self._token_lock:
-            if not self.credentials.valid or self.credentials.token == refused:
-                self.credentials.refresh(self._token_transport)
-            return cast(str, self.credentials.token)
-
-    def send_request(self, payload: bytes, timeout: float) -> requests.Response:
-        # One POST and never a sleep: pyfcm sleeps out any Retry-After and
-        # re-sends without bound; waiting is the retry policy's job.
-        token = self._get_access_token()
-        response = self._post(payload, timeout, token)
-        if response.status_code == 401:  # expired or revoked early: one fresh token
-            response = self._post(payload, timeout, self._get_access_token(refused=token))
-        return response
-
-    def _post(self, payload: bytes, timeout: float, token: str) -> requests.Response:
-        # Overrides the per-thread session's copy, which pyfcm renews every 30 min.
-        headers = {"Authorization": f"Bearer {token}"}
-        session: requests.Session = self.requests_session
-        return session.post(self.fcm_end_point, data=payload, timeout=timeout, headers=headers)
-
-    def parse_response(self, response: requests.Response) -> dict[str, Any]:
-        # Keep the response: pyfcm's exceptions drop FCM's errorCode and headers.
-        if response.status_code != 200:
-            raise requests.HTTPError(f"FCM answered HTTP {response.status_code}", response=response)
-        return cast(dict[str, Any], super().parse_response(response))
-
-    def close(self) -> None:
-        self._adapter.close()
-        self._token_transport.session.close()
+def _would_retry(response: google.auth.transport.Response) -> bool:
+    if response.status in DEFAULT_RETRYABLE_STATUS_CODES:
+        return True
+    try:
+        answer = json.loads(response.data)
+    except ValueError:
+        return False
+    if not isinstance(answer, dict):
+        return False
+    values = (answer.get("error"), answer.get("error_description"))
+    return any(isinstance(value, str) and value in _RETRYABLE_OAUTH for value in values)
