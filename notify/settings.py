@@ -3,15 +3,32 @@
 from __future__ import annotations
 
 import functools
+import importlib
+import operator
 import os
+import re
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from email.errors import HeaderParseError
+from email.policy import default as email_policy
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
+from email_validator import validate_email
 
-from notify.errors import ConfigurationError
+from notify.errors import ConfigurationError, PermanentDeliveryError
 from notify.policy import parse_duration
+
+PermanentFailureHook = Callable[[str, str, PermanentDeliveryError], None]
+
+MIB = 1024 * 1024
+# Celery broker URL schemes notify's routing knows how to configure; "sqlite"
+# selects the embedded broker (kombu's SQLAlchemy transport) at that path.
+BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps", "pyamqp", "sqla+", "sqlalchemy+", "sqlite")
+DATABASE_SCHEMES = ("sqlite", "sqlite+pysqlite", "postgresql", "postgres", "postgresql+psycopg")
 
 
 class Secret:
@@ -37,27 +54,29 @@ class Secret:
         return hash(self._value)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Settings:
-    """Every knob of notify; field metadata names its environment variable."""
+    """Every knob of notify; field metadata names its environment variable and bounds."""
 
     home: Path = field(default=Path(".notify"), metadata={"env": "NOTIFY_HOME"})
     broker_url: str | None = field(default=None, metadata={"env": "NOTIFY_BROKER_URL"})
     database_url: str | None = field(default=None, metadata={"env": "NOTIFY_DATABASE_URL"})
     templates_dir: Path = field(default=Path("templates"), metadata={"env": "NOTIFY_TEMPLATES_DIR"})
     config_path: Path | None = field(default=None, metadata={"env": "NOTIFY_CONFIG"})
-    max_data_bytes: int = field(default=65536, metadata={"env": "NOTIFY_MAX_DATA_BYTES"})
+    max_data_bytes: int = field(
+        default=65536, metadata={"env": "NOTIFY_MAX_DATA_BYTES", "bounds": (1, 16 * MIB)}
+    )
 
     email_backend: str = field(default="smtp", metadata={"env": "NOTIFY_EMAIL_BACKEND"})
     sms_backend: str = field(default="twilio", metadata={"env": "NOTIFY_SMS_BACKEND"})
     push_backend: str = field(default="fcm", metadata={"env": "NOTIFY_PUSH_BACKEND"})
 
     smtp_host: str = field(default="localhost", metadata={"env": "NOTIFY_SMTP_HOST"})
-    smtp_port: int = field(default=25, metadata={"env": "NOTIFY_SMTP_PORT"})
+    smtp_port: int = field(default=25, metadata={"env": "NOTIFY_SMTP_PORT", "bounds": (1, 65535)})
     smtp_username: str | None = field(default=None, metadata={"env": "NOTIFY_SMTP_USERNAME"})
     smtp_password: Secret | None = field(default=None, metadata={"env": "NOTIFY_SMTP_PASSWORD"})
     smtp_tls: str = field(default="starttls", metadata={"env": "NOTIFY_SMTP_TLS"})
-    smtp_timeout: float = field(default=30.0, metadata={"env": "NOTIFY_SMTP_TIMEOUT"})
+    smtp_timeout: float = field(default=30.0, metadata={"env": "NOTIFY_SMTP_TIMEOUT", "bounds": (0.1, 600.0)})
     email_from: str | None = field(default=None, metadata={"env": "NOTIFY_EMAIL_FROM"})
 
     twilio_account_sid: str | None = field(default=None, metadata={"env": "NOTIFY_TWILIO_ACCOUNT_SID"})
@@ -72,20 +91,28 @@ class Settings:
     # How long Redis may hold an unacknowledged message before handing it to
     # another worker. Recovery does not depend on it (the store's leases do);
     # a message redelivered early is refused by the claim and dropped.
-    visibility_timeout: float = field(default=120.0, metadata={"env": "NOTIFY_VISIBILITY_TIMEOUT"})
+    visibility_timeout: float = field(
+        default=120.0, metadata={"env": "NOTIFY_VISIBILITY_TIMEOUT", "bounds": (10.0, 86400.0)}
+    )
     # The longest one attempt's provider calls may take (connect, requests,
     # token refresh). SMTP's wait for the reply to the end of DATA is the one
     # exception: RFC 5321 gives it 10 minutes, and abandoning it early resends.
-    delivery_timeout: float = field(default=30.0, metadata={"env": "NOTIFY_DELIVERY_TIMEOUT"})
+    delivery_timeout: float = field(
+        default=30.0, metadata={"env": "NOTIFY_DELIVERY_TIMEOUT", "bounds": (1.0, 3600.0)}
+    )
     # How long a worker's claim on a delivery lives without a heartbeat. The
     # worker renews it every lease/3 while the attempt runs; when a worker
     # dies, another takes the delivery over within lease + sweep cadence.
-    lease_seconds: float = field(default=10.0, metadata={"env": "NOTIFY_LEASE"})
+    lease_seconds: float = field(default=10.0, metadata={"env": "NOTIFY_LEASE", "bounds": (1.0, 600.0)})
     # Deliveries left "queued" this long are re-published even when their
     # channel's queues are not empty (a message the broker lost under a backlog).
-    sweep_after: float = field(default=300.0, metadata={"env": "NOTIFY_SWEEP_AFTER"})
+    sweep_after: float = field(
+        default=300.0, metadata={"env": "NOTIFY_SWEEP_AFTER", "bounds": (10.0, 86400.0)}
+    )
     # Sent and duplicate deliveries, and expired dedup claims, are purged after this.
-    retention: float = field(default=30 * 86400.0, metadata={"env": "NOTIFY_RETENTION"})
+    retention: float = field(
+        default=30 * 86400.0, metadata={"env": "NOTIFY_RETENTION", "bounds": (60.0, 3650 * 86400.0)}
+    )
     # "module:function" called as f(channel, address, error) when a delivery
     # fails for good, e.g. to delete a push token FCM calls UNREGISTERED.
     on_permanent_failure: str | None = field(default=None, metadata={"env": "NOTIFY_ON_PERMANENT_FAILURE"})
@@ -111,16 +138,35 @@ class Settings:
         return min(2.0, self.lease_seconds / 2)
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            if "bounds" in f.metadata:
+                _check_bounds(f.metadata["env"], str(f.type), getattr(self, f.name), *f.metadata["bounds"])
         if self.smtp_tls not in ("none", "starttls", "tls"):
             raise ConfigurationError(
                 f"NOTIFY_SMTP_TLS must be none, starttls or tls, not {self.smtp_tls!r}",
                 setting="NOTIFY_SMTP_TLS",
             )
-        if self.max_data_bytes <= 0:
+        _check_url("NOTIFY_BROKER_URL", self.broker_url, BROKER_SCHEMES)
+        _check_url("NOTIFY_DATABASE_URL", self.database_url, DATABASE_SCHEMES)
+        _check_url("NOTIFY_TWILIO_BASE_URL", self.twilio_base_url, ("http", "https"))
+        _check_url("NOTIFY_FCM_BASE_URL", self.fcm_base_url, ("http", "https"))
+        _check_sender(self.email_from)
+        _check_hook_name(self.on_permanent_failure)
+
+    def __repr__(self) -> str:
+        shown = (f"{f.name}={_masked(f.name, getattr(self, f.name))!r}" for f in fields(self))
+        return f"Settings({', '.join(shown)})"
+
+    def validate(self) -> None:
+        """Check what a process needs beyond valid values: a NOTIFY_HOME it can write."""
+        try:
+            self.home.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=self.home).close()
+        except OSError as exc:
             raise ConfigurationError(
-                "NOTIFY_MAX_DATA_BYTES must be a positive number of bytes",
-                setting="NOTIFY_MAX_DATA_BYTES",
-            )
+                f"NOTIFY_HOME {str(self.home)!r} cannot be created or written: {exc.strerror}",
+                setting="NOTIFY_HOME",
+            ) from None
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -141,7 +187,7 @@ class Settings:
 
     @property
     def uses_embedded_broker(self) -> bool:
-        return self.broker_url is None
+        return self.broker_url is None or _scheme(self.broker_url) == "sqlite"
 
     @property
     def resolved_broker_url(self) -> str:
@@ -176,6 +222,123 @@ def _convert(variable: str, type_name: str, raw: str) -> Any:
     except ValueError:
         raise ConfigurationError(f"{variable} must be a number, not {raw!r}", setting=variable) from None
     return raw
+
+
+def mask_url(url: str) -> str:
+    """`url` with the password in it, and password-like query values, shown as ****."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises on a "port" that may really be a password)
+    except ValueError:
+        return f"{_scheme(url)}://****"
+    user, at, host = parts.netloc.rpartition("@")
+    if at and ":" in user:
+        url = parts._replace(netloc=f"{user.split(':', 1)[0]}:****@{host}").geturl()
+    return _SECRET_QUERY.sub(r"\1****", url)
+
+
+_SECRET_QUERY = re.compile(r"(?i)([?&;][^=&;#]*(?:password|passwd|pwd|secret|token|key)[^=&;#]*=)[^&;#]*")
+_HOOK_NAME = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+
+
+def _masked(name: str, value: object) -> object:
+    return mask_url(value) if name.endswith("_url") and isinstance(value, str) else value
+
+
+def _scheme(url: str) -> str:
+    return url.partition("://")[0].lower() if "://" in url else ""
+
+
+def _duration(seconds: float) -> str:
+    """`seconds` as a duration setting is written: 500ms, 90s, 10m, 30d."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
+def _check_bounds(variable: str, type_name: str, value: float, low: float, high: float) -> None:
+    show = _duration if type_name.startswith("float") else str
+    if not value >= low:  # written so that NaN fails too
+        problem = f"at least {show(low)}"
+    elif value > high:
+        problem = f"at most {show(high)}"
+    else:
+        return
+    raise ConfigurationError(f"{variable} must be {problem}, not {show(value)}", setting=variable)
+
+
+def _check_url(variable: str, url: str | None, schemes: tuple[str, ...]) -> None:
+    """Refuse a URL notify cannot use, naming only its scheme: the rest may hold a password."""
+    if url is None:
+        return
+    scheme = _scheme(url)
+    if not any(scheme.startswith(s) and scheme != s if s.endswith("+") else scheme == s for s in schemes):
+        expected = ", ".join(s if s.endswith("+") else f"{s}://" for s in schemes)
+        got = f"{scheme}://" if scheme else "no scheme"
+        raise ConfigurationError(f"{variable} must start with one of {expected}; got {got}", setting=variable)
+    try:
+        urlsplit(url).port  # noqa: B018
+    except ValueError:
+        raise ConfigurationError(f"{variable} has an invalid host or port", setting=variable) from None
+
+
+def _check_sender(value: str | None) -> None:
+    """NOTIFY_EMAIL_FROM: one ASCII address, with or without a display name."""
+    if value is None:
+        return
+    try:
+        reason = _sender_problem(value)
+    except (ValueError, HeaderParseError) as exc:  # EmailNotValidError is a ValueError
+        reason = str(exc)
+    if reason:
+        raise ConfigurationError(
+            f"NOTIFY_EMAIL_FROM must be one address like 'Notify <notify@example.com>', "
+            f"not {value!r}: {reason}",
+            setting="NOTIFY_EMAIL_FROM",
+        )
+
+
+def _sender_problem(value: str) -> str | None:
+    if "\r" in value or "\n" in value:
+        return "it spans lines"
+    header = email_policy.header_factory("From", value)
+    if len(header.addresses) != 1 or header.defects:
+        return "it does not parse as one address"
+    spec = header.addresses[0].addr_spec
+    if not spec.isascii():
+        return "write it in ASCII (an international domain as xn--...)"
+    validate_email(spec, check_deliverability=False)
+    return None
+
+
+def _check_hook_name(name: str | None) -> None:
+    if name is not None and not _HOOK_NAME.fullmatch(name):
+        raise ConfigurationError(
+            f"NOTIFY_ON_PERMANENT_FAILURE must be 'module:function', not {name!r}",
+            setting="NOTIFY_ON_PERMANENT_FAILURE",
+        )
+
+
+def load_hook(settings: Settings) -> PermanentFailureHook | None:
+    """Import the NOTIFY_ON_PERMANENT_FAILURE hook now, so a bad one stops the worker's start."""
+    if settings.on_permanent_failure is None:
+        return None
+    module_name, _, attribute = settings.on_permanent_failure.partition(":")
+    try:
+        hook = operator.attrgetter(attribute)(importlib.import_module(module_name))
+    except Exception as exc:  # importing runs the module: whatever it raises, the hook is unusable
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+        raise ConfigurationError(
+            f"NOTIFY_ON_PERMANENT_FAILURE {settings.on_permanent_failure!r} does not import ({reason})",
+            setting="NOTIFY_ON_PERMANENT_FAILURE",
+        ) from None
+    if not callable(hook):
+        raise ConfigurationError(
+            f"NOTIFY_ON_PERMANENT_FAILURE {settings.on_permanent_failure!r} is not callable",
+            setting="NOTIFY_ON_PERMANENT_FAILURE",
+        )
+    return hook  # type: ignore[no-any-return]
 
 
 @functools.lru_cache(maxsize=1)

@@ -8,7 +8,8 @@ import pytest
 
 from notify.errors import ConfigurationError
 from notify.schema import create_engine
-from notify.settings import Secret, Settings
+from notify.settings import Secret, Settings, load_hook, mask_url
+from tests.support import hooks
 
 
 def test_a_dotenv_file_is_read_and_the_environment_wins(
@@ -48,12 +49,118 @@ def test_a_bad_value_names_its_variable(environ: dict[str, str], variable: str) 
     assert variable in str(raised.value)
 
 
-def test_the_claim_must_end_before_the_broker_hands_the_task_to_another_worker() -> None:
+@pytest.mark.parametrize(
+    ("variable", "value", "bound"),
+    [
+        ("NOTIFY_DELIVERY_TIMEOUT", "0", "at least 1s"),
+        ("NOTIFY_DELIVERY_TIMEOUT", "2h", "at most 1h"),
+        ("NOTIFY_LEASE", "500ms", "at least 1s"),
+        ("NOTIFY_LEASE", "601", "at most 10m"),
+        ("NOTIFY_SWEEP_AFTER", "0", "at least 10s"),
+        ("NOTIFY_SWEEP_AFTER", "2d", "at most 1d"),
+        ("NOTIFY_RETENTION", "59s", "at least 1m"),
+        ("NOTIFY_RETENTION", "3651d", "at most 3650d"),
+        ("NOTIFY_SMTP_TIMEOUT", "50ms", "at least 0.1s"),
+        ("NOTIFY_SMTP_TIMEOUT", "11m", "at most 10m"),
+        ("NOTIFY_VISIBILITY_TIMEOUT", "9", "at least 10s"),
+        ("NOTIFY_VISIBILITY_TIMEOUT", "2d", "at most 1d"),
+        ("NOTIFY_SMTP_PORT", "0", "at least 1"),
+        ("NOTIFY_SMTP_PORT", "99999", "at most 65535"),
+        ("NOTIFY_MAX_DATA_BYTES", "0", "at least 1"),
+        ("NOTIFY_MAX_DATA_BYTES", str(16 * 1024 * 1024 + 1), f"at most {16 * 1024 * 1024}"),
+    ],
+)
+def test_a_number_out_of_its_bounds_is_refused_naming_the_variable_and_the_bound(
+    variable: str, value: str, bound: str
+) -> None:
     with pytest.raises(ConfigurationError) as raised:
-        Settings.from_env({"NOTIFY_DELIVERY_TIMEOUT": "60", "NOTIFY_VISIBILITY_TIMEOUT": "60"})
+        Settings.from_env({variable: value})
 
-    assert raised.value.setting == "NOTIFY_VISIBILITY_TIMEOUT"
-    assert "1.5 x NOTIFY_DELIVERY_TIMEOUT" in str(raised.value)
+    assert raised.value.setting == variable
+    assert str(raised.value).startswith(f"{variable} must be {bound}, not ")
+
+
+def test_the_bounds_themselves_are_accepted() -> None:
+    settings = Settings.from_env(
+        {
+            "NOTIFY_DELIVERY_TIMEOUT": "1",
+            "NOTIFY_LEASE": "10m",
+            "NOTIFY_SWEEP_AFTER": "10",
+            "NOTIFY_RETENTION": "60",
+            "NOTIFY_SMTP_TIMEOUT": "100ms",
+            "NOTIFY_SMTP_PORT": "65535",
+            "NOTIFY_MAX_DATA_BYTES": str(16 * 1024 * 1024),
+        }
+    )
+
+    assert (settings.delivery_timeout, settings.lease, settings.sweep_after) == (1, 600, 10)
+    assert (settings.retention, settings.smtp_timeout, settings.smtp_port) == (60, 0.1, 65535)
+
+
+@pytest.mark.parametrize(
+    ("variable", "url"),
+    [
+        ("NOTIFY_BROKER_URL", "kafka://user:hunter2@broker:9092"),
+        ("NOTIFY_BROKER_URL", "localhost:6379"),
+        ("NOTIFY_BROKER_URL", "redis://:hunter2/0"),  # no "@": the password parses as a port
+        ("NOTIFY_DATABASE_URL", "mysql://notify:hunter2@db/notify"),
+        ("NOTIFY_TWILIO_BASE_URL", "ftp://ac:hunter2@twilio.example"),
+    ],
+)
+def test_a_url_notify_cannot_use_is_refused_without_showing_its_password(variable: str, url: str) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        Settings.from_env({variable: url})
+
+    assert raised.value.setting == variable
+    assert str(raised.value).startswith(variable)
+    assert "hunter2" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379/0",
+        "rediss://:pw@redis.example:6380/0",
+        "amqp://guest:guest@127.0.0.1:5672//",
+        "amqps://u:p@mq.example//",
+        "pyamqp://guest@localhost//",
+        "sqla+postgresql://u:p@db/broker",
+    ],
+)
+def test_the_brokers_notify_configures_are_accepted(url: str) -> None:
+    assert Settings.from_env({"NOTIFY_BROKER_URL": url}).broker_url == url
+
+
+def test_a_sqlite_broker_url_is_the_embedded_broker_at_that_path(tmp_path: Path) -> None:
+    settings = Settings.from_env({"NOTIFY_BROKER_URL": f"sqlite:///{tmp_path}/broker.db"})
+
+    assert settings.uses_embedded_broker
+    assert settings.resolved_broker_url == f"sqlite:///{tmp_path}/broker.db"
+
+
+@pytest.mark.parametrize(
+    "sender",
+    [
+        "not-an-address",
+        "a@b.example, c@d.example",
+        "ada@-example.com",
+        "ada@exämple.com",
+        "Ada\r\nBcc: x@evil.example",
+    ],
+)
+def test_a_from_address_that_is_not_one_valid_address_is_refused(sender: str) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        Settings.from_env({"NOTIFY_EMAIL_FROM": sender})
+
+    assert raised.value.setting == "NOTIFY_EMAIL_FROM"
+    assert "\n" not in str(raised.value)  # one line, even for a value that spans two
+
+
+@pytest.mark.parametrize(
+    "sender", ["notify@example.com", "Notify <notify@example.com>", '"Zoë, Notify" <z@xn--exmple-cua.com>']
+)
+def test_a_from_address_with_or_without_a_name_is_accepted(sender: str) -> None:
+    assert Settings.from_env({"NOTIFY_EMAIL_FROM": sender}).email_from == sender
 
 
 def test_require_names_the_missing_variable() -> None:
@@ -67,6 +174,83 @@ def test_secrets_are_masked_everywhere_but_reveal() -> None:
     assert "hunter2" not in repr(settings) and "tok-123" not in str(settings)
     assert settings.smtp_password == Secret("hunter2")
     assert settings.smtp_password is not None and settings.smtp_password.reveal() == "hunter2"
+
+
+def test_passwords_in_urls_are_masked_in_repr_and_str() -> None:
+    settings = Settings.from_env(
+        {
+            "NOTIFY_BROKER_URL": "amqp://notify:broker-pw@mq.example:5672//",
+            "NOTIFY_DATABASE_URL": "postgresql://notify:db-pw@db.example/notify?sslpassword=ssl-pw&connect_timeout=5",
+        }
+    )
+
+    for shown in (repr(settings), str(settings)):
+        assert "broker-pw" not in shown and "db-pw" not in shown and "ssl-pw" not in shown
+        assert "amqp://notify:****@mq.example:5672//" in shown
+        assert "postgresql://notify:****@db.example/notify?sslpassword=****&connect_timeout=5" in shown
+    assert settings.broker_url == "amqp://notify:broker-pw@mq.example:5672//"  # the value itself is intact
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:pw@redis.example:6379/0", "redis://:****@redis.example:6379/0"),
+        ("redis://redis.example/0?password=pw", "redis://redis.example/0?password=****"),
+        ("rediss://user:p@w@redis.example", "rediss://user:****@redis.example"),
+        ("redis://:pw/0", "redis://****"),
+        ("redis://redis.example:6379/0", "redis://redis.example:6379/0"),
+        ("sqlite:////var/lib/notify/broker.db", "sqlite:////var/lib/notify/broker.db"),
+    ],
+)
+def test_mask_url_hides_every_form_of_password(url: str, shown: str) -> None:
+    assert mask_url(url) == shown
+
+
+def test_home_that_cannot_be_created_is_named(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    settings = Settings(home=tmp_path / "a-file" / "home")
+
+    with pytest.raises(ConfigurationError) as raised:
+        settings.validate()
+
+    assert raised.value.setting == "NOTIFY_HOME"
+    assert str(raised.value).startswith(f"NOTIFY_HOME '{tmp_path}/a-file/home' cannot be created")
+
+
+def test_validate_creates_home(tmp_path: Path) -> None:
+    Settings(home=tmp_path / "new" / "home").validate()
+
+    assert (tmp_path / "new" / "home").is_dir()
+
+
+def test_the_permanent_failure_hook_is_imported_by_load_hook() -> None:
+    settings = Settings.from_env({"NOTIFY_ON_PERMANENT_FAILURE": "tests.support.hooks:record"})
+
+    assert load_hook(settings) is hooks.record
+    assert load_hook(Settings()) is None
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("tests.support.no_such_module:record", "does not import (ModuleNotFoundError"),
+        ("tests.support.hooks:no_such_function", "does not import (AttributeError"),
+        ("tests.support.hooks:json", "is not callable"),
+    ],
+)
+def test_a_hook_that_does_not_import_or_call_is_refused(name: str, reason: str) -> None:
+    settings = Settings.from_env({"NOTIFY_ON_PERMANENT_FAILURE": name})
+
+    with pytest.raises(ConfigurationError) as raised:
+        load_hook(settings)
+
+    assert raised.value.setting == "NOTIFY_ON_PERMANENT_FAILURE"
+    assert str(raised.value).startswith(f"NOTIFY_ON_PERMANENT_FAILURE {name!r} {reason}")
+
+
+def test_a_hook_name_without_module_and_function_is_refused_when_settings_are_read() -> None:
+    with pytest.raises(ConfigurationError, match="NOTIFY_ON_PERMANENT_FAILURE must be 'module:function'"):
+        Settings.from_env({"NOTIFY_ON_PERMANENT_FAILURE": "tests.support.hooks.record"})
 
 
 def test_the_embedded_defaults_live_under_notify_home(tmp_path: Path) -> None:
