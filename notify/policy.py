@@ -49,7 +49,11 @@ class ChannelPolicy:
     rate_limit: str | None = None  # Celery syntax, per worker process
 
     def delay(self, attempt: int, *, retry_after: float | None = None) -> float:
-        """Seconds to wait after failed try number `attempt` (1-based)."""
+        """Seconds to wait after failed try number `attempt` (1-based).
+
+        A provider's `retry_after` hint wins when longer, but never beyond
+        `backoff_max`: a hint of years would park the delivery outside the DLQ.
+        """
         try:
             base = self.backoff_initial * self.backoff_multiplier ** max(attempt - 1, 0)
         except OverflowError:
@@ -57,8 +61,8 @@ class ChannelPolicy:
         delay = min(base, self.backoff_max)
         if self.jitter:
             delay = random.uniform(0, delay)
-        if retry_after is not None:
-            delay = max(delay, retry_after)
+        if retry_after is not None and not math.isnan(retry_after):
+            delay = max(delay, min(max(retry_after, 0.0), self.backoff_max))
         return delay
 
 
@@ -104,9 +108,25 @@ def _policy(where: str, base: ChannelPolicy, table: object) -> ChannelPolicy:
                 f"{where}.{key}: unknown key (known: {', '.join(sorted(known))})", setting="NOTIFY_CONFIG"
             )
         values[key] = _value(f"{where}.{key}", key, value)
-    if values.get("max_attempts", base.max_attempts) < 1:
-        raise ConfigurationError(f"{where}.max_attempts: must be at least 1", setting="NOTIFY_CONFIG")
-    return replace(base, **values)
+    policy = replace(base, **values)
+    _check_bounds(where, policy)
+    return policy
+
+
+def _check_bounds(where: str, policy: ChannelPolicy) -> None:
+    """Refuse the values that parse but make no sense together."""
+    problems = [
+        ("max_attempts", policy.max_attempts < 1, "must be at least 1"),
+        ("backoff_initial", policy.backoff_initial <= 0, "must be more than 0 (a retry loop with no pause)"),
+        (
+            "backoff_max",
+            policy.backoff_max < policy.backoff_initial,
+            f"must be at least backoff_initial ({policy.backoff_initial:g}s)",
+        ),
+    ]
+    for key, wrong, reason in problems:
+        if wrong:
+            raise ConfigurationError(f"{where}.{key}: {reason}", setting="NOTIFY_CONFIG")
 
 
 def _value(where: str, key: str, value: object) -> object:

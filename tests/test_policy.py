@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -90,14 +91,35 @@ def test_full_jitter_stays_between_zero_and_the_capped_delay() -> None:
 
 
 def test_retry_after_wins_when_longer_than_the_policy_delay() -> None:
-    policy = ChannelPolicy(backoff_initial=10, backoff_multiplier=2, backoff_max=60, jitter=False)
+    policy = ChannelPolicy(backoff_initial=10, backoff_multiplier=2, backoff_max=600, jitter=False)
     assert policy.delay(1, retry_after=120) == 120
     assert policy.delay(1, retry_after=3) == 10
 
 
-def test_retry_after_beyond_the_cap_is_honoured_even_with_jitter() -> None:
+def test_retry_after_beyond_backoff_max_is_capped_there() -> None:
+    policy = ChannelPolicy(backoff_initial=10, backoff_max=60, jitter=False)
+    assert policy.delay(1, retry_after=300) == 60
+
+
+def test_retry_after_up_to_the_cap_is_honoured_even_with_jitter() -> None:
     policy = ChannelPolicy(backoff_initial=10, backoff_max=60, jitter=True)
-    assert all(policy.delay(4, retry_after=300) == 300 for _ in range(50))
+    assert all(policy.delay(1, retry_after=45) == 45 for _ in range(50))
+    assert all(policy.delay(4, retry_after=300) == 60 for _ in range(50))
+
+
+@pytest.mark.parametrize("hint", [99999999999999.0, 1e308, math.inf, 86400.0 * 365 * 475])
+def test_a_huge_retry_after_waits_backoff_max_and_no_longer(hint: float) -> None:
+    # A delay the store can add to a datetime: no OverflowError, no parking until 2499.
+    policy = DEFAULT_POLICIES["sms"]
+    delay = policy.delay(1, retry_after=hint)
+    assert delay == policy.backoff_max
+    assert datetime.now(UTC) + timedelta(seconds=delay)
+
+
+@pytest.mark.parametrize("hint", [-5.0, -math.inf, math.nan])
+def test_a_meaningless_retry_after_leaves_the_policy_delay(hint: float) -> None:
+    policy = ChannelPolicy(backoff_initial=10, backoff_max=60, jitter=False)
+    assert policy.delay(2, retry_after=hint) == 20
 
 
 # -- load_policies ------------------------------------------------------------------
@@ -169,6 +191,15 @@ def test_an_empty_file_means_the_defaults(tmp_path: Path) -> None:
         ("[channels.sms]\nmax_attempts = true\n", "channels.sms.max_attempts", "wrong type"),
         ('[channels.push]\njitter = "yes"\n', "channels.push.jitter", "wrong type"),
         ("[channels.email]\nmax_attempts = 0\n", "channels.email.max_attempts", "at least 1"),
+        ("[channels.email]\nmax_attempts = -3\n", "channels.email.max_attempts", "at least 1"),
+        ("[channels.email]\nbackoff_initial = 0\n", "channels.email.backoff_initial", "more than 0"),
+        ('[channels.sms]\nbackoff_initial = "0ms"\n', "channels.sms.backoff_initial", "more than 0"),
+        ('[channels.sms]\nbackoff_max = "10s"\n', "channels.sms.backoff_max", "at least backoff_initial"),
+        (
+            '[channels.push]\nbackoff_initial = "2m"\nbackoff_max = "1m"\n',
+            "channels.push.backoff_max",
+            "at least backoff_initial",
+        ),
         ("[channels.email]\nbackoff_multiplier = 0.5\n", "channels.email.backoff_multiplier", "at least 1"),
         ('[channels.email]\nbackoff_max = "soon"\n', "channels.email.backoff_max", "expected"),
         ("[channels.email]\ndedup_window = -1\n", "channels.email.dedup_window", "negative"),
