@@ -11,14 +11,17 @@ dlq.purge()
 from __future__ import annotations
 
 import builtins
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-import sqlalchemy as sa
+from notify.schema import utcnow
 
-from notify.models import Status
-from notify.schema import _aware, deliveries, notifications, utcnow
-from notify.store import Queued, Store
+if TYPE_CHECKING:
+    from notify.store import Queued, Store
+
+__all__ = ["DeadLetter", "Replayed", "mask", "purge", "replay", "replay_all"]
 
 
 @dataclass(frozen=True)
@@ -61,57 +64,16 @@ def mask(address: str) -> str:
 def list_dead_letters(
     store: Store, *, channel: str | None = None, limit: int = 100
 ) -> builtins.list[DeadLetter]:
-    d = deliveries.c
-    query = (
-        sa.select(
-            d.id,
-            d.notification_id,
-            d.channel,
-            d.address,
-            notifications.c.template,
-            d.last_error,
-            d.error_code,
-            d.attempts,
-            d.failed_at,
-        )
-        .join(notifications)
-        .where(d.status == Status.FAILED)
-        .order_by(d.failed_at.desc())
-        .limit(limit)
-    )
-    if channel is not None:
-        query = query.where(d.channel == channel)
-    with store.engine.connect() as conn:
-        rows = conn.execute(query).all()
-    return [
-        DeadLetter(
-            id=r.id,
-            notification_id=r.notification_id,
-            channel=r.channel,
-            address=r.address,
-            template=r.template,
-            reason=r.last_error,
-            code=r.error_code,
-            attempts=r.attempts,
-            failed_at=_aware(r.failed_at) or utcnow(),
-        )
-        for r in rows
-    ]
+    return store.dead_letters(channel=channel, limit=limit)
 
 
-def reset_for_replay(store: Store, ids: builtins.list[str] | None) -> builtins.list[Queued]:
+def reset_for_replay(store: Store, ids: Sequence[str] | None) -> builtins.list[Queued]:
     """Put failed deliveries (these, or all) back to "queued" with no attempts."""
-    d = deliveries.c
-    failed = d.status == Status.FAILED
-    where = failed if ids is None else sa.and_(failed, d.id.in_(ids))
-    return store.requeue(
-        where, limit=100_000, attempts=0, failed_at=None, next_attempt_at=None, release_at=None
-    )
+    return store.replay(ids)
 
 
 def purge_dead_letters(store: Store) -> int:
-    with store.engine.begin() as conn:
-        return conn.execute(deliveries.delete().where(deliveries.c.status == Status.FAILED)).rowcount
+    return store.purge_dead_letters()
 
 
 # -- the module-level API, on the process-wide settings -------------------------

@@ -11,15 +11,48 @@ import sqlalchemy as sa
 
 _PING_IF_IDLE_FOR = 10.0  # seconds
 
+# Column limits, which send() validates against before anything is written.
+MAX_ID = 36
+MAX_TEMPLATE = 200
+MAX_LOCALE = 35
+MAX_ADDRESS = 512
+MAX_DEDUP_KEY = 200
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """An aware datetime kept in UTC on every database.
+
+    SQLite has no time zone type: SQLAlchemy writes an aware value's local
+    wall time and drops its offset. Converting to UTC on the way in (and
+    marking UTC on the way out) makes 10:00-05:00 and 15:00Z the same instant.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; it keeps UTC instants only")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 metadata = sa.MetaData()
-_ts = sa.DateTime(timezone=True)
+_ts = UTCDateTime()
 
 notifications = sa.Table(
     "notify_notifications",
     metadata,
-    sa.Column("id", sa.String(36), primary_key=True),
-    sa.Column("template", sa.String(200), nullable=False),
-    sa.Column("locale", sa.String(35)),
+    sa.Column("id", sa.String(MAX_ID), primary_key=True),
+    sa.Column("template", sa.String(MAX_TEMPLATE), nullable=False),
+    sa.Column("locale", sa.String(MAX_LOCALE)),
     sa.Column("data", sa.Text, nullable=False),  # JSON
     sa.Column("created_at", _ts, nullable=False),
 )
@@ -27,16 +60,16 @@ notifications = sa.Table(
 deliveries = sa.Table(
     "notify_deliveries",
     metadata,
-    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("id", sa.String(MAX_ID), primary_key=True),
     sa.Column(
         "notification_id", sa.String(36), sa.ForeignKey(notifications.c.id), nullable=False, index=True
     ),
     sa.Column("channel", sa.String(16), nullable=False),
-    sa.Column("address", sa.String(512), nullable=False),
+    sa.Column("address", sa.String(MAX_ADDRESS), nullable=False),
     sa.Column("priority", sa.String(16), nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
-    sa.Column("dedup_key", sa.String(200)),
+    sa.Column("dedup_key", sa.String(MAX_DEDUP_KEY)),
     sa.Column("duplicate_of", sa.String(36)),
     sa.Column("provider_id", sa.String(300)),
     sa.Column("last_error", sa.Text),
@@ -46,17 +79,19 @@ deliveries = sa.Table(
     sa.Column("next_attempt_at", _ts),
     sa.Column("release_at", _ts),  # set while the store, not the broker, holds the next try
     sa.Column("lease_until", _ts),  # while "sending": the worker's claim
+    sa.Column("claim_token", sa.String(36)),  # while "sending": which claim may record the outcome
     sa.Column("sent_at", _ts),
     sa.Column("failed_at", _ts),
     sa.Index("ix_notify_deliveries_status_release", "status", "release_at"),
+    sa.Index("ix_notify_deliveries_status_lease", "status", "lease_until"),
 )
 
 dedup_claims = sa.Table(
     "notify_dedup_claims",
     metadata,
     sa.Column("channel", sa.String(16), primary_key=True),
-    sa.Column("address", sa.String(512), primary_key=True),
-    sa.Column("dedup_key", sa.String(200), primary_key=True),
+    sa.Column("address", sa.String(MAX_ADDRESS), primary_key=True),
+    sa.Column("dedup_key", sa.String(MAX_DEDUP_KEY), primary_key=True),
     sa.Column("delivery_id", sa.String(36), nullable=False),
     sa.Column("expires_at", _ts, nullable=False),
 )
@@ -64,12 +99,6 @@ dedup_claims = sa.Table(
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
 
 
 def create_engine(url: str) -> sa.Engine:

@@ -6,11 +6,12 @@ import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import timedelta, timezone
 from pathlib import Path
 
 import pytest
 
+from notify.errors import StoreUnavailable
 from notify.models import Status
 from notify.store import Job, NewDelivery, Refusal, Store, utcnow
 
@@ -36,6 +37,12 @@ def new(channel: str = "email", address: str = "ada@example.com", **kwargs: obje
         status=kwargs.pop("status", Status.QUEUED),
         **kwargs,  # type: ignore[arg-type]
     )
+
+
+def claimed(store: Store, delivery_id: str, lease: float = 60) -> Job:
+    job = store.claim(delivery_id, lease=lease)
+    assert isinstance(job, Job), job
+    return job
 
 
 def record(store: Store, *deliveries: NewDelivery) -> list[str]:
@@ -85,13 +92,12 @@ def test_only_one_of_many_concurrent_claims_wins(store: Store) -> None:
 
     assert sum(isinstance(r, Job) for r in results) == 1
     refusals = [r for r in results if isinstance(r, Refusal)]
-    assert all(r.status == Status.SENDING and r.retry_in and r.retry_in > 0 for r in refusals)
+    assert all(r.status == Status.SENDING for r in refusals)
 
 
 def test_a_sent_delivery_cannot_be_claimed_again(store: Store) -> None:
     [delivery_id] = record(store, new())
-    store.claim(delivery_id, lease=60)
-    store.mark_sent(delivery_id, "provider-1")
+    store.mark_sent(claimed(store, delivery_id), "provider-1")
 
     refusal = store.claim(delivery_id, lease=60)
 
@@ -115,12 +121,110 @@ def test_an_expired_lease_lets_another_worker_take_over(store: Store) -> None:
 
 def test_a_stale_worker_cannot_overwrite_a_newer_outcome(store: Store) -> None:
     [delivery_id] = record(store, new())
-    store.claim(delivery_id, lease=60)
-    store.mark_sent(delivery_id, "first")
+    job = claimed(store, delivery_id)
+    assert store.mark_sent(job, "first")
 
-    store.mark_failed(delivery_id, "late failure from a slow worker", "451")
+    assert not store.mark_failed(job, "late failure from a slow worker", "451")
 
     assert store.get(delivery_id).status == Status.SENT  # type: ignore[union-attr]
+
+
+def test_a_claim_taken_over_cannot_record_its_outcome(store: Store) -> None:
+    """Worker A's lease lapses, B claims; A's late failure must not drop B's success."""
+    [delivery_id] = record(store, new())
+    stale = claimed(store, delivery_id, lease=0)
+    current = claimed(store, delivery_id)
+
+    assert not store.mark_failed(stale, "late failure from the first worker", "451")
+    assert store.get(delivery_id).status == Status.SENDING  # type: ignore[union-attr]
+    assert store.mark_sent(current, "second")
+    delivery = store.get(delivery_id)
+    assert delivery is not None and (delivery.status, delivery.provider_id) == (Status.SENT, "second")
+
+
+def test_a_heartbeat_keeps_a_claim_and_tells_which_claims_were_lost(store: Store) -> None:
+    [kept, lost] = record(store, new(), new())
+    live = claimed(store, kept, lease=0)
+    gone = claimed(store, lost, lease=0)
+    claimed(store, lost)  # another worker took it over
+
+    assert store.renew([live.claim, gone.claim], lease=60) == {live.claim}
+    assert isinstance(store.claim(kept, lease=60), Refusal)  # renewed: not claimable
+
+
+def test_leases_use_the_databases_clock_not_the_workers(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker whose clock runs 80 s fast must not take over a live claim."""
+    import notify.schema
+    import notify.store
+
+    holder, skewed = Store(postgres_url), Store(postgres_url)
+    [delivery_id] = record(holder, new())
+    claimed(holder, delivery_id, lease=30)
+    fast = utcnow() + timedelta(seconds=80)
+    monkeypatch.setattr(notify.store, "utcnow", lambda: fast)
+    monkeypatch.setattr(notify.schema, "utcnow", lambda: fast)
+
+    refusal = skewed.claim(delivery_id, lease=30)
+
+    holder.close()
+    skewed.close()
+    assert refusal == Refusal(status=Status.SENDING)
+
+
+@pytest.mark.parametrize("offset_hours", [-5, 9, 0])
+def test_send_at_is_held_in_utc_whatever_offset_it_was_written_in(store: Store, offset_hours: int) -> None:
+    zone = timezone(timedelta(hours=offset_hours))
+    past = new(status=Status.SCHEDULED, release_at=(utcnow() - timedelta(minutes=1)).astimezone(zone))
+    soon = new(status=Status.SCHEDULED, release_at=(utcnow() + timedelta(minutes=1)).astimezone(zone))
+    record(store, past, soon)
+
+    assert [q.id for q in store.release_due()] == [past.id]
+    assert soon.release_at is not None
+    assert store.get(soon.id).next_attempt_at == soon.release_at  # type: ignore[union-attr]
+    assert store.get(soon.id).next_attempt_at.utcoffset() == timedelta(0)  # type: ignore[union-attr]
+
+
+def test_a_retrying_delivery_always_has_a_release_time(store: Store) -> None:
+    """A retry is never left to a broker countdown that a crash could lose."""
+    [delivery_id] = record(store, new())
+    soon = utcnow() + timedelta(seconds=2)
+    store.mark_retrying(claimed(store, delivery_id), "451 later", "451", soon)
+
+    assert store.release_due() == []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(store, "now", lambda: soon + timedelta(milliseconds=1))
+        assert [q.id for q in store.release_due()] == [delivery_id]
+
+
+def test_replaying_more_ids_than_a_statement_can_bind_works(store: Store) -> None:
+    [delivery_id] = record(store, new())
+    store.mark_failed(claimed(store, delivery_id), "550 no such user", "550")
+    unknown = [str(uuid.uuid4()) for _ in range(70_000)]  # PostgreSQL binds at most 65,535 per statement
+
+    replayed = store.replay([*unknown, delivery_id])
+
+    assert [q.id for q in replayed] == [delivery_id]
+    assert store.get(delivery_id).status == Status.QUEUED  # type: ignore[union-attr]
+
+
+def test_purging_dead_letters_frees_their_dedup_keys(store: Store) -> None:
+    first = new(dedup_key="order-7", dedup_window=3600)
+    record(store, first)
+    store.mark_failed(claimed(store, first.id), "550 no such user", "550")
+
+    assert store.purge_dead_letters() == 1
+    again = new(dedup_key="order-7", dedup_window=3600)
+    record(store, again)
+
+    assert store.get(first.id) is None
+    assert store.get(again.id).status == Status.QUEUED  # type: ignore[union-attr]
+
+
+def test_an_unreachable_store_raises_our_error_not_the_drivers() -> None:
+    with pytest.raises(StoreUnavailable, match="unavailable"):
+        Store("postgresql://postgres@127.0.0.1:1/none")
 
 
 def test_concurrent_producers_with_one_dedup_key_record_one_delivery(store: Store) -> None:
@@ -188,10 +292,9 @@ def test_a_scheduled_delivery_cannot_be_claimed_before_it_is_released(store: Sto
     assert isinstance(store.claim(held.id, lease=60), Refusal)
 
 
-def test_a_long_retry_is_held_until_due(store: Store) -> None:
+def test_a_retry_is_held_by_the_store_until_due(store: Store) -> None:
     [delivery_id] = record(store, new())
-    store.claim(delivery_id, lease=60)
-    store.mark_retrying(delivery_id, "451 later", "451", utcnow() - timedelta(seconds=1), held=True)
+    store.mark_retrying(claimed(store, delivery_id), "451 later", "451", utcnow() - timedelta(seconds=1))
 
     assert isinstance(store.claim(delivery_id, lease=60), Refusal)
     assert store.release_due() == [(delivery_id, "email", "normal")]
@@ -199,27 +302,35 @@ def test_a_long_retry_is_held_until_due(store: Store) -> None:
     assert isinstance(job, Job) and job.attempts == 2
 
 
-def test_the_sweeper_takes_back_what_nobody_is_working_on(store: Store) -> None:
+def test_the_sweep_takes_back_what_a_dead_worker_held(store: Store) -> None:
     [queued] = record(store, new())
     [dead_worker] = record(store, new())
     [live_worker] = record(store, new())
     store.claim(dead_worker, lease=0)
     store.claim(live_worker, lease=60)
 
-    assert {i for i, _, _ in store.reclaim_stuck(queued_for=3600)} == {dead_worker}
-    assert {i for i, _, _ in store.reclaim_stuck(queued_for=-1)} == {queued, dead_worker}
+    assert {i for i, _, _ in store.reclaim_expired()} == {dead_worker}
     assert store.get(dead_worker).status == Status.QUEUED  # type: ignore[union-attr]
     assert store.get(live_worker).status == Status.SENDING  # type: ignore[union-attr]
+    assert store.get(queued).status == Status.QUEUED  # type: ignore[union-attr]
+
+
+def test_a_delivery_queued_too_long_is_offered_again_once_per_period(store: Store) -> None:
+    [queued] = record(store, new())
+    [sms] = record(store, new("sms", "+14155550100"))
+
+    assert store.queued_since(3600) == []
+    assert [q.id for q in store.queued_since(-1, ["email"])] == [queued]
+    assert store.queued_since(1, ["email"]) == []  # just stamped: not again until the period passes
+    assert {q.id for q in store.queued_since(-1)} == {queued, sms}
 
 
 def test_purging_keeps_dead_letters_and_recent_deliveries(store: Store) -> None:
     [sent, failed, recent] = record(store, new(), new(), new())
     record(store, new(dedup_key="k", dedup_window=0))
-    for delivery_id in (sent, failed, recent):
-        store.claim(delivery_id, lease=60)
-    store.mark_sent(sent, None)
-    store.mark_failed(failed, "550 no such user", "550")
-    store.mark_sent(recent, None)
+    store.mark_sent(claimed(store, sent), None)
+    store.mark_failed(claimed(store, failed), "550 no such user", "550")
+    store.mark_sent(claimed(store, recent), None)
 
     assert store.purge_finished(older_than=3600) == 0
     assert store.get(recent) is not None

@@ -1,0 +1,262 @@
+"""A model of the store's delivery protocol, checked by hypothesis on SQLite and PostgreSQL.
+
+Workers claim, renew, record outcomes late and die; leases lapse; the clock
+jumps; sweeps, releases, replays and purges run in any order. After every
+step the store must agree with what the protocol promises:
+
+- at most one live claim per delivery, and only the current claim records an outcome;
+- a delivery that was sent is never claimable again, and is sent at most once;
+- an outcome from a stale claim never overwrites a newer one;
+- every delivery that is not finished becomes claimable again within its bound;
+- one dedup key yields exactly one winner per window.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    consumes,
+    initialize,
+    invariant,
+    multiple,
+    rule,
+    run_state_machine_as_test,
+)
+
+from notify.models import Status
+from notify.schema import metadata
+from notify.store import Job, NewDelivery, Refusal, Store
+
+LEASE = 10.0
+WINDOW = 60.0
+ADDRESSES = ["a@example.com", "b@example.com"]
+KEYS = [None, "k1", "k2"]
+DELAYS = st.floats(0, 20)
+FINISHED = {Status.SENT, Status.FAILED, Status.DUPLICATE}
+
+
+class Clock:
+    """The store's clock, moved by the model: forward, and sometimes back a little."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@dataclass
+class Claim:
+    job: Job
+    lease_until: datetime
+    done: bool = False  # its outcome was recorded (or refused)
+
+
+class Protocol(RuleBasedStateMachine):
+    url: str = ""
+
+    claims = Bundle("claims")
+    deliveries = Bundle("deliveries")
+
+    @initialize()
+    def open_store(self) -> None:
+        self.clock = Clock()
+        self.store = Store(self.url, clock=self.clock)
+        with self.store.engine.begin() as conn:
+            for table in reversed(metadata.sorted_tables):
+                conn.execute(table.delete())
+        self.channel_of: dict[str, tuple[str, str | None]] = {}  # id -> (address, key)
+        self.current: dict[str, Claim] = {}  # delivery id -> its newest claim
+        self.sent: dict[str, int] = {}  # delivery id -> successful mark_sent count
+        self.holder: dict[tuple[str, str], tuple[str, datetime]] = {}  # (address, key) -> (id, expires)
+        self.purged: set[str] = set()
+
+    def teardown(self) -> None:
+        self.store.close()
+
+    # -- producers -------------------------------------------------------------
+
+    @rule(
+        target=deliveries,
+        address=st.sampled_from(ADDRESSES),
+        key=st.sampled_from(KEYS),
+        later=st.sampled_from([None, 0.0, 5.0, 30.0]),
+    )
+    def send(self, address: str, key: str | None, later: float | None) -> str:
+        delivery_id = str(uuid.uuid4())
+        release_at = None if later is None else self.clock.now + timedelta(seconds=later)
+        status = Status.QUEUED if release_at is None else Status.SCHEDULED
+        new = NewDelivery(delivery_id, "email", address, "normal", status, key, WINDOW, release_at)
+        [recorded] = self.store.record(str(uuid.uuid4()), "welcome", None, "{}", [new])
+        self.channel_of[delivery_id] = (address, key)
+        if key is not None:
+            self._check_dedup(address, key, recorded.status, recorded.duplicate_of, delivery_id)
+        return delivery_id
+
+    def _check_dedup(
+        self, address: str, key: str, status: str, duplicate_of: str | None, new_id: str
+    ) -> None:
+        held = self.holder.get((address, key))
+        if held is not None and held[1] > self.clock.now and held[0] not in self.purged:
+            assert (status, duplicate_of) == (Status.DUPLICATE, held[0]), "a second winner in one window"
+        else:
+            assert status != Status.DUPLICATE, "a duplicate with no live holder"
+            self.holder[(address, key)] = (new_id, self.clock.now + timedelta(seconds=WINDOW))
+
+    # -- workers ---------------------------------------------------------------
+
+    @rule(target=claims, delivery_id=deliveries, lease=st.sampled_from([0.0, LEASE]))
+    def claim(self, delivery_id: str, lease: float) -> object:
+        before = self.store.get(delivery_id)
+        result = self.store.claim(delivery_id, lease)
+        if isinstance(result, Refusal):
+            assert before is None or not self._claimable(delivery_id, before.status)
+            return multiple()
+        assert before is not None and self._claimable(delivery_id, before.status), before
+        assert self.sent.get(delivery_id, 0) == 0, "a sent delivery was claimed again"
+        claim = Claim(result, self.clock.now + timedelta(seconds=lease))
+        self.current[delivery_id] = claim
+        return claim
+
+    def _claimable(self, delivery_id: str, status: str) -> bool:
+        if status == Status.QUEUED:
+            return True
+        claim = self.current.get(delivery_id)
+        return status == Status.SENDING and claim is not None and claim.lease_until < self.clock.now
+
+    @rule(claim=claims)
+    def heartbeat(self, claim: Claim) -> None:
+        held = self.store.renew([claim.job.claim], LEASE)
+        is_current = self.current.get(claim.job.delivery_id) is claim and not claim.done
+        assert (claim.job.claim in held) == is_current
+        if is_current:
+            claim.lease_until = self.clock.now + timedelta(seconds=LEASE)
+
+    @rule(
+        claim=consumes(claims), outcome=st.sampled_from(["sent", "retry", "failed"]), delay=st.floats(0, 20)
+    )
+    def record_outcome(self, claim: Claim, outcome: str, delay: float) -> None:
+        delivery_id = claim.job.delivery_id
+        before = self.store.get(delivery_id)
+        if outcome == "sent":
+            won = self.store.mark_sent(claim.job, "p")
+        elif outcome == "retry":
+            won = self.store.mark_retrying(claim.job, "451", "451", self.clock.now + timedelta(seconds=delay))
+        else:
+            won = self.store.mark_failed(claim.job, "550", "550")
+        is_current = self.current.get(delivery_id) is claim and not claim.done
+        assert won == (is_current and before is not None and before.status == Status.SENDING)
+        after = self.store.get(delivery_id)
+        if not won:
+            assert after == before, "a stale claim changed the delivery"
+        claim.done = True
+        if won and outcome == "sent":
+            self.sent[delivery_id] = self.sent.get(delivery_id, 0) + 1
+            assert self.sent[delivery_id] == 1, "sent twice"
+
+    # -- time and maintenance --------------------------------------------------
+
+    @rule(seconds=st.sampled_from([0.5, 3.0, 11.0, 40.0, 120.0]))
+    def time_passes(self, seconds: float) -> None:
+        self.clock.now += timedelta(seconds=seconds)
+
+    @rule(seconds=st.sampled_from([0.5, 2.0]))
+    def clock_steps_back(self, seconds: float) -> None:
+        self.clock.now -= timedelta(seconds=seconds)  # leases are instants: a step back lengthens them
+
+    @rule()
+    def release(self) -> None:
+        for queued in self.store.release_due():
+            assert self.store.get(queued.id).status == Status.QUEUED  # type: ignore[union-attr]
+
+    @rule()
+    def sweep(self) -> None:
+        for queued in self.store.reclaim_expired():
+            claim = self.current[queued.id]
+            assert claim.lease_until < self.clock.now, "a live claim was swept"
+            claim.done = True  # its holder may still answer, but it is no longer current
+        self.store.queued_since(5.0)
+
+    @rule(delivery_id=deliveries)
+    def replay(self, delivery_id: str) -> None:
+        before = self.store.get(delivery_id)
+        replayed = [q.id for q in self.store.replay([delivery_id])]
+        assert replayed == ([delivery_id] if before is not None and before.status == Status.FAILED else [])
+
+    @rule()
+    def purge_dead_letters(self) -> None:
+        failed = {i for i in self.channel_of if (d := self.store.get(i)) and d.status == Status.FAILED}
+        assert self.store.purge_dead_letters() == len(failed)
+        self.purged |= failed
+
+    @rule()
+    def everything_recovers(self) -> None:
+        """Once each delivery's bound has passed, maintenance has made it claimable.
+
+        The bound: its release time when held (send_at, retry), its lease when claimed.
+        """
+        bounds = [self.clock.now]
+        for delivery_id in self.channel_of:
+            delivery = self.store.get(delivery_id)
+            if delivery is not None and delivery.next_attempt_at is not None:
+                bounds.append(delivery.next_attempt_at)
+        bounds += [c.lease_until for c in self.current.values() if not c.done]
+        self.clock.now = max(bounds) + timedelta(milliseconds=1)
+        self.store.release_due()
+        self.store.reclaim_expired()
+        for delivery_id in self.channel_of:
+            delivery = self.store.get(delivery_id)
+            if delivery is None or delivery.status in FINISHED:
+                continue
+            assert delivery.status == Status.QUEUED, delivery
+            self.current.pop(delivery_id, None)
+            claim = self.store.claim(delivery_id, LEASE)
+            assert isinstance(claim, Job)
+            self.current[delivery_id] = Claim(claim, self.clock.now + timedelta(seconds=LEASE))
+
+    # -- invariants --------------------------------------------------------------
+
+    @invariant()
+    def at_most_one_live_claim_and_status_matches(self) -> None:
+        if not hasattr(self, "store"):
+            return
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT id, status, claim_token FROM notify_deliveries")).all()
+        for delivery_id, status, token in rows:
+            assert (status == Status.SENDING) == (token is not None), (status, token)
+            if token is not None:
+                assert self.current[delivery_id].job.claim == token, "the store's claim is not the newest"
+            if self.sent.get(delivery_id):
+                assert status == Status.SENT
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/model.db"
+    else:
+        yield request.getfixturevalue("postgres_url")
+
+
+def test_the_delivery_protocol_keeps_its_promises(store_url: str) -> None:
+    machine = type("ProtocolOnThisStore", (Protocol,), {"url": store_url})
+    run_state_machine_as_test(
+        machine,
+        settings=settings(
+            max_examples=60,
+            stateful_step_count=40,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+        ),
+    )
