@@ -20,5 +20,14 @@ def queue_name(channel: str, priority: str) -> str:
 
 
 def channel_queues(channel: str) -> list[str]:
-    """A channel's queues, highest priority first."""
+    """A channel's queues, highest priority first (Redis and the embedded broker)."""
     return [queue_name(channel, p) for p in PRIORITIES]
+
+
+def priority_queue_name(channel: str) -> str:
+    """`notify.<channel>`: RabbitMQ's one queue per channel, ordered by message priority."""
+    return f"notify.{channel}"
+
+
+# RabbitMQ message priorities (higher first) in the channel's x-max-priority queue.
+AMQP_PRIORITY = {"high": 2, "normal": 1, "low": 0}

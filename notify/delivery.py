@@ -1,13 +1,16 @@
 """One delivery attempt, as a worker makes it: claim, render, deliver, record.
 
 Celery-free, so the rules live in one place: the Celery task in `workers/`
-only turns the `Outcome` into "done" or "publish again in N seconds".
+only acks its message once the outcome is recorded. While a provider call
+runs, a heartbeat renews the claim; if this process dies the claim lapses
+within one lease and the sweep (notify.maintenance) hands the delivery on.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -19,26 +22,76 @@ from notify.errors import (
     ConfigurationError,
     DeliveryError,
     NotifyError,
+    OutcomeUnknownError,
     PermanentDeliveryError,
+    StoreUnavailable,
     TemplateError,
     TransientDeliveryError,
 )
 from notify.policy import ChannelPolicy, load_policies
 from notify.rendering import Rendered, Renderer
 from notify.settings import Settings
-from notify.store import Job, Refusal, Store, utcnow
+from notify.store import Job, Refusal, Store
 
 log = logging.getLogger("notify.delivery")
+
+SMTP_DATA_REPLY_TIMEOUT = 600.0  # RFC 5321 4.5.3.2.6: the longest wait for the reply to DATA's end
 
 PermanentFailureHook = Callable[[str, str, PermanentDeliveryError], None]
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """What became of one attempt; `again_in` asks the task to publish once more."""
+    """What became of one attempt."""
 
-    status: str  # sent | retrying | failed | skipped
-    again_in: float | None = None
+    status: str  # sent | retrying | failed | skipped | lost (the claim was taken over)
+
+
+class Heartbeat:
+    """Renews the claims of the attempts running in this process, every lease/3.
+
+    One thread per process, started with the first claim. An attempt that
+    runs past `ceiling` seconds is no longer renewed: a hung call must not
+    hold a delivery forever.
+    """
+
+    def __init__(self, store: Store, lease: float, every: float, ceiling: float) -> None:
+        self.store, self.lease, self.every, self.ceiling = store, lease, every, ceiling
+        self._running: dict[str, float] = {}  # claim token -> monotonic start
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def hold(self, claim: str) -> None:
+        with self._lock:
+            self._running[claim] = time.monotonic()
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="notify-heartbeat", daemon=True)
+                self._thread.start()
+
+    def release(self, claim: str) -> None:
+        with self._lock:
+            self._running.pop(claim, None)
+
+    def stop(self) -> None:
+        self._wake.set()
+
+    def beat(self) -> None:
+        """Renew every running claim once (the thread calls this every `every` seconds)."""
+        now = time.monotonic()
+        with self._lock:
+            live = [c for c, since in self._running.items() if now - since < self.ceiling]
+        try:
+            held = self.store.renew(live, self.lease)
+        except StoreUnavailable as exc:
+            log.error("heartbeat: %s; claims lapse in %.0fs unless it returns", exc, self.lease)
+            return
+        for lost in set(live) - held:
+            log.error("heartbeat: claim %s was taken over; its outcome will not be recorded", lost)
+
+    def _run(self) -> None:
+        while not self._wake.wait(self.every):
+            self.beat()
 
 
 def message_id(delivery_id: str, sender: str | None) -> str:
@@ -81,6 +134,9 @@ class Deliverer:
         self.on_permanent_failure = on_permanent_failure
         self._providers: dict[str, Provider] = {}
         self._lock = threading.Lock()
+        # SMTP may wait 10 minutes for its end-of-DATA reply (RFC 5321): renew that long.
+        ceiling = max(settings.delivery_timeout, SMTP_DATA_REPLY_TIMEOUT) + settings.lease
+        self.heartbeat = Heartbeat(self.store, settings.lease, settings.heartbeat_every, ceiling)
 
     def provider(self, channel: str) -> Provider:
         with self._lock:
@@ -89,6 +145,7 @@ class Deliverer:
             return self._providers[channel]
 
     def close(self) -> None:
+        self.heartbeat.stop()
         for provider in self._providers.values():
             provider.close()
         self.store.close()
@@ -97,6 +154,13 @@ class Deliverer:
         claim = self.store.claim(delivery_id, self.settings.lease)
         if isinstance(claim, Refusal):
             return self._refused(delivery_id, claim)
+        self.heartbeat.hold(claim.claim)
+        try:
+            return self._attempt(claim)
+        finally:
+            self.heartbeat.release(claim.claim)
+
+    def _attempt(self, claim: Job) -> Outcome:
         try:
             rendered = self.renderer.render(claim.template, claim.channel, claim.data, claim.locale)
             message = build_message(claim, rendered, self.settings.email_from)
@@ -108,7 +172,7 @@ class Deliverer:
                     str(exc), channel=claim.channel, provider="templates", code="template"
                 ),
             )
-        except PermanentDeliveryError as exc:
+        except PermanentDeliveryError as exc:  # OutcomeUnknownError too: never resent blindly
             return self._fail(claim, exc)
         except TransientDeliveryError as exc:
             return self._retry(claim, exc)
@@ -128,29 +192,53 @@ class Deliverer:
                     f"{type(exc).__name__}: {exc}", channel=claim.channel, provider="notify", code="bug"
                 ),
             )
-        self.store.mark_sent(claim.delivery_id, receipt.provider_id)
+        if not self._record(lambda: self.store.mark_sent(claim, receipt.provider_id)):
+            return self._lost(claim, "sent")
         log.info("delivery %s sent (%s, try %d)", claim.delivery_id, claim.channel, claim.attempts)
         return Outcome("sent")
 
+    def _record(self, write: Callable[[], bool]) -> bool:
+        """Write an outcome, riding out a store outage of up to `delivery_timeout`.
+
+        Giving up early would let the claim lapse and a second worker send
+        again what this one already sent. The heartbeat keeps the claim while
+        this waits (once the store is back).
+        """
+        deadline = time.monotonic() + self.settings.delivery_timeout
+        delay = 0.05
+        while True:
+            try:
+                return write()
+            except StoreUnavailable:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("the store is unavailable; recording the outcome again in %.2fs", delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
     def _refused(self, delivery_id: str, refusal: Refusal) -> Outcome:
+        # Done, held by the store, or claimed by a live worker: this message has
+        # nothing to do. A claim that lapses is the sweep's to hand on.
         if refusal.status is None:
             log.warning("delivery %s: not in the store; dropping its message", delivery_id)
-        elif refusal.retry_in is not None:
-            # Another worker holds it (or held it and died): look again when its lease ends.
-            return Outcome(
-                "skipped", again_in=min(max(refusal.retry_in, 1.0), self.settings.max_broker_delay)
-            )
         return Outcome("skipped")
+
+    def _lost(self, job: Job, outcome: str) -> Outcome:
+        log.error(
+            "delivery %s: claim lapsed and was taken over before its outcome (%s) was recorded",
+            job.delivery_id,
+            outcome,
+        )
+        return Outcome("lost")
 
     def _retry(self, job: Job, exc: TransientDeliveryError) -> Outcome:
         policy = self.policies[job.channel]
         if job.attempts >= policy.max_attempts:
             return self._fail(job, exc, note=f" (gave up after {job.attempts} tries)")
         delay = policy.delay(job.attempts, retry_after=exc.retry_after)
-        held = delay > self.settings.max_broker_delay
-        self.store.mark_retrying(
-            job.delivery_id, _reason(exc), exc.code, utcnow() + timedelta(seconds=delay), held=held
-        )
+        at = self.store.now() + timedelta(seconds=delay)
+        if not self._record(lambda: self.store.mark_retrying(job, _reason(exc), exc.code, at)):
+            return self._lost(job, "retrying")
         log.info(
             "delivery %s: try %d failed (%s), next in %.1fs",
             job.delivery_id,
@@ -158,14 +246,17 @@ class Deliverer:
             _reason(exc),
             delay,
         )
-        return Outcome("retrying", again_in=None if held else delay)
+        return Outcome("retrying")
 
     def _fail(self, job: Job, exc: DeliveryError, note: str = "") -> Outcome:
-        self.store.mark_failed(job.delivery_id, _reason(exc) + note, exc.code)
+        if not self._record(lambda: self.store.mark_failed(job, _reason(exc) + note, exc.code)):
+            return self._lost(job, "failed")
         log.warning("delivery %s failed for good: %s%s", job.delivery_id, _reason(exc), note)
-        if isinstance(exc, PermanentDeliveryError) and self.on_permanent_failure is not None:
+        hook = self.on_permanent_failure
+        # Only the address's fault is the hook's business; an unknown outcome is not.
+        if isinstance(exc, PermanentDeliveryError) and not isinstance(exc, OutcomeUnknownError) and hook:
             try:
-                self.on_permanent_failure(job.channel, job.address, exc)
+                hook(job.channel, job.address, exc)
             except Exception:
                 log.exception("on_permanent_failure hook raised")
         return Outcome("failed")

@@ -11,15 +11,43 @@ from typing import Any
 from celery import Celery
 from kombu import Exchange, Queue
 
-from notify.constants import CHANNELS, DELIVER_TASK, MAINTENANCE_QUEUE, PRIORITIES, queue_name
+from notify.constants import (
+    AMQP_PRIORITY,
+    CHANNELS,
+    DELIVER_TASK,
+    channel_queues,
+    priority_queue_name,
+    queue_name,
+)
 from notify.settings import Settings
 
 EMBEDDED_TRANSPORT = "notify.embedded_broker:Transport"
+_AMQP_SCHEMES = ("amqp", "amqps", "pyamqp", "librabbitmq")
 
 
-def task_queues() -> list[Queue]:
+def uses_priority_queues(broker_url: str | None) -> bool:
+    """RabbitMQ: one `x-max-priority` queue per channel, since it round-robins separate queues.
+
+    Redis and the embedded broker keep a queue per priority instead, polled
+    high before normal before low.
+    """
+    return broker_url is not None and broker_url.split("://", 1)[0].split("+")[-1] in _AMQP_SCHEMES
+
+
+def consume_queues(broker_url: str | None, channel: str) -> list[str]:
+    """The queues a worker for `channel` consumes, highest priority first."""
+    return [priority_queue_name(channel)] if uses_priority_queues(broker_url) else channel_queues(channel)
+
+
+def task_queues(broker_url: str | None) -> list[Queue]:
     exchange = Exchange("notify", type="direct", durable=True)
-    names = [queue_name(c, p) for c in CHANNELS for p in PRIORITIES] + [MAINTENANCE_QUEUE]
+    if uses_priority_queues(broker_url):
+        limit = {"x-max-priority": max(AMQP_PRIORITY.values())}
+        return [
+            Queue(name, exchange, routing_key=name, durable=True, queue_arguments=limit)
+            for name in map(priority_queue_name, CHANNELS)
+        ]
+    names = [name for channel in CHANNELS for name in channel_queues(channel)]
     return [Queue(name, exchange, routing_key=name, durable=True) for name in names]
 
 
@@ -56,7 +84,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "interval_max": 0.5,
         },
         "broker_connection_timeout": 2.0,
-        "task_queues": task_queues(),
+        "task_queues": task_queues(settings.broker_url),
         "task_default_queue": queue_name("email", "normal"),
         "task_serializer": "json",
         "result_serializer": "json",
@@ -80,16 +108,12 @@ def producer_app(settings: Settings) -> Celery:
     return app
 
 
-def enqueue(
-    app: Celery, delivery_id: str, channel: str, priority: str, *, countdown: float | None = None
-) -> None:
-    """Publish one delivery on `notify.<channel>.<priority>`, by task name."""
-    queue = queue_name(channel, priority)
+def enqueue(app: Celery, delivery_id: str, channel: str, priority: str) -> None:
+    """Publish one delivery for `channel` at `priority`, by task name."""
+    if uses_priority_queues(app.conf.broker_url):
+        queue, level = priority_queue_name(channel), AMQP_PRIORITY[priority]
+    else:
+        queue, level = queue_name(channel, priority), None
     app.send_task(
-        DELIVER_TASK,
-        args=[delivery_id],
-        queue=queue,
-        routing_key=queue,
-        countdown=countdown,
-        ignore_result=True,
+        DELIVER_TASK, args=[delivery_id], queue=queue, routing_key=queue, priority=level, ignore_result=True
     )

@@ -57,7 +57,7 @@ def rabbitmq_url() -> str:
 
     with Connection(RABBITMQ_URL) as connection:
         channel = connection.channel()
-        for queue in task_queues():
+        for queue in task_queues(RABBITMQ_URL):
             bound = queue(channel)
             bound.declare()
             bound.purge()

@@ -1,8 +1,11 @@
 """The Celery app workers run.
 
 Run it with `notify worker CHANNEL` (or `celery -A workers.app worker -Q
-notify.email.high,notify.email.normal,notify.email.low,notify.maintenance`).
-Settings are read when Celery first needs its configuration, not at import.
+notify.email.high,notify.email.normal,notify.email.low`; on RabbitMQ the one
+queue `notify.email`). Settings are read when Celery first needs its
+configuration, not at import. Each worker runs its channel's maintenance
+(releases, sweeps, purges) in a thread of its own: no scheduler process is
+needed, and no backlog on the broker delays it.
 """
 
 from __future__ import annotations
@@ -11,49 +14,29 @@ import logging
 from typing import Any
 
 from celery import Celery
-from celery.signals import after_setup_logger
+from celery.signals import after_setup_logger, worker_ready, worker_shutdown
 
-from notify.constants import MAINTENANCE_QUEUE, PURGE_TASK, RELEASE_DUE_TASK, SWEEP_TASK
-from notify.routing import celery_config
+from notify.constants import CHANNELS
+from notify.maintenance import Maintenance
+from notify.routing import celery_config, consume_queues, enqueue
 from notify.settings import Settings, get_settings
+from notify.store import Queued, Store
 
-RELEASE_EVERY = 1.0  # seconds: how late a due send_at or long retry may start
-PURGE_EVERY = 3600.0
+log = logging.getLogger("notify.worker")
 
 
 def worker_config(settings: Settings) -> dict[str, Any]:
-    sweep_every = max(1.0, min(30.0, settings.sweep_after / 2))
-    # Beat keeps its schedule file here; without the folder it dies at start
-    # and the worker runs on without a scheduler.
-    settings.home.mkdir(parents=True, exist_ok=True)
     config = celery_config(settings)
     config.update(
         imports=["workers.tasks"],
         worker_pool="threads",  # delivery waits on the network, not the CPU
         worker_concurrency=16,
-        beat_schedule={
-            "release-due": {
-                "task": RELEASE_DUE_TASK,
-                "schedule": RELEASE_EVERY,
-                "options": {"queue": MAINTENANCE_QUEUE, "expires": 10},
-            },
-            "purge": {
-                "task": PURGE_TASK,
-                "schedule": PURGE_EVERY,
-                "options": {"queue": MAINTENANCE_QUEUE, "expires": PURGE_EVERY},
-            },
-            "sweep": {
-                "task": SWEEP_TASK,
-                "schedule": sweep_every,
-                "options": {"queue": MAINTENANCE_QUEUE, "expires": sweep_every},
-            },
-        },
-        beat_schedule_filename=str(settings.home / "beat-schedule"),
     )
     return config
 
 
 app = Celery("notify")
+_maintenance: list[Maintenance] = []
 
 
 @after_setup_logger.connect
@@ -65,3 +48,67 @@ def _quiet_provider_clients(**_: Any) -> None:
 @app.on_configure.connect
 def _configure(sender: Celery, **_: Any) -> None:
     sender.config_from_object(worker_config(get_settings()))
+
+
+def consumed_channels(celery: Celery) -> list[str]:
+    """The channels whose queues this worker consumes."""
+    names = set(celery.amqp.queues.consume_from)
+    url = celery.conf.broker_url
+    return [c for c in CHANNELS if names & set(consume_queues(url, c))]
+
+
+class Backlog:
+    """Messages waiting on a channel's queues, read over one broker connection of its own."""
+
+    def __init__(self, celery: Celery) -> None:
+        self.celery = celery
+        self._connection: Any = None
+
+    def __call__(self, channel: str) -> int | None:
+        """How many wait, or None if the broker cannot say (the sweep then waits longer)."""
+        try:
+            if self._connection is None:
+                self._connection = self.celery.connection_for_read()
+            channel_ = self._connection.default_channel
+            names = consume_queues(self.celery.conf.broker_url, channel)
+            return sum(int(channel_.queue_declare(queue=q, passive=True).message_count) for q in names)
+        except Exception as exc:
+            log.warning("cannot read the %s backlog: %s: %s", channel, type(exc).__name__, exc)
+            self.close()
+            return None
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.release()
+            self._connection = None
+
+
+def start_maintenance(celery: Celery, channels: list[str]) -> Maintenance:
+    settings = get_settings()
+
+    def publish(queued: Queued) -> None:
+        enqueue(celery, queued.id, queued.channel, queued.priority)
+
+    maintenance = Maintenance(
+        Store(settings.resolved_database_url),
+        settings,
+        publish,
+        channels=channels,
+        backlog=Backlog(celery),
+    )
+    _maintenance.append(maintenance.start())
+    return maintenance
+
+
+@worker_ready.connect
+def _start_maintenance(sender: Any, **_: Any) -> None:
+    channels = consumed_channels(sender.app)
+    if channels:
+        start_maintenance(sender.app, channels)
+        log.info("maintenance running for %s", ", ".join(channels))
+
+
+@worker_shutdown.connect
+def _stop_maintenance(**_: Any) -> None:
+    while _maintenance:
+        _maintenance.pop().stop()

@@ -1,0 +1,103 @@
+"""Every worker's own scheduler: release what is due, hand on what nobody works on, purge.
+
+It runs in a thread of each worker process (and in `notify beat`, for
+those who want one more), so no separate scheduler is needed and no backlog
+on the broker can delay it: a due `send_at` is released within
+`release_every` of its time. Every step is a conditional UPDATE in the store,
+so any number of workers may run it at once.
+
+Who moves each status on, and within how long (README "Delivery semantics"):
+
+- queued: a worker consuming its message. If the message was lost, the
+  sweep publishes it again once its channel's queues are empty and it has
+  waited `QUEUED_GRACE`, or after `sweep_after` whatever the backlog.
+- scheduled, retrying: `release_due`, within `release_every` of `release_at`.
+- sending: the claiming worker records the outcome; if it dies its claim
+  lapses after one lease and the sweep publishes it again.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable, Collection
+
+from notify.errors import NotifyError
+from notify.settings import Settings
+from notify.store import BATCH, Queued, Store
+
+log = logging.getLogger("notify.maintenance")
+
+QUEUED_GRACE = 5.0  # seconds a delivery may sit "queued" beside empty queues before it counts as lost
+PURGE_EVERY = 3600.0
+
+Publish = Callable[[Queued], None]
+Backlog = Callable[[str], int | None]  # messages waiting on a channel's queues; None: unknown
+
+
+class Maintenance:
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        publish: Publish,
+        *,
+        channels: Collection[str],
+        backlog: Backlog | None = None,
+    ) -> None:
+        self.store, self.settings, self.publish = store, settings, publish
+        self.channels = tuple(channels)
+        self.backlog = backlog or (lambda _channel: None)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._swept = self._purged = 0.0
+
+    def start(self) -> Maintenance:
+        self._thread = threading.Thread(target=self._run, name="notify-maintenance", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def tick(self) -> None:
+        """One pass: release what is due; sweep and purge when their time has come."""
+        now = time.monotonic()
+        self._publish_all(lambda: self.store.release_due(self.channels), "released")
+        if now - self._swept >= self.settings.sweep_every:
+            self._swept = now
+            self.sweep()
+        if now - self._purged >= PURGE_EVERY:
+            self._purged = now
+            purged = self.store.purge_finished(older_than=self.settings.retention)
+            log.info("purged %d finished deliveries older than the retention", purged)
+
+    def sweep(self) -> None:
+        """Publish again what a dead worker held, and what a broker lost."""
+        self._publish_all(lambda: self.store.reclaim_expired(self.channels), "taken over from a lapsed claim")
+        for channel in self.channels:
+            grace = QUEUED_GRACE if self.backlog(channel) == 0 else self.settings.sweep_after
+            lost = functools.partial(self.store.queued_since, grace, [channel])
+            self._publish_all(lost, "lost by the broker, published again")
+
+    def _publish_all(self, take: Callable[[], list[Queued]], what: str) -> None:
+        """Publish batches from `take` until it returns a short one."""
+        while batch := take():
+            for queued in batch:
+                self.publish(queued)
+            log.info("%d %s deliveries %s", len(batch), batch[0].channel, what)
+            if len(batch) < BATCH:
+                return
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.settings.release_every):
+            try:
+                self.tick()
+            except NotifyError as exc:  # the store is down: try again next tick
+                log.error("maintenance: %s", exc)
+            except Exception:
+                log.exception("maintenance tick failed")
