@@ -5,6 +5,11 @@ COPY notify ./notify
 COPY workers ./workers
 RUN pip install --no-cache-dir .
 COPY templates ./templates
-ENV NOTIFY_TEMPLATES_DIR=/app/templates
+# nobody cannot write under /app (root's), and a worker refuses to start on
+# a NOTIFY_HOME it cannot write: the embedded broker and store, the outbox and
+# the scheduler's files live in a folder nobody owns.
+RUN install -d -o nobody -g nogroup /var/lib/notify
+ENV NOTIFY_TEMPLATES_DIR=/app/templates \
+    NOTIFY_HOME=/var/lib/notify
 USER nobody
 ENTRYPOINT ["notify"]

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import click
 
 from notify.api import Notifier
-from notify.errors import NotifyError, ValidationError
+from notify.errors import ConfigurationError, NotifyError, ValidationError
 from notify.models import Delivery
 from notify.settings import get_settings
 
@@ -26,10 +26,17 @@ def reports_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except NotifyError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {one_line(exc)}", err=True)
             sys.exit(2)
 
     return wrapper  # type: ignore[return-value]
+
+
+def one_line(exc: NotifyError) -> str:
+    """The error on one line, naming the setting at fault when its message does not."""
+    reason = " ".join(str(exc).split())
+    setting = exc.setting if isinstance(exc, ConfigurationError) else None
+    return reason if setting is None or setting in reason else f"{setting}: {reason}"
 
 
 def notifier() -> Notifier:

@@ -1,13 +1,23 @@
-"""`notify worker` and `notify beat`: the long-running processes."""
+"""`notify worker` and `notify beat`: the long-running processes.
+
+Both check every setting before they hand over to Celery: Celery only logs an
+error raised while it configures itself and then runs on its defaults.
+"""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import click
 
 from notify.api import Notifier
 from notify.constants import CHANNELS, DELIVER_TASK, MAINTENANCE_QUEUE, channel_queues
-from notify.settings import get_settings
+from notify.errors import ConfigurationError
+from notify.settings import Settings, get_settings, load_hook
 from workers.cli.output import reports_errors
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 
 @click.command()
@@ -18,7 +28,7 @@ from workers.cli.output import reports_errors
     type=click.IntRange(1, 1000),
     default=16,
     show_default=True,
-    help="Threads delivering at once (delivery waits on the network).",
+    help="Deliveries at once: threads, or processes for prefork.",
 )
 @click.option(
     "--pool",
@@ -33,11 +43,12 @@ from workers.cli.output import reports_errors
 @reports_errors
 def worker(channel: str, concurrency: int, pool: str, beat: bool, loglevel: str) -> None:
     """Run a Celery worker for CHANNEL's queues, high before normal before low."""
-    from notify.channels import load_provider
-    from workers.app import app
-
-    settings = get_settings()
-    load_provider(channel, settings).close()  # refuse to start on missing settings
+    settings = checked_settings()
+    check_provider(channel, settings)
+    app = configured_app(settings)
+    # Celery reads "-P prefork" as "no -P given" and takes the configured pool
+    # instead, so the choice goes into the configuration itself.
+    app.conf.worker_pool = pool
     rate = Notifier(settings).policies[channel].rate_limit
     if rate:
         app.conf.task_annotations = {DELIVER_TASK: {"rate_limit": rate}}
@@ -46,7 +57,7 @@ def worker(channel: str, concurrency: int, pool: str, beat: bool, loglevel: str)
         "-Q",
         ",".join([*channel_queues(channel), MAINTENANCE_QUEUE]),
         "-P",
-        "threads",
+        pool,
         "-c",
         str(concurrency),
         "-n",
@@ -64,6 +75,40 @@ def worker(channel: str, concurrency: int, pool: str, beat: bool, loglevel: str)
 @reports_errors
 def beat(loglevel: str) -> None:
     """Run the scheduler alone: release due sends and long retries, sweep stuck deliveries."""
-    from workers.app import app
+    configured_app(checked_settings()).start(["beat", "-l", loglevel])
 
-    app.start(["beat", "-l", loglevel])
+
+def checked_settings() -> Settings:
+    """The settings, every one checked: values, NOTIFY_HOME, the hook, templates, policies."""
+    settings = get_settings()
+    settings.validate()
+    load_hook(settings)
+    if not settings.templates_dir.is_dir():
+        raise ConfigurationError(
+            f"NOTIFY_TEMPLATES_DIR {str(settings.templates_dir)!r} is not a directory",
+            setting="NOTIFY_TEMPLATES_DIR",
+        )
+    Notifier(settings)  # reads NOTIFY_CONFIG's policies
+    return settings
+
+
+def check_provider(channel: str, settings: Settings) -> None:
+    """Build CHANNEL's provider once, so a missing or broken setting stops the start."""
+    from notify.channels import load_provider
+
+    variable = f"NOTIFY_{channel.upper()}_BACKEND"
+    try:
+        load_provider(channel, settings).close()
+    except (ImportError, AttributeError) as exc:  # a module:Class backend that does not import
+        backend = getattr(settings, f"{channel}_backend")
+        raise ConfigurationError(
+            f"{variable} {backend!r} does not import ({type(exc).__name__}: {exc})", setting=variable
+        ) from None
+
+
+def configured_app(settings: Settings) -> Celery:
+    """The worker's app, configured now rather than in Celery's signal, which hides errors."""
+    from workers.app import app, worker_config
+
+    app.config_from_object(worker_config(settings))
+    return app
