@@ -16,7 +16,9 @@ from notify.errors import (
     ConfigurationError,
     DeliveryError,
     NotifyError,
+    OutcomeUnknownError,
     PermanentDeliveryError,
+    StoreUnavailable,
     TemplateError,
     TransientDeliveryError,
     ValidationError,
@@ -73,6 +75,8 @@ def test_the_front_door_names_are_exported() -> None:
         "DeliveryError",
         "TransientDeliveryError",
         "PermanentDeliveryError",
+        "OutcomeUnknownError",
+        "StoreUnavailable",
     }
     assert expected <= set(notify.__all__)
 
@@ -104,6 +108,8 @@ def test_exported_members_report_notify_as_their_home_or_a_submodule() -> None:
         (DeliveryError, NotifyError),
         (TransientDeliveryError, DeliveryError),
         (PermanentDeliveryError, DeliveryError),
+        (OutcomeUnknownError, PermanentDeliveryError),
+        (StoreUnavailable, NotifyError),
     ],
 )
 def test_the_error_tree(error: type[Exception], parent: type[Exception]) -> None:
@@ -116,6 +122,10 @@ def test_transient_and_permanent_are_distinct_branches() -> None:
     assert not issubclass(TransientDeliveryError, PermanentDeliveryError)
     assert not issubclass(PermanentDeliveryError, TransientDeliveryError)
     assert not issubclass(DeliveryError, ValidationError)
+
+
+def test_an_unreachable_store_is_neither_bad_input_nor_a_delivery_failure() -> None:
+    assert not issubclass(StoreUnavailable, ValidationError | DeliveryError)
 
 
 def test_transient_delivery_error_carries_the_providers_retry_after() -> None:
