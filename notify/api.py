@@ -5,21 +5,30 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import re
 import threading
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
-from email.errors import HeaderParseError
-from email.headerregistry import Address
 from typing import TYPE_CHECKING, Any
 
 from notify.constants import MAX_SMS_CHARS
 from notify.dlq import Replayed, reset_for_replay
 from notify.errors import NotifyError, TemplateError, ValidationError
-from notify.models import Channel, Delivery, Priority, Recipient, SendResult, Status
+from notify.models import (
+    Channel,
+    Delivery,
+    Priority,
+    Recipient,
+    SendResult,
+    Status,
+    check_text,
+    data_from,
+    recipient_from,
+    shown,
+    utc_send_at,
+)
 from notify.policy import ChannelPolicy, load_policies
-from notify.rendering import Renderer
+from notify.rendering import Renderer, check_locale
 from notify.routing import enqueue, producer_app
 from notify.settings import Settings, get_settings
 from notify.store import NewDelivery, Store, utcnow
@@ -29,8 +38,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("notify")
 
-_E164 = re.compile(r"^\+[1-9]\d{1,14}$")
-_MAX_KEY = 200
+MAX_ID = 36  # notify/schema.py's id columns
+MAX_DEDUP_KEY = 200  # notify/schema.py's dedup_key column
+MAX_PUSH_BYTES = 4096  # FCM's limit on a message's notification and data payload
 
 
 class Notifier:
@@ -63,17 +73,19 @@ class Notifier:
         send_at: datetime | None = None,
         locale: str | None = None,
     ) -> SendResult:
-        recipient = _recipient(to)
+        recipient = recipient_from(to)
         level = _priority(priority)
-        payload, payload_json = self._data(data)
-        _check_send_at(send_at)
-        _check_dedup_key(dedup_key)
+        payload, payload_json = data_from(data, self.settings.max_data_bytes)
+        release_at = utc_send_at(send_at)
+        if dedup_key is not None:
+            check_text("dedup_key", dedup_key, MAX_DEDUP_KEY)
+        check_locale(locale)
         chosen = self._channels(template, recipient, channels)
         for channel in chosen:
             self._validate_render(template, channel, payload, locale)
 
         notification_id = str(uuid.uuid4())
-        held = send_at is not None and send_at > utcnow()
+        held = release_at is not None and release_at > utcnow()
         new = [
             NewDelivery(
                 id=str(uuid.uuid4()),
@@ -83,7 +95,7 @@ class Notifier:
                 status=Status.SCHEDULED if held else Status.QUEUED,
                 dedup_key=dedup_key,
                 dedup_window=self.policies[channel].dedup_window,
-                release_at=send_at if held else None,
+                release_at=release_at if held else None,
             )
             for channel in chosen
         ]
@@ -94,7 +106,7 @@ class Notifier:
         return SendResult(id=notification_id, deliveries=tuple(recorded))
 
     def status(self, notification_id: str) -> list[Delivery]:
-        found = self.store.deliveries_of(notification_id)
+        found = self.store.deliveries_of(check_text("notification_id", notification_id, MAX_ID))
         if not found:
             raise ValidationError("notification_id", f"no notification {notification_id!r}")
         return found
@@ -129,28 +141,7 @@ class Notifier:
                 exc,
             )
 
-    def _data(self, data: Mapping[str, Any] | None) -> tuple[dict[str, Any], str]:
-        """The data as the worker will see it, and as JSON for the store."""
-        if data is None:
-            return {}, "{}"
-        if not isinstance(data, Mapping):
-            raise ValidationError("data", f"must be a mapping, not {type(data).__name__}")
-        try:
-            encoded = json.dumps(data)
-        except (TypeError, ValueError) as exc:
-            raise ValidationError("data", f"must be JSON-serializable: {exc}") from None
-        size = len(encoded.encode())
-        if size > self.settings.max_data_bytes:
-            raise ValidationError(
-                "data",
-                f"is {size} bytes as JSON, over the limit of "
-                f"{self.settings.max_data_bytes} (NOTIFY_MAX_DATA_BYTES)",
-            )
-        loaded: dict[str, Any] = json.loads(encoded)  # render what the worker will see
-        return loaded, encoded
-
     def _channels(self, template: str, recipient: Recipient, channels: Iterable[str] | None) -> list[str]:
-        self.renderer.check_name(template)
         available = self.renderer.channels(template)
         if channels is None:
             chosen = [c for c in available if recipient.address(c)]
@@ -161,10 +152,8 @@ class Notifier:
                     "and the recipient has no address for any of them",
                 )
             return chosen
-        if isinstance(channels, str):
-            raise ValidationError("channels", "must be a list of channel names, not a string")
         chosen = []
-        for name in channels:
+        for name in _names(channels):
             channel = _channel(name)
             if channel not in available:
                 raise ValidationError("channels", f"template {template!r} has no {channel} channel")
@@ -178,79 +167,57 @@ class Notifier:
 
     def _validate_render(self, template: str, channel: str, data: dict[str, Any], locale: str | None) -> None:
         rendered = self.renderer.render(template, channel, data, locale)
-        if channel == Channel.SMS and len(rendered["body"]) > MAX_SMS_CHARS:
-            raise TemplateError(
-                "template",
-                f"{template}/sms.txt.j2 renders {len(rendered['body'])} "
-                f"characters, over Twilio's limit of {MAX_SMS_CHARS}",
-            )
+        check = _SIZE_CHECKS.get(channel)
+        problem = check(rendered) if check else None
+        if problem:
+            raise TemplateError("template", f"{template}: the {channel} message {problem}")
 
 
+def _sms_size(rendered: dict[str, str]) -> str | None:
+    length = len(rendered["body"])
+    if length <= MAX_SMS_CHARS:
+        return None
+    return f"renders {length} characters, over Twilio's limit of {MAX_SMS_CHARS}"
+
+
+def _push_size(rendered: dict[str, str]) -> str | None:
+    # Measured as FCM's JSON with the keys and punctuation around it: an overestimate.
+    notification = {"title": rendered["title"], "body": rendered["body"]}
+    payload = {"notification": notification, "data": {"notify_delivery_id": "0" * MAX_ID}}
+    size = len(json.dumps(payload, ensure_ascii=False).encode())
+    if size <= MAX_PUSH_BYTES:
+        return None
+    return f"renders {size} bytes of payload, over FCM's limit of {MAX_PUSH_BYTES}"
+
+
+_SIZE_CHECKS: dict[str, Callable[[dict[str, str]], str | None]] = {"sms": _sms_size, "push": _push_size}
 _ADDRESS_FIELD = {"email": "email", "sms": "phone", "push": "push_token"}
+
+
+def _names(channels: object) -> Iterable[object]:
+    """`channels`, if it is a list (or any iterable but a string) of channel names."""
+    if isinstance(channels, str) or not isinstance(channels, Iterable):
+        kind = "a string" if isinstance(channels, str) else type(channels).__name__
+        raise ValidationError("channels", f"must be a list of channel names, not {kind}")
+    return channels
 
 
 def _channel(name: object) -> str:
     try:
         return Channel(str(name) if isinstance(name, Channel) else name).value  # type: ignore[arg-type]
     except ValueError:
-        raise ValidationError("channels", f"unknown channel {name!r} (known: email, sms, push)") from None
+        raise ValidationError(
+            "channels", f"unknown channel {shown(name)} (known: email, sms, push)"
+        ) from None
 
 
 def _priority(priority: object) -> str:
     try:
         return Priority(priority).value  # type: ignore[arg-type]
     except ValueError:
-        raise ValidationError("priority", f"unknown priority {priority!r} (high, normal or low)") from None
-
-
-def _recipient(to: object) -> Recipient:
-    if isinstance(to, Mapping):
-        unknown = set(to) - {"email", "phone", "push_token"}
-        if unknown:
-            raise ValidationError(
-                "to", f"unknown address kind {sorted(unknown)[0]!r} (email, phone, push_token)"
-            )
-        to = Recipient(**to)
-    if not isinstance(to, Recipient):
-        raise ValidationError("to", f"must be a Recipient or a mapping, not {type(to).__name__}")
-    if to.email is not None:
-        _check_email(to.email)
-    if to.phone is not None and not (isinstance(to.phone, str) and _E164.fullmatch(to.phone)):
-        raise ValidationError("to.phone", f"not an E.164 number (like +14155550100): {to.phone!r}")
-    if to.push_token is not None and (not isinstance(to.push_token, str) or not to.push_token.strip()):
-        raise ValidationError("to.push_token", "must not be empty")
-    return to
-
-
-def _check_email(value: object) -> None:
-    problem = None
-    if not isinstance(value, str):
-        problem = "must be a string"
-    else:
-        try:
-            address = Address(addr_spec=value)
-            if not address.username or "." not in address.domain or any(c.isspace() for c in value):
-                problem = "needs a user and a domain"
-        except (ValueError, IndexError, HeaderParseError) as exc:
-            problem = str(exc)
-    if problem:
-        raise ValidationError("to.email", f"not a valid email address {value!r}: {problem}")
-
-
-def _check_send_at(send_at: object) -> None:
-    if send_at is None:
-        return
-    if not isinstance(send_at, datetime):
-        raise ValidationError("send_at", f"must be a datetime, not {type(send_at).__name__}")
-    if send_at.tzinfo is None or send_at.utcoffset() is None:
         raise ValidationError(
-            "send_at", "must be timezone-aware (e.g. datetime.now(UTC)); a naive datetime is ambiguous"
-        )
-
-
-def _check_dedup_key(key: object) -> None:
-    if key is not None and (not isinstance(key, str) or not key or len(key) > _MAX_KEY):
-        raise ValidationError("dedup_key", f"must be a non-empty string of at most {_MAX_KEY} characters")
+            "priority", f"unknown priority {shown(priority)} (high, normal or low)"
+        ) from None
 
 
 _lock = threading.Lock()
@@ -274,7 +241,7 @@ def send(
     to: Recipient | Mapping[str, str],
     *,
     data: Mapping[str, Any] | None = None,
-    channels: Sequence[str] | None = None,
+    channels: Iterable[str] | None = None,
     priority: str = "normal",
     dedup_key: str | None = None,
     send_at: datetime | None = None,

@@ -1,10 +1,27 @@
-"""The values producers pass in and get back."""
+"""The values producers pass in and get back, and the checks on what they pass in."""
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
-from datetime import datetime
+import json
+import re
+import reprlib
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from typing import Any
+
+import email_validator
+import phonenumbers
+
+from notify.errors import ValidationError
+
+MAX_ADDRESS = 512  # notify/schema.py's address column
+MAX_DEPTH = 32  # levels of nesting in data
+
+# C0 and C1 controls, DEL, Unicode line breaks, and lone surrogates (which no encoding can write).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_E164 = re.compile(r"\+[1-9][0-9]{1,14}")
 
 
 class Channel(enum.StrEnum):
@@ -70,3 +87,153 @@ class SendResult:
 
     def delivery(self, channel: Channel | str) -> Delivery:
         return next(d for d in self.deliveries if d.channel == channel)
+
+
+def shown(value: object) -> str:
+    """`value`'s repr, cut short: a message stays small whatever a caller passed."""
+    try:
+        return reprlib.repr(value)
+    except Exception:  # the caller's own __repr__ failed
+        return f"<{type(value).__name__}>"
+
+
+def check_text(field: str, value: object, limit: int) -> str:
+    """`value`, if it is a non-blank string of at most `limit` characters and no control characters."""
+    if not isinstance(value, str):
+        raise ValidationError(field, f"must be a string, not {type(value).__name__}")
+    if not value.strip():
+        raise ValidationError(field, "must not be empty")
+    if len(value) > limit:
+        raise ValidationError(field, f"is {len(value)} characters, over the limit of {limit}")
+    if _CONTROL.search(value):
+        raise ValidationError(field, "must not contain control characters, line breaks or lone surrogates")
+    return value
+
+
+def recipient_from(to: object) -> Recipient:
+    """The recipient `to` names, each address checked and in the form it is sent to."""
+    if isinstance(to, Recipient):
+        given: dict[object, object] = {f.name: getattr(to, f.name) for f in fields(Recipient)}
+    elif isinstance(to, Mapping):
+        given = dict(to)
+    else:
+        raise ValidationError("to", f"must be a Recipient or a mapping, not {type(to).__name__}")
+    unknown = [kind for kind in given if kind not in _CHECKS]
+    if unknown:
+        raise ValidationError("to", f"unknown address kind {shown(unknown[0])} (email, phone, push_token)")
+    return Recipient(**{str(k): _CHECKS[str(k)](v) for k, v in given.items() if v is not None})
+
+
+def _email(value: object) -> str:
+    """The address as SMTP without SMTPUTF8 can carry it: a domain in IDNA ASCII form."""
+    if not isinstance(value, str):
+        problem = f"must be a string, not {type(value).__name__}"
+    elif len(value) > MAX_ADDRESS:
+        problem = f"is {len(value)} characters, over the limit of {MAX_ADDRESS}"
+    else:
+        try:  # it refuses control characters and lone surrogates too
+            checked = email_validator.validate_email(value, check_deliverability=False)
+        except email_validator.EmailNotValidError as exc:
+            problem = str(exc)
+        else:
+            if checked.ascii_email is not None:
+                return checked.ascii_email
+            problem = "a user part outside ASCII can only be sent with SMTPUTF8, which notify does not use"
+    raise ValidationError("to.email", f"not a valid email address {shown(value)}: {problem}")
+
+
+def _phone(value: object) -> str:
+    """`value`, if it is a valid number in its country's numbering plan, written in E.164 form."""
+    if isinstance(value, str) and _E164.fullmatch(value) and _is_valid_number(value):
+        return value
+    raise ValidationError("to.phone", f"not an E.164 number (like +14155550100): {shown(value)}")
+
+
+def _is_valid_number(e164: str) -> bool:
+    try:
+        number = phonenumbers.parse(e164)
+    except phonenumbers.NumberParseException:
+        return False
+    written = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    return written == e164 and phonenumbers.is_valid_number(number)
+
+
+def _push_token(value: object) -> str:
+    return check_text("to.push_token", value, MAX_ADDRESS)
+
+
+_CHECKS: dict[str, Callable[[object], str]] = {"email": _email, "phone": _phone, "push_token": _push_token}
+
+
+def data_from(data: object, limit: int) -> tuple[dict[str, Any], str]:
+    """The data as the worker will see it, and as strict JSON for the store."""
+    if data is None:
+        return {}, "{}"
+    if not isinstance(data, Mapping):
+        raise ValidationError("data", f"must be a mapping, not {type(data).__name__}")
+    _check_tree(data, limit)
+    try:  # strict: no NaN or Infinity, no lone surrogates (UnicodeEncodeError)
+        encoded = json.dumps(dict(data), ensure_ascii=False, allow_nan=False)
+        size = len(encoded.encode())
+    except (TypeError, ValueError) as exc:
+        raise ValidationError("data", f"must be JSON-serializable: {exc}") from None
+    if size > limit:
+        raise _too_large(f"is {size} bytes as JSON", limit)
+    loaded: dict[str, Any] = json.loads(encoded)  # render what the worker will see
+    return loaded, encoded
+
+
+def _check_tree(data: object, limit: int) -> None:
+    """Keys are strings at every level and nesting is at most MAX_DEPTH deep.
+
+    Walked with a stack, not recursion. Each value takes a byte of JSON at
+    least, so holding more values than `limit` bytes is over the limit: that
+    bounds the walk over containers shared many times over, or cyclic.
+    """
+    values = 0
+    pending: list[tuple[object, int]] = [(data, 1)]
+    while pending:
+        value, depth = pending.pop()
+        children = _children(value)
+        if children is None:
+            continue
+        if depth > MAX_DEPTH:
+            raise ValidationError("data", f"is nested more than {MAX_DEPTH} levels deep")
+        values += len(children)
+        if values > limit:
+            raise _too_large(f"holds more than {limit} values", limit)
+        pending.extend((child, depth + 1) for child in children)
+
+
+def _children(value: object) -> Collection[object] | None:
+    """A container's values (None for a scalar); its keys must be strings, as JSON's are."""
+    if isinstance(value, list | tuple):
+        return value
+    if not isinstance(value, Mapping):
+        return None
+    for key in value:
+        if not isinstance(key, str):
+            raise ValidationError("data", f"keys must be strings, not {type(key).__name__} ({shown(key)})")
+    return value.values()
+
+
+def _too_large(measured: str, limit: int) -> ValidationError:
+    return ValidationError("data", f"{measured}, over the limit of {limit} (NOTIFY_MAX_DATA_BYTES)")
+
+
+def utc_send_at(send_at: object) -> datetime | None:
+    """`send_at` in UTC, as the store keeps it."""
+    if send_at is None:
+        return None
+    if not isinstance(send_at, datetime):
+        raise ValidationError("send_at", f"must be a datetime, not {type(send_at).__name__}")
+    if send_at.tzinfo is None or send_at.utcoffset() is None:
+        raise ValidationError(
+            "send_at", "must be timezone-aware (e.g. datetime.now(UTC)); a naive datetime is ambiguous"
+        )
+    try:
+        return send_at.astimezone(UTC)
+    except OverflowError:
+        raise ValidationError(
+            "send_at", f"{send_at.isoformat()} is outside the years 1 to 9999 in UTC"
+        ) from None

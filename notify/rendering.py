@@ -19,6 +19,7 @@ import jinja2.meta
 from jinja2.sandbox import SandboxedEnvironment
 
 from notify.errors import TemplateError
+from notify.models import shown
 
 # part -> file; a channel exists for a template when its required parts do.
 CHANNEL_PARTS: dict[str, dict[str, str]] = {
@@ -29,8 +30,12 @@ CHANNEL_PARTS: dict[str, dict[str, str]] = {
 OPTIONAL_PARTS = {("email", "html")}
 SINGLE_LINE_PARTS = {"subject", "title"}  # end up in headers or one-line UI
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
-_LOCALE = re.compile(r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*$")
+MAX_NAME = 200  # notify/schema.py's template column; well under a file name's 255 bytes
+MAX_LOCALE = 35  # RFC 5646 4.4.1's longest tag to support, and notify/schema.py's locale column
+
+# Matched whole (fullmatch): "$" would also match before a trailing newline.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+_LOCALE = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*")
 _UNDEFINED = re.compile(r"'([^']+)' (?:is undefined|has no attribute '([^']+)')")
 
 Rendered = dict[str, str]
@@ -53,6 +58,7 @@ class Renderer:
             lstrip_blocks=True,
             auto_reload=False,  # templates change with a deploy, which restarts the process
         )
+        self._found: dict[str, list[str]] = {}  # template -> its channels, for the same reason
 
     def names(self) -> list[str]:
         """Every template under the root (folders not starting with _ or .)."""
@@ -61,23 +67,18 @@ class Renderer:
         return sorted(
             p.name
             for p in self.root.iterdir()
-            if p.is_dir() and _NAME.match(p.name) and not p.name.startswith("_")
+            if p.is_dir() and _NAME.fullmatch(p.name) and not p.name.startswith("_")
         )
 
     def channels(self, name: str) -> list[str]:
-        """The channels `name` has: those whose required files exist."""
-        folder = self.root / name
-        return [
-            channel
-            for channel, parts in CHANNEL_PARTS.items()
-            if all((folder / f).is_file() for p, f in parts.items() if (channel, p) not in OPTIONAL_PARTS)
-        ]
+        """The channels template `name` has: those whose required files exist."""
+        self.check_name(name)
+        return list(self._found[name])
 
     def render(self, name: str, channel: str, data: Mapping[str, Any], locale: str | None = None) -> Rendered:
         """Each part of `channel`'s message, rendered strictly from `data`."""
         self.check_name(name)
-        if locale is not None and not _LOCALE.match(locale):
-            raise TemplateError("locale", f"not a locale tag: {locale!r}")
+        check_locale(locale)
         rendered: Rendered = {}
         for part, filename in CHANNEL_PARTS[channel].items():
             template = self._select(name, filename, locale, optional=(channel, part) in OPTIONAL_PARTS)
@@ -87,11 +88,20 @@ class Renderer:
             rendered[part] = " ".join(text.split()) if part in SINGLE_LINE_PARTS else text.strip()
         return rendered
 
-    def check_name(self, name: str) -> None:
-        if not isinstance(name, str) or not _NAME.match(name) or name.startswith("_"):
-            raise TemplateError("template", f"not a template name: {name!r}")
-        if not (self.root / name).is_dir():
+    def check_name(self, name: object) -> None:
+        """Raise `TemplateError` unless `name` is a template under the root."""
+        if isinstance(name, str) and name in self._found:
+            return
+        if not isinstance(name, str) or len(name) > MAX_NAME or not _NAME.fullmatch(name) or name[0] == "_":
+            raise TemplateError("template", f"not a template name: {shown(name)}")
+        folder = self.root / name
+        if not folder.is_dir():
             raise TemplateError("template", f"unknown template {name!r} (none under {self.root})")
+        self._found[name] = [
+            channel
+            for channel, parts in CHANNEL_PARTS.items()
+            if all((folder / f).is_file() for p, f in parts.items() if (channel, p) not in OPTIONAL_PARTS)
+        ]
 
     def _select(
         self, name: str, filename: str, locale: str | None, *, optional: bool
@@ -126,6 +136,18 @@ class Renderer:
             raise TemplateError("template", f"{template.name}: {exc}") from None
         except Exception as exc:  # a filter or test raising on the given data
             raise TemplateError("data", f"{template.name}: {type(exc).__name__}: {exc}") from None
+
+
+def check_locale(locale: object) -> None:
+    """Raise `TemplateError` unless `locale` is None or a locale tag like "de" or "pt_BR"."""
+    if locale is None:
+        return
+    if not isinstance(locale, str):
+        raise TemplateError("locale", f"must be a string, not {type(locale).__name__}")
+    if len(locale) > MAX_LOCALE:
+        raise TemplateError("locale", f"is {len(locale)} characters, over the limit of {MAX_LOCALE}")
+    if not _LOCALE.fullmatch(locale):
+        raise TemplateError("locale", f"not a locale tag: {shown(locale)}")
 
 
 def _locale_chain(locale: str | None) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -185,12 +186,25 @@ def test_a_locale_folder_spelled_with_an_underscore_is_used(tmp_path: Path) -> N
     assert renderer.render("greet", "sms", {"name": "Ada"}, "pt_BR") == {"body": "Olá Ada"}
 
 
-@pytest.mark.parametrize("locale", ["../etc", "de/../..", "/etc", "", "d", "de AT", "..", "de\\x"])
-def test_a_malformed_locale_is_rejected(tmp_path: Path, locale: str) -> None:
+@pytest.mark.parametrize(
+    "locale",
+    ["../etc", "de/../..", "/etc", "", "d", "de AT", "..", "de\\x", "de\n", "de-AT\n", "de\x00", 42, b"de"],
+)
+def test_a_malformed_locale_is_rejected(tmp_path: Path, locale: object) -> None:
     renderer = make_templates(tmp_path, LOCALIZED)
     with pytest.raises(TemplateError) as caught:
-        renderer.render("greet", "sms", {"name": "Ada"}, locale)
+        renderer.render("greet", "sms", {"name": "Ada"}, locale)  # type: ignore[arg-type]
     assert caught.value.field == "locale"
+
+
+def test_a_locale_longer_than_35_characters_is_rejected(tmp_path: Path) -> None:
+    renderer = make_templates(tmp_path, LOCALIZED)
+    longest = "de-abcdefgh-abcdefgh-abcdefgh-abcde"
+    assert renderer.render("greet", "sms", {"name": "Ada"}, longest) == {"body": "Hallo Ada"}
+    with pytest.raises(TemplateError) as caught:
+        renderer.render("greet", "sms", {"name": "Ada"}, longest + "f")
+    assert caught.value.field == "locale"
+    assert "over the limit of 35" in str(caught.value)
 
 
 # -- layouts -------------------------------------------------------------------------
@@ -236,12 +250,51 @@ def test_layouts_are_not_templates(tmp_path: Path) -> None:
 # -- names and channels -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["nope", "../templates", "greet/..", "", ".hidden", "greet/de"])
-def test_an_unknown_or_malformed_template_name_is_a_template_error(tmp_path: Path, name: str) -> None:
+@pytest.mark.parametrize(
+    "name",
+    [
+        "nope",
+        "../templates",
+        "greet/..",
+        "",
+        ".hidden",
+        "greet/de",
+        "greet\n",
+        "g" * 201,
+        "g" * 300,
+        42,
+        None,
+    ],
+)
+def test_an_unknown_or_malformed_template_name_is_a_template_error(tmp_path: Path, name: object) -> None:
     renderer = make_templates(tmp_path, LOCALIZED)
     with pytest.raises(TemplateError) as caught:
-        renderer.render(name, "sms", {"name": "Ada"})
+        renderer.render(name, "sms", {"name": "Ada"})  # type: ignore[arg-type]
     assert caught.value.field == "template"
+
+
+def test_channels_of_an_unknown_template_is_a_template_error(tmp_path: Path) -> None:
+    renderer = make_templates(tmp_path, LOCALIZED)
+    with pytest.raises(TemplateError) as caught:
+        renderer.channels("nope")
+    assert caught.value.field == "template"
+
+
+def test_a_template_name_with_a_trailing_newline_is_not_a_name(tmp_path: Path) -> None:
+    renderer = make_templates(tmp_path, LOCALIZED)
+    with pytest.raises(TemplateError, match="not a template name"):
+        renderer.check_name("greet\n")
+    assert renderer.names() == ["greet"]
+
+
+def test_a_renderer_looks_at_a_templates_files_once(tmp_path: Path) -> None:
+    # Templates change with a deploy, which restarts the process: send() need
+    # not stat the template's files on every call.
+    renderer = make_templates(tmp_path, LOCALIZED)
+    assert renderer.channels("greet") == ["sms", "push"]
+    (tmp_path / "greet" / "push.body.j2").unlink()
+    assert renderer.channels("greet") == ["sms", "push"]
+    assert Renderer(tmp_path).channels("greet") == ["sms"]
 
 
 def test_channels_reports_a_channel_only_when_its_required_files_exist(tmp_path: Path) -> None:
@@ -344,7 +397,7 @@ def test_variables_of_the_repo_templates() -> None:
 
 # -- the repo's templates ------------------------------------------------------------------
 
-SAMPLE_DATA = {
+SAMPLE_DATA: dict[str, dict[str, Any]] = {
     "welcome": {"name": "Ada"},
     "password_reset": {
         "name": "Grace",

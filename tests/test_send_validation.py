@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import closing
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 import notify
 import notify.api
 import notify.settings
 from notify.api import Notifier
 from notify.settings import Settings
+from workers.mailcatcher import free_port
 
 ADA = {"email": "ada@example.com", "phone": "+14155550100", "push_token": "tok-ada"}
 VIAS = ["notify.send", "Notifier.send"]
@@ -48,7 +52,7 @@ class Producer:
     via: str
     env: dict[str, str]
     monkeypatch: pytest.MonkeyPatch
-    opened: list[Notifier] = field(default_factory=list)
+    opened: list[Notifier] = dataclasses.field(default_factory=list)
 
     def configure(self, **variables: str) -> None:
         self.env.update(variables)
@@ -61,9 +65,16 @@ class Producer:
     def send(self, template: Any, /, to: Any, **options: Any) -> notify.SendResult:
         if self.via == "notify.send":
             return notify.send(template, to, **options)
-        notifier = Notifier(Settings.from_env(self.env))
-        self.opened.append(notifier)
-        return notifier.send(template, to, **options)
+        return self.notifier().send(template, to, **options)
+
+    def status(self, notification_id: Any) -> list[notify.Delivery]:
+        if self.via == "notify.send":
+            return notify.status(notification_id)
+        return self.notifier().status(notification_id)
+
+    def notifier(self) -> Notifier:
+        self.opened.append(Notifier(Settings.from_env(self.env)))
+        return self.opened[-1]
 
     @property
     def home(self) -> Path:
@@ -117,8 +128,8 @@ class Bad:
     field: str
     phrase: str
     template: Any = "welcome"
-    to: Any = field(default_factory=lambda: {"email": "ada@example.com"})
-    options: dict[str, Any] = field(default_factory=lambda: {"data": {"name": "Ada"}})
+    to: Any = dataclasses.field(default_factory=lambda: {"email": "ada@example.com"})
+    options: dict[str, Any] = dataclasses.field(default_factory=lambda: {"data": {"name": "Ada"}})
     error: type[notify.NotifyError] = notify.ValidationError
 
 
@@ -128,6 +139,12 @@ def with_data(**options: Any) -> dict[str, Any]:
 
 def bad_email(address: object) -> Bad:
     return Bad("to.email", "not a valid email address", to={"email": address})
+
+
+def containing_itself() -> dict[str, Any]:
+    data: dict[str, Any] = {"name": "Ada"}
+    data["self"] = data
+    return data
 
 
 def bad_phone(number: str) -> Bad:
@@ -190,14 +207,24 @@ BAD_INPUT = {
     "channel without the recipient's address": Bad(
         "to.phone", "required for the sms channel", options=with_data(channels=["sms"])
     ),
-    "empty dedup_key": Bad("dedup_key", "non-empty", options=with_data(dedup_key="")),
-    "dedup_key too long": Bad("dedup_key", "non-empty", options=with_data(dedup_key="k" * 201)),
+    "empty dedup_key": Bad("dedup_key", "must not be empty", options=with_data(dedup_key="")),
+    "dedup_key too long": Bad("dedup_key", "over the limit of 200", options=with_data(dedup_key="k" * 201)),
     "locale with a path": Bad(
         "locale", "not a locale", options=with_data(locale="../etc"), error=notify.TemplateError
     ),
     "locale absolute path": Bad(
         "locale", "not a locale", options=with_data(locale="/etc"), error=notify.TemplateError
     ),
+    "template not a string": Bad("template", "not a template name", template=42, error=notify.TemplateError),
+    "template name over 200 characters": Bad(
+        "template", "not a template name", template="w" * 201, error=notify.TemplateError
+    ),
+    "to with a key that is not a string": Bad("to", "unknown address kind", to={None: "ada@example.com"}),
+    "push token not a string": Bad("to.push_token", "must be a string", to={"push_token": 42}),
+    "data containing itself": Bad("data", "nested more than 32", options={"data": containing_itself()}),
+    "dedup_key not a string": Bad("dedup_key", "must be a string", options=with_data(dedup_key=42)),
+    "priority not hashable": Bad("priority", "unknown priority", options=with_data(priority=["high"])),
+    "channels naming a list": Bad("channels", "unknown channel", options=with_data(channels=[["email"]])),
 }
 
 
@@ -333,3 +360,327 @@ def test_status_of_an_unknown_notification_is_a_validation_error(producer: Produ
     with pytest.raises(notify.ValidationError) as caught:
         notifier.status("00000000-0000-0000-0000-000000000000")
     assert caught.value.field == "notification_id"
+
+
+# -- hostile input: each of these got past send() before, or raised something else ----------
+
+UTC_MINUS_5 = timezone(timedelta(hours=-5))
+UTC_PLUS_5 = timezone(timedelta(hours=5))
+LONG_EMAIL = "ada@" + ".".join(["d" * 60] * 9) + ".com"  # 600 characters
+
+
+def nested(levels: int) -> dict[str, Any]:
+    """Data whose containers nest `levels` deep, itself included."""
+    deep: Any = []
+    for _ in range(levels - 2):
+        deep = [deep]
+    return {"name": "Ada", "deep": deep}
+
+
+def template_error(field: str, phrase: str, **options: Any) -> Bad:
+    return Bad(field, phrase, options=with_data(**options), error=notify.TemplateError)
+
+
+def bad_data(phrase: str, **data: Any) -> Bad:
+    return Bad("data", phrase, options={"data": {"name": "Ada", **data}})
+
+
+HOSTILE = {
+    # Values longer than the store's columns, NUL and other control characters, and
+    # send_at past year 9999 in UTC: PostgreSQL refused them with a DataError.
+    "email over 512 characters": Bad("to.email", "over the limit of 512", to={"email": LONG_EMAIL}),
+    "push token over 512 characters": Bad(
+        "to.push_token", "over the limit of 512", to={"push_token": "t" * 513}
+    ),
+    "push token with a NUL": Bad("to.push_token", "control characters", to={"push_token": "tok\x00en"}),
+    "push token with a newline": Bad("to.push_token", "control characters", to={"push_token": "tok\nen"}),
+    "push token with a lone surrogate": Bad(
+        "to.push_token", "lone surrogates", to={"push_token": "tok\udc80"}
+    ),
+    "dedup_key with a NUL": Bad("dedup_key", "control characters", options=with_data(dedup_key="sign\x00up")),
+    "dedup_key with a lone surrogate": Bad(
+        "dedup_key", "lone surrogates", options=with_data(dedup_key="sign\ud800up")
+    ),
+    "locale over 35 characters": template_error(
+        "locale", "over the limit of 35", locale="de" + "-abcdefgh" * 4
+    ),
+    "send_at after 9999 in UTC": Bad(
+        "send_at",
+        "outside the years 1 to 9999",
+        options=with_data(send_at=datetime(9999, 12, 31, 23, tzinfo=UTC_MINUS_5)),
+    ),
+    "send_at before year 1 in UTC": Bad(
+        "send_at",
+        "outside the years 1 to 9999",
+        options=with_data(send_at=datetime(1, 1, 1, 1, tzinfo=UTC_PLUS_5)),
+    ),
+    # Wrong types and shapes raised RecursionError, TypeError or OSError.
+    "data nested 100000 deep": Bad("data", "nested more than 32", options={"data": nested(100_000)}),
+    "data nested 33 deep": Bad("data", "nested more than 32", options={"data": nested(33)}),
+    "channels not iterable": Bad("channels", "not int", options=with_data(channels=42)),
+    "locale not a string": template_error("locale", "must be a string", locale=42),
+    "locale as bytes": template_error("locale", "must be a string", locale=b"de"),
+    "template name of 300 characters": Bad(
+        "template", "not a template name", template="w" * 300, error=notify.TemplateError
+    ),
+    "to with keys of mixed types": Bad(
+        "to", "unknown address kind", to={"email": "ada@example.com", 1: "x", "fax": "y"}
+    ),
+    # Data that is not strict JSON.
+    "data with NaN": bad_data("not JSON compliant", score=float("nan")),
+    "data with Infinity": bad_data("not JSON compliant", score=float("inf")),
+    "data with -Infinity": bad_data("not JSON compliant", score=float("-inf")),
+    "data with colliding keys": Bad(
+        "data", "keys must be strings, not int", options={"data": {"name": "Ada", 1: "a", "1": "b"}}
+    ),
+    "data with a bool key": Bad(
+        "data", "keys must be strings, not bool", options={"data": {"name": "Ada", True: 1}}
+    ),
+    "data with a non-string key deep inside": bad_data(
+        "keys must be strings, not NoneType", m={"x": [{None: 1}]}
+    ),
+    "data with a lone surrogate": Bad(
+        "data", "surrogates not allowed", options={"data": {"name": "Ada\udc80"}}
+    ),
+    "data with a lone surrogate in a key": bad_data("surrogates not allowed", **{"\ud800": 1}),
+    # "$" matched before a trailing newline.
+    "locale with a trailing newline": template_error("locale", "not a locale tag", locale="de\n"),
+    "template name with a trailing newline": Bad(
+        "template", "not a template name", template="welcome\n", error=notify.TemplateError
+    ),
+    # Addresses that looked right to a regex.
+    "phone too short for its country": bad_phone("+1415"),
+    "phone with no such country code": bad_phone("+99912345678"),
+    "email domain starting with a hyphen": bad_email("ada@-example.com"),
+    "email user part outside ASCII": Bad("to.email", "SMTPUTF8", to={"email": "ädä@example.com"}),
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE.values(), ids=HOSTILE.keys())
+def test_hostile_input_is_a_notify_error_naming_the_field_with_nothing_recorded(
+    producer: Producer, case: Bad
+) -> None:
+    with pytest.raises(notify.NotifyError) as caught:
+        producer.send(case.template, case.to, **case.options)
+    assert isinstance(caught.value, case.error)
+    assert caught.value.field == case.field  # type: ignore[attr-defined]
+    assert case.phrase in str(caught.value)
+    producer.assert_nothing_recorded_or_enqueued()
+
+
+def test_data_nested_32_deep_is_accepted(producer: Producer) -> None:
+    result = producer.send("welcome", {"email": "ada@example.com"}, data=nested(32))
+    assert [d.status for d in result.deliveries] == [notify.Status.QUEUED]
+
+
+def test_data_sharing_one_list_many_times_over_is_refused_without_expanding_it(producer: Producer) -> None:
+    shared: list[Any] = ["x"]
+    for _ in range(30):  # 2**30 strings as JSON: too many to encode to find out
+        shared = [shared, shared]
+    with pytest.raises(notify.ValidationError) as caught:
+        producer.send("welcome", {"email": "ada@example.com"}, data={"name": "Ada", "tree": shared})
+    assert caught.value.field == "data"
+    assert "NOTIFY_MAX_DATA_BYTES" in str(caught.value)
+    producer.assert_nothing_recorded_or_enqueued()
+
+
+def test_the_latest_send_at_in_utc_is_held_and_reads_back(producer: Producer) -> None:
+    latest = datetime(9999, 12, 31, 23, 59, tzinfo=UTC)
+    result = producer.send("welcome", {"email": "ada@example.com"}, data={"name": "Ada"}, send_at=latest)
+    assert [d.status for d in producer.status(result.id)] == [notify.Status.SCHEDULED]
+
+
+def test_send_at_is_held_as_the_same_instant_in_utc(producer: Producer) -> None:
+    later = datetime.now(UTC_MINUS_5).replace(microsecond=0) + timedelta(hours=2)
+    result = producer.send("welcome", {"email": "ada@example.com"}, data={"name": "Ada"}, send_at=later)
+    [held] = producer.status(result.id)
+    assert held.next_attempt_at == later
+    assert held.next_attempt_at is not None and held.next_attempt_at.utcoffset() == timedelta(0)
+
+
+def test_an_email_domain_outside_ascii_is_recorded_in_its_idna_form(producer: Producer) -> None:
+    producer.send("welcome", {"email": "ada@exämple.com"}, data={"name": "Ada"})
+    with closing(sqlite3.connect(producer.home / "notify.db")) as conn:
+        assert conn.execute("SELECT address FROM notify_deliveries").fetchall() == [
+            ("ada@xn--exmple-cua.com",)
+        ]
+
+
+def push_only_templates(root: Path) -> Path:
+    (root / "pushed").mkdir(parents=True)
+    (root / "pushed" / "push.title.j2").write_text("Hi")
+    (root / "pushed" / "push.body.j2").write_text("{{ text }}")
+    return root
+
+
+@pytest.mark.parametrize("text", ["x" * 4100, "€" * 1400], ids=["4100 ASCII", "1400 euro signs, 4200 bytes"])
+def test_a_push_message_over_fcms_4096_bytes_is_rejected(
+    producer: Producer, tmp_path: Path, text: str
+) -> None:
+    producer.configure(NOTIFY_TEMPLATES_DIR=str(push_only_templates(tmp_path / "tpl")))
+    with pytest.raises(notify.TemplateError) as caught:
+        producer.send("pushed", {"push_token": "tok"}, data={"text": text})
+    assert caught.value.field == "template"
+    assert "over FCM's limit of 4096" in str(caught.value)
+    producer.assert_nothing_recorded_or_enqueued()
+
+
+def test_a_push_message_within_fcms_limit_is_accepted(producer: Producer, tmp_path: Path) -> None:
+    producer.configure(NOTIFY_TEMPLATES_DIR=str(push_only_templates(tmp_path / "tpl")))
+    result = producer.send("pushed", {"push_token": "tok"}, data={"text": "x" * 3900})
+    assert [d.channel for d in result.deliveries] == ["push"]
+
+
+def test_a_store_that_cannot_be_reached_is_store_unavailable(producer: Producer) -> None:
+    producer.configure(NOTIFY_DATABASE_URL=f"postgresql://notify@127.0.0.1:{free_port()}/notify")
+    with pytest.raises(notify.StoreUnavailable):
+        producer.send("welcome", {"email": "ada@example.com"}, data={"name": "Ada"})
+    assert producer.enqueued() == 0
+
+
+# -- the same on PostgreSQL, where the store itself refused them ---------------------------
+
+REFUSED_BY_POSTGRESQL = [
+    "email over 512 characters",
+    "push token over 512 characters",
+    "push token with a NUL",
+    "dedup_key with a NUL",
+    "dedup_key with a lone surrogate",
+    "locale over 35 characters",
+    "send_at after 9999 in UTC",
+    "data with a lone surrogate",
+]
+
+
+def postgres_rows(url: str) -> tuple[int, int]:
+    """Notifications and deliveries in the PostgreSQL store (0 for a table not made yet)."""
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        tables = {name for (name,) in conn.execute("SELECT tablename FROM pg_tables")}
+
+        def count(table: str) -> int:
+            row = conn.execute(f"SELECT count(*) FROM {table}").fetchone() if table in tables else None
+            return int(row[0]) if row else 0
+
+        return count("notify_notifications"), count("notify_deliveries")
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("name", REFUSED_BY_POSTGRESQL)
+def test_hostile_input_is_refused_before_postgresql_sees_it(
+    producer: Producer, postgres_url: str, name: str
+) -> None:
+    producer.configure(NOTIFY_DATABASE_URL=postgres_url)
+    case = HOSTILE[name]
+    with pytest.raises(notify.NotifyError) as caught:
+        producer.send(case.template, case.to, **case.options)
+    assert isinstance(caught.value, case.error)
+    assert caught.value.field == case.field  # type: ignore[attr-defined]
+    assert postgres_rows(postgres_url) == (0, 0)
+    assert producer.enqueued() == 0
+
+
+@pytest.mark.postgres
+def test_values_at_the_limits_are_recorded_on_postgresql_and_read_back(
+    producer: Producer, postgres_url: str
+) -> None:
+    producer.configure(NOTIFY_DATABASE_URL=postgres_url)
+    result = producer.send(
+        "welcome",
+        {"push_token": "t" * 512},
+        data={"name": "Ada \u0000 Lovelace"},  # a NUL is fine in data: JSON escapes it
+        dedup_key="k" * 200,
+        locale="de-abcdefgh-abcdefgh-abcdefgh-abcde",
+        send_at=datetime(9999, 12, 31, 23, 59, tzinfo=UTC),
+    )
+    assert [d.status for d in producer.status(result.id)] == [notify.Status.SCHEDULED]
+    assert postgres_rows(postgres_url) == (1, 1)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("notification_id", ["id\x00", "i" * 37, 42])
+def test_status_of_a_malformed_id_is_a_validation_error_on_postgresql(
+    producer: Producer, postgres_url: str, notification_id: object
+) -> None:
+    producer.configure(NOTIFY_DATABASE_URL=postgres_url)
+    producer.send("welcome", {"email": "ada@example.com"}, data={"name": "Ada"})
+    with pytest.raises(notify.ValidationError) as caught:
+        producer.status(notification_id)
+    assert caught.value.field == "notification_id"
+
+
+# -- whatever it is given, send() raises a NotifyError or succeeds ---------------------------
+
+# Every code point, lone surrogates and control characters included.
+ANY_TEXT = st.text(st.characters(codec=None, exclude_categories=[]), max_size=24)
+KEYS = ANY_TEXT | st.integers() | st.none() | st.booleans() | st.floats()
+JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | ANY_TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.tuples(inner) | st.dictionaries(KEYS, inner, max_size=3),
+    max_leaves=10,
+)
+ANYTHING = (
+    JSONISH | st.sets(st.integers(), max_size=2) | st.binary(max_size=4) | st.datetimes() | st.builds(object)
+)
+ZONES = st.timezones() | st.builds(timezone, st.timedeltas(-timedelta(hours=23), timedelta(hours=23)))
+PRINTABLE = st.text(st.characters(codec="ascii", categories=["L", "N", "P"]), min_size=1, max_size=200)
+SAMPLE = {"name": "Ada", "order_id": "42", "carrier": "DHL", "tracking_number": "T1", "items": []}
+
+ADDRESSES = st.fixed_dictionaries(
+    {"email": st.sampled_from(["ada@example.com", "ada@exämple.com", "Ada@Example.COM"])},
+    optional={"phone": st.sampled_from(["+14155550100", "+4930123456"]), "push_token": PRINTABLE},
+)
+# A call send() accepts, mostly; some of the data it draws is not strict JSON.
+ARGUMENTS = {
+    "template": st.sampled_from(["welcome", "order_shipped", "password_reset"]),
+    "to": ADDRESSES | ADDRESSES.map(lambda a: notify.Recipient(**a)),
+    "data": st.dictionaries(ANY_TEXT, JSONISH, max_size=2).map(lambda d: {**SAMPLE, **d}),
+    "channels": st.none() | st.just(["email"]) | st.just(("email", "email")),
+    "priority": st.sampled_from(["high", "normal", "low"]),
+    "dedup_key": st.none() | PRINTABLE,
+    "send_at": st.none() | st.datetimes(timezones=ZONES),
+    "locale": st.none() | st.sampled_from(["de", "de-AT", "pt_BR"]),
+}
+# Then up to two of its arguments replaced by anything at all.
+HOSTILE_ARGUMENTS = st.dictionaries(st.sampled_from(sorted(ARGUMENTS)), ANY_TEXT | ANYTHING, max_size=2)
+
+
+@pytest.fixture
+def sqlite_producer(
+    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Producer]:
+    """One producer for all of a hypothesis test's examples: they share its SQLite store."""
+    monkeypatch.chdir(tmp_path)
+    made = Producer("Notifier.send", dict(env), monkeypatch)
+    made.configure()
+    made.opened.append(Notifier(Settings.from_env(made.env)))
+    yield made
+    for notifier in made.opened:
+        notifier.close()
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(valid=st.fixed_dictionaries(ARGUMENTS), hostile=HOSTILE_ARGUMENTS)
+def test_whatever_send_is_given_it_succeeds_or_raises_a_notify_error(
+    sqlite_producer: Producer, valid: dict[str, Any], hostile: dict[str, Any]
+) -> None:
+    notifier = sqlite_producer.opened[0]
+    before = (sqlite_producer.notifications(), sqlite_producer.deliveries(), sqlite_producer.enqueued())
+    call = {**valid, **hostile}
+    template, to = call.pop("template"), call.pop("to")
+    try:
+        result = notifier.send(template, to, **call)
+    except notify.NotifyError as exc:
+        assert isinstance(exc, notify.ValidationError)
+        assert exc.field.split(".")[0] in {*call, "template", "to"}
+        after = (sqlite_producer.notifications(), sqlite_producer.deliveries(), sqlite_producer.enqueued())
+        assert after == before
+        return
+    event("sent")
+    assert {d.id for d in notifier.status(result.id)} == {d.id for d in result.deliveries}
