@@ -30,6 +30,7 @@ from notify.models import (
 from notify.policy import ChannelPolicy, load_policies
 from notify.rendering import Renderer, check_locale
 from notify.routing import enqueue, producer_app
+from notify.schema import MAX_DEDUP_KEY, MAX_ID
 from notify.settings import Settings, get_settings
 from notify.store import NewDelivery, Store, utcnow
 
@@ -38,8 +39,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("notify")
 
-MAX_ID = 36  # notify/schema.py's id columns
-MAX_DEDUP_KEY = 200  # notify/schema.py's dedup_key column
 MAX_PUSH_BYTES = 4096  # FCM's limit on a message's notification and data payload
 
 

@@ -15,8 +15,8 @@ import email_validator
 import phonenumbers
 
 from notify.errors import ValidationError
+from notify.schema import MAX_ADDRESS
 
-MAX_ADDRESS = 512  # notify/schema.py's address column
 MAX_DEPTH = 32  # levels of nesting in data
 
 # C0 and C1 controls, DEL, Unicode line breaks, and lone surrogates (which no encoding can write).

@@ -20,6 +20,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from notify.errors import TemplateError
 from notify.models import shown
+from notify.schema import MAX_LOCALE, MAX_TEMPLATE
 
 # part -> file; a channel exists for a template when its required parts do.
 CHANNEL_PARTS: dict[str, dict[str, str]] = {
@@ -29,9 +30,6 @@ CHANNEL_PARTS: dict[str, dict[str, str]] = {
 }
 OPTIONAL_PARTS = {("email", "html")}
 SINGLE_LINE_PARTS = {"subject", "title"}  # end up in headers or one-line UI
-
-MAX_NAME = 200  # notify/schema.py's template column; well under a file name's 255 bytes
-MAX_LOCALE = 35  # RFC 5646 4.4.1's longest tag to support, and notify/schema.py's locale column
 
 # Matched whole (fullmatch): "$" would also match before a trailing newline.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
@@ -92,7 +90,13 @@ class Renderer:
         """Raise `TemplateError` unless `name` is a template under the root."""
         if isinstance(name, str) and name in self._found:
             return
-        if not isinstance(name, str) or len(name) > MAX_NAME or not _NAME.fullmatch(name) or name[0] == "_":
+        # MAX_TEMPLATE is well under a file name's 255 bytes: no OSError from is_dir().
+        if (
+            not isinstance(name, str)
+            or len(name) > MAX_TEMPLATE
+            or not _NAME.fullmatch(name)
+            or name[0] == "_"
+        ):
             raise TemplateError("template", f"not a template name: {shown(name)}")
         folder = self.root / name
         if not folder.is_dir():
