@@ -6,10 +6,6 @@ CHANNELS = ("email", "sms", "push")
 PRIORITIES = ("high", "normal", "low")  # the order a worker drains them in
 
 DELIVER_TASK = "notify.deliver"
-RELEASE_DUE_TASK = "notify.release_due"
-SWEEP_TASK = "notify.sweep"
-PURGE_TASK = "notify.purge"
-MAINTENANCE_QUEUE = "notify.maintenance"  # the scheduler's ticks; every worker consumes it
 
 MAX_SMS_CHARS = 1600  # Twilio's hard limit on a message body
 

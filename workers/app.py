@@ -66,16 +66,21 @@ class Backlog:
 
     def __call__(self, channel: str) -> int | None:
         """How many wait, or None if the broker cannot say (the sweep then waits longer)."""
+        queues = {q.name: q for q in self.celery.conf.task_queues}
         try:
             if self._connection is None:
                 self._connection = self.celery.connection_for_read()
-            channel_ = self._connection.default_channel
-            names = consume_queues(self.celery.conf.broker_url, channel)
-            return sum(int(channel_.queue_declare(queue=q, passive=True).message_count) for q in names)
+            bound = [queues[name](self._connection.default_channel) for name in self._names(channel)]
+            # A declare (idempotent, with the queue's own arguments) rather than a
+            # passive one: Redis calls an empty queue missing.
+            return sum(int(q.queue_declare().message_count) for q in bound)
         except Exception as exc:
             log.warning("cannot read the %s backlog: %s: %s", channel, type(exc).__name__, exc)
             self.close()
             return None
+
+    def _names(self, channel: str) -> list[str]:
+        return consume_queues(self.celery.conf.broker_url, channel)
 
     def close(self) -> None:
         if self._connection is not None:

@@ -8,12 +8,11 @@ from typing import Any
 
 from celery import Task
 from celery.signals import worker_shutdown
-from kombu.utils.imports import symbol_by_name
 
 from notify.constants import DELIVER_TASK
 from notify.delivery import Deliverer
 from notify.errors import StoreUnavailable
-from notify.settings import get_settings
+from notify.settings import get_settings, load_hook
 from workers.app import app
 
 log = logging.getLogger("notify.worker")
@@ -30,8 +29,7 @@ def deliverer() -> Deliverer:
     with _lock:
         if _deliverer is None:
             settings = get_settings()
-            hook = settings.on_permanent_failure  # TODO(lead): load_hook(settings) once settings has it
-            _deliverer = Deliverer(settings, on_permanent_failure=symbol_by_name(hook) if hook else None)
+            _deliverer = Deliverer(settings, on_permanent_failure=load_hook(settings))
         return _deliverer
 
 

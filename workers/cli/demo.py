@@ -107,9 +107,8 @@ def _demo_env(smtp_port: int) -> dict[str, str]:
 
 def _start_worker(channel: str, env: dict[str, str], home: Path) -> subprocess.Popen[bytes]:
     log = (home / f"demo-worker-{channel}.log").open("wb")
-    beat = ["--beat"] if channel == "email" else []
     return subprocess.Popen(
-        [sys.executable, "-m", "workers.cli", "worker", channel, "-c", "4", "-l", "info", *beat],
+        [sys.executable, "-m", "workers.cli", "worker", channel, "-c", "4", "-l", "info"],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,

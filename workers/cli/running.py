@@ -1,7 +1,9 @@
 """`notify worker` and `notify beat`: the long-running processes.
 
-Both check every setting before they hand over to Celery: Celery only logs an
-error raised while it configures itself and then runs on its defaults.
+Both check every setting before they start: Celery only logs an error raised
+while it configures itself and then runs on its defaults. A worker runs its
+channel's maintenance itself; `notify beat` is the same maintenance for every
+channel in a process of its own, for those who want it apart from workers.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import TYPE_CHECKING
 import click
 
 from notify.api import Notifier
-from notify.constants import CHANNELS, DELIVER_TASK, MAINTENANCE_QUEUE, channel_queues
+from notify.constants import CHANNELS, DELIVER_TASK
 from notify.errors import ConfigurationError
 from notify.settings import Settings, get_settings, load_hook
 from workers.cli.output import reports_errors
@@ -38,11 +40,15 @@ if TYPE_CHECKING:
     show_default=True,
     help="Celery pool; threads suit delivery, which waits on the network.",
 )
-@click.option("--beat", is_flag=True, help="Also run the scheduler (release due sends, sweep).")
 @click.option("--loglevel", "-l", default="info", show_default=True)
 @reports_errors
-def worker(channel: str, concurrency: int, pool: str, beat: bool, loglevel: str) -> None:
-    """Run a Celery worker for CHANNEL's queues, high before normal before low."""
+def worker(channel: str, concurrency: int, pool: str, loglevel: str) -> None:
+    """Run a Celery worker for CHANNEL's queues, high before normal before low.
+
+    It also releases CHANNEL's due deliveries and sweeps what nobody works on.
+    """
+    from notify.routing import consume_queues
+
     settings = checked_settings()
     check_provider(channel, settings)
     app = configured_app(settings)
@@ -55,7 +61,7 @@ def worker(channel: str, concurrency: int, pool: str, beat: bool, loglevel: str)
     argv = [
         "worker",
         "-Q",
-        ",".join([*channel_queues(channel), MAINTENANCE_QUEUE]),
+        ",".join(consume_queues(settings.broker_url, channel)),
         "-P",
         pool,
         "-c",
@@ -67,15 +73,28 @@ def worker(channel: str, concurrency: int, pool: str, beat: bool, loglevel: str)
         "--without-gossip",
         "--without-mingle",
     ]
-    app.worker_main([*argv, "-B"] if beat else argv)
+    app.worker_main(argv)
 
 
 @click.command()
 @click.option("--loglevel", "-l", default="info", show_default=True)
 @reports_errors
 def beat(loglevel: str) -> None:
-    """Run the scheduler alone: release due sends and long retries, sweep stuck deliveries."""
-    configured_app(checked_settings()).start(["beat", "-l", loglevel])
+    """Run the maintenance of every channel alone: release due sends and retries, sweep, purge."""
+    import logging
+    import signal
+    import threading
+
+    from workers.app import start_maintenance
+
+    logging.basicConfig(level=loglevel.upper(), format="[%(asctime)s: %(levelname)s/%(name)s] %(message)s")
+    maintenance = start_maintenance(configured_app(checked_settings()), list(CHANNELS))
+    stopped = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopped.set())
+    logging.getLogger("notify.beat").info("notify beat ready: maintenance for %s", ", ".join(CHANNELS))
+    stopped.wait()
+    maintenance.stop()
 
 
 def checked_settings() -> Settings:
