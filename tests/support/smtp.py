@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import Counter
@@ -11,7 +12,11 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 
+from notify.channels.base import EmailMessage as Email
+from notify.channels.email import SmtpConfig, SmtpProvider
 from workers.mailcatcher import free_port
+
+SENDER = "Notify Tests <notify@example.com>"
 
 
 class _Handler:
@@ -22,6 +27,9 @@ class _Handler:
         self.rejected: dict[str, str] = {}  # address -> RCPT reply
         self.sessions = 0  # EHLO/HELO greetings: one per connection
         self.attempts: list[tuple[float, str]] = []  # (time.time(), delivery id) of every DATA
+        self.rcpt_delay = 0.0  # seconds before answering RCPT
+        self.data_reply_delay = 0.0  # seconds between receiving a message and answering it
+        self.drop_after_data = False  # hang up instead of answering a received message
 
     async def handle_EHLO(
         self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
@@ -32,32 +40,47 @@ class _Handler:
         return responses
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
+        await asyncio.sleep(self.rcpt_delay)
         if address in self.rejected:
             return self.rejected[address]
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        reply = self._receive(envelope.content)
+        await asyncio.sleep(self.data_reply_delay)
+        if self.drop_after_data:
+            server.transport.close()  # the reply below goes nowhere
+        return reply
+
+    def _receive(self, content: bytes) -> str:
+        """Record one message's DATA; the reply it gets (a scripted failure, else queued)."""
         with self.lock:
-            delivery_id = message_from_bytes(envelope.content)["X-Notify-Delivery-Id"]
+            delivery_id = message_from_bytes(content)["X-Notify-Delivery-Id"]
             self.attempts.append((time.time(), str(delivery_id)))
             if self.failures:
                 return self.failures.pop(0)
-            message = message_from_bytes(envelope.content, policy=policy.default)
-            self.messages.append(message)  # type: ignore[arg-type]
+            message = message_from_bytes(content, policy=policy.default)
+            self.messages.append(message)
             return f"250 2.0.0 Ok: queued as Q{len(self.messages):06d}"
 
 
 class SmtpServer:
     """Listens on 127.0.0.1:`port`; `messages` holds what it accepted."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, auth_required: bool = False) -> None:
         self.handler = _Handler()
         self.port = free_port()
+        self.auth_required = auth_required  # MAIL before AUTH gets 530 5.7.0
         self.controller: Controller | None = None
 
     def start(self) -> SmtpServer:
-        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
+        self.controller = Controller(
+            self.handler,
+            hostname="127.0.0.1",
+            port=self.port,
+            auth_required=self.auth_required,  # AUTH itself is never offered: no TLS here
+        )
         self.controller.start()
         return self
 
@@ -91,3 +114,33 @@ class SmtpServer:
 
     def reject(self, address: str, reply: str = "550 5.1.1 No such user") -> None:
         self.handler.rejected[address] = reply
+
+    def delay_rcpt(self, seconds: float) -> None:
+        """Answer every RCPT only after `seconds`: a server slow before the handover."""
+        self.handler.rcpt_delay = seconds
+
+    def delay_data_reply(self, seconds: float) -> None:
+        """Answer every received message only after `seconds` (it counts as arrived at once)."""
+        self.handler.data_reply_delay = seconds
+
+    def drop_after_data(self) -> None:
+        """Hang up on every received message instead of answering (it counts as arrived)."""
+        self.handler.drop_after_data = True
+
+
+def provider_for(server: SmtpServer, **config: Any) -> SmtpProvider:
+    """An SmtpProvider for `server`, as a worker builds it; `config` overrides SmtpConfig."""
+    options = {"tls": "none", "timeout": 5.0, "deadline": 5.0, **config}
+    return SmtpProvider(SmtpConfig(host="127.0.0.1", port=server.port, sender=SENDER, **options))
+
+
+def email(delivery_id: str = "d-1", **fields: Any) -> Email:
+    """A rendered email, as the worker hands it to a provider; `fields` override."""
+    values = {
+        "to": "ada@example.com",
+        "subject": "Welcome, Ada!",
+        "text": "Hello Ada,",
+        "html": "<p>Hello</p>",
+        "message_id": f"<{delivery_id}@example.com>",
+    }
+    return Email(delivery_id=delivery_id, **{**values, **fields})
