@@ -1,17 +1,28 @@
-"""Email end to end: real worker processes, a real broker, a real SMTP server."""
+"""Email end to end: real worker processes, a real broker, a real SMTP server.
+
+The provider-level tests at the end drive SmtpProvider against the server
+directly: what a slow or vanishing server does to one delivery.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
 
+import aiosmtplib
 import pytest
 
 from notify.api import Notifier
+from notify.errors import OutcomeUnknownError, TransientDeliveryError
 from notify.models import Status
 from notify.routing import enqueue
 from tests.support.processes import Worker, wait_for
-from tests.support.smtp import SmtpServer
+from tests.support.smtp import SmtpServer, email, provider_for
+
+HOSTILE_NAME = (
+    "=?utf-8?q?=0D=0AReply-To:_attacker@evil.example=0D=0AContent-Type:_text/html=0D=0A=0D=0A"
+    "<a_href=3Dhttp://evil>Reset</a>?="
+)
 
 
 @pytest.fixture(params=["embedded+sqlite", "redis+postgresql"])
@@ -152,6 +163,27 @@ def test_two_worker_processes_on_the_embedded_broker_send_each_email_once(
     assert set(counts.values()) == {1}
 
 
+def test_an_encoded_word_in_data_stays_inside_the_subject(
+    env: dict[str, str],
+    notifier: Callable[[], Notifier],
+    start_worker: Callable[..., Worker],
+    smtp_server: SmtpServer,
+) -> None:
+    start_worker("email", "-c", "1")
+    producer = notifier()
+
+    result = producer.send("welcome", {"email": "ada@example.com"}, data={"name": HOSTILE_NAME})
+
+    wait_for(lambda: sent(producer, result.id), what="the email to be sent")
+    [message] = smtp_server.messages
+    assert "Reply-To" not in message
+    assert len(message.get_all("Content-Type") or []) == 1
+    assert message["Subject"] == f"Welcome, {HOSTILE_NAME}!"
+    assert message.get_content_type() == "multipart/alternative"
+    text = message.get_body(("plain",))
+    assert text is not None and "evil" in text.get_content()  # the name, as text, in the body
+
+
 BACKLOG = ["low"] * 20 + ["normal"] * 5 + ["high"] * 5
 
 
@@ -173,3 +205,66 @@ def _fast_retries(folder: Path) -> Path:
     path = folder / "notify.toml"
     path.write_text('[channels.email]\nbackoff_initial = "200ms"\nbackoff_max = "1s"\njitter = false\n')
     return path
+
+
+# Provider level: a slow or vanishing server and one delivery
+
+
+def test_a_slow_reply_to_the_data_is_awaited_and_sent_once(smtp_server: SmtpServer) -> None:
+    smtp_server.delay_data_reply(2.5)  # beyond the delivery budget and each command's timeout
+    provider = provider_for(smtp_server, deadline=1.0, timeout=0.5)
+    try:
+        receipt = provider.deliver(email("d-slow"))
+        again = provider.deliver(email("d-next"))  # the connection is still good afterwards
+    finally:
+        provider.close()
+
+    assert receipt.provider_id == "Q000001"
+    assert again.provider_id == "Q000002"
+    assert len(smtp_server.attempts_of("d-slow")) == 1
+    assert smtp_server.delivery_ids() == {"d-slow": 1, "d-next": 1}
+    assert smtp_server.sessions == 1
+
+
+def test_a_connection_dropped_after_the_data_is_an_unknown_outcome(smtp_server: SmtpServer) -> None:
+    smtp_server.drop_after_data()
+    provider = provider_for(smtp_server)
+    try:
+        with pytest.raises(OutcomeUnknownError) as caught:
+            provider.deliver(email("d-drop"))
+    finally:
+        provider.close()
+
+    assert (caught.value.channel, caught.value.provider) == ("email", "smtp")
+    assert len(smtp_server.attempts_of("d-drop")) == 1
+    assert len(smtp_server.messages) <= 1
+
+
+def test_a_server_slow_before_the_data_fails_transiently_within_the_budget(smtp_server: SmtpServer) -> None:
+    smtp_server.delay_rcpt(3.0)
+    provider = provider_for(smtp_server, deadline=0.5, timeout=10.0)  # the budget, not the command, ends it
+    try:
+        with pytest.raises(TransientDeliveryError) as caught:
+            provider.deliver(email("d-rcpt"))
+    finally:
+        provider.close()
+
+    assert "NOTIFY_DELIVERY_TIMEOUT" in caught.value.reason
+    assert smtp_server.attempts_of("d-rcpt") == []
+
+
+def test_a_server_gone_before_the_data_is_transient(smtp_server: SmtpServer) -> None:
+    provider = provider_for(smtp_server)
+    smtp_server.stop()
+    try:
+        with pytest.raises(TransientDeliveryError):
+            provider.deliver(email("d-down"))
+    finally:
+        provider.close()
+
+
+def test_aiosmtplib_still_offers_what_the_provider_uses() -> None:
+    """The provider writes DATA's content through the protocol: fail loudly if that API goes."""
+    protocol = aiosmtplib.protocol.SMTPProtocol
+    assert callable(protocol.write) and callable(protocol.read_response)
+    assert "protocol" in vars(aiosmtplib.SMTP(hostname="localhost"))

@@ -3,19 +3,26 @@
 One event loop thread per worker process owns a small pool of SMTP
 connections, reused across deliveries and replaced when they drop; worker
 threads hand it messages and wait for the answer.
+
+The message itself is built here, byte by byte: every header is one we
+write, and no value from a template or from data is written into a header
+except as RFC 2047 encoded-words or a checked plain token, so none can ever
+become a header line or a MIME boundary, whatever the interpreter's email
+package would have done with it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.policy
+import base64
+import binascii
 import re
+import secrets
 import threading
 import time
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import wait
 from dataclasses import dataclass
-from email.message import EmailMessage as MimeMessage
-from email.utils import format_datetime
+from email.utils import format_datetime, parseaddr
 
 import aiosmtplib
 
@@ -23,15 +30,27 @@ from notify.channels.base import EmailMessage, Message, Receipt
 from notify.errors import (
     ConfigurationError,
     NotifyError,
+    OutcomeUnknownError,
     PermanentDeliveryError,
     TransientDeliveryError,
 )
 from notify.schema import utcnow
 from notify.settings import Secret, Settings
 
+# RFC 5321 §4.5.3.2.6: a client waits 10 minutes for the reply to the end of
+# DATA, because giving up earlier is how one message becomes two.
+RFC5321_DATA_TERMINATION_TIMEOUT = 600.0
+
 _IDLE_CHECK_AFTER = 5.0  # seconds idle after which a pooled connection is NOOP-checked
 _QUEUED_AS = re.compile(r"queued as\s+(\S+)", re.IGNORECASE)
-_HINT = re.compile(r"(\d+)\s*(s|sec|secs|seconds?|m|min|mins|minutes?)\b", re.IGNORECASE)
+
+_HEADER_LINE = 78  # RFC 5322 §2.1.1: lines SHOULD stay within 78 characters
+_WORD_OCTETS = 39  # UTF-8 octets per encoded-word: 52 base64 characters, 64 with the frame
+_PLAIN = re.compile(r"[!-~]+(?: [!-~]+)*")  # printable ASCII words, one space apart
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_ADDRESS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@[A-Za-z0-9.-]{1,190}")
+_MESSAGE_ID = re.compile(r"<[!-;=?-~]{1,250}>")
+_TOKEN = re.compile(r"[!-~]{1,200}")
 
 
 @dataclass(frozen=True)
@@ -43,44 +62,189 @@ class SmtpConfig:
     username: str | None = None
     password: Secret | None = None
     timeout: float = 30.0  # each SMTP command
-    deadline: float = 60.0  # a whole delivery, connecting included
+    deadline: float = 60.0  # a delivery until its data is sent, connecting included
     pool_size: int = 16
 
 
-def build_mime(message: EmailMessage, sender: str) -> MimeMessage:
-    """The MIME message for `message`: text part, HTML alternative, tracking headers."""
-    mime = MimeMessage(policy=email.policy.SMTP)
-    mime["From"] = sender
-    mime["To"] = message.to
-    mime["Subject"] = message.subject
-    mime["Date"] = format_datetime(utcnow())
-    mime["Message-ID"] = message.message_id
-    mime["X-Notify-Delivery-Id"] = message.delivery_id
-    mime.set_content(message.text)
+def build_mime(message: EmailMessage, sender: str) -> bytes:
+    """The message as sent: our headers, a text part and an HTML alternative, CRLF lines.
+
+    Raises ValueError for an address, Message-ID or delivery id that cannot
+    be written into a header as it is.
+    """
+    headers = [
+        f"From: {_mailbox(sender, 'From')}",
+        f"To: {_address(message.to, 'To')}",
+        f"Subject: {_unstructured(message.subject, len('Subject: '))}",
+        f"Date: {format_datetime(utcnow())}",
+        f"Message-ID: {_token(_MESSAGE_ID, message.message_id, 'Message-ID')}",
+        f"X-Notify-Delivery-Id: {_token(_TOKEN, message.delivery_id, 'delivery id')}",
+        "MIME-Version: 1.0",
+    ]
+    parts = [_part("plain", message.text)]
     if message.html:
-        mime.add_alternative(message.html, subtype="html")
-    return mime
+        parts.append(_part("html", message.html))
+    text = "\r\n".join([*headers, *(parts[0] if len(parts) == 1 else _alternative(parts))])
+    return (text if text.endswith("\r\n") else text + "\r\n").encode("ascii")
+
+
+def _part(subtype: str, text: str) -> list[str]:
+    """A text part's headers, blank line and quoted-printable body, as lines."""
+    return [
+        f"Content-Type: text/{subtype}; charset=utf-8",
+        "Content-Transfer-Encoding: quoted-printable",
+        "",
+        _quoted_printable(text),
+    ]
+
+
+def _quoted_printable(text: str) -> str:
+    """UTF-8 in quoted-printable: 7-bit lines of at most 76 characters, CRLF between them."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").encode("utf-8", "replace")
+    return binascii.b2a_qp(lines, istext=True).decode("ascii").replace("\n", "\r\n")
+
+
+def _alternative(parts: list[list[str]]) -> list[str]:
+    """A multipart/alternative of `parts`, under a boundary that occurs in none of them."""
+    bodies = "\r\n".join(line for part in parts for line in part)
+    boundary = f"=_{secrets.token_hex(16)}"  # "=_" never occurs in quoted-printable
+    while boundary in bodies:
+        boundary = f"=_{secrets.token_hex(16)}"
+    lines = ["Content-Type: multipart/alternative;", f' boundary="{boundary}"', ""]
+    for part in parts:
+        lines += [f"--{boundary}", *part]
+    return [*lines, f"--{boundary}--", ""]
+
+
+def _unstructured(value: str, indent: int) -> str:
+    """A header value: plain if it is short printable ASCII, else folded encoded-words."""
+    text = _CONTROL.sub(" ", value)
+    if not text or (_PLAIN.fullmatch(text) and "=?" not in text and indent + len(text) <= _HEADER_LINE):
+        return text
+    return "\r\n ".join(_encoded_words(text))
+
+
+def _encoded_words(text: str) -> list[str]:
+    """RFC 2047 base64 words of whole UTF-8 characters, each well under 75 characters."""
+    data = text.encode("utf-8", "replace")
+    words, start = [], 0
+    while start < len(data):
+        end = min(start + _WORD_OCTETS, len(data))
+        while end < len(data) and data[end] & 0xC0 == 0x80:  # never split a character
+            end -= 1
+        words.append(f"=?utf-8?b?{base64.b64encode(data[start:end]).decode('ascii')}?=")
+        start = end
+    return words
+
+
+def _mailbox(value: str, field: str) -> str:
+    """`"Name" <address>`, the name quoted or encoded, the address checked."""
+    name, address = parseaddr(value)
+    if _CONTROL.search(value) or not (value == address or value.endswith(f"<{address}>")):
+        raise ValueError(f"the {field} header is not a mailbox like 'Name <address>'")
+    address = _address(address, field)
+    if not name:
+        return address
+    if _PLAIN.fullmatch(name) and "=?" not in name and all(len(word) <= 60 for word in name.split(" ")):
+        quoted = '"{}"'.format(name.replace("\\", "\\\\").replace('"', '\\"'))
+        return _folded([*quoted.split(" "), f"<{address}>"], len(field) + 2)
+    return "\r\n ".join([*_encoded_words(name), f"<{address}>"])
+
+
+def _folded(tokens: list[str], indent: int) -> str:
+    """`tokens` joined by spaces, a space becoming a fold where a line would pass 78."""
+    text, width = tokens[0], indent + len(tokens[0])
+    for token in tokens[1:]:
+        fold = width + 1 + len(token) > _HEADER_LINE
+        text += ("\r\n " if fold else " ") + token
+        width = (0 if fold else width) + 1 + len(token)
+    return text
+
+
+def _address(value: str, field: str) -> str:
+    if not _ADDRESS.fullmatch(value) or "=?" in value:
+        raise ValueError(f"the {field} address is not a plain ASCII address (SMTPUTF8 is not supported)")
+    return value
+
+
+def _token(pattern: re.Pattern[str], value: str, what: str) -> str:
+    if not pattern.fullmatch(value):
+        raise ValueError(f"the {what} cannot be written into a header as it is")
+    return value
+
+
+# A reply naming a setting of ours as the cause fails every message alike: it
+# is configuration, not the recipient. Basic codes per RFC 4954 and RFC 3207;
+# enhanced (subject, detail) per RFC 3463 and the IANA registry it founded.
+_SETTING_BY_CODE = {
+    530: "NOTIFY_SMTP_USERNAME",  # authentication required
+    534: "NOTIFY_SMTP_PASSWORD",  # authentication mechanism too weak
+    535: "NOTIFY_SMTP_PASSWORD",  # credentials invalid
+    538: "NOTIFY_SMTP_TLS",  # encryption required for the mechanism
+}
+_SETTING_BY_ENHANCED = {
+    (1, 7): "NOTIFY_EMAIL_FROM",  # bad sender's mailbox address syntax
+    (1, 8): "NOTIFY_EMAIL_FROM",  # bad sender's system address
+    (7, 8): "NOTIFY_SMTP_PASSWORD",  # authentication credentials invalid
+    (7, 9): "NOTIFY_SMTP_PASSWORD",  # authentication mechanism too weak
+    (7, 10): "NOTIFY_SMTP_TLS",  # encryption needed
+    (7, 11): "NOTIFY_SMTP_TLS",  # encryption required for the mechanism
+}
+_ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?!\S)")
+# "try again in 60 seconds", "retry after 5 minutes", "greylisted for 300s":
+# a number standing as a word after in/after/for/wait, never digits inside a token.
+_HINT = re.compile(
+    r"(?<!\S)(?:in|after|for|wait)\s+(\d{1,7})\s*(seconds?|secs?|s|minutes?|mins?|m|hours?|h)(?=[\s.,;:!)]|$)",
+    re.IGNORECASE,
+)
+_UNIT_SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def classify(exc: BaseException) -> NotifyError:
-    """Our error for an SMTP failure: 4xx and network trouble transient, 5xx permanent."""
-    if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+    """Our error for an SMTP failure.
+
+    A reply blaming our settings is configuration; otherwise the basic code
+    decides permanence (5xx permanent, 4xx transient, whatever an odd
+    enhanced code says), and network trouble before the data is transient.
+    """
+    if isinstance(exc, NotifyError):
+        return exc
+    if isinstance(exc, aiosmtplib.SMTPAuthenticationError) and exc.code >= 500:
         return ConfigurationError(
             f"SMTP server refused the login ({exc.code}); check NOTIFY_SMTP_USERNAME and "
             "NOTIFY_SMTP_PASSWORD",
             setting="NOTIFY_SMTP_PASSWORD",
         )
-    if isinstance(exc, aiosmtplib.SMTPNotSupported):
-        return ConfigurationError(f"SMTP server does not support it: {exc}", setting="NOTIFY_SMTP_TLS")
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused) and exc.recipients:
         exc = exc.recipients[0]
     if isinstance(exc, aiosmtplib.SMTPResponseException) and not isinstance(exc, aiosmtplib.SMTPConnectError):
-        args = {"channel": "email", "provider": "smtp", "code": str(exc.code)}
-        if 400 <= exc.code < 500:
-            return TransientDeliveryError(exc.message, retry_after=_retry_hint(exc.message), **args)
-        return PermanentDeliveryError(exc.message, **args)
+        return _classify_reply(exc.code, exc.message)
     reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return TransientDeliveryError(reason, channel="email", provider="smtp")
+
+
+def _classify_reply(code: int, text: str) -> NotifyError:
+    setting = _setting_at_fault(code, text)
+    if setting is not None:
+        return ConfigurationError(f"SMTP server answered {code} {text}; check {setting}", setting=setting)
+    args = {"channel": "email", "provider": "smtp", "code": str(code)}
+    if 400 <= code < 500:
+        return TransientDeliveryError(text, retry_after=_retry_hint(text), **args)
+    return PermanentDeliveryError(text, **args)
+
+
+def _setting_at_fault(code: int, text: str) -> str | None:
+    """The setting a 5xx reply blames, if any: RFC 4954 codes, then RFC 3463 ones."""
+    if not 500 <= code < 600:
+        return None
+    if code == 530 and "TLS" in text.upper():  # RFC 3207: "Must issue a STARTTLS command first"
+        return "NOTIFY_SMTP_TLS"
+    enhanced = _ENHANCED.match(text)
+    if enhanced is not None and enhanced[1] == "5":
+        setting = _SETTING_BY_ENHANCED.get((int(enhanced[2]), int(enhanced[3])))
+        if setting is not None:
+            return setting
+    return _SETTING_BY_CODE.get(code)
 
 
 def _retry_hint(text: str) -> float | None:
@@ -88,7 +252,7 @@ def _retry_hint(text: str) -> float | None:
     match = _HINT.search(text)
     if not match:
         return None
-    return float(match[1]) * (60.0 if match[2].lower().startswith("m") else 1.0)
+    return float(match[1]) * _UNIT_SECONDS[match[2][0].lower()]
 
 
 class SmtpProvider:
@@ -96,6 +260,7 @@ class SmtpProvider:
 
     def __init__(self, config: SmtpConfig) -> None:
         self.config = config
+        self._envelope_sender = _envelope_sender(config.sender)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="notify-smtp", daemon=True)
         self._thread.start()
@@ -123,13 +288,20 @@ class SmtpProvider:
 
     def deliver(self, message: Message) -> Receipt:
         assert isinstance(message, EmailMessage)
-        mime = build_mime(message, self.config.sender)
-        future = asyncio.run_coroutine_threadsafe(self._send(mime), self._loop)
         try:
-            response = future.result(timeout=self.config.deadline)
-        except FutureTimeout:
-            future.cancel()
-            raise TransientDeliveryError("timed out", channel="email", provider="smtp") from None
+            data = build_mime(message, self.config.sender)
+        except ValueError as exc:
+            raise PermanentDeliveryError(str(exc), channel="email", provider="smtp", code="header") from None
+        future = asyncio.run_coroutine_threadsafe(self._send(message.to, data), self._loop)
+        # _send bounds itself: the budget, then RFC 5321's wait. Abandoning it
+        # sooner, once the data is out, is what sends a second copy.
+        if not wait([future], timeout=self.config.deadline + RFC5321_DATA_TERMINATION_TIMEOUT + 60).done:
+            future.cancel()  # only if the loop thread is stuck; it may have sent the message
+            raise OutcomeUnknownError("the SMTP loop did not answer", channel="email", provider="smtp")
+        try:
+            response = future.result()
+        except NotifyError:
+            raise
         except Exception as exc:
             raise classify(exc) from exc
         queued = _QUEUED_AS.search(response)
@@ -148,20 +320,46 @@ class SmtpProvider:
             asyncio.run_coroutine_threadsafe(_quit_all(), self._loop).result(timeout=10)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
+        if not self._thread.is_alive() and not self._loop.is_closed():
+            self._loop.close()
 
     async def _semaphore(self) -> asyncio.Semaphore:
         return asyncio.Semaphore(self.config.pool_size)
 
-    async def _send(self, mime: MimeMessage) -> str:
-        async with self._slots:
-            client = await self._checkout()
-            try:
-                _, response = await client.send_message(mime)
-            except BaseException:
-                client.close()  # state unknown: never reuse it
+    async def _send(self, recipient: str, data: bytes) -> str:
+        """Until the data is sent, within the delivery budget; then RFC 5321's wait."""
+        try:
+            async with asyncio.timeout(self.config.deadline) as budget, self._slots:
+                client = await self._checkout()
+                try:
+                    response = await self._transact(client, recipient, data, budget)
+                except BaseException:
+                    client.close()  # state unknown: never reuse it
+                    raise
+                self._idle.append((client, time.monotonic()))
+                return response
+        except TimeoutError:
+            if not budget.expired():
                 raise
-            self._idle.append((client, time.monotonic()))
-            return response
+            raise TransientDeliveryError(
+                f"not sent within NOTIFY_DELIVERY_TIMEOUT ({self.config.deadline:g}s)",
+                channel="email",
+                provider="smtp",
+            ) from None
+
+    async def _transact(
+        self, client: aiosmtplib.SMTP, recipient: str, data: bytes, budget: asyncio.Timeout
+    ) -> str:
+        await client.mail(self._envelope_sender)
+        await client.rcpt(recipient)
+        start = await client.execute_command(b"DATA")
+        if start.code != 354:
+            raise aiosmtplib.SMTPDataError(start.code, start.message)
+        budget.reschedule(None)  # handed over from here on: only RFC 5321's wait bounds it
+        reply = await _transmit(client, data)
+        if reply.code != 250:
+            raise aiosmtplib.SMTPDataError(reply.code, reply.message)
+        return reply.message
 
     async def _checkout(self) -> aiosmtplib.SMTP:
         while self._idle:
@@ -178,18 +376,84 @@ class SmtpProvider:
             await client.noop()
         except (aiosmtplib.SMTPException, OSError):
             return False
+        except BaseException:
+            client.close()  # cancelled by the budget mid-NOOP: drop it, not leak it
+            raise
         return True
 
     async def _connect(self) -> aiosmtplib.SMTP:
         c = self.config
         client = aiosmtplib.SMTP(
-            hostname=c.host,
-            port=c.port,
-            timeout=c.timeout,
-            use_tls=c.tls == "tls",
-            start_tls=c.tls == "starttls",
-            username=c.username,
-            password=c.password.reveal() if c.password else None,
+            hostname=c.host, port=c.port, timeout=c.timeout, use_tls=c.tls == "tls", start_tls=False
         )
         await client.connect()
+        try:
+            if c.tls == "starttls":
+                await self._starttls(client)
+            if c.username:
+                await self._login(client, c.username, c.password.reveal() if c.password else "")
+        except BaseException:
+            client.close()
+            raise
         return client
+
+    async def _starttls(self, client: aiosmtplib.SMTP) -> None:
+        await client.ehlo()
+        if not client.supports_extension("starttls"):
+            raise ConfigurationError(
+                f"{self.config.host}:{self.config.port} does not offer STARTTLS; set NOTIFY_SMTP_TLS "
+                "to tls for a TLS port, or to none for a server without TLS",
+                setting="NOTIFY_SMTP_TLS",
+            )
+        await client.starttls()
+
+    async def _login(self, client: aiosmtplib.SMTP, username: str, password: str) -> None:
+        if client.is_ehlo_or_helo_needed:
+            await client.ehlo()
+        if not client.supports_extension("auth"):
+            raise ConfigurationError(
+                f"{self.config.host}:{self.config.port} offers no AUTH; unset NOTIFY_SMTP_USERNAME "
+                "or check NOTIFY_SMTP_TLS",
+                setting="NOTIFY_SMTP_USERNAME",
+            )
+        await client.login(username, password)
+
+
+async def _transmit(client: aiosmtplib.SMTP, data: bytes) -> aiosmtplib.SMTPResponse:
+    """Send the message after DATA's 354 and wait up to RFC 5321's 10 minutes for the reply.
+
+    aiosmtplib's data() waits for 354 and for the final reply with one
+    timeout, and cannot say which one failed; its protocol's write() and
+    read_response() (public methods; tests/test_email_delivery.py pins them)
+    let the wait before the handover stay short and the one after it long.
+    """
+    protocol = client.protocol
+    if protocol is None:
+        raise aiosmtplib.SMTPServerDisconnected("connection lost before the data was sent")
+    protocol.write(_dot_stuffed(data))  # no await before read_response: no reply can slip by
+    try:
+        return await protocol.read_response(timeout=RFC5321_DATA_TERMINATION_TIMEOUT)
+    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
+        client.close()
+        raise OutcomeUnknownError(
+            f"no reply to the end of DATA ({type(exc).__name__}); the server may have accepted it",
+            channel="email",
+            provider="smtp",
+        ) from exc
+
+
+def _dot_stuffed(data: bytes) -> bytes:
+    """RFC 5321 §4.5.2: a line starting with "." gets another; then the terminating line."""
+    return re.sub(rb"(?m)^\.", b"..", data) + b".\r\n"
+
+
+def _envelope_sender(sender: str) -> str:
+    """MAIL FROM's address; a sender From cannot carry is refused at start, not per message."""
+    try:
+        _mailbox(sender, "From")
+        return parseaddr(sender)[1]
+    except ValueError:
+        raise ConfigurationError(
+            "NOTIFY_EMAIL_FROM must be an address like 'Name <notify@example.com>'",
+            setting="NOTIFY_EMAIL_FROM",
+        ) from None
