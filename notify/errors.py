@@ -102,7 +102,13 @@ class OutcomeUnknownError(PermanentDeliveryError):
     Retrying could deliver a second copy, so the delivery fails into the
     dead-letter store instead, where an operator can check and replay it.
     The address is not at fault: the permanent-failure hook is not called.
+    Its code is always "outcome_unknown", so operators can list them.
     """
+
+    CODE = "outcome_unknown"
+
+    def __init__(self, reason: str, *, channel: str, provider: str) -> None:
+        super().__init__(reason, channel=channel, provider=provider, code=self.CODE)
 
 
 class StoreUnavailable(NotifyError):
