@@ -137,3 +137,24 @@ def test_a_due_send_at_is_released_on_time_behind_a_backlog(
     assert len(waiting) < len(low), "the backlog had drained: this proved nothing"
     # Released within a second of due; then at most one email ahead of it, and the trip.
     assert due.timestamp() <= arrived <= due.timestamp() + 3.0
+
+
+def test_a_slow_reply_to_the_data_keeps_its_claim_and_arrives_once(
+    env: dict[str, str],
+    notifier: Callable[[], Notifier],
+    start_worker: Callable[..., Worker],
+    smtp_server: SmtpServer,
+) -> None:
+    """The reply takes longer than the budget and several leases: no second worker sends it again."""
+    env.update(NOTIFY_DELIVERY_TIMEOUT="2", NOTIFY_LEASE="1")
+    smtp_server.delay_data_reply(5)
+    start_worker("email", "-c", "2").wait_ready()
+    start_worker("email", "-c", "2").wait_ready()
+    producer = notifier()
+
+    result = producer.send("welcome", {"email": "ada@example.com"}, data={"name": "Ada"})
+
+    [delivery_id] = [d.id for d in result.deliveries]
+    wait_for(lambda: statuses(producer, [delivery_id]) == [Status.SENT], what="the slow email")
+    assert smtp_server.delivery_ids() == {delivery_id: 1}
+    assert producer.store.get(delivery_id).attempts == 1  # type: ignore[union-attr]
