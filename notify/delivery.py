@@ -134,8 +134,9 @@ class Deliverer:
         self.on_permanent_failure = on_permanent_failure
         self._providers: dict[str, Provider] = {}
         self._lock = threading.Lock()
-        # SMTP may wait 10 minutes for its end-of-DATA reply (RFC 5321): renew that long.
-        ceiling = max(settings.delivery_timeout, SMTP_DATA_REPLY_TIMEOUT) + settings.lease
+        # SMTP may wait 10 minutes for its end-of-DATA reply after the budget
+        # (RFC 5321), and a minute more for its loop thread: renew that long.
+        ceiling = settings.delivery_timeout + SMTP_DATA_REPLY_TIMEOUT + 60 + settings.lease
         self.heartbeat = Heartbeat(self.store, settings.lease, settings.heartbeat_every, ceiling)
 
     def provider(self, channel: str) -> Provider:

@@ -8,7 +8,8 @@ import os
 from pathlib import Path
 
 from notify.channels.base import EmailMessage, Message, Receipt, SmsMessage
-from notify.channels.email import build_mime
+from notify.channels.mime import build_mime
+from notify.errors import PermanentDeliveryError
 from notify.settings import Settings
 
 
@@ -30,10 +31,17 @@ class OutboxProvider:
         folder = self.root / kind
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{message.delivery_id}.json"
+        mime = self._mime(message) if isinstance(message, EmailMessage) else None
         _write_atomically(path, json.dumps(dataclasses.asdict(message), indent=2).encode())
-        if isinstance(message, EmailMessage):
-            _write_atomically(path.with_suffix(".eml"), bytes(build_mime(message, self.sender)))
+        if mime is not None:
+            _write_atomically(path.with_suffix(".eml"), mime)
         return Receipt(provider_id=f"outbox:{kind}/{path.name}")
+
+    def _mime(self, message: EmailMessage) -> bytes:
+        try:
+            return build_mime(message, self.sender)
+        except ValueError as exc:  # an address or id no header can carry: it cannot be sent
+            raise PermanentDeliveryError(str(exc), channel="email", provider="outbox") from None
 
     def close(self) -> None:
         pass
