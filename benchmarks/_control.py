@@ -7,6 +7,7 @@ counts, wait for a count and reset between legs:
     GET  /stats                       {"received", "distinct", "duplicates", "first_at", "last_at"}
     GET  /wait?count=N&timeout=T      blocks until N received (or T seconds), then /stats
     GET  /keys                        {"keys": [...]}  every distinct key since the last reset
+    GET  /arrivals?prefix=P           {"arrivals": {key: first arrival}} for keys starting with P
     POST /reset
 
 `first_at`/`last_at` are `time.monotonic()` of the first and last arrival:
@@ -36,6 +37,7 @@ class Arrivals:
     def __init__(self) -> None:
         self._changed = threading.Condition()
         self._keys: Counter[str] = Counter()
+        self._arrived: dict[str, float] = {}  # key -> its first arrival, for per-message latency
         self._received = 0
         self._first_at: float | None = None
         self._last_at: float | None = None
@@ -44,6 +46,7 @@ class Arrivals:
         now = time.monotonic()
         with self._changed:
             self._keys[key] += 1
+            self._arrived.setdefault(key, now)
             self._received += 1
             if self._first_at is None:
                 self._first_at = now
@@ -53,6 +56,7 @@ class Arrivals:
     def reset(self) -> None:
         with self._changed:
             self._keys.clear()
+            self._arrived.clear()
             self._received = 0
             self._first_at = self._last_at = None
 
@@ -68,6 +72,10 @@ class Arrivals:
     def keys(self) -> list[str]:
         with self._changed:
             return list(self._keys)
+
+    def arrivals(self, prefix: str) -> dict[str, float]:
+        with self._changed:
+            return {k: t for k, t in self._arrived.items() if k.startswith(prefix)}
 
     def _stats(self) -> dict[str, Any]:
         return {
@@ -92,6 +100,8 @@ def serve_control(arrivals: Arrivals, port: int = 0) -> ThreadingHTTPServer:
                 self._json(arrivals.wait(int(query["count"]), float(query.get("timeout", "1"))))
             elif url.path == "/keys":
                 self._json({"keys": arrivals.keys()})
+            elif url.path == "/arrivals":
+                self._json({"arrivals": arrivals.arrivals(query.get("prefix", ""))})
             else:
                 self.send_error(404)
 

@@ -106,6 +106,7 @@ class Processes:
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = log_dir
         self.children: list[Child] = []
+        self._resources = contextlib.ExitStack()  # what lives as long as the children (temp stores)
         shutil.rmtree(log_dir, ignore_errors=True)  # the last run's logs, so none are mistaken for this one's
 
     def start(self, name: str, argv: Sequence[str], env: dict[str, str]) -> Child:
@@ -131,6 +132,10 @@ class Processes:
         info["child"] = child
         return info
 
+    def enter(self, resource: contextlib.AbstractContextManager[T]) -> T:
+        """Enter `resource` now; it is exited after every child has stopped."""
+        return self._resources.enter_context(resource)
+
     def stop(self, child: Child) -> None:
         child.stop()
         if child in self.children:
@@ -149,6 +154,7 @@ class Processes:
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut cleanup
         try:
             self.stop_all()
+            self._resources.close()
         finally:
             signal.signal(signal.SIGINT, previous)
 
@@ -184,6 +190,11 @@ class Control:
 
     def keys(self) -> set[str]:
         return set(self._call("/keys", timeout=30)["keys"])
+
+    def arrivals(self, prefix: str) -> dict[str, float]:
+        """When each key starting with `prefix` first arrived (`time.monotonic()`)."""
+        found: dict[str, float] = self._call(f"/arrivals?prefix={prefix}", timeout=30)["arrivals"]
+        return found
 
     def wait(self, count: int, *, timeout: float, watch: Sequence[Child] = ()) -> dict[str, Any]:
         """Block until `count` messages arrived; raise if a watched process dies or time runs out."""

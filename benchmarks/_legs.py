@@ -52,9 +52,12 @@ class Leg:
     missing: int
     unexpected: int
     channel: str = "email"
+    store_name: str = "postgresql"  # the store notify ran on (the baselines have none: the leg's pairing)
     store: dict[str, int] | None = None  # notify legs: deliveries per status afterwards
     cpu_s: dict[str, float] | None = None  # CPU seconds per component while measuring
     pg_per_msg: dict[str, float] | None = None  # notify legs: pg_stat_database counters per message
+    tx_per_msg: dict[str, float] | None = None  # notify legs: store transactions (and statements) per message
+    redis_per_msg: dict[str, float] | None = None  # Redis commands per message, by name, and total
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -124,18 +127,22 @@ def measure(
     settle: float,
     start_after_enqueue: Callable[[], Sequence[Child]] | None = None,
     meter: CpuMeter | None = None,
+    send_all: Callable[[Sequence[str]], object] | None = None,
 ) -> Leg:
     """Time `recipients` from the first handed over until the server has them all.
 
     With `start_after_enqueue` (preload mode) every message is enqueued first and
     only then is the worker started; `drain_s` is then the figure that counts.
+    `send_all` replaces the per-message loop (a contender that hands over all at once).
     """
     server.reset()
     count = len(recipients)
     if meter is not None:
         meter.start()
     started = time.monotonic()
-    for i, recipient in enumerate(recipients):
+    if send_all is not None:
+        send_all(recipients)
+    for i, recipient in enumerate(recipients if send_all is None else ()):
         send(i, recipient)
         if i % 250 == 0:  # a dead worker fails the leg now, not after the whole loop
             for child in watch:
@@ -208,11 +215,12 @@ def _cpu_medians(legs: Sequence[Leg], name: str) -> dict[str, float | None]:
 
 
 def print_legs(legs: Sequence[Leg], *, producer_header: str = "producer s") -> None:
-    headers = ["channel", "round", "leg", producer_header, "producer/s", "e2e s", "e2e msg/s",
+    headers = ["channel", "store", "round", "leg", producer_header, "producer/s", "e2e s", "e2e msg/s",
                "1st rcpt s", "drain msg/s", "received", "dup", "missing", "ok"]  # fmt: skip
     rows = [
         [
             leg.channel,
+            leg.store_name,
             leg.round,
             leg.leg,
             leg.producer_s,
@@ -259,10 +267,10 @@ def print_cpu(legs: Sequence[Leg]) -> None:
     if not measured:
         return
     names = list(measured[0].cpu_ms_per_msg or {})
-    rows = [[leg.channel, leg.round, leg.leg, *[(leg.cpu_ms_per_msg or {}).get(n) for n in names]]
-            for leg in measured]  # fmt: skip
+    rows = [[leg.channel, leg.store_name, leg.round, leg.leg,
+             *[(leg.cpu_ms_per_msg or {}).get(n) for n in names]] for leg in measured]  # fmt: skip
     print("CPU ms per message (from /proc; redis is shared with whatever else uses it):")
-    print_table(["channel", "round", "leg", *names], rows, digits=2)
+    print_table(["channel", "store", "round", "leg", *names], rows, digits=2)
 
 
 def print_pg(legs: Sequence[Leg]) -> None:
@@ -277,6 +285,30 @@ def print_pg(legs: Sequence[Leg]) -> None:
     print_table(["channel", "round", "leg", *names], rows, digits=2)
 
 
+def print_round_trips(legs: Sequence[Leg]) -> None:
+    """Store transactions and Redis commands per message, where they were counted."""
+    from benchmarks._stores import top_commands
+
+    measured = [leg for leg in legs if leg.tx_per_msg or leg.redis_per_msg]
+    if not measured:
+        return
+    print("Round trips per message (store: pg_stat_database or traced SQLite; redis: INFO commandstats):")
+    rows = [[leg.channel, leg.store_name, leg.round, leg.leg, (leg.tx_per_msg or {}).get("transactions"),
+             (leg.tx_per_msg or {}).get("statements"), (leg.redis_per_msg or {}).get("total"),
+             top_commands(leg.redis_per_msg)] for leg in measured]  # fmt: skip
+    headers = [
+        "channel",
+        "store",
+        "round",
+        "leg",
+        "store tx",
+        "sqlite stmts",
+        "redis cmds",
+        "top redis commands",
+    ]
+    print_table(headers, rows, digits=2)
+
+
 def print_drain_ratio(summary: dict[str, Any], label: str) -> None:
     per_round = ", ".join(f"{r:.2f}" for r in summary["drain_ratio_per_round"]) or "-"
     ours, theirs = summary["contender_drain_per_s_median"] or 0, summary["baseline_drain_per_s_median"] or 0
@@ -285,7 +317,11 @@ def print_drain_ratio(summary: dict[str, Any], label: str) -> None:
 
 
 def add_common_arguments(
-    parser: argparse.ArgumentParser, *, default_count: int, help_for: Mapping[str, str]
+    parser: argparse.ArgumentParser,
+    *,
+    default_count: int,
+    help_for: Mapping[str, str],
+    default_concurrency: int = 8,
 ) -> None:
     """The options every benchmark takes; `help_for` words those whose meaning differs.
 
@@ -293,7 +329,9 @@ def add_common_arguments(
     """
     parser.add_argument("--count", type=int, default=default_count, help=help_for["--count"])
     parser.add_argument("--rounds", type=int, default=2, help=help_for["--rounds"])
-    parser.add_argument("--concurrency", "-c", type=int, default=16, help=help_for["--concurrency"])
+    parser.add_argument(
+        "--concurrency", "-c", type=int, default=default_concurrency, help=help_for["--concurrency"]
+    )
     parser.add_argument("--warmup", type=int, default=None, help="untimed messages first (default: -c)")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14", help=help_for["--redis-url"])
     parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/test",
@@ -334,6 +372,8 @@ class Run:
         print_cpu(self.legs)
         print()
         print_pg(self.legs)
+        print()
+        print_round_trips(self.legs)
         path = write_results(results_name, {
             "benchmark": self.name,
             "params": {k: v for k, v in vars(self.args).items() if k != "postgres_url"},

@@ -12,21 +12,23 @@ concurrency; see benchmarks/README.md for how to read the ratios.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
+from benchmarks import counted
 from benchmarks._harness import (
     REPO,
     Child,
     Control,
     CpuMeter,
-    PgCounters,
     Processes,
-    backend_pids,
     clean_environ,
     close_notify_producer,
-    delivery_statuses,
     flush_redis,
     redis_pid,
 )
@@ -44,57 +46,79 @@ from benchmarks._legs import (
     times,
     warm_up,
 )
+from benchmarks._stores import (
+    STORES,
+    RedisCommands,
+    Store,
+    StoreTransactions,
+    counted_argv,
+    stores,
+    use_store,
+)
 from workers.mailcatcher import free_port
 
 NAME = "email_throughput"
-NOTIFY, BASELINE = "notify", "hand-rolled"
+NOTIFY, BASELINE, RAW = "notify", "hand-rolled", "raw smtp"
+LEGS = (NOTIFY, BASELINE, RAW)
 EMAIL_FROM = "Bench <bench@example.com>"
+TAGS = {NOTIFY: "n", BASELINE: "h", RAW: "r"}
 
 
 class EmailBenchmark:
     def __init__(self, args: argparse.Namespace, procs: Processes, database_url: str) -> None:
         self.args = args
         self.procs = procs
-        self.database_url = database_url
+        self.stores = procs.enter(stores(args.stores, database_url))
         argv = [sys.executable, "-m", "benchmarks.smtp_sink", "--port", str(free_port())]
         sink = procs.start_server("smtp-sink", argv, clean_environ())
         self.sink = Control(sink["control_url"], sink["child"])
+        self.smtp_port = sink["smtp_port"]
         self.redis_pid = redis_pid(args.redis_url)
-        self.environ = _environ(args.redis_url, database_url, sink["smtp_port"], procs.log_dir)
-        os.environ.update(self.environ)  # notify.send() and the hand-rolled producer read these
+        self.environ = _environ(args.redis_url, sink["smtp_port"])
+        counted.install()  # this process's SQLite transactions (the producer's), for round trips
 
     def legs(self) -> Iterator[Leg]:
-        for round_no in range(1, self.args.rounds + 1):
-            for leg in (NOTIFY, BASELINE):
-                print(f"round {round_no}: {leg} ...", flush=True)
-                yield self.run(round_no, leg)
+        for store in self.stores:
+            use_store(store, self.environ)  # notify.send() and the hand-rolled producer read these
+            for round_no in range(1, self.args.rounds + 1):
+                for leg in LEGS:
+                    print(f"{store.name} round {round_no}: {leg} ...", flush=True)
+                    yield self.run(store, round_no, leg)
 
-    def run(self, round_no: int, leg: str) -> Leg:
+    def run(self, store: Store, round_no: int, leg: str) -> Leg:
         flush_redis(self.args.redis_url)  # before a worker starts: it declares the queues
-        env = {**clean_environ(), **self.environ, "PYTHONUNBUFFERED": "1"}
-        argv = _worker_argv(leg, self.args.concurrency)
+        tag = f"{store.name[0]}{TAGS[leg]}{round_no}"
+        recipients = [f"{tag}-{i:05d}@example.com" for i in range(self.args.count)]
+        warmup = [f"warmup-{tag}-{i}@example.com" for i in range(self.args.warmup)]
+        if leg == RAW:
+            return self._raw(store, round_no, recipients, warmup)
+        env = {**clean_environ(), **self.environ, **store.environ, "PYTHONUNBUFFERED": "1"}
+        argv = _worker_argv(leg, self.args.concurrency, self.args.pool)
+        counts = self.procs.log_dir / f"sqlite-{tag}.json"
         if self.args.profile:
-            out = self.procs.log_dir / f"profile-{leg}-round{round_no}.prof"
+            out = self.procs.log_dir / f"profile-{leg}-{store.name}-round{round_no}.prof"
             argv = [sys.executable, "-m", "benchmarks.profiled", "--out", str(out), *argv[1:]]
+        elif leg == NOTIFY and store.database_url is None:
+            argv = counted_argv(argv, counts)
         workers: list[Child] = []
 
         def start_worker() -> list[Child]:
-            workers.append(self.procs.start(f"worker-{leg}-round{round_no}-{len(workers)}", argv, env))
+            workers.append(self.procs.start(f"worker-{tag}-{len(workers)}", argv, env))
             return workers[-1:]
 
-        tag = f"{'n' if leg == NOTIFY else 'h'}{round_no}"
         send = _sender(leg)
-        pg = PgCounters(self.database_url)
+        tx = StoreTransactions(store, [counts])
+        commands = RedisCommands(self.args.redis_url)
         try:
             watch = start_worker()
-            warm_up(
-                self.sink, watch, send, [f"warmup-{tag}-{i}@example.com" for i in range(self.args.warmup)]
-            )
+            warm_up(self.sink, watch, send, warmup)
             if self.args.preload:  # the queues stay declared; the backlog waits for a fresh worker
                 self.procs.stop(watch[0])
                 watch = []
             close_notify_producer()  # its PostgreSQL sessions publish their counters as they end
-            pg.start()
+            time.sleep(0.5)  # the counted worker has written its idle counts
+            tx.start()
+            commands.start()
             result = measure(
                 round_no=round_no,
                 leg=leg,
@@ -102,37 +126,121 @@ class EmailBenchmark:
                 server=self.sink,
                 watch=watch,
                 send=send,
-                recipients=[f"{tag}-{i:05d}@example.com" for i in range(self.args.count)],
+                recipients=recipients,
                 timeout=self.args.timeout,
                 settle=self.args.settle,
                 start_after_enqueue=start_worker if self.args.preload else None,
-                meter=None if self.args.preload else self._meter(workers),
+                meter=None if self.args.preload else self._meter(store, workers),
             )
+            result.redis_per_msg = commands.per_message(result.count)
         finally:
+            commands.close()
             for worker in workers:
                 self.procs.stop(worker)
+        result.store_name = store.name
         if leg == NOTIFY:
-            result.store = delivery_statuses(self.database_url, f"{tag}-%")
+            result.store = store.statuses(f"{tag}-%")
             close_notify_producer()
-            result.pg_per_msg = pg.per_message(result.count)
+            result.tx_per_msg = tx.per_message(result.count)
+            result.pg_per_msg = tx.pg.per_message(result.count) if tx.pg else None
         result.check(expect_sent=leg == NOTIFY)
         return result
 
-    def _meter(self, workers: list[Child]) -> CpuMeter:
+    def _raw(self, store: Store, round_no: int, recipients: list[str], warmup: list[str]) -> Leg:
+        """The ceiling: pre-built messages over `-c` reused aiosmtplib connections, from this process."""
+        raw = RawSmtp(self.smtp_port, self.args.concurrency)
+        self.sink.reset()
+        raw.prepare(warmup)
+        raw.send_all(warmup)
+        self.sink.wait(len(warmup), timeout=self.args.timeout)
+        raw.prepare(recipients)
+        result = measure(round_no=round_no, leg=RAW, channel="email", server=self.sink, watch=[],
+                         send=lambda i, to: None, recipients=recipients, timeout=self.args.timeout,
+                         settle=self.args.settle, meter=self._meter(store, []),
+                         send_all=raw.send_all)  # fmt: skip
+        result.store_name = store.name
+        result.check(expect_sent=False)
+        return result
+
+    def _meter(self, store: Store, workers: list[Child]) -> CpuMeter:
         return CpuMeter({
             "producer": lambda: [os.getpid()],
-            "worker": lambda: [w.process.pid for w in workers if w.alive],
+            "worker": lambda: [pid for w in workers if w.alive for pid in _tree(w.process.pid)],
             "smtp sink": lambda: [self.sink.child.process.pid],
-            "postgres": lambda: backend_pids(self.database_url),
+            "postgres": store.server_pids,
             "redis": lambda: [self.redis_pid] if self.redis_pid else [],
         })  # fmt: skip
 
 
-def _environ(redis_url: str, database_url: str, smtp_port: int, log_dir: object) -> dict[str, str]:
+def _tree(pid: int) -> list[int]:
+    """A process and its children (a prefork pool's processes), from /proc."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return [pid]
+    return [pid, *(p for c in children for p in _tree(int(c)))]
+
+
+class RawSmtp:
+    """`concurrency` aiosmtplib connections, opened once, taking pre-built messages off one queue."""
+
+    def __init__(self, port: int, concurrency: int) -> None:
+        self.port = port
+        self.concurrency = concurrency
+        self.render = RawTemplates()
+        self.prepared: dict[str, bytes] = {}
+
+    def prepare(self, recipients: Sequence[str]) -> None:
+        self.prepared = {to: self.render.message(to, f"User {i}") for i, to in enumerate(recipients)}
+
+    def send_all(self, recipients: Sequence[str]) -> None:
+        asyncio.run(self._send([(to, self.prepared[to]) for to in recipients]))
+
+    async def _send(self, messages: list[tuple[str, bytes]]) -> None:
+        import aiosmtplib
+
+        queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+        for item in messages:
+            queue.put_nowait(item)
+
+        async def connection() -> None:
+            client = aiosmtplib.SMTP(hostname="127.0.0.1", port=self.port, start_tls=False, timeout=30)
+            await client.connect()
+            try:
+                while not queue.empty():
+                    to, message = queue.get_nowait()
+                    await client.sendmail(EMAIL_FROM, [to], message)
+            finally:
+                await client.quit()
+
+        await asyncio.gather(*(connection() for _ in range(self.concurrency)))
+
+
+class RawTemplates:
+    """The welcome email rendered with plain Jinja2 and flattened to bytes, before the clock starts."""
+
+    def __init__(self) -> None:
+        from jinja2 import Environment, FileSystemLoader
+
+        self.env = Environment(
+            loader=FileSystemLoader(REPO / "templates"), trim_blocks=True, lstrip_blocks=True
+        )
+
+    def message(self, to: str, name: str) -> bytes:
+        from email.message import EmailMessage
+
+        message = EmailMessage()
+        message["From"], message["To"] = EMAIL_FROM, to
+        message["Subject"] = self.env.get_template("welcome/email.subject.j2").render(name=name).strip()
+        message.set_content(self.env.get_template("welcome/email.txt.j2").render(name=name))
+        html = self.env.get_template("welcome/email.html.j2").render(name=name)
+        message.add_alternative(html, subtype="html")
+        return message.as_bytes()
+
+
+def _environ(redis_url: str, smtp_port: int) -> dict[str, str]:
     return {
-        "NOTIFY_HOME": f"{log_dir}/notify-home",
         "NOTIFY_BROKER_URL": redis_url,
-        "NOTIFY_DATABASE_URL": database_url,
         "NOTIFY_TEMPLATES_DIR": str(REPO / "templates"),
         "NOTIFY_EMAIL_FROM": EMAIL_FROM,
         "NOTIFY_SMTP_HOST": "127.0.0.1",
@@ -148,19 +256,10 @@ def _environ(redis_url: str, database_url: str, smtp_port: int, log_dir: object)
     }
 
 
-def _worker_argv(leg: str, concurrency: int) -> list[str]:
+def _worker_argv(leg: str, concurrency: int, pool: str) -> list[str]:
     if leg == NOTIFY:
-        return [
-            sys.executable,
-            "-m",
-            "workers.cli",
-            "worker",
-            "email",
-            "-c",
-            str(concurrency),
-            "-l",
-            "warning",
-        ]
+        return [sys.executable, "-m", "workers.cli", "worker", "email", "--concurrency", str(concurrency),
+                "--pool", pool, "-l", "warning"]  # fmt: skip
     return [sys.executable, "-m", "celery", "-A", "benchmarks.handrolled_app", "worker",
             "-P", "threads", "-c", str(concurrency), "-Q", "handrolled", "-n", "handrolled@%h",
             "-l", "warning", "--without-gossip", "--without-mingle"]  # fmt: skip
@@ -184,14 +283,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     add_common_arguments(
         parser,
-        default_count=2000,
+        default_count=1000,
         help_for={
             "--count": "emails per leg (default %(default)s)",
-            "--rounds": "rounds of notify + hand-rolled (default %(default)s)",
-            "--concurrency": "worker threads, both (default %(default)s)",
+            "--rounds": "rounds of notify + hand-rolled + raw smtp per store (default %(default)s)",
+            "--concurrency": "worker threads, both, and raw SMTP connections (default %(default)s)",
             "--redis-url": "broker; this database is FLUSHED before each leg (default: db 14)",
             "--profile": "run workers under cProfile (slower); profiles go to results/logs/",
         },
+    )
+    parser.add_argument(
+        "--stores",
+        nargs="+",
+        choices=STORES,
+        default=list(STORES),
+        help="notify's store, one after the other (default: both)",
+    )
+    parser.add_argument(
+        "--pool",
+        choices=["threads", "prefork", "solo"],
+        default="threads",
+        help="the notify worker's Celery pool (default threads)",
     )
     parser.add_argument("--preload", action="store_true",
                         help="enqueue all before the worker starts: compare the workers alone")  # fmt: skip
@@ -201,20 +313,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     result = run(NAME, args, EmailBenchmark)
-    summary = summarize(result.legs, NOTIFY, BASELINE)
+    summaries: dict[str, Any] = {}
+    for store in args.stores:
+        legs = [leg for leg in result.legs if leg.store_name == store]
+        summaries[store] = {
+            "hand-rolled": summarize(legs, NOTIFY, BASELINE),
+            "raw": summarize(legs, NOTIFY, RAW),
+        }
     print()
     print_legs(result.legs, producer_header="enqueue s")
     print()
-    if args.preload:
-        print_drain_ratio(summary, "notify/hand-rolled workers alone,")
-        print_ratios(summary, "(includes the worker's start-up) notify/hand-rolled")
-    else:
-        print_ratios(summary, "notify/hand-rolled")
-    producer = times(summary["producer_ratio_median"])
-    print(f"notify/hand-rolled producer (notify.send vs task.delay): median {producer}")
-    print_cpu_ratio(summary, "notify/hand-rolled")
+    for store, summary in summaries.items():
+        _print_summary(store, summary, preload=args.preload)
+    correct = all(s["all_correct"] for pair in summaries.values() for s in pair.values())
     suffix = ("_preload" if args.preload else "") + ("_profile" if args.profile else "")
-    return result.finish(NAME + suffix, summary, correct=summary["all_correct"])
+    return result.finish(NAME + suffix, summaries, correct=correct)
+
+
+def _print_summary(store: str, summary: dict[str, Any], *, preload: bool) -> None:
+    for name, versus in summary.items():
+        label = f"{store}: notify/{versus['baseline']}"
+        if preload:
+            print_drain_ratio(versus, f"{label} workers alone,")
+        else:
+            print_ratios(versus, label)
+        print_cpu_ratio(versus, label)
+        if name == "hand-rolled":
+            producer = times(versus["producer_ratio_median"])
+            print(f"{label} producer (notify.send vs task.delay): median {producer}")
 
 
 if __name__ == "__main__":
