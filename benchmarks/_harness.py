@@ -295,6 +295,15 @@ def redis_pid(url: str) -> int | None:
         client.close()
 
 
+def process_tree(pid: int) -> list[int]:
+    """A process and its descendants (a prefork pool's children), from /proc."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return [pid]
+    return [pid, *(p for c in children for p in process_tree(int(c)))]
+
+
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 

@@ -46,6 +46,8 @@ class Store:
         """How many deliveries to matching addresses are in each status."""
         if self.database_url:
             return delivery_statuses(self.database_url, address_like)
+        if not self.sqlite_path.exists():  # nothing recorded yet
+            return {}
         with contextlib.closing(sqlite3.connect(self.sqlite_path, timeout=30)) as conn:
             rows = conn.execute(
                 "SELECT status, count(*) FROM notify_deliveries WHERE address LIKE ? GROUP BY status",

@@ -17,7 +17,6 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 from benchmarks import counted
@@ -30,6 +29,7 @@ from benchmarks._harness import (
     clean_environ,
     close_notify_producer,
     flush_redis,
+    process_tree,
     redis_pid,
 )
 from benchmarks._legs import (
@@ -165,20 +165,11 @@ class EmailBenchmark:
     def _meter(self, store: Store, workers: list[Child]) -> CpuMeter:
         return CpuMeter({
             "producer": lambda: [os.getpid()],
-            "worker": lambda: [pid for w in workers if w.alive for pid in _tree(w.process.pid)],
+            "worker": lambda: [pid for w in workers if w.alive for pid in process_tree(w.process.pid)],
             "smtp sink": lambda: [self.sink.child.process.pid],
             "postgres": store.server_pids,
             "redis": lambda: [self.redis_pid] if self.redis_pid else [],
         })  # fmt: skip
-
-
-def _tree(pid: int) -> list[int]:
-    """A process and its children (a prefork pool's processes), from /proc."""
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return [pid]
-    return [pid, *(p for c in children for p in _tree(int(c)))]
 
 
 class RawSmtp:

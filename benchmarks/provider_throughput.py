@@ -34,6 +34,7 @@ from benchmarks._harness import (
     close_notify_producer,
     delivery_statuses,
     flush_redis,
+    process_tree,
     redis_pid,
 )
 from benchmarks._legs import (
@@ -48,6 +49,7 @@ from benchmarks._legs import (
     summarize,
     warm_up,
 )
+from benchmarks._stores import RedisCommands
 
 NAME = "provider_throughput"
 NOTIFY, RAW = "notify", "raw client"
@@ -56,12 +58,23 @@ FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 CHANNEL_CODE = {"sms": 1, "push": 2}
 
 
+AREA = {NOTIFY: "201", RAW: "212", "warmup": "415"}  # NANP area codes every exchange of which is valid
+
+
 def recipient(channel: str, leg: str, round_no: int, i: int) -> str:
-    """A distinct phone number (E.164) or push token per message, per leg and round."""
-    leg_code = {NOTIFY: 1, RAW: 2, "warmup": 9}[leg]
+    """A distinct phone number (E.164, valid in its numbering plan) or push token per message."""
+    if channel == "sms":  # exchanges 2RX for round R (< 80) and i < 100,000: prefix +1<area>2R
+        index = round_no * 100_000 + i
+        return f"+1{AREA[leg]}{200 + index // 10_000}{index % 10_000:04d}"
+    return f"{recipient_prefix(channel, leg, round_no)}{i:07d}"
+
+
+def recipient_prefix(channel: str, leg: str, round_no: int) -> str:
+    """What every recipient() of a leg, and no other leg's, starts with."""
     if channel == "sms":
-        return f"+1{CHANNEL_CODE[channel]}{leg_code}{round_no:02d}{i:07d}"
-    return f"bench-{leg_code}-{round_no}-{i:07d}"
+        return f"+1{AREA[leg]}{20 + round_no}"
+    leg_code = {NOTIFY: 1, RAW: 2, "warmup": 9}[leg]
+    return f"bench-{leg_code}-{round_no}-"
 
 
 class Renderer:
@@ -183,25 +196,32 @@ class ProviderBenchmark:
             return result
         flush_redis(self.args.redis_url)  # before the worker starts: it declares its queues
         env = {**clean_environ(), **self.environ, "PYTHONUNBUFFERED": "1"}
-        argv = [sys.executable, "-m", "workers.cli", "worker", channel, "-c", str(self.args.concurrency),
-                "-P", self.args.pool, "-l", "warning"]  # fmt: skip
+        argv = [sys.executable, "-m", "workers.cli", "worker", channel, "--concurrency",
+                str(self.args.concurrency), "--pool", self.args.pool, "-l", "warning"]  # fmt: skip
         if self.args.profile:
             out = self.procs.log_dir / f"profile-{channel}-round{round_no}.prof"
             argv = [sys.executable, "-m", "benchmarks.profiled", "--out", str(out), *argv[1:]]
         worker = self.procs.start(f"worker-{channel}-round{round_no}", argv, env)
         pg = PgCounters(self.database_url)
+        commands = RedisCommands(self.args.redis_url)
         try:
             send = _notify_sender(channel)
             warm_up(server, [worker], send, warmup)
             close_notify_producer()  # its PostgreSQL sessions publish their counters as they end
             pg.start()
+            commands.start()
             result = measure(watch=[worker], send=send, meter=self._meter(channel, [worker]), **common)
+            result.redis_per_msg = commands.per_message(result.count)
         finally:
+            commands.close()
             self.procs.stop(worker)
-        prefix = recipients[0][: -len("0000000")]  # recipient() ends in a 7-digit sequence number
+        prefix = recipient_prefix(channel, leg, round_no)
         result.store = delivery_statuses(self.database_url, f"{prefix}%")
         close_notify_producer()
         result.pg_per_msg = pg.per_message(result.count)
+        result.tx_per_msg = {
+            "transactions": result.pg_per_msg["xact_commit"] + result.pg_per_msg["xact_rollback"]
+        }
         result.check(expect_sent=True)
         return result
 
@@ -209,7 +229,7 @@ class ProviderBenchmark:
         fake = self.controls[channel].child
         return CpuMeter({
             "producer": lambda: [os.getpid()],
-            "worker": lambda: [w.process.pid for w in workers if w.alive],
+            "worker": lambda: [pid for w in workers if w.alive for pid in process_tree(w.process.pid)],
             "fake": lambda: [fake.process.pid],
             "postgres": lambda: backend_pids(self.database_url),
             "redis": lambda: [self.redis_pid] if self.redis_pid else [],
