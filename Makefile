@@ -28,9 +28,19 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-bench: $(BIN)/.installed services  ## throughput, notify against hand-rolled Celery, side by side
-	$(BIN)/python -m benchmarks.email_throughput
-	$(BIN)/python -m benchmarks.provider_throughput
+# Every benchmark of benchmarks/README.md, each run even if one before it failed (~12 min on 2 cores).
+bench: $(BIN)/.installed services  ## notify against hand-rolled Celery, bare apply_async and raw clients
+	@status=0; \
+	$(BIN)/python -m benchmarks.email_throughput || status=1; \
+	$(BIN)/python -m benchmarks.send_latency || status=1; \
+	$(BIN)/python -m benchmarks.priority_isolation || status=1; \
+	$(BIN)/python -m benchmarks.provider_throughput --count 500 || status=1; \
+	$(BIN)/python -m benchmarks.provider_throughput --count 300 --rounds 1 --latency-ms 50 || status=1; \
+	exit $$status
+
+.PHONY: bench-memory
+bench-memory: $(BIN)/.installed services  ## one worker's RSS over 100,000 deliveries (~15 min)
+	$(BIN)/python -m benchmarks.memory
 
 clean:
 	rm -rf $(VENV) .notify .pytest_cache .mypy_cache .ruff_cache

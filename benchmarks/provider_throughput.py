@@ -303,7 +303,10 @@ def main(argv: list[str] | None = None) -> int:
         print_ratios(summary, f"{channel}: notify/raw client")
         print_cpu_ratio(summary, f"{channel}: notify/raw client")
     correct = all(s["all_correct"] for s in summaries.values())
-    return result.finish(NAME + ("_profile" if args.profile else ""), summaries, correct=correct)
+    suffix = (f"_latency{args.latency_ms:g}ms" if args.latency_ms else "") + (
+        "_profile" if args.profile else ""
+    )
+    return result.finish(NAME + suffix, summaries, correct=correct)
 
 
 if __name__ == "__main__":
