@@ -32,9 +32,28 @@ from sqlalchemy.dialects import postgresql, sqlite
 from notify.dlq import DeadLetter
 from notify.errors import StoreUnavailable
 from notify.models import Channel, Delivery, Status
-from notify.schema import create_engine, dedup_claims, deliveries, metadata, notifications, utcnow
+from notify.schema import (
+    UTCDateTime,
+    create_engine,
+    dedup_claims,
+    deliveries,
+    metadata,
+    notifications,
+    utcnow,
+    write_lock,
+)
 
-__all__ = ["Clock", "DeadLetter", "Job", "NewDelivery", "Queued", "Refusal", "Store", "utcnow"]
+__all__ = [
+    "Clock",
+    "DeadLetter",
+    "Job",
+    "NewDelivery",
+    "NewNotification",
+    "Queued",
+    "Refusal",
+    "Store",
+    "utcnow",
+]
 
 Clock = Callable[[], datetime]
 BATCH = 500  # rows per maintenance statement: bounded transactions, bounded IN lists
@@ -50,6 +69,17 @@ class NewDelivery:
     dedup_key: str | None = None
     dedup_window: float = 0.0
     release_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class NewNotification:
+    """A notification to record, its data already JSON, with its deliveries."""
+
+    id: str
+    template: str
+    locale: str | None
+    data_json: str
+    deliveries: tuple[NewDelivery, ...]
 
 
 @dataclass(frozen=True)
@@ -108,8 +138,12 @@ class Store:
     def __init__(self, url: str, *, clock: Clock | None = None) -> None:
         self.engine = create_engine(url)
         postgres = self.engine.dialect.name == "postgresql"
-        self._insert = postgresql.insert if postgres else sqlite.insert
+        # SQLite writes go through an engine of their own (BEGIN IMMEDIATE, short
+        # retries, one writer per process); on PostgreSQL one engine does both.
+        self._writer = self.engine if postgres else create_engine(url, writer=True)
+        self._write_lock = write_lock(self._writer)
         self.now: Clock = clock or (DatabaseClock(self._database_time) if postgres else utcnow)
+        self._sql = _Statements(postgresql.insert if postgres else sqlite.insert)
         with self._guard():
             self._create_schema()
 
@@ -142,11 +176,17 @@ class Store:
 
     @contextmanager
     def _tx(self) -> Iterator[sa.Connection]:
-        with self._guard(), self.engine.begin() as conn:
+        """A write transaction; its statements are prepared before it starts, to keep it short."""
+        with self._write_lock, self._guard(), self._writer.begin() as conn:
             yield conn
+
+    def _read(self, statement: sa.Executable, params: dict[str, Any]) -> Sequence[sa.Row[Any]]:
+        with self._guard(), self.engine.connect() as conn:
+            return conn.execute(statement, params).all()
 
     def close(self) -> None:
         self.engine.dispose()
+        self._writer.dispose()
 
     # -- producers -----------------------------------------------------------
 
@@ -159,125 +199,74 @@ class Store:
         new: Iterable[NewDelivery],
     ) -> list[Delivery]:
         """Record a notification (its data already JSON) and its deliveries; claim dedup keys atomically."""
-        with self._tx() as conn:
-            now = self.now()
-            conn.execute(
-                notifications.insert().values(
-                    id=notification_id, template=template, locale=locale, data=data_json, created_at=now
-                )
-            )
-            return [self._insert_delivery(conn, notification_id, d, now) for d in new]
+        [recorded] = self.record_many(
+            [NewNotification(notification_id, template, locale, data_json, tuple(new))]
+        )
+        return recorded
 
-    def _insert_delivery(
-        self, conn: sa.Connection, notification_id: str, d: NewDelivery, now: datetime
-    ) -> Delivery:
-        holder = self._claim_dedup(conn, d, now) if d.dedup_key else d.id
-        duplicate_of = None if holder == d.id else holder
-        status = Status.DUPLICATE if duplicate_of else d.status
-        conn.execute(
-            deliveries.insert().values(
-                id=d.id,
-                notification_id=notification_id,
-                channel=d.channel,
-                address=d.address,
-                priority=d.priority,
-                status=status,
-                attempts=0,
-                dedup_key=d.dedup_key,
-                duplicate_of=duplicate_of,
-                created_at=now,
-                updated_at=now,
-                release_at=d.release_at,
-                next_attempt_at=d.release_at,
-            )
-        )
-        return Delivery(
-            id=d.id,
-            notification_id=notification_id,
-            channel=Channel(d.channel),
-            status=status,
-            next_attempt_at=d.release_at,
-            duplicate_of=duplicate_of,
-        )
+    def record_many(self, batch: Sequence[NewNotification]) -> list[list[Delivery]]:
+        """Record notifications and their deliveries in one transaction, each table in one statement.
+
+        Dedup keys are claimed one by one inside it: a key repeated within the
+        batch makes the later delivery a duplicate of the earlier one.
+        """
+        now = self.now()  # the time of the call: taken before the lock, not inside it
+        rows = [_notification_row(n, now) for n in batch]
+        with self._tx() as conn:
+            holders = self._claim_dedup_keys(conn, batch, now)
+            recorded = [[_recorded(n.id, d, holders.get(d.id, d.id)) for d in n.deliveries] for n in batch]
+            conn.execute(self._sql.add_notification, rows)
+            delivery_rows = [
+                _delivery_row(d, r, now)
+                for n, rs in zip(batch, recorded, strict=True)
+                for d, r in zip(n.deliveries, rs, strict=True)
+            ]
+            if delivery_rows:
+                conn.execute(self._sql.add_delivery, delivery_rows)
+        return recorded
+
+    def _claim_dedup_keys(
+        self, conn: sa.Connection, batch: Sequence[NewNotification], now: datetime
+    ) -> dict[str, str]:
+        """For each delivery with a dedup key, the id of the delivery holding its key."""
+        holders: dict[str, str] = {}
+        first: dict[tuple[str, str, str], str] = {}
+        for d in (d for n in batch for d in n.deliveries if d.dedup_key):
+            key = (d.channel, d.address, str(d.dedup_key))
+            if key not in first:
+                first[key] = self._claim_dedup(conn, d, now)
+            holders[d.id] = first[key]
+        return holders
 
     def _claim_dedup(self, conn: sa.Connection, d: NewDelivery, now: datetime) -> str:
         """The id of the delivery holding (channel, address, key): ours if we won it."""
+        key = {"b_channel": d.channel, "b_address": d.address, "b_key": d.dedup_key}
         expires = now + timedelta(seconds=d.dedup_window)
-        stmt = self._insert(dedup_claims).values(
-            channel=d.channel, address=d.address, dedup_key=d.dedup_key, delivery_id=d.id, expires_at=expires
-        )
-        upsert = stmt.on_conflict_do_update(
-            index_elements=["channel", "address", "dedup_key"],
-            set_={"delivery_id": stmt.excluded.delivery_id, "expires_at": stmt.excluded.expires_at},
-            where=dedup_claims.c.expires_at <= now,
-        ).returning(dedup_claims.c.delivery_id)
-        won = conn.execute(upsert).scalar()
-        if won is not None:
-            return str(won)
-        holder = conn.execute(
-            sa.select(dedup_claims.c.delivery_id).where(
-                dedup_claims.c.channel == d.channel,
-                dedup_claims.c.address == d.address,
-                dedup_claims.c.dedup_key == d.dedup_key,
-            )
-        ).scalar_one()
+        won = conn.execute(self._sql.claim_key, {**key, "b_id": d.id, "b_expires": expires, "b_now": now})
+        holder = won.scalar()
+        if holder is None:
+            holder = conn.execute(self._sql.key_holder, key).scalar_one()
         return str(holder)
 
     def deliveries_of(self, notification_id: str) -> list[Delivery]:
-        with self._guard(), self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(deliveries)
-                .where(deliveries.c.notification_id == notification_id)
-                .order_by(deliveries.c.channel)
-            ).all()
-        return [_delivery(row) for row in rows]
+        return [_delivery(row) for row in self._read(self._sql.deliveries_of, {"b_id": notification_id})]
 
     def get(self, delivery_id: str) -> Delivery | None:
-        with self._guard(), self.engine.connect() as conn:
-            row = conn.execute(sa.select(deliveries).where(deliveries.c.id == delivery_id)).first()
-        return _delivery(row) if row else None
+        rows = self._read(self._sql.get, {"b_id": delivery_id})
+        return _delivery(rows[0]) if rows else None
 
     # -- workers -------------------------------------------------------------
 
     def claim(self, delivery_id: str, lease: float) -> Job | Refusal:
         """Take `delivery_id` for one try, or say why not (done, held, claimed by a live worker)."""
-        d = deliveries.c
-        n = notifications.c
-        of_notification = n.id == d.notification_id
         token = str(uuid.uuid4())
+        params: dict[str, Any] = {"b_id": delivery_id, "b_token": token}
         with self._tx() as conn:
             now = self.now()
-            claimable = sa.or_(
-                d.status == Status.QUEUED, sa.and_(d.status == Status.SENDING, d.lease_until < now)
-            )
-            # One round trip: update and read back, the notification's fields by
-            # subquery (SQLite's RETURNING cannot name a joined table's columns).
-            row = conn.execute(
-                deliveries.update()
-                .where(d.id == delivery_id, claimable)
-                .values(
-                    status=Status.SENDING,
-                    attempts=d.attempts + 1,
-                    updated_at=now,
-                    lease_until=now + timedelta(seconds=lease),
-                    claim_token=token,
-                    next_attempt_at=None,
-                    release_at=None,
-                )
-                .returning(
-                    d.id,
-                    d.channel,
-                    d.address,
-                    d.priority,
-                    d.attempts,
-                    sa.select(n.template).where(of_notification).scalar_subquery().label("template"),
-                    sa.select(n.locale).where(of_notification).scalar_subquery().label("locale"),
-                    sa.select(n.data).where(of_notification).scalar_subquery().label("data"),
-                )
-            ).first()
+            params.update(b_now=now, b_lease_until=now + timedelta(seconds=lease))
+            row = conn.execute(self._sql.claim, params).first()
             if row is None:
-                status = conn.execute(sa.select(d.status).where(d.id == delivery_id)).scalar()
-                return Refusal(status=status)
+                return Refusal(status=conn.execute(self._sql.status_of, params).scalar())
         return Job(
             delivery_id=row.id,
             channel=row.channel,
@@ -292,52 +281,29 @@ class Store:
 
     def renew(self, claims: Collection[str], lease: float) -> set[str]:
         """Extend these claims' leases (a heartbeat); return the ones still held."""
-        if not claims:
-            return set()
-        d = deliveries.c
         held: set[str] = set()
         for chunk in _chunks(list(claims)):
             with self._tx() as conn:
-                now = self.now()
-                held.update(
-                    conn.execute(
-                        deliveries.update()
-                        .where(d.claim_token.in_(chunk), d.status == Status.SENDING)
-                        .values(lease_until=now + timedelta(seconds=lease))
-                        .returning(d.claim_token)
-                    ).scalars()
-                )
+                params = {"b_tokens": chunk, "b_lease_until": self.now() + timedelta(seconds=lease)}
+                held.update(conn.execute(self._sql.renew, params).scalars())
         return held
 
     def mark_sent(self, job: Job, provider_id: str | None) -> bool:
         """Record that the provider accepted it; False if this claim was no longer current."""
-        return self._finish(job, status=Status.SENT, provider_id=provider_id, sent_at=self.now())
+        return self._finish(self._sql.sent, job, b_provider_id=provider_id)
 
     def mark_retrying(self, job: Job, reason: str, code: str | None, at: datetime) -> bool:
         """Record a failed try; the store holds the delivery until `at`, then releases it."""
-        return self._finish(
-            job, status=Status.RETRYING, last_error=reason, error_code=code, next_attempt_at=at, release_at=at
-        )
+        return self._finish(self._sql.retrying, job, b_reason=reason, b_code=code, b_at=at)
 
     def mark_failed(self, job: Job, reason: str, code: str | None) -> bool:
-        return self._finish(
-            job,
-            status=Status.FAILED,
-            last_error=reason,
-            error_code=code,
-            failed_at=self.now(),
-            next_attempt_at=None,
-        )
+        return self._finish(self._sql.failed, job, b_reason=reason, b_code=code)
 
-    def _finish(self, job: Job, **values: Any) -> bool:
+    def _finish(self, statement: sa.Update, job: Job, **params: Any) -> bool:
         """Record the outcome of a try and end its claim, only if the claim is still this one."""
-        d = deliveries.c
+        params.update(b_id=job.delivery_id, b_claim=job.claim)
         with self._tx() as conn:
-            done = conn.execute(
-                deliveries.update()
-                .where(d.id == job.delivery_id, d.claim_token == job.claim, d.status == Status.SENDING)
-                .values(lease_until=None, claim_token=None, updated_at=self.now(), **values)
-            )
+            done = conn.execute(statement, {**params, "b_now": self.now()})
         return bool(done.rowcount)
 
     # -- maintenance (every worker runs it; see notify.maintenance) ------------
@@ -506,3 +472,151 @@ def _delivery(row: Any) -> Delivery:
         sent_at=row.sent_at,
         duplicate_of=row.duplicate_of,
     )
+
+
+# -- the hot statements, built once per store -----------------------------------------
+
+_UTC = UTCDateTime()
+
+
+def _param(name: str, type_: sa.types.TypeEngine[Any] | None = None) -> sa.BindParameter[Any]:
+    return sa.bindparam(name, type_=type_)
+
+
+class _Statements:
+    """Every statement a send or a delivery runs, built once with placeholders.
+
+    Building a statement and its cache key costs more than running it (about
+    70% of a claim's CPU when rebuilt per call); built once, SQLAlchemy
+    memoizes the key and finds the compiled form in its cache.
+    """
+
+    def __init__(self, insert: Callable[[sa.Table], Any]) -> None:
+        d = deliveries.c
+        self.add_notification = notifications.insert()
+        self.add_delivery = deliveries.insert()
+        self.claim_key, self.key_holder = _dedup_statements(insert)
+        self.get = sa.select(deliveries).where(d.id == _param("b_id"))
+        self.deliveries_of = (
+            sa.select(deliveries).where(d.notification_id == _param("b_id")).order_by(d.channel)
+        )
+        self.status_of = sa.select(d.status).where(d.id == _param("b_id"))
+        self.claim = _claim_statement()
+        self.renew = (
+            deliveries.update()
+            .where(d.claim_token.in_(sa.bindparam("b_tokens", expanding=True)), d.status == Status.SENDING)
+            .values(lease_until=_param("b_lease_until", _UTC))
+            .returning(d.claim_token)
+        )
+        self.sent = _outcome(
+            status=Status.SENT, provider_id=_param("b_provider_id"), sent_at=_param("b_now", _UTC)
+        )
+        at = _param("b_at", _UTC)
+        reason, code = _param("b_reason"), _param("b_code")
+        self.retrying = _outcome(
+            status=Status.RETRYING, last_error=reason, error_code=code, next_attempt_at=at, release_at=at
+        )
+        self.failed = _outcome(
+            status=Status.FAILED,
+            last_error=reason,
+            error_code=code,
+            failed_at=_param("b_now", _UTC),
+            next_attempt_at=None,
+        )
+
+
+def _dedup_statements(insert: Callable[[sa.Table], Any]) -> tuple[Any, sa.Select[Any]]:
+    """Claim (channel, address, key) unless a live claim holds it; and who holds it."""
+    c = dedup_claims.c
+    stmt = insert(dedup_claims).values(
+        channel=_param("b_channel"),
+        address=_param("b_address"),
+        dedup_key=_param("b_key"),
+        delivery_id=_param("b_id"),
+        expires_at=_param("b_expires", _UTC),
+    )
+    upsert = stmt.on_conflict_do_update(
+        index_elements=["channel", "address", "dedup_key"],
+        set_={"delivery_id": stmt.excluded.delivery_id, "expires_at": stmt.excluded.expires_at},
+        where=c.expires_at <= _param("b_now", _UTC),
+    ).returning(c.delivery_id)
+    holder = sa.select(c.delivery_id).where(
+        c.channel == _param("b_channel"), c.address == _param("b_address"), c.dedup_key == _param("b_key")
+    )
+    return upsert, holder
+
+
+def _claim_statement() -> sa.UpdateBase:
+    d, n = deliveries.c, notifications.c
+    of_notification = n.id == d.notification_id
+    now = _param("b_now", _UTC)
+    claimable = sa.or_(d.status == Status.QUEUED, sa.and_(d.status == Status.SENDING, d.lease_until < now))
+    # One round trip: update and read back, the notification's fields by
+    # subquery (SQLite's RETURNING cannot name a joined table's columns).
+    return (
+        deliveries.update()
+        .where(d.id == _param("b_id"), claimable)
+        .values(
+            status=Status.SENDING,
+            attempts=d.attempts + 1,
+            updated_at=now,
+            lease_until=_param("b_lease_until", _UTC),
+            claim_token=_param("b_token"),
+            next_attempt_at=None,
+            release_at=None,
+        )
+        .returning(
+            d.id,
+            d.channel,
+            d.address,
+            d.priority,
+            d.attempts,
+            sa.select(n.template).where(of_notification).scalar_subquery().label("template"),
+            sa.select(n.locale).where(of_notification).scalar_subquery().label("locale"),
+            sa.select(n.data).where(of_notification).scalar_subquery().label("data"),
+        )
+    )
+
+
+def _outcome(**values: Any) -> sa.Update:
+    """The outcome of a try, recorded only by the claim that made it (the fence)."""
+    d = deliveries.c
+    return (
+        deliveries.update()
+        .where(d.id == _param("b_id"), d.claim_token == _param("b_claim"), d.status == Status.SENDING)
+        .values(lease_until=None, claim_token=None, updated_at=_param("b_now", _UTC), **values)
+    )
+
+
+def _notification_row(n: NewNotification, now: datetime) -> dict[str, Any]:
+    return {"id": n.id, "template": n.template, "locale": n.locale, "data": n.data_json, "created_at": now}
+
+
+def _recorded(notification_id: str, d: NewDelivery, holder: str) -> Delivery:
+    duplicate_of = None if holder == d.id else holder
+    return Delivery(
+        id=d.id,
+        notification_id=notification_id,
+        channel=Channel(d.channel),
+        status=Status.DUPLICATE if duplicate_of else d.status,
+        next_attempt_at=d.release_at,
+        duplicate_of=duplicate_of,
+    )
+
+
+def _delivery_row(d: NewDelivery, recorded: Delivery, now: datetime) -> dict[str, Any]:
+    return {
+        "id": d.id,
+        "notification_id": recorded.notification_id,
+        "channel": d.channel,
+        "address": d.address,
+        "priority": d.priority,
+        "status": recorded.status,
+        "attempts": 0,
+        "dedup_key": d.dedup_key,
+        "duplicate_of": recorded.duplicate_of,
+        "created_at": now,
+        "updated_at": now,
+        "release_at": d.release_at,
+        "next_attempt_at": d.release_at,
+    }
