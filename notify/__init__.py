@@ -3,9 +3,10 @@
 import notify
 result = notify.send("welcome", to={"email": "ada@example.com"}, data={"name": "Ada"})
 notify.status(result.id)
+notify.send_many([notify.Intent("welcome", to={"email": "bob@example.com"}, data={"name": "Bob"})])
 """
 
-from notify.api import send, status
+from notify.api import send, send_many, status
 from notify.errors import (
     ConfigurationError,
     DeliveryError,
@@ -17,13 +18,14 @@ from notify.errors import (
     TransientDeliveryError,
     ValidationError,
 )
-from notify.models import Channel, Delivery, Priority, Recipient, SendResult, Status
+from notify.models import Channel, Delivery, Intent, Priority, Recipient, SendResult, Status
 
 __all__ = [
     "Channel",
     "ConfigurationError",
     "Delivery",
     "DeliveryError",
+    "Intent",
     "NotifyError",
     "OutcomeUnknownError",
     "PermanentDeliveryError",
@@ -36,5 +38,6 @@ __all__ = [
     "TransientDeliveryError",
     "ValidationError",
     "send",
+    "send_many",
     "status",
 ]

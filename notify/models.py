@@ -6,8 +6,8 @@ import enum
 import json
 import re
 import reprlib
-from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import KW_ONLY, dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -59,6 +59,21 @@ class Recipient:
 
     def address(self, channel: Channel | str) -> str | None:
         return {"email": self.email, "sms": self.phone, "push": self.push_token}[str(channel)]
+
+
+@dataclass(frozen=True)
+class Intent:
+    """One notification to send: `send()`'s arguments, for `send_many()`."""
+
+    template: str
+    to: Recipient | Mapping[str, str]
+    _: KW_ONLY
+    data: Mapping[str, Any] | None = None
+    channels: Iterable[str] | None = None
+    priority: str = "normal"
+    dedup_key: str | None = None
+    send_at: datetime | None = None
+    locale: str | None = None
 
 
 @dataclass(frozen=True)

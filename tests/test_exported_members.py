@@ -62,6 +62,8 @@ def test_all_is_sorted() -> None:
 def test_the_front_door_names_are_exported() -> None:
     expected = {
         "send",
+        "send_many",
+        "Intent",
         "status",
         "Recipient",
         "SendResult",
