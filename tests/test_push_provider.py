@@ -536,8 +536,8 @@ def fcm_answer(status: int, rpc_status: str, error_code: str | None) -> Exceptio
         (http_error(410), PermanentDeliveryError, "410"),
         (refused(), TransientDeliveryError, None),
         (requests.ConnectTimeout("slow to connect"), TransientDeliveryError, None),
-        (requests.ReadTimeout("read timed out"), OutcomeUnknownError, None),
-        (dropped(), OutcomeUnknownError, None),
+        (requests.ReadTimeout("read timed out"), OutcomeUnknownError, "outcome_unknown"),
+        (dropped(), OutcomeUnknownError, "outcome_unknown"),
         (FCMServerError("FCM server connection error, the response is empty"), TransientDeliveryError, None),
         (google_error(TransportError, "answered HTTP 500"), TransientDeliveryError, None),
         (

@@ -70,7 +70,7 @@ def test_a_providers_retry_hint_is_honoured_when_longer_than_the_policy(
     start_worker: Callable[..., Worker],
     smtp_server: SmtpServer,
 ) -> None:
-    policy_file(env)  # the policy alone would wait 200 ms
+    policy_file(env, backoff_max='"5s"')  # the policy alone would wait 200 ms; hints count up to 5 s
     smtp_server.fail_next(1, "451 4.7.1 Greylisted, try again in 2 seconds")
     start_worker("email", "-c", "1")
     producer = notifier()
@@ -336,9 +336,8 @@ def test_a_retry_goes_back_to_the_queue_it_came_from(
     start_beat()  # releases the retry when due, with no worker to take it
     client = redis.Redis.from_url(redis_url)
     released = wait_for(lambda: client.lrange("notify.email.high", 0, -1), what="the released retry")
-    assert [json.loads(raw)["headers"]["argsrepr"] for raw in released] == [
-        repr((only_delivery(producer, result.id).id,))
-    ]
+    delivery_id = only_delivery(producer, result.id).id
+    assert [json.loads(raw)["headers"]["argsrepr"] for raw in released] == [repr([delivery_id])]
     assert client.llen("notify.email.normal") == client.llen("notify.email.low") == 0
     client.close()
 

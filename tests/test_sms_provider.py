@@ -482,9 +482,9 @@ def dropped() -> requests.ConnectionError:
         (requests.ConnectTimeout("slow to connect"), TransientDeliveryError, None),
         (BudgetSpent("no time left"), TransientDeliveryError, None),
         (requests.exceptions.SSLError("handshake"), TransientDeliveryError, None),
-        (requests.ReadTimeout("slow"), OutcomeUnknownError, None),
-        (dropped(), OutcomeUnknownError, None),
-        (requests.exceptions.ChunkedEncodingError("cut"), OutcomeUnknownError, None),
+        (requests.ReadTimeout("slow"), OutcomeUnknownError, "outcome_unknown"),
+        (dropped(), OutcomeUnknownError, "outcome_unknown"),
+        (requests.exceptions.ChunkedEncodingError("cut"), OutcomeUnknownError, "outcome_unknown"),
         (ValueError("odd"), PermanentDeliveryError, None),
     ],
 )
