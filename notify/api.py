@@ -7,7 +7,7 @@ import json
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -94,12 +94,15 @@ class Notifier:
         Nothing is recorded unless every intent is valid; an invalid one raises
         the error `send()` would, its field named `intents[i].<field>`.
         """
+        return [result for batch in self.send_in_batches(intents, batch_size=batch_size) for result in batch]
+
+    def send_in_batches(
+        self, intents: Iterable[Intent], /, *, batch_size: int = BATCH_SIZE
+    ) -> Iterator[list[SendResult]]:
+        """`send_many()` a batch at a time (for progress): every intent is validated before this returns."""
         size = _batch_size(batch_size)
         prepared = [self._prepare_at(i, intent) for i, intent in enumerate(_intents(intents))]
-        results: list[SendResult] = []
-        for start in range(0, len(prepared), size):
-            results += self._record_and_publish(prepared[start : start + size])
-        return results
+        return (self._record_and_publish(prepared[i : i + size]) for i in range(0, len(prepared), size))
 
     def _prepare_at(self, index: int, intent: object) -> NewNotification:
         """`_prepare(intent)`, its errors naming the field as `intents[index].<field>`."""

@@ -7,7 +7,7 @@ import click
 from workers.cli.demo import demo
 from workers.cli.dlq import dlq
 from workers.cli.running import beat, worker
-from workers.cli.sending import send, status
+from workers.cli.sending import send, send_many, status
 from workers.cli.templates import templates
 
 
@@ -16,5 +16,5 @@ def main() -> None:
     """notify: deliver notifications over email, SMS and push."""
 
 
-for command in (worker, beat, send, status, dlq, templates, demo):
+for command in (worker, beat, send, send_many, status, dlq, templates, demo):
     main.add_command(command)
