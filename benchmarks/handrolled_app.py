@@ -7,7 +7,7 @@ defaults otherwise (early ack, prefetch multiplier 4, no store, no dedup, no
 retry policy). Run it the way notify's worker runs, on the threads pool:
 
     BENCH_BROKER_URL=redis://127.0.0.1:6379/14 BENCH_SMTP_PORT=2525 \\
-        celery -A benchmarks.handrolled_app worker -P threads -c 16 -Q handrolled -l warning
+        celery -A benchmarks.handrolled_app worker -P threads -c 8 -Q handrolled -l warning
 
 Configured from BENCH_* variables at import, as such modules usually are.
 """

@@ -1,6 +1,6 @@
 """`notify.send()` and `notify.send_many()` against a bare `apply_async` of the same arguments.
 
-    python -m benchmarks.send_latency [--samples 1000] [--backlog 3000] [--batch 1000] [--rounds 3]
+    python -m benchmarks.send_latency [--samples 600] [--backlog 2500] [--batch 1000] [--rounds 3]
 
 Per store (SQLite in a temporary NOTIFY_HOME, then PostgreSQL), in this process:
 
@@ -201,7 +201,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.send_latency", description=__doc__)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     add_arguments(parser)
-    parser.add_argument("--samples", type=int, default=1000, help="timed pairs per phase (default 1000)")
+    parser.add_argument("--samples", type=int, default=600, help="timed pairs per phase (default 600)")
     parser.add_argument(
         "--backlog",
         type=int,
