@@ -205,8 +205,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--backlog",
         type=int,
-        default=3000,
-        help="emails a worker drains while the loaded phase samples (default 3000)",
+        default=2500,
+        help="emails a worker drains while the loaded phase samples (default 2500)",
     )
     parser.add_argument("--batch", type=int, default=1000, help="intents per send_many call (default 1000)")
     parser.add_argument("--rounds", type=int, default=3, help="send_many rounds (default 3)")
