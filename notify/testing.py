@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -29,6 +29,7 @@ from notify.channels.base import EmailMessage, Message, PushMessage, Receipt, Sm
 from notify.delivery import Deliverer
 from notify.errors import DeliveryError
 from notify.settings import Settings, get_settings
+from notify.store import Queued
 
 __all__ = ["MemoryProvider", "Outbox", "capture"]
 
@@ -94,8 +95,9 @@ class _InlineNotifier(Notifier):
         super().__init__(settings)
         self.deliverer = Deliverer(settings)
 
-    def _enqueue(self, delivery_id: str, channel: str, priority: str) -> None:
-        self.deliverer.attempt(delivery_id)
+    def _publish(self, queued: Iterable[Queued]) -> None:
+        for delivery_id, _channel, _priority in list(queued):
+            self.deliverer.attempt(delivery_id)
 
     def close(self) -> None:
         self.deliverer.close()
