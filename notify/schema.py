@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
@@ -110,6 +112,27 @@ def utcnow() -> datetime:
 
 def create_engine(url: str, *, writer: bool = False) -> sa.Engine:
     """An engine for the store; on SQLite, `writer` gives the one its write transactions use."""
+    engine = _engine(url, writer=writer)
+    _forget_connections_after_fork(engine)
+    return engine
+
+
+def _forget_connections_after_fork(engine: sa.Engine) -> None:
+    """A forked child (a prefork pool's) must not reuse, or close, its parent's connections.
+
+    SQLAlchemy's recipe: the child drops the pool without closing what it holds.
+    """
+    ref = weakref.ref(engine)
+
+    def _in_child() -> None:
+        alive = ref()
+        if alive is not None:
+            alive.dispose(close=False)
+
+    os.register_at_fork(after_in_child=_in_child)
+
+
+def _engine(url: str, *, writer: bool) -> sa.Engine:
     if url.startswith(("postgresql://", "postgres://")):
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
     if not url.startswith("sqlite"):
@@ -134,6 +157,18 @@ def write_lock(engine: sa.Engine) -> AbstractContextManager[Any]:
     database = str(Path(engine.url.database or ":memory:").resolve())
     with _locks_lock:
         return _write_locks.setdefault(database, threading.Lock())
+
+
+def _fresh_locks_in_child() -> None:
+    # A lock some thread of the parent held at the fork stays held in the child,
+    # where that thread does not exist: the child would wait for it forever.
+    global _locks_lock
+    _locks_lock = threading.Lock()
+    for database in _write_locks:
+        _write_locks[database] = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_fresh_locks_in_child)
 
 
 _locks_lock = threading.Lock()
