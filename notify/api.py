@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from notify.constants import AMQP_PRIORITY, DELIVER_TASK, MAX_SMS_CHARS, priority_queue_name, queue_name
+from notify.constants import MAX_SMS_CHARS
 from notify.dlq import Replayed, reset_for_replay
 from notify.errors import NotifyError, TemplateError, ValidationError
 from notify.models import (
@@ -30,7 +30,7 @@ from notify.models import (
 )
 from notify.policy import ChannelPolicy, load_policies
 from notify.rendering import Renderer, check_locale
-from notify.routing import producer_app, uses_priority_queues
+from notify.routing import producer_app, publish
 from notify.schema import MAX_DEDUP_KEY, MAX_ID
 from notify.settings import Settings, get_settings
 from notify.store import NewDelivery, NewNotification, Queued, Store, utcnow
@@ -176,23 +176,13 @@ class Notifier:
         return Replayed(replayed=done, not_found=[i for i in ids or [] if i not in found])
 
     def _publish(self, queued: Iterable[Queued]) -> None:
-        """Publish deliveries on one pooled producer, pipelined where the transport can.
-
-        One Redis round trip per batch instead of one per message (and one new
-        client per message, which is most of a publish's cost).
-        """
-        app = self.producer
+        """Publish deliveries on one pooled producer, pipelined where the transport can."""
         try:
-            with app.producer_or_acquire() as producer, producer.batch(max_size=PUBLISH_BATCH):
-                for delivery_id, channel, priority in queued:
-                    options = _route(app.conf.broker_url, channel, priority)
-                    app.send_task(
-                        DELIVER_TASK, args=[delivery_id], producer=producer, ignore_result=True, **options
-                    )
-        except Exception as exc:  # the store has them; the sweeper enqueues them later
+            publish(self.producer, queued, batch=PUBLISH_BATCH)
+        except Exception as exc:  # the store has them; a worker's sweep publishes them later
             log.warning(
-                "broker unavailable, deliveries stay queued in the store until the "
-                "sweeper enqueues them: %s: %s",
+                "broker unavailable, deliveries stay queued in the store until a worker's "
+                "sweep publishes them: %s: %s",
                 type(exc).__name__,
                 exc,
             )
@@ -227,15 +217,6 @@ class Notifier:
         problem = check(rendered) if check else None
         if problem:
             raise TemplateError("template", f"{template}: the {channel} message {problem}")
-
-
-def _route(broker_url: str | None, channel: str, priority: str) -> dict[str, Any]:
-    """Where `enqueue` (notify.routing) sends a delivery: its queue and message priority."""
-    if uses_priority_queues(broker_url):
-        queue, level = priority_queue_name(channel), AMQP_PRIORITY[priority]
-    else:
-        queue, level = queue_name(channel, priority), None
-    return {"queue": queue, "routing_key": queue, "priority": level}
 
 
 def _intents(intents: object) -> list[object]:

@@ -6,6 +6,7 @@ the worker's tasks are not imported either.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from celery import Celery
@@ -108,12 +109,30 @@ def producer_app(settings: Settings) -> Celery:
     return app
 
 
-def enqueue(app: Celery, delivery_id: str, channel: str, priority: str) -> None:
-    """Publish one delivery for `channel` at `priority`, by task name."""
-    if uses_priority_queues(app.conf.broker_url):
+def route(broker_url: str | None, channel: str, priority: str) -> dict[str, Any]:
+    """Where a delivery for `channel` at `priority` is published: queue, routing key, priority."""
+    if uses_priority_queues(broker_url):
         queue, level = priority_queue_name(channel), AMQP_PRIORITY[priority]
     else:
         queue, level = queue_name(channel, priority), None
-    app.send_task(
-        DELIVER_TASK, args=[delivery_id], queue=queue, routing_key=queue, priority=level, ignore_result=True
-    )
+    return {"queue": queue, "routing_key": queue, "priority": level}
+
+
+def enqueue(app: Celery, delivery_id: str, channel: str, priority: str, *, producer: Any = None) -> None:
+    """Publish one delivery for `channel` at `priority`, by task name."""
+    options = route(app.conf.broker_url, channel, priority)
+    app.send_task(DELIVER_TASK, args=[delivery_id], producer=producer, ignore_result=True, **options)
+
+
+def publish(app: Celery, queued: Iterable[tuple[str, str, str]], *, batch: int = 500) -> int:
+    """Publish (delivery id, channel, priority) rows on one pooled producer, pipelined in batches.
+
+    The one place store rows become broker messages: send(), send_many(),
+    replays and the workers' maintenance all come here. Returns how many.
+    """
+    count = 0
+    with app.producer_or_acquire() as producer, producer.batch(max_size=batch):
+        for delivery_id, channel, priority in queued:
+            enqueue(app, delivery_id, channel, priority, producer=producer)
+            count += 1
+    return count
