@@ -58,6 +58,7 @@ class Heartbeat:
     def __init__(self, store: Store, lease: float, every: float, ceiling: float) -> None:
         self.store, self.lease, self.every, self.ceiling = store, lease, every, ceiling
         self._running: dict[str, float] = {}  # claim token -> monotonic start
+        self._refused: set[str] = set()  # claims the store did not renew at the last beat
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -86,8 +87,21 @@ class Heartbeat:
         except StoreUnavailable as exc:
             log.error("heartbeat: %s; claims lapse in %.0fs unless it returns", exc, self.lease)
             return
-        for lost in set(live) - held:
+        for lost in self._taken_over(set(live) - held):
             log.error("heartbeat: claim %s was taken over; its outcome will not be recorded", lost)
+
+    def _taken_over(self, refused: set[str]) -> set[str]:
+        """Claims refused at this beat and the last: taken over, so no longer renewed.
+
+        One refusal alone may be an attempt that recorded its outcome just
+        before the renewal and has not released its claim yet.
+        """
+        with self._lock:
+            lost = refused & self._refused
+            self._refused = refused - lost
+            for claim in lost:
+                self._running.pop(claim, None)
+        return lost
 
     def _run(self) -> None:
         while not self._wake.wait(self.every):
@@ -222,6 +236,8 @@ class Deliverer:
         # nothing to do. A claim that lapses is the sweep's to hand on.
         if refusal.status is None:
             log.warning("delivery %s: not in the store; dropping its message", delivery_id)
+        else:
+            log.info("delivery %s is %s: its message has nothing to do", delivery_id, refusal.status)
         return Outcome("skipped")
 
     def _lost(self, job: Job, outcome: str) -> Outcome:

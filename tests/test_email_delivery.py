@@ -117,7 +117,10 @@ def test_a_redelivered_message_of_a_sent_delivery_sends_nothing(
     for _ in range(3):  # what a broker does after a worker died before acking
         enqueue(producer.producer, delivery.id, "email", "normal")
 
-    wait_for(lambda: worker.output().count("'skipped'") == 3, what="the redelivered messages")
+    wait_for(
+        lambda: worker.output().count("is sent: its message has nothing to do") == 3,
+        what="the redelivered messages",
+    )
     assert smtp_server.delivery_ids() == {delivery.id: 1}
     assert producer.status(result.id)[0].attempts == 1
 
@@ -268,3 +271,19 @@ def test_aiosmtplib_still_offers_what_the_provider_uses() -> None:
     protocol = aiosmtplib.protocol.SMTPProtocol
     assert callable(protocol.write) and callable(protocol.read_response)
     assert "protocol" in vars(aiosmtplib.SMTP(hostname="localhost"))
+
+
+def test_a_stuck_smtp_loop_is_told_apart_from_an_answer() -> None:
+    from concurrent.futures import Future
+
+    from notify.channels.email import _finished
+
+    pending: Future[str] = Future()
+    answered: Future[str] = Future()
+    answered.set_exception(TimeoutError("the server's own timeout"))
+    cancelled: Future[str] = Future()
+    cancelled.cancel()
+
+    assert not _finished(pending, timeout=0.01)
+    assert _finished(answered, timeout=0.01)
+    assert _finished(cancelled, timeout=0.01)
