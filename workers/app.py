@@ -11,10 +11,13 @@ needed, and no backlog on the broker delays it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from celery import Celery
 from celery.signals import after_setup_logger, worker_ready, worker_shutdown
+from kombu.transport import redis as kombu_redis
 
 from notify.constants import CHANNELS
 from notify.maintenance import Maintenance
@@ -24,6 +27,40 @@ from notify.store import Queued, Store
 
 log = logging.getLogger("notify.worker")
 
+REDIS_TRANSPORT = "workers.app:RedisTransport"
+# Celery's own line per task received and per task done, beside notify's one
+# per outcome: below -l debug they are skipped before they are formatted.
+CELERY_TASK_LOGGERS = ("celery.app.trace", "celery.worker.strategy")
+
+
+class RedisChannel(kombu_redis.Channel):
+    """kombu's Redis channel, with one client for its synchronous commands.
+
+    kombu builds a new `redis.Redis` for every message it receives and every
+    ack (its ack emulation's bookkeeping), about 0.1 ms each in a worker.
+    Clients over one pool are thread-safe, so one serves them all; a new pool
+    (after a fork or a disconnect) gets a new client. `conn_or_acquire` is
+    what kombu's QoS and channel call; tests/test_worker_memory.py fails if
+    they stop calling it.
+    """
+
+    _shared_client: Any = None
+
+    @contextmanager
+    def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
+        if client:
+            yield client
+            return
+        shared = self._shared_client
+        if shared is None or shared.connection_pool is not self.pool:
+            # kombu's own way to build one (its credential provider included)
+            shared = self._shared_client = self._create_client()  # type: ignore[attr-defined]
+        yield shared
+
+
+class RedisTransport(kombu_redis.Transport):
+    Channel = RedisChannel
+
 
 def worker_config(settings: Settings) -> dict[str, Any]:
     config = celery_config(settings)
@@ -31,7 +68,13 @@ def worker_config(settings: Settings) -> dict[str, Any]:
         imports=["workers.tasks"],
         worker_pool="threads",  # delivery waits on the network, not the CPU
         worker_concurrency=16,
+        # Nobody watches these per task: the store has every outcome.
+        worker_send_task_events=False,
+        task_track_started=False,
     )
+    # Only plain redis://: kombu derives TLS (rediss) and Sentinel from the scheme.
+    if (settings.broker_url or "").split("://", 1)[0] == "redis":
+        config["broker_transport"] = REDIS_TRANSPORT
     return config
 
 
@@ -40,9 +83,12 @@ _maintenance: list[Maintenance] = []
 
 
 @after_setup_logger.connect
-def _quiet_provider_clients(**_: Any) -> None:
+def _quiet_per_message_lines(loglevel: int = logging.INFO, **_: Any) -> None:
     # twilio logs every request's URL and headers at INFO: eleven lines a message.
     logging.getLogger("twilio.http_client").setLevel(logging.WARNING)
+    if loglevel > logging.DEBUG:
+        for name in CELERY_TASK_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 @app.on_configure.connect
