@@ -24,10 +24,12 @@ from benchmarks._harness import (
     close_notify_producer,
     environment,
     flush_redis,
+    private_redis,
     raise_on_sigterm,
     temporary_database,
     write_results,
 )
+from benchmarks._legs import PRIVATE_REDIS_HELP
 from benchmarks._stores import STORES, Store, stores, use_store
 from workers.mailcatcher import free_port
 
@@ -128,6 +130,8 @@ def run_per_store(report: Report, step: Callable[[EmailRig, Store], Iterator[tup
             temporary_database(args.postgres_url) as database_url,
             Processes(RESULTS / "logs" / report.name) as procs,
         ):
+            if args.private_redis:
+                args.redis_url = private_redis(procs)
             rig = EmailRig(args, procs)
             under_test = procs.enter(stores(args.stores, database_url))
             try:
@@ -154,4 +158,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="broker; this database is FLUSHED (default: db 14)")  # fmt: skip
     parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/test",
                         help="admin connection: a fresh database is created, then dropped")  # fmt: skip
+    parser.add_argument("--private-redis", action="store_true", help=PRIVATE_REDIS_HELP)
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds any wait may take at most")

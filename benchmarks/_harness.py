@@ -353,6 +353,31 @@ class CpuMeter:
         return self.spent
 
 
+def private_redis(procs: Processes) -> str:
+    """A redis-server of the benchmark's own (no persistence): its counters and CPU are the run's alone."""
+    port = _free_port()
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    child = procs.start("redis-server", argv, clean_environ())
+    url = f"redis://127.0.0.1:{port}/14"
+
+    def answers() -> bool:
+        child.check_alive()
+        with contextlib.suppress(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        return False
+
+    wait_for(answers, timeout=30, what="the private redis-server")
+    return url
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 def flush_redis(url: str) -> None:
     import redis
 

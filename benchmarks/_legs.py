@@ -26,12 +26,16 @@ from benchmarks._harness import (
     flush_redis,
     median,
     print_table,
+    private_redis,
     raise_on_sigterm,
     rate,
     temporary_database,
     write_results,
 )
 
+PRIVATE_REDIS_HELP = (
+    "start a redis-server of its own (exact Redis command counts and CPU) instead of --redis-url"
+)
 WARMUP_TIMEOUT = 90.0  # seconds: a worker's start-up plus its first messages
 
 
@@ -336,6 +340,7 @@ def add_common_arguments(
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14", help=help_for["--redis-url"])
     parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/test",
                         help="admin connection: a fresh database is created, then dropped")  # fmt: skip
+    parser.add_argument("--private-redis", action="store_true", help=PRIVATE_REDIS_HELP)
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds one leg may take at most")
     parser.add_argument("--profile", action="store_true", help=help_for["--profile"])
     parser.add_argument("--settle", type=float, default=1.0, help="seconds to watch for late duplicates")
@@ -406,6 +411,8 @@ def run(
             temporary_database(args.postgres_url) as database_url,
             Processes(RESULTS / "logs" / name) as procs,
         ):
+            if args.private_redis:
+                args.redis_url = private_redis(procs)
             bench = make_bench(args, procs, database_url)
             try:
                 for leg in bench.legs():
