@@ -33,7 +33,7 @@ log = logging.getLogger("notify.maintenance")
 QUEUED_GRACE = 5.0  # seconds a delivery may sit "queued" beside empty queues before it counts as lost
 PURGE_EVERY = 3600.0
 
-Publish = Callable[[Queued], None]
+Publish = Callable[[list[Queued]], object]  # notify.routing.publish, bound to an app
 Backlog = Callable[[str], int | None]  # messages waiting on a channel's queues; None: unknown
 
 
@@ -87,8 +87,7 @@ class Maintenance:
     def _publish_all(self, take: Callable[[], list[Queued]], what: str) -> None:
         """Publish batches from `take` until it returns a short one."""
         while batch := take():
-            for queued in batch:
-                self.publish(queued)
+            self.publish(batch)
             log.info("%d %s deliveries %s", len(batch), batch[0].channel, what)
             if len(batch) < BATCH:
                 return

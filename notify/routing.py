@@ -23,6 +23,7 @@ from notify.constants import (
 from notify.settings import Settings
 
 EMBEDDED_TRANSPORT = "notify.embedded_broker:Transport"
+REDIS_TRANSPORT = "notify.redis_transport:Transport"
 _AMQP_SCHEMES = ("amqp", "amqps", "pyamqp", "librabbitmq")
 
 
@@ -73,7 +74,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         }
     return {
         "broker_url": settings.resolved_broker_url,
-        "broker_transport": EMBEDDED_TRANSPORT if settings.uses_embedded_broker else None,
+        "broker_transport": _transport(settings),
         "broker_transport_options": transport_options,
         "broker_connection_retry_on_startup": True,
         # send() must not hang on a dead broker: the store has the delivery and
@@ -100,6 +101,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_delivery_mode": "persistent",
         "enable_utc": True,
     }
+
+
+def _transport(settings: Settings) -> str | None:
+    if settings.uses_embedded_broker:
+        return EMBEDDED_TRANSPORT
+    # Only plain redis://: kombu derives TLS (rediss) and Sentinel from the scheme.
+    return REDIS_TRANSPORT if (settings.broker_url or "").split("://", 1)[0] == "redis" else None
 
 
 def producer_app(settings: Settings) -> Celery:

@@ -112,7 +112,7 @@ def test_the_pool_asked_for_is_the_pool_that_delivers(
     assert smtp_server.delivery_ids() == {delivery.id: 1}
 
     def process_of_the_task() -> str:
-        match = re.search(r"/([\w-]+)\] Task notify\.deliver\[[^]]+\] succeeded", worker.output())
+        match = re.search(r"/([\w-]+)\] delivery \S+ sent", worker.output())
         return match[1] if match else ""
 
     runs = wait_for(process_of_the_task, what="the worker to log the task's success")

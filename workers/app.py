@@ -10,56 +10,24 @@ needed, and no backlog on the broker delays it.
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from celery import Celery
 from celery.signals import after_setup_logger, worker_ready, worker_shutdown
-from kombu.transport import redis as kombu_redis
 
 from notify.constants import CHANNELS
 from notify.maintenance import Maintenance
-from notify.routing import celery_config, consume_queues, enqueue
+from notify.routing import celery_config, consume_queues, publish
 from notify.settings import Settings, get_settings
-from notify.store import Queued, Store
+from notify.store import Store
 
 log = logging.getLogger("notify.worker")
 
-REDIS_TRANSPORT = "workers.app:RedisTransport"
 # Celery's own line per task received and per task done, beside notify's one
 # per outcome: below -l debug they are skipped before they are formatted.
 CELERY_TASK_LOGGERS = ("celery.app.trace", "celery.worker.strategy")
-
-
-class RedisChannel(kombu_redis.Channel):
-    """kombu's Redis channel, with one client for its synchronous commands.
-
-    kombu builds a new `redis.Redis` for every message it receives and every
-    ack (its ack emulation's bookkeeping), about 0.1 ms each in a worker.
-    Clients over one pool are thread-safe, so one serves them all; a new pool
-    (after a fork or a disconnect) gets a new client. `conn_or_acquire` is
-    what kombu's QoS and channel call; tests/test_worker_memory.py fails if
-    they stop calling it.
-    """
-
-    _shared_client: Any = None
-
-    @contextmanager
-    def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
-        if client:
-            yield client
-            return
-        shared = self._shared_client
-        if shared is None or shared.connection_pool is not self.pool:
-            # kombu's own way to build one (its credential provider included)
-            shared = self._shared_client = self._create_client()  # type: ignore[attr-defined]
-        yield shared
-
-
-class RedisTransport(kombu_redis.Transport):
-    Channel = RedisChannel
 
 
 def worker_config(settings: Settings) -> dict[str, Any]:
@@ -72,9 +40,6 @@ def worker_config(settings: Settings) -> dict[str, Any]:
         worker_send_task_events=False,
         task_track_started=False,
     )
-    # Only plain redis://: kombu derives TLS (rediss) and Sentinel from the scheme.
-    if (settings.broker_url or "").split("://", 1)[0] == "redis":
-        config["broker_transport"] = REDIS_TRANSPORT
     return config
 
 
@@ -137,13 +102,10 @@ class Backlog:
 def start_maintenance(celery: Celery, channels: list[str]) -> Maintenance:
     settings = get_settings()
 
-    def publish(queued: Queued) -> None:
-        enqueue(celery, queued.id, queued.channel, queued.priority)
-
     maintenance = Maintenance(
         Store(settings.resolved_database_url),
         settings,
-        publish,
+        functools.partial(publish, celery),
         channels=channels,
         backlog=Backlog(celery),
     )
