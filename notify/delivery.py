@@ -105,7 +105,10 @@ class Heartbeat:
 
     def _run(self) -> None:
         while not self._wake.wait(self.every):
-            self.beat()
+            try:
+                self.beat()
+            except Exception:  # a thread that dies here would let every running claim lapse
+                log.exception("heartbeat failed; trying again in %.1fs", self.every)
 
 
 def message_id(delivery_id: str, sender: str | None) -> str:
@@ -179,7 +182,6 @@ class Deliverer:
         try:
             rendered = self.renderer.render(claim.template, claim.channel, claim.data, claim.locale)
             message = build_message(claim, rendered, self.settings.email_from)
-            receipt = self.provider(claim.channel).deliver(message)
         except TemplateError as exc:  # the template changed since send() checked it
             return self._fail(
                 claim,
@@ -187,6 +189,19 @@ class Deliverer:
                     str(exc), channel=claim.channel, provider="templates", code="template"
                 ),
             )
+        except Exception as exc:  # a bug before anything was handed over: safe to try again
+            log.exception("delivery %s: unexpected error before delivery", claim.delivery_id)
+            return self._retry(
+                claim,
+                TransientDeliveryError(
+                    f"{type(exc).__name__}: {exc}", channel=claim.channel, provider="notify", code="bug"
+                ),
+            )
+        return self._deliver(claim, message)
+
+    def _deliver(self, claim: Job, message: Message) -> Outcome:
+        try:
+            receipt = self.provider(claim.channel).deliver(message)
         except PermanentDeliveryError as exc:  # OutcomeUnknownError too: never resent blindly
             return self._fail(claim, exc)
         except TransientDeliveryError as exc:
@@ -200,36 +215,36 @@ class Deliverer:
                 ),
             )
         except Exception as exc:
-            log.exception("delivery %s: unexpected error", claim.delivery_id)
-            return self._retry(
-                claim,
-                TransientDeliveryError(
-                    f"{type(exc).__name__}: {exc}", channel=claim.channel, provider="notify", code="bug"
-                ),
-            )
+            # A provider classifies its own failures; one that raised anything
+            # else may have handed the message over already (a 201 whose body
+            # does not parse): a retry could be a second copy.
+            log.exception("delivery %s: unexpected error from the provider", claim.delivery_id)
+            reason = f"{type(exc).__name__}: {exc}"
+            return self._fail(claim, OutcomeUnknownError(reason, channel=claim.channel, provider="notify"))
         if not self._record(lambda: self.store.mark_sent(claim, receipt.provider_id)):
             return self._lost(claim, "sent")
         log.info("delivery %s sent (%s, try %d)", claim.delivery_id, claim.channel, claim.attempts)
         return Outcome("sent")
 
     def _record(self, write: Callable[[], bool]) -> bool:
-        """Write an outcome, riding out a store outage of up to `delivery_timeout`.
+        """Write an outcome, however long the store is away.
 
-        Giving up early would let the claim lapse and a second worker send
-        again what this one already sent. The heartbeat keeps the claim while
-        this waits (once the store is back).
+        The provider has answered: giving up would let the claim lapse and a
+        second worker send again what this one already sent (or resend an
+        unknown outcome). Retries come every half second at most, so the
+        outcome lands as soon as the store is back, before the sweep (every
+        2 s) can hand a lapsed claim on; the heartbeat renews it meanwhile.
         """
-        deadline = time.monotonic() + self.settings.delivery_timeout
-        delay = 0.05
+        delay, tries = 0.05, 0
         while True:
             try:
                 return write()
-            except StoreUnavailable:
-                if time.monotonic() + delay > deadline:
-                    raise
-                log.warning("the store is unavailable; recording the outcome again in %.2fs", delay)
+            except StoreUnavailable as exc:
+                tries += 1
+                if tries & (tries - 1) == 0:  # the 1st, 2nd, 4th, 8th... failure
+                    log.warning("%s; recording the outcome again (try %d)", exc, tries)
                 time.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                delay = min(delay * 2, 0.5)
 
     def _refused(self, delivery_id: str, refusal: Refusal) -> Outcome:
         # Done, held by the store, or claimed by a live worker: this message has

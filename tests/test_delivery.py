@@ -1,0 +1,133 @@
+"""One attempt, as a worker makes it, against a real SQLite store and a scripted provider.
+
+What must never happen: a second copy because the store or the provider
+misbehaved after the message was handed over.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from notify.channels.base import Message, Receipt
+from notify.delivery import Deliverer
+from notify.errors import OutcomeUnknownError, StoreUnavailable
+from notify.models import Status
+from notify.settings import Settings
+from notify.store import NewDelivery
+from tests.conftest import REPO
+
+
+class ScriptedProvider:
+    """Counts deliveries; raises what the test scripts, after counting (the message went out)."""
+
+    name = "scripted"
+    delivered: ClassVar[list[str]] = []
+    raise_after_sending: ClassVar[BaseException | None] = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ScriptedProvider:
+        return cls()
+
+    def deliver(self, message: Message) -> Receipt:
+        ScriptedProvider.delivered.append(message.delivery_id)
+        if ScriptedProvider.raise_after_sending is not None:
+            raise ScriptedProvider.raise_after_sending
+        return Receipt(provider_id="p-" + message.delivery_id)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def deliverer(tmp_path: Path) -> Iterator[Deliverer]:
+    ScriptedProvider.delivered = []
+    ScriptedProvider.raise_after_sending = None
+    settings = Settings.from_env(
+        {
+            "NOTIFY_HOME": str(tmp_path),
+            "NOTIFY_TEMPLATES_DIR": str(REPO / "templates"),
+            "NOTIFY_EMAIL_FROM": "notify@example.com",
+            "NOTIFY_EMAIL_BACKEND": "tests.test_delivery:ScriptedProvider",
+            "NOTIFY_DELIVERY_TIMEOUT": "1",
+            "NOTIFY_LEASE": "1",
+        }
+    )
+    built = Deliverer(settings)
+    yield built
+    built.close()
+
+
+def queued(deliverer: Deliverer) -> str:
+    delivery_id = str(uuid.uuid4())
+    new = NewDelivery(delivery_id, "email", "ada@example.com", "normal", Status.QUEUED)
+    deliverer.store.record(str(uuid.uuid4()), "welcome", None, '{"name": "Ada"}', [new])
+    return delivery_id
+
+
+def test_an_outcome_waits_out_a_store_outage_longer_than_the_budget(
+    deliverer: Deliverer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Giving up on mark_sent would let the claim lapse and a second worker send it again."""
+    delivery_id = queued(deliverer)
+    real, failures = deliverer.store.mark_sent, []
+
+    def store_away_for_three_seconds(*args: object) -> bool:
+        if len(failures) < 12:  # about 3 s of retries, three times NOTIFY_DELIVERY_TIMEOUT
+            failures.append(1)
+            raise StoreUnavailable("the store is unavailable: OperationalError")
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(deliverer.store, "mark_sent", store_away_for_three_seconds)
+
+    outcome = deliverer.attempt(delivery_id)
+
+    assert outcome.status == "sent"
+    assert ScriptedProvider.delivered == [delivery_id]
+    delivery = deliverer.store.get(delivery_id)
+    assert delivery is not None and (delivery.status, delivery.attempts) == (Status.SENT, 1)
+
+
+def test_an_unexpected_error_from_the_provider_is_an_unknown_outcome_not_a_retry(
+    deliverer: Deliverer,
+) -> None:
+    """Twilio's client raises a plain ValueError for a 201 whose body is not JSON: the SMS exists."""
+    ScriptedProvider.raise_after_sending = ValueError("Expecting value: line 1 column 1 (char 0)")
+    delivery_id = queued(deliverer)
+
+    outcome = deliverer.attempt(delivery_id)
+
+    assert outcome.status == "failed"
+    delivery = deliverer.store.get(delivery_id)
+    assert delivery is not None and (delivery.status, delivery.error_code) == (
+        Status.FAILED,
+        OutcomeUnknownError.CODE,
+    )
+    assert deliverer.attempt(delivery_id).status == "skipped"  # never sent again by itself
+    assert ScriptedProvider.delivered == [delivery_id]
+
+
+def test_the_heartbeat_survives_an_error_that_is_not_an_outage(
+    deliverer: Deliverer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dead heartbeat thread would let every running claim lapse mid-call."""
+    beats = threading.Semaphore(0)
+    calls: list[int] = []
+
+    def renew(claims: object, lease: float) -> set[str]:
+        calls.append(1)
+        beats.release()
+        if len(calls) == 1:
+            raise RuntimeError("cannot execute UPDATE in a read-only transaction")
+        return set()
+
+    monkeypatch.setattr(deliverer.store, "renew", renew)
+    deliverer.heartbeat.hold("a-claim")
+
+    assert beats.acquire(timeout=10) and beats.acquire(timeout=10), "the heartbeat stopped beating"
+    deliverer.heartbeat.release("a-claim")
