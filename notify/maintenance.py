@@ -79,9 +79,10 @@ class Maintenance:
     def sweep(self) -> None:
         """Publish again what a dead worker held, and what a broker lost."""
         self._publish_all(lambda: self.store.reclaim_expired(self.channels), "taken over from a lapsed claim")
+        as_of = self.store.now()  # one snapshot: what this sweep publishes is not "lost" again in it
         for channel in self.channels:
             grace = QUEUED_GRACE if self.backlog(channel) == 0 else self.settings.sweep_after
-            lost = functools.partial(self.store.queued_since, grace, [channel])
+            lost = functools.partial(self.store.queued_since, grace, [channel], as_of=as_of)
             self._publish_all(lost, "lost by the broker, published again")
 
     def _publish_all(self, take: Callable[[], list[Queued]], what: str) -> None:

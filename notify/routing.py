@@ -97,7 +97,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_on_failure_or_timeout": True,
         "worker_prefetch_multiplier": 1,
         "worker_hijack_root_logger": False,
-        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # On a broker blip Celery would terminate (prefork: SIGTERM) every late-ack
+        # task in flight, mid provider call, and the lapsed claim would be sent
+        # again. The store fences outcomes; a redelivered message is refused.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         "task_default_delivery_mode": "persistent",
         "enable_utc": True,
     }

@@ -26,6 +26,8 @@ MAX_TEMPLATE = 200
 MAX_LOCALE = 35
 MAX_ADDRESS = 512
 MAX_DEDUP_KEY = 200
+MAX_PROVIDER_ID = 300
+MAX_CODE = 64
 
 
 class UTCDateTime(sa.TypeDecorator[datetime]):
@@ -80,9 +82,9 @@ deliveries = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("dedup_key", sa.String(MAX_DEDUP_KEY)),
     sa.Column("duplicate_of", sa.String(36)),
-    sa.Column("provider_id", sa.String(300)),
+    sa.Column("provider_id", sa.String(MAX_PROVIDER_ID)),
     sa.Column("last_error", sa.Text),
-    sa.Column("error_code", sa.String(64)),
+    sa.Column("error_code", sa.String(MAX_CODE)),
     sa.Column("created_at", _ts, nullable=False),
     sa.Column("updated_at", _ts, nullable=False),
     sa.Column("next_attempt_at", _ts),

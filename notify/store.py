@@ -29,10 +29,13 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from notify.constants import PRIORITIES
 from notify.dlq import DeadLetter
 from notify.errors import StoreUnavailable
 from notify.models import Channel, Delivery, Status
 from notify.schema import (
+    MAX_CODE,
+    MAX_PROVIDER_ID,
     UTCDateTime,
     create_engine,
     dedup_claims,
@@ -290,14 +293,14 @@ class Store:
 
     def mark_sent(self, job: Job, provider_id: str | None) -> bool:
         """Record that the provider accepted it; False if this claim was no longer current."""
-        return self._finish(self._sql.sent, job, b_provider_id=provider_id)
+        return self._finish(self._sql.sent, job, b_provider_id=_fit(provider_id, MAX_PROVIDER_ID))
 
     def mark_retrying(self, job: Job, reason: str, code: str | None, at: datetime) -> bool:
         """Record a failed try; the store holds the delivery until `at`, then releases it."""
-        return self._finish(self._sql.retrying, job, b_reason=reason, b_code=code, b_at=at)
+        return self._finish(self._sql.retrying, job, b_reason=reason, b_code=_fit(code, MAX_CODE), b_at=at)
 
     def mark_failed(self, job: Job, reason: str, code: str | None) -> bool:
-        return self._finish(self._sql.failed, job, b_reason=reason, b_code=code)
+        return self._finish(self._sql.failed, job, b_reason=reason, b_code=_fit(code, MAX_CODE))
 
     def _finish(self, statement: sa.Update, job: Job, **params: Any) -> bool:
         """Record the outcome of a try and end its claim, only if the claim is still this one."""
@@ -327,16 +330,20 @@ class Store:
 
         return self._requeue(expired, channels, lease_until=None, claim_token=None)
 
-    def queued_since(self, seconds: float, channels: Collection[str] | None = None) -> list[Queued]:
-        """Deliveries "queued" for `seconds` with nobody claiming them: their message may be lost.
+    def queued_since(
+        self, seconds: float, channels: Collection[str] | None = None, *, as_of: datetime | None = None
+    ) -> list[Queued]:
+        """Deliveries "queued" for `seconds` (before `as_of`, default now) that nobody claimed.
 
-        Each is stamped as published now, so it is offered again only after
-        another `seconds`: a sweep publishes a delivery once, not every tick.
+        Their message may be lost. Each is stamped as published now, so it is
+        offered again only after another `seconds`; a sweep that passes one
+        `as_of` to every batch ends, however long its publishing takes.
         """
         d = deliveries.c
 
         def lost(now: datetime) -> sa.ColumnElement[bool]:
-            return sa.and_(d.status == Status.QUEUED, d.updated_at < now - timedelta(seconds=seconds))
+            cutoff = (as_of or now) - timedelta(seconds=seconds)
+            return sa.and_(d.status == Status.QUEUED, d.updated_at < cutoff)
 
         return self._requeue(lost, channels)
 
@@ -351,7 +358,11 @@ class Store:
         with self._tx() as conn:
             now = self.now()
             condition = where(now) if channels is None else sa.and_(where(now), d.channel.in_(channels))
-            ids = conn.execute(sa.select(d.id).where(condition).limit(BATCH)).scalars().all()
+            ids = (
+                conn.execute(sa.select(d.id).where(condition).order_by(_URGENCY, d.updated_at).limit(BATCH))
+                .scalars()
+                .all()
+            )
             if not ids:
                 return []
             rows = conn.execute(
@@ -360,7 +371,7 @@ class Store:
                 .values(status=Status.QUEUED, updated_at=now, **values)
                 .returning(d.id, d.channel, d.priority)
             ).all()
-        return [Queued(*row) for row in rows]
+        return sorted((Queued(*row) for row in rows), key=lambda q: PRIORITIES.index(q.priority))
 
     def purge_finished(self, older_than: float) -> int:
         """Delete sent and duplicate deliveries older than that, and expired dedup claims."""
@@ -451,6 +462,17 @@ class Store:
 
 def _failed_among(ids: list[str]) -> Callable[[datetime], sa.ColumnElement[bool]]:
     return lambda _now: sa.and_(deliveries.c.status == Status.FAILED, deliveries.c.id.in_(ids))
+
+
+# High first: what is released or swept in one batch is published in this order.
+_URGENCY = sa.case(
+    {p: rank for rank, p in enumerate(PRIORITIES)}, value=deliveries.c.priority, else_=len(PRIORITIES)
+)
+
+
+def _fit(value: str | None, limit: int) -> str | None:
+    """A provider's id or code cut to its column: a DataError here would lose a real outcome."""
+    return value if value is None or len(value) <= limit else value[: limit - 1] + "…"
 
 
 def _chunks(items: list[str]) -> Iterator[list[str]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import uuid
 from collections.abc import Iterator
@@ -12,8 +13,10 @@ from pathlib import Path
 import pytest
 
 from notify.errors import StoreUnavailable
+from notify.maintenance import Maintenance
 from notify.models import Status
-from notify.store import Job, NewDelivery, Refusal, Store, utcnow
+from notify.settings import Settings
+from notify.store import Job, NewDelivery, Queued, Refusal, Store, utcnow
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -361,3 +364,50 @@ def test_a_postgresql_connection_dropped_while_idle_is_replaced_quietly(
     store.close()
     assert killed is not None and killed[0] >= 1
     assert delivery is not None and delivery.status == Status.QUEUED
+
+
+def test_an_outcome_longer_than_its_column_is_kept_cut_not_lost(store: Store) -> None:
+    """A DataError on mark_sent would lapse the claim and send it again, for ever."""
+    [delivery_id] = record(store, new())
+
+    assert store.mark_sent(claimed(store, delivery_id), "queued as " + "x" * 1000)
+
+    delivery = store.get(delivery_id)
+    assert delivery is not None and delivery.status == Status.SENT
+    assert delivery.provider_id is not None and len(delivery.provider_id) == 300
+
+
+def test_what_is_released_together_comes_out_high_priority_first(store: Store) -> None:
+    due = utcnow() - timedelta(seconds=1)
+    held = [
+        dataclasses.replace(new(status=Status.SCHEDULED, release_at=due), priority=p)
+        for p in ("low", "normal", "high", "low")
+    ]
+    record(store, *held)
+
+    assert [q.priority for q in store.release_due()] == ["high", "normal", "low", "low"]
+
+
+def test_a_sweep_publishes_each_lost_delivery_once_however_slow_publishing_is(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each batch took longer than the grace: the old sweep found its own rows "lost" again."""
+    import notify.maintenance
+    import notify.store
+
+    monkeypatch.setattr(notify.store, "BATCH", 10)
+    monkeypatch.setattr(notify.maintenance, "BATCH", 10)
+    ids = record(store, *[new(address=f"u{i}@example.com") for i in range(30)])
+    clock = [utcnow() + timedelta(seconds=60)]
+    monkeypatch.setattr(store, "now", lambda: clock[0])
+    published: list[str] = []
+
+    def slow_publish(batch: list[Queued]) -> None:
+        published.extend(q.id for q in batch)
+        assert len(published) <= 100, "the sweep keeps republishing what it just published"
+        clock[0] += timedelta(seconds=6)  # longer than the 5 s grace
+
+    settings = Settings.from_env({"NOTIFY_HOME": str(Path(store.engine.url.database or ".").parent)})
+    Maintenance(store, settings, slow_publish, channels=["email"], backlog=lambda _: 0).sweep()
+
+    assert sorted(published) == sorted(ids)

@@ -143,3 +143,14 @@ def test_receiving_and_acking_messages_builds_no_redis_client_per_message(
         queue.close()
 
     assert built <= 1
+
+
+def test_a_broker_blip_does_not_terminate_attempts_in_flight() -> None:
+    """With it on, a prefork child is SIGTERMed mid provider call and its lapsed claim sent again.
+
+    The store fences outcomes and refuses a redelivered message, so an attempt
+    in flight may run to its end while the consumer reconnects.
+    """
+    config = worker_config(Settings.from_env({"NOTIFY_BROKER_URL": "redis://127.0.0.1:6379/0"}))
+
+    assert config["worker_cancel_long_running_tasks_on_connection_loss"] is False
