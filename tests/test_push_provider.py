@@ -530,8 +530,8 @@ def fcm_answer(status: int, rpc_status: str, error_code: str | None) -> Exceptio
         (fcm_answer(429, "RESOURCE_EXHAUSTED", None), TransientDeliveryError, "RESOURCE_EXHAUSTED"),
         (fcm_answer(503, "UNAVAILABLE", "UNAVAILABLE"), TransientDeliveryError, "UNAVAILABLE"),
         (fcm_answer(500, "INTERNAL", "INTERNAL"), TransientDeliveryError, "INTERNAL"),
-        (http_error(502), TransientDeliveryError, "502"),
-        (http_error(504, "<html>gateway</html>"), TransientDeliveryError, "504"),
+        (http_error(502), OutcomeUnknownError, "outcome_unknown"),  # a gateway gave up after our POST
+        (http_error(504, "<html>gateway</html>"), OutcomeUnknownError, "outcome_unknown"),
         (http_error(408), TransientDeliveryError, "408"),
         (http_error(410), PermanentDeliveryError, "410"),
         (refused(), TransientDeliveryError, None),

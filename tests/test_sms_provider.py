@@ -171,7 +171,7 @@ def test_retry_after_as_http_date(fake: FakeTwilio, provider: TwilioProvider) ->
     assert 60 < error.retry_after <= 120
 
 
-@pytest.mark.parametrize(("status", "code"), [(500, 20500), (503, 20503), (502, None)])
+@pytest.mark.parametrize(("status", "code"), [(500, 20500), (503, 20503)])
 def test_server_errors_are_transient(
     fake: FakeTwilio, provider: TwilioProvider, status: int, code: int | None
 ) -> None:
@@ -182,6 +182,19 @@ def test_server_errors_are_transient(
     assert isinstance(error, TransientDeliveryError)
     assert error.code == str(code or status)
     assert error.retry_after is None
+
+
+@pytest.mark.parametrize("status", [502, 504])
+def test_a_gateway_that_gave_up_after_the_post_is_an_unknown_outcome(
+    fake: FakeTwilio, provider: TwilioProvider, status: int
+) -> None:
+    """A load balancer timed out waiting for Twilio, which may have made the message: no retry."""
+    fake.fail_next(status=status, code=None)
+
+    error = deliver_error(provider, sms())
+
+    assert isinstance(error, OutcomeUnknownError)
+    assert error.code == OutcomeUnknownError.CODE
 
 
 def test_transient_failure_then_success(fake: FakeTwilio, provider: TwilioProvider) -> None:

@@ -145,13 +145,17 @@ def network_error(
 class Verdict:
     """What an answer means for the delivery; `setting` says what to check."""
 
-    kind: Literal["transient", "permanent", "configuration"]
+    kind: Literal["transient", "permanent", "configuration", "unknown"]
     setting: str | None = None
     hint: str | None = None  # what to check, when more than the setting
 
 
 TRANSIENT: Final = Verdict("transient")
 PERMANENT: Final = Verdict("permanent")
+UNKNOWN: Final = Verdict("unknown")  # the provider may have taken it: not retried
+# A gateway that gave up on (502) or timed out waiting for (504) the provider
+# behind it, after our POST went through: the message may exist.
+GATEWAY_GAVE_UP: Final = (502, 504)
 
 
 def configuration(setting: str, hint: str | None = None) -> Verdict:
@@ -169,9 +173,11 @@ class Answer:
 
 
 def judge(answer: Answer, by_code: Mapping[str, Verdict], by_status: Mapping[int, Verdict]) -> Verdict:
-    """The provider's code first, then 408/429/5xx, then its status table; else permanent."""
+    """The provider's code first, then 502/504, 408/429/5xx, then its status table; else permanent."""
     if answer.code is not None and answer.code in by_code:
         return by_code[answer.code]
+    if answer.status in GATEWAY_GAVE_UP:
+        return UNKNOWN
     if answer.status in (408, 429) or answer.status >= 500:
         return TRANSIENT
     return by_status.get(answer.status, PERMANENT)
@@ -185,6 +191,13 @@ def error_for(verdict: Verdict, answer: Answer, *, channel: str, provider: str) 
             f"{provider} refused our sender or account ({code} {answer.reason}): "
             f"check {verdict.hint or verdict.setting} ({verdict.setting})",
             setting=verdict.setting,
+        )
+    if verdict.kind == "unknown":
+        return OutcomeUnknownError(
+            f"{answer.status} from a gateway after the request was sent ({answer.reason}); "
+            "it may have been accepted",
+            channel=channel,
+            provider=provider,
         )
     if verdict.kind == "transient":
         return TransientDeliveryError(
