@@ -95,13 +95,17 @@ def classify(exc: BaseException) -> NotifyError:
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused) and exc.recipients:
         exc = exc.recipients[0]
     if isinstance(exc, aiosmtplib.SMTPResponseException) and not isinstance(exc, aiosmtplib.SMTPConnectError):
-        return _classify_reply(exc.code, exc.message)
+        return _classify_reply(
+            exc.code, exc.message, at_mail_from=isinstance(exc, aiosmtplib.SMTPSenderRefused)
+        )
     reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return TransientDeliveryError(reason, channel="email", provider="smtp")
 
 
-def _classify_reply(code: int, text: str) -> NotifyError:
+def _classify_reply(code: int, text: str, *, at_mail_from: bool = False) -> NotifyError:
     setting = _setting_at_fault(code, text)
+    if setting is None and at_mail_from and code >= 500:
+        setting = "NOTIFY_EMAIL_FROM"  # our sender refused: every message alike, not the recipient's fault
     if setting is not None:
         return ConfigurationError(f"SMTP server answered {code} {text}; check {setting}", setting=setting)
     args = {"channel": "email", "provider": "smtp", "code": str(code)}
@@ -116,6 +120,8 @@ def _setting_at_fault(code: int, text: str) -> str | None:
         return None
     if code == 530 and "TLS" in text.upper():  # RFC 3207: "Must issue a STARTTLS command first"
         return "NOTIFY_SMTP_TLS"
+    if "RELAY" in text.upper():  # "554 5.7.1 Relay access denied": we may not send through it
+        return "NOTIFY_SMTP_USERNAME"
     enhanced = _ENHANCED.match(text)
     if enhanced is not None and enhanced[1] == "5":
         setting = _SETTING_BY_ENHANCED.get((int(enhanced[2]), int(enhanced[3])))
