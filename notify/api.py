@@ -33,7 +33,7 @@ from notify.rendering import Renderer, check_locale
 from notify.routing import producer_app, publish
 from notify.schema import MAX_DEDUP_KEY, MAX_ID
 from notify.settings import Settings, get_settings
-from notify.store import NewDelivery, NewNotification, Queued, Store, utcnow
+from notify.store import NewDelivery, NewNotification, Queued, Store
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -125,7 +125,8 @@ class Notifier:
         chosen = self._channels(intent.template, recipient, intent.channels)
         for channel in chosen:
             self._validate_render(intent.template, channel, payload, intent.locale)
-        held = release_at is not None and release_at > utcnow()
+        # The store's clock decides, as it does when it releases: a skewed producer must not.
+        held = release_at is not None and release_at > self.store.now()
         new = tuple(
             NewDelivery(
                 id=str(uuid.uuid4()),

@@ -242,7 +242,11 @@ def utc_send_at(send_at: object) -> datetime | None:
         return None
     if not isinstance(send_at, datetime):
         raise ValidationError("send_at", f"must be a datetime, not {type(send_at).__name__}")
-    if send_at.tzinfo is None or send_at.utcoffset() is None:
+    try:
+        offset = send_at.utcoffset()
+    except ValueError as exc:  # a tzinfo whose offset is a day or more
+        raise ValidationError("send_at", f"has an impossible UTC offset: {exc}") from None
+    if send_at.tzinfo is None or offset is None:
         raise ValidationError(
             "send_at", "must be timezone-aware (e.g. datetime.now(UTC)); a naive datetime is ambiguous"
         )

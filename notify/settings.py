@@ -103,7 +103,7 @@ class Settings:
     # How long a worker's claim on a delivery lives without a heartbeat. The
     # worker renews it every lease/3 while the attempt runs; when a worker
     # dies, another takes the delivery over within lease + sweep cadence.
-    lease_seconds: float = field(default=10.0, metadata={"env": "NOTIFY_LEASE", "bounds": (1.0, 600.0)})
+    lease_seconds: float = field(default=10.0, metadata={"env": "NOTIFY_LEASE", "bounds": (1.0, 25.0)})
     # Deliveries left "queued" this long are re-published even when their
     # channel's queues are not empty (a message the broker lost under a backlog).
     sweep_after: float = field(

@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -684,3 +684,39 @@ def test_whatever_send_is_given_it_succeeds_or_raises_a_notify_error(
         return
     event("sent")
     assert {d.id for d in notifier.status(result.id)} == {d.id for d in result.deliveries}
+
+
+class _BrokenZone(tzinfo):
+    """A tzinfo whose offset is a day: datetime.utcoffset() raises ValueError for it."""
+
+    def utcoffset(self, dt: datetime | None) -> timedelta:
+        return timedelta(hours=25)
+
+    def dst(self, dt: datetime | None) -> timedelta:
+        return timedelta(0)
+
+
+def test_a_send_at_with_an_impossible_offset_is_a_validation_error(notifier: Callable[[], Notifier]) -> None:
+    producer = notifier()
+    with pytest.raises(notify.ValidationError, match="send_at"):
+        producer.send(
+            "welcome",
+            {"email": "ada@example.com"},
+            data={"name": "Ada"},
+            send_at=datetime(2030, 1, 1, tzinfo=_BrokenZone()),
+        )
+
+
+def test_whether_send_at_is_held_is_the_stores_clock_not_the_producers(
+    notifier: Callable[[], Notifier], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A producer clock 80 s fast must not publish at once what the store holds for 30 s more."""
+    producer = notifier()
+    store_now = datetime.now(UTC)
+    send_at = store_now + timedelta(seconds=30)
+    monkeypatch.setattr(producer.store, "now", lambda: store_now)
+    monkeypatch.setattr(notify.api, "utcnow", lambda: store_now + timedelta(seconds=80), raising=False)
+
+    result = producer.send("welcome", {"email": "ada@example.com"}, data={"name": "Ada"}, send_at=send_at)
+
+    assert [d.status for d in result.deliveries] == ["scheduled"]

@@ -28,7 +28,7 @@ BROKEN = {
     "NOTIFY_DATABASE_URL": "mysql://notify:hunter2@db.example/notify",
     "NOTIFY_DELIVERY_TIMEOUT": "0",
     "NOTIFY_SWEEP_AFTER": "0",
-    "NOTIFY_LEASE": "601",
+    "NOTIFY_LEASE": "26",
     "NOTIFY_SMTP_TLS": "ssl",
     "NOTIFY_CONFIG": "{tmp}/missing.toml",
     "NOTIFY_TEMPLATES_DIR": "{tmp}/no-templates",

@@ -24,7 +24,7 @@ _HEADER_LINE = 78  # RFC 5322 §2.1.1: lines SHOULD stay within 78 characters
 _WORD_OCTETS = 39  # UTF-8 octets per encoded-word: 52 base64 characters, 64 with the frame
 _PLAIN = re.compile(r"[!-~]+(?: [!-~]+)*")  # printable ASCII words, one space apart
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-_ADDRESS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@[A-Za-z0-9.-]{1,190}")
+_ADDRESS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@[A-Za-z0-9.-]{1,253}")  # RFC 5321 4.5.3.1
 _MESSAGE_ID = re.compile(r"<[!-;=?-~]{1,250}>")
 _TOKEN = re.compile(r"[!-~]{1,200}")
 
