@@ -172,11 +172,19 @@ class Deliverer:
         claim = self.store.claim(delivery_id, self.settings.lease)
         if isinstance(claim, Refusal):
             return self._refused(delivery_id, claim)
+        if claim.attempts > self.policies[claim.channel].max_attempts:
+            return self._worker_lost(claim)
         self.heartbeat.hold(claim.claim)
         try:
             return self._attempt(claim)
         finally:
             self.heartbeat.release(claim.claim)
+
+    def _worker_lost(self, job: Job) -> Outcome:
+        """Every try ended with its worker dead (a delivery that crashes it?): give up, unsent again."""
+        tries = job.attempts - 1
+        reason = f"the worker died during each of its {tries} tries; the last may have been sent"
+        return self._fail(job, OutcomeUnknownError(reason, channel=job.channel, provider="notify"))
 
     def _attempt(self, claim: Job) -> Outcome:
         try:

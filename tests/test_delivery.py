@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import ClassVar
 
@@ -19,7 +20,7 @@ from notify.delivery import Deliverer
 from notify.errors import OutcomeUnknownError, StoreUnavailable
 from notify.models import Status
 from notify.settings import Settings
-from notify.store import NewDelivery
+from notify.store import Job, NewDelivery, utcnow
 from tests.conftest import REPO
 
 
@@ -131,3 +132,25 @@ def test_the_heartbeat_survives_an_error_that_is_not_an_outage(
 
     assert beats.acquire(timeout=10) and beats.acquire(timeout=10), "the heartbeat stopped beating"
     deliverer.heartbeat.release("a-claim")
+
+
+def test_a_delivery_whose_worker_dies_every_time_ends_in_the_dead_letters(
+    deliverer: Deliverer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lapsed claims are taken over without a retry decision: attempts must still run out."""
+    delivery_id = queued(deliverer)
+    clock = [utcnow()]
+    monkeypatch.setattr(deliverer.store, "now", lambda: clock[0])
+    for _ in range(deliverer.policies["email"].max_attempts):
+        assert isinstance(deliverer.store.claim(delivery_id, lease=1), Job)  # its worker "died" holding it
+        clock[0] += timedelta(seconds=2)
+
+    outcome = deliverer.attempt(delivery_id)
+
+    assert outcome.status == "failed"
+    delivery = deliverer.store.get(delivery_id)
+    assert delivery is not None and (delivery.status, delivery.error_code) == (
+        Status.FAILED,
+        OutcomeUnknownError.CODE,
+    )
+    assert ScriptedProvider.delivered == []
