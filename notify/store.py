@@ -16,6 +16,7 @@ Nothing outside this module speaks SQL; the driver's errors leave it as
 
 from __future__ import annotations
 
+import enum
 import json
 import threading
 import time
@@ -147,6 +148,11 @@ class Store:
         self._write_lock = write_lock(self._writer)
         self.now: Clock = clock or (DatabaseClock(self._database_time) if postgres else utcnow)
         self._sql = _Statements(postgresql.insert if postgres else sqlite.insert)
+        # PostgreSQL records a send() in one autocommitted statement (_record_in_one_statement).
+        self._compiled: dict[int, str] = {}  # that statement's SQL, by number of deliveries
+        self._one_statement = (
+            self.engine.execution_options(isolation_level="AUTOCOMMIT") if postgres else None
+        )
         with self._guard():
             self._create_schema()
 
@@ -214,6 +220,8 @@ class Store:
         batch makes the later delivery a duplicate of the earlier one.
         """
         now = self.now()  # the time of the call: taken before the lock, not inside it
+        if self._one_statement is not None and len(batch) == 1 and not _has_dedup_keys(batch[0]):
+            return [self._record_in_one_statement(batch[0], now)]
         rows = [_notification_row(n, now) for n in batch]
         with self._tx() as conn:
             holders = self._claim_dedup_keys(conn, batch, now)
@@ -227,6 +235,29 @@ class Store:
             if delivery_rows:
                 conn.execute(self._sql.add_delivery, delivery_rows)
         return recorded
+
+    def _record_in_one_statement(self, n: NewNotification, now: datetime) -> list[Delivery]:
+        """A send() on PostgreSQL: the notification and its deliveries in one statement, one round trip.
+
+        A data-modifying CTE in autocommit mode: atomic as any statement,
+        without BEGIN and COMMIT's round trips (a third of a send() there).
+        """
+        assert self._one_statement is not None
+        recorded = [_recorded(n.id, d, d.id) for d in n.deliveries]
+        params = {f"n_{k}": v for k, v in _notification_row(n, now).items()}
+        for i, (d, r) in enumerate(zip(n.deliveries, recorded, strict=True)):
+            params.update({f"d{i}_{k}": _plain(v) for k, v in _delivery_row(d, r, now).items()})
+        with self._guard(), self._one_statement.connect() as conn:
+            conn.exec_driver_sql(self._record_one_sql(len(n.deliveries)), params)
+        return recorded
+
+    def _record_one_sql(self, deliveries_count: int) -> str:
+        """The statement compiled once: a multi-row INSERT with a CTE has no SQLAlchemy cache key."""
+        sql = self._compiled.get(deliveries_count)
+        if sql is None:
+            statement = _record_one_statement(deliveries_count)
+            sql = self._compiled[deliveries_count] = str(statement.compile(dialect=self.engine.dialect))
+        return sql
 
     def _claim_dedup_keys(
         self, conn: sa.Connection, batch: Sequence[NewNotification], now: datetime
@@ -547,6 +578,27 @@ class _Statements:
         )
 
 
+def _record_one_statement(deliveries_count: int) -> sa.Insert:
+    """A notification and its deliveries, in one INSERT with a data-modifying CTE (PostgreSQL)."""
+    notification = (
+        notifications.insert()
+        .values({c.name: _param(f"n_{c.name}", c.type) for c in notifications.c})
+        .cte("new_notification")
+    )
+    columns = [c for c in deliveries.c if c.name in _DELIVERY_ROW_KEYS]
+    rows = [{c.name: _param(f"d{i}_{c.name}", c.type) for c in columns} for i in range(deliveries_count)]
+    return deliveries.insert().values(rows).add_cte(notification)
+
+
+def _plain(value: Any) -> Any:
+    """A value as the driver should see it when SQLAlchemy's types do not process it (enums as text)."""
+    return value.value if isinstance(value, enum.Enum) else value
+
+
+def _has_dedup_keys(n: NewNotification) -> bool:
+    return any(d.dedup_key for d in n.deliveries)
+
+
 def _dedup_statements(insert: Callable[[sa.Table], Any]) -> tuple[Any, sa.Select[Any]]:
     """Claim (channel, address, key) unless a live claim holds it; and who holds it."""
     c = dedup_claims.c
@@ -624,6 +676,12 @@ def _recorded(notification_id: str, d: NewDelivery, holder: str) -> Delivery:
         next_attempt_at=d.release_at,
         duplicate_of=duplicate_of,
     )
+
+
+_DELIVERY_ROW_KEYS = (
+    "id", "notification_id", "channel", "address", "priority", "status", "attempts", "dedup_key",
+    "duplicate_of", "created_at", "updated_at", "release_at", "next_attempt_at",
+)  # fmt: skip
 
 
 def _delivery_row(d: NewDelivery, recorded: Delivery, now: datetime) -> dict[str, Any]:
