@@ -3,7 +3,8 @@
 SQLAlchemy Core on SQLite (the default; WAL, one writer at a time) or
 PostgreSQL. Every state change is one conditional UPDATE, so concurrent
 workers and producers agree on who owns a delivery without locks held
-across provider calls.
+across provider calls; on PostgreSQL each runs autocommitted, one round
+trip (a send() too, as one INSERT with a CTE).
 
 A claim is a lease with a token: the worker that holds it renews it while
 it works (heartbeat), and only the holder of the current token can record
@@ -189,6 +190,17 @@ class Store:
         with self._write_lock, self._guard(), self._writer.begin() as conn:
             yield conn
 
+    @contextmanager
+    def _single(self) -> Iterator[sa.Connection]:
+        """A write of one statement: autocommitted on PostgreSQL (one round trip, atomic as any
+        statement), a write transaction on SQLite (its write lock taken up front)."""
+        if self._one_statement is None:
+            with self._tx() as conn:
+                yield conn
+            return
+        with self._guard(), self._one_statement.connect() as conn:
+            yield conn
+
     def _read(self, statement: sa.Executable, params: dict[str, Any]) -> Sequence[sa.Row[Any]]:
         with self._guard(), self.engine.connect() as conn:
             return conn.execute(statement, params).all()
@@ -242,12 +254,11 @@ class Store:
         A data-modifying CTE in autocommit mode: atomic as any statement,
         without BEGIN and COMMIT's round trips (a third of a send() there).
         """
-        assert self._one_statement is not None
         recorded = [_recorded(n.id, d, d.id) for d in n.deliveries]
         params = {f"n_{k}": v for k, v in _notification_row(n, now).items()}
         for i, (d, r) in enumerate(zip(n.deliveries, recorded, strict=True)):
             params.update({f"d{i}_{k}": _plain(v) for k, v in _delivery_row(d, r, now).items()})
-        with self._guard(), self._one_statement.connect() as conn:
+        with self._single() as conn:
             conn.exec_driver_sql(self._record_one_sql(len(n.deliveries)), params)
         return recorded
 
@@ -295,7 +306,7 @@ class Store:
         """Take `delivery_id` for one try, or say why not (done, held, claimed by a live worker)."""
         token = str(uuid.uuid4())
         params: dict[str, Any] = {"b_id": delivery_id, "b_token": token}
-        with self._tx() as conn:
+        with self._single() as conn:
             now = self.now()
             params.update(b_now=now, b_lease_until=now + timedelta(seconds=lease))
             row = conn.execute(self._sql.claim, params).first()
@@ -317,7 +328,7 @@ class Store:
         """Extend these claims' leases (a heartbeat); return the ones still held."""
         held: set[str] = set()
         for chunk in _chunks(list(claims)):
-            with self._tx() as conn:
+            with self._single() as conn:
                 params = {"b_tokens": chunk, "b_lease_until": self.now() + timedelta(seconds=lease)}
                 held.update(conn.execute(self._sql.renew, params).scalars())
         return held
@@ -336,7 +347,7 @@ class Store:
     def _finish(self, statement: sa.Update, job: Job, **params: Any) -> bool:
         """Record the outcome of a try and end its claim, only if the claim is still this one."""
         params.update(b_id=job.delivery_id, b_claim=job.claim)
-        with self._tx() as conn:
+        with self._single() as conn:
             done = conn.execute(statement, {**params, "b_now": self.now()})
         return bool(done.rowcount)
 

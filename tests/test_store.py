@@ -456,3 +456,16 @@ def test_a_send_with_a_dedup_key_still_claims_it_in_a_transaction_on_postgresql(
     assert "COMMIT" in sent and "WITH" not in sent
     assert second[0].duplicate_of == first[0]
     store.close()
+
+
+def test_a_claim_and_its_outcome_are_one_statement_each_on_postgresql(postgres_url: str) -> None:
+    store = Store(postgres_url)
+    [delivery_id] = record(store, new())
+    sent = statements_of(store)
+
+    job = claimed(store, delivery_id)
+    assert store.renew([job.claim], lease=60) == {job.claim}
+    assert store.mark_sent(job, "p-1")
+
+    assert sent == ["UPDATE", "UPDATE", "UPDATE"]  # autocommitted: no BEGIN, no COMMIT round trips
+    store.close()
