@@ -48,13 +48,13 @@ def test_priority_order_holds_on_every_broker(
 
 
 def queue_emails(producer: Notifier, how: str) -> list[str]:
-    """40 emails sent one by one, or 100 as one burst (3 deliveries per message)."""
+    """40 emails sent one by one, or 150 as one burst (2 deliveries per message)."""
     if how == "send":
         return [
             producer.send("welcome", {"email": f"u{i}@example.com"}, data={"name": "U"}).deliveries[0].id
             for i in range(40)
         ]
-    intents = [Intent("welcome", {"email": f"u{i}@example.com"}, data={"name": "U"}) for i in range(100)]
+    intents = [Intent("welcome", {"email": f"u{i}@example.com"}, data={"name": "U"}) for i in range(150)]
     return [r.deliveries[0].id for r in producer.send_many(intents)]
 
 

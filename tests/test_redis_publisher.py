@@ -97,7 +97,7 @@ def test_a_single_send_is_one_message_of_one_id(
 
 @pytest.mark.parametrize(
     ("count", "size"),
-    [(1, 1), (63, 1), (64, 2), (100, 3), (320, 10), (511, 15), (512, 16), (5000, MAX_GROUP)],
+    [(1, 1), (127, 1), (128, 2), (300, 4), (500, 7), (1023, 15), (1024, 16), (5000, MAX_GROUP)],
 )
 def test_a_burst_is_spread_over_enough_messages_for_many_threads(count: int, size: int) -> None:
     assert group_size(count) == size
@@ -108,7 +108,7 @@ def test_send_many_groups_each_channel_and_priority_into_fewer_messages(
 ) -> None:
     intents = [
         Intent("welcome", {"email": f"u{i}@example.com"}, data={"name": "U"}, priority=p)
-        for i in range(100)
+        for i in range(300)
         for p in ("high", "low")
     ]
     producer = notifier()
@@ -123,7 +123,7 @@ def test_send_many_groups_each_channel_and_priority_into_fewer_messages(
     ids_of = {p: [r.deliveries[0].id for r, i in zip(results, intents, strict=True) if i.priority == p]
               for p in ("high", "low")}  # fmt: skip
     assert published == ids_of  # every delivery once, on its own priority's queue, in order
-    assert len(stored(redis_url, "notify.email.high")) == 34  # 100 in threes: 33 messages and one
+    assert len(stored(redis_url, "notify.email.high")) == 75  # 300 in fours
 
 
 def test_a_worker_delivers_every_delivery_of_grouped_messages_once(
@@ -135,10 +135,10 @@ def test_a_worker_delivers_every_delivery_of_grouped_messages_once(
 ) -> None:
     producer = notifier()
     results = producer.send_many(
-        [Intent("welcome", {"email": f"u{i}@example.com"}, data={"name": "U"}) for i in range(200)]
+        [Intent("welcome", {"email": f"u{i}@example.com"}, data={"name": "U"}) for i in range(300)]
     )
     assert producer.flush(timeout=10)
-    assert len(stored(redis_url)) == 34  # 200 in sixes: 33 messages and one of two
+    assert len(stored(redis_url)) == 75  # 300 in fours
     ids = [r.deliveries[0].id for r in results]
 
     start_worker("email", "-c", "4")
