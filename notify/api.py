@@ -30,7 +30,7 @@ from notify.models import (
 )
 from notify.policy import ChannelPolicy, load_policies
 from notify.rendering import Renderer, check_locale
-from notify.routing import producer_app, publish
+from notify.routing import Publisher, producer_app
 from notify.schema import MAX_DEDUP_KEY, MAX_ID
 from notify.settings import Settings, get_settings
 from notify.store import NewDelivery, NewNotification, Queued, Store
@@ -62,6 +62,10 @@ class Notifier:
         """The Celery app this notifier publishes with (connections pooled)."""
         return producer_app(self.settings)
 
+    @functools.cached_property
+    def publisher(self) -> Publisher:
+        return Publisher(self.producer)
+
     def send(
         self,
         template: str,
@@ -85,7 +89,7 @@ class Notifier:
             send_at=send_at,
             locale=locale,
         )
-        [result] = self._record_and_publish([self._prepare(intent)])
+        [result] = self._record_and_publish([self._prepare(intent)], grouped=False)
         return result
 
     def send_many(self, intents: Iterable[Intent], /, *, batch_size: int = BATCH_SIZE) -> list[SendResult]:
@@ -102,7 +106,10 @@ class Notifier:
         """`send_many()` a batch at a time (for progress): every intent is validated before this returns."""
         size = _batch_size(batch_size)
         prepared = [self._prepare_at(i, intent) for i, intent in enumerate(_intents(intents))]
-        return (self._record_and_publish(prepared[i : i + size]) for i in range(0, len(prepared), size))
+        return (
+            self._record_and_publish(prepared[i : i + size], grouped=True)
+            for i in range(0, len(prepared), size)
+        )
 
     def _prepare_at(self, index: int, intent: object) -> NewNotification:
         """`_prepare(intent)`, its errors naming the field as `intents[index].<field>`."""
@@ -142,14 +149,17 @@ class Notifier:
         )
         return NewNotification(str(uuid.uuid4()), intent.template, intent.locale, payload_json, new)
 
-    def _record_and_publish(self, batch: Sequence[NewNotification]) -> list[SendResult]:
+    def _record_and_publish(self, batch: Sequence[NewNotification], *, grouped: bool) -> list[SendResult]:
         recorded = self.store.record_many(batch)
         by_priority = {d.id: d.priority for n in batch for d in n.deliveries}
         self._publish(
-            Queued(d.id, d.channel, by_priority[d.id])
-            for ds in recorded
-            for d in ds
-            if d.status == Status.QUEUED
+            (
+                Queued(d.id, d.channel, by_priority[d.id])
+                for ds in recorded
+                for d in ds
+                if d.status == Status.QUEUED
+            ),
+            grouped=grouped,
         )
         return [SendResult(id=n.id, deliveries=tuple(ds)) for n, ds in zip(batch, recorded, strict=True)]
 
@@ -163,6 +173,8 @@ class Notifier:
         """Release the store's and the broker's connections."""
         if "store" in self.__dict__:
             self.store.close()
+        if "publisher" in self.__dict__:
+            self.publisher.close()
         if "producer" in self.__dict__:
             # Broker connections live in kombu's process-wide pools, shared by
             # every app with the same broker URL; they are not ours to close.
@@ -171,15 +183,15 @@ class Notifier:
     def replay(self, ids: list[str] | None) -> Replayed:
         """Re-queue failed deliveries (these, or all of them) for a fresh attempt cycle."""
         reset = reset_for_replay(self.store, ids)
-        self._publish(reset)
+        self._publish(reset, grouped=True)
         done = [delivery_id for delivery_id, _, _ in reset]
         found = set(done)
         return Replayed(replayed=done, not_found=[i for i in ids or [] if i not in found])
 
-    def _publish(self, queued: Iterable[Queued]) -> None:
-        """Publish deliveries on one pooled producer, pipelined where the transport can."""
+    def _publish(self, queued: Iterable[Queued], *, grouped: bool) -> None:
+        """Publish deliveries, pipelined; `grouped` shares messages among a burst's deliveries."""
         try:
-            publish(self.producer, queued, batch=PUBLISH_BATCH)
+            self.publisher.publish(queued, batch=PUBLISH_BATCH, grouped=grouped)
         except Exception as exc:  # the store has them; a worker's sweep publishes them later
             log.warning(
                 "broker unavailable, deliveries stay queued in the store until a worker's "

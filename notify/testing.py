@@ -95,7 +95,7 @@ class _InlineNotifier(Notifier):
         super().__init__(settings)
         self.deliverer = Deliverer(settings)
 
-    def _publish(self, queued: Iterable[Queued]) -> None:
+    def _publish(self, queued: Iterable[Queued], *, grouped: bool) -> None:
         for delivery_id, _channel, _priority in list(queued):
             self.deliverer.attempt(delivery_id)
 

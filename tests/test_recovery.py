@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from notify.api import Notifier
+from notify.api import Intent, Notifier
 from notify.models import Status
 from tests.support.processes import Worker, wait_for
 from tests.support.smtp import SmtpServer
@@ -47,18 +47,28 @@ def test_priority_order_holds_on_every_broker(
     assert order == sorted(order, key=["high", "normal", "low"].index)
 
 
+def queue_emails(producer: Notifier, how: str) -> list[str]:
+    """40 emails sent one by one, or 100 as one burst (3 deliveries per message)."""
+    if how == "send":
+        return [
+            producer.send("welcome", {"email": f"u{i}@example.com"}, data={"name": "U"}).deliveries[0].id
+            for i in range(40)
+        ]
+    intents = [Intent("welcome", {"email": f"u{i}@example.com"}, data={"name": "U"}) for i in range(100)]
+    return [r.deliveries[0].id for r in producer.send_many(intents)]
+
+
+@pytest.mark.parametrize("how", ["send", "send_many"])
 def test_what_a_killed_worker_held_is_delivered_once_within_30_seconds(
     broker_env: dict[str, str],
     notifier: Callable[[], Notifier],
     start_worker: Callable[..., Worker],
     smtp_server: SmtpServer,
+    how: str,
 ) -> None:
     smtp_server.delay_data_reply(0.5)  # every delivery spends a while in flight
     producer = notifier()
-    ids = [
-        producer.send("welcome", {"email": f"u{i}@example.com"}, data={"name": "U"}).deliveries[0].id
-        for i in range(40)
-    ]
+    ids = queue_emails(producer, how)
     first = start_worker("email", "-c", "8").wait_ready()
     wait_for(lambda: len(smtp_server.messages) >= 8, what="the first emails")
     wait_for(lambda: Status.SENDING in statuses(producer, ids), what="deliveries in flight")

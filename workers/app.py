@@ -19,7 +19,7 @@ from celery.signals import after_setup_logger, worker_ready, worker_shutdown
 
 from notify.constants import CHANNELS
 from notify.maintenance import Maintenance
-from notify.routing import celery_config, consume_queues, publish
+from notify.routing import Publisher, celery_config, consume_queues
 from notify.settings import Settings, get_settings
 from notify.store import Store
 
@@ -105,7 +105,7 @@ def start_maintenance(celery: Celery, channels: list[str]) -> Maintenance:
     maintenance = Maintenance(
         Store(settings.resolved_database_url),
         settings,
-        functools.partial(publish, celery),
+        functools.partial(Publisher(celery).publish, grouped=True),
         channels=channels,
         backlog=Backlog(celery),
     )

@@ -1,4 +1,4 @@
-"""The task: deliver one delivery. Maintenance runs in a thread of every worker (notify.maintenance)."""
+"""The task: deliver a delivery, or a burst of them. Maintenance runs in a thread (notify.maintenance)."""
 
 from __future__ import annotations
 
@@ -40,12 +40,21 @@ def _close(**_: Any) -> None:
 
 
 @app.task(name=DELIVER_TASK, bind=True, ignore_result=True)
-def deliver(self: Task[[str], str], delivery_id: str) -> str:
+def deliver(self: Task[[str | list[str]], str | list[str]], delivery_ids: str | list[str]) -> str | list[str]:
+    """Attempt one delivery, or a burst's deliveries one after another (notify.routing.group_size).
+
+    Each is claimed only when its turn comes: the rest stay "queued" in the
+    store, so a worker that dies mid-message leaves them to the sweep
+    untouched, their tries uncounted.
+    """
     try:
-        return deliverer().attempt(delivery_id).status
+        if isinstance(delivery_ids, str):
+            return deliverer().attempt(delivery_ids).status
+        return [deliverer().attempt(delivery_id).status for delivery_id in delivery_ids]
     except StoreUnavailable as exc:
         # Nothing was claimed: keep a message for it and try again, backing off,
-        # rather than ack it away and leave it to the sweep.
+        # rather than ack it away and leave it to the sweep. The ones this
+        # message already finished are refused at their claim next time.
         delay = min(2.0 ** min(self.request.retries, 10), STORE_RETRY_MAX)
-        log.error("delivery %s: %s, again in %.1fs", delivery_id, exc, delay)
+        log.error("delivery %s: %s, again in %.1fs", delivery_ids, exc, delay)
         raise self.retry(countdown=delay, max_retries=None) from None
