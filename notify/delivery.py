@@ -208,6 +208,7 @@ class Deliverer:
                     f"{type(exc).__name__}: {exc}", channel=claim.channel, provider="notify", code="bug"
                 ),
             )
+        self.gate.checkpoint(claim.priority)
         return self._deliver(claim, message)
 
     def _deliver(self, claim: Job, message: Message) -> Outcome:

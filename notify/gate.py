@@ -46,6 +46,11 @@ class PriorityGate:
         finally:
             self._leave(token)
 
+    def checkpoint(self, priority: str) -> None:
+        """Inside a lower attempt, before its next costly step (MIME and SMTP): wait again if need be."""
+        if priority not in self.urgent:
+            self.wait()
+
     def wait(self) -> float:
         """Wait while an urgent attempt younger than `hold` runs, `hold` seconds at most; how long."""
         if not self._started:  # the common case: nothing urgent, no lock taken
