@@ -19,7 +19,7 @@ from notify.routing import producer_app
 from notify.settings import Settings
 from tests.support.processes import Worker, wait_for
 from tests.support.smtp import SmtpServer
-from workers.express import ExpressLane, express_queues, start_express
+from workers.express import ExpressLane, express_queues, runs_tasks_here, start_express
 
 
 @pytest.fixture
@@ -156,3 +156,16 @@ def test_a_high_email_does_not_wait_for_the_busy_pool(
     smtp_server.delay_data_reply(0)
     wait_for(lambda: producer.store.get(high).status == Status.SENT, what="the high one recorded")  # type: ignore[union-attr]
     assert smtp_server.delivery_ids() == {low: 1, high: 1}
+
+
+def test_only_pools_that_run_tasks_in_the_worker_process_get_a_lane() -> None:
+    """A prefork parent must not build a deliverer its later children would inherit half-dead."""
+    from celery.concurrency.prefork import TaskPool as PreforkPool
+    from celery.concurrency.solo import TaskPool as SoloPool
+    from celery.concurrency.thread import TaskPool as ThreadPool
+
+    threads = ThreadPool(limit=1)
+    assert runs_tasks_here(threads)
+    assert runs_tasks_here(SoloPool())
+    assert not runs_tasks_here(PreforkPool(limit=1))
+    threads.on_stop()

@@ -26,6 +26,8 @@ from datetime import datetime
 from typing import Any
 
 from celery import Celery
+from celery.concurrency.solo import TaskPool as SoloPool
+from celery.concurrency.thread import TaskPool as ThreadPool
 from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 from kombu import Connection, Queue
 from kombu.mixins import ConsumerMixin
@@ -71,11 +73,15 @@ class ExpressLane(ConsumerMixin):
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop consuming; a message not finished stays unacked and returns to its queue."""
-        self.should_stop = True
-        self._stopped.set()
+        self.stopping()
         if self._thread is not None:
             self._thread.join(timeout)
         self.connection.release()
+
+    def stopping(self) -> None:
+        """Take no more messages (the consumer looks every second); `stop` waits for it."""
+        self.should_stop = True
+        self._stopped.set()
 
     def on_message(self, body: Any, message: Any) -> None:
         ids = _delivery_ids(message.headers, body)
@@ -144,16 +150,28 @@ def start_express(
     return started
 
 
+def runs_tasks_here(pool: Any) -> bool:
+    """Whether `pool` runs tasks in this process (threads, solo), where the lane can run them too.
+
+    Not prefork: a deliverer built in the parent would be inherited, its SMTP
+    thread dead, by every child forked later.
+    """
+    return isinstance(pool, ThreadPool | SoloPool)
+
+
 @worker_ready.connect
 def _start(sender: Any, **_: Any) -> None:
     from workers.app import consumed_channels
     from workers.tasks import deliverer
 
-    start_express(sender.app, consumed_channels(sender.app), lambda i: deliverer().attempt(i))
+    if runs_tasks_here(sender.pool):
+        start_express(sender.app, consumed_channels(sender.app), lambda i: deliverer().attempt(i))
 
 
 @worker_shutting_down.connect  # before the deliverer is closed (workers.tasks, at worker_shutdown)
 @worker_shutdown.connect
 def _stop(**_: Any) -> None:
+    for lane in _lanes:
+        lane.stopping()
     while _lanes:
         _lanes.pop().stop()
