@@ -37,16 +37,25 @@ PRIVATE_REDIS_HELP = (
     "start a redis-server of its own (exact Redis command counts and CPU) instead of --redis-url"
 )
 WARMUP_TIMEOUT = 90.0  # seconds: a worker's start-up plus its first messages
+MANY_BATCH = 500  # intents per notify.send_many() call of a notify-many leg
+
+Send = Callable[[int, str], object]  # send(index, recipient): one message
+SendChunk = Callable[[int, Sequence[str]], object]  # send_chunk(index of the first, recipients)
+SendAll = Callable[[Sequence[str]], object]  # send_all(recipients): the whole leg at once
 
 
 @dataclass
 class Leg:
-    """What one leg measured; times are seconds from the first message handed over."""
+    """What one leg measured; times are seconds from the first message handed over.
+
+    Every per-message figure is per delivery (one recipient, one channel), not
+    per broker message: a notify-many leg may carry many deliveries a message.
+    """
 
     round: int
     leg: str
     count: int
-    producer_s: float  # notify.send() / task.delay() for all, or the whole raw loop
+    producer_s: float  # notify.send() / send_many() / task.delay() for all, or the whole raw loop
     e2e_s: float  # until the server had received all `count`
     first_receipt_s: float
     drain_s: float  # first receipt -> last: the delivering side alone once it is busy
@@ -62,6 +71,7 @@ class Leg:
     pg_per_msg: dict[str, float] | None = None  # notify legs: pg_stat_database counters per message
     tx_per_msg: dict[str, float] | None = None  # notify legs: store transactions (and statements) per message
     redis_per_msg: dict[str, float] | None = None  # Redis commands per message, by name, and total
+    rss_kb: dict[str, int] | None = None  # VmRSS per component at the end of the timed part
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -107,15 +117,42 @@ class Leg:
 
 
 def warm_up(
-    server: Control, watch: Sequence[Child], send: Callable[[int, str], object], recipients: Sequence[str]
+    server: Control,
+    watch: Sequence[Child],
+    send: Send,
+    recipients: Sequence[str],
+    send_all: SendAll | None = None,
 ) -> None:
-    """Untimed messages first: connections, caches, and proof that a worker is up."""
+    """Untimed messages first: connections, caches, and proof that a worker is up.
+
+    With `send_all` they go the way the leg will send them (a notify-many leg's worker
+    warms up on grouped messages).
+    """
     server.reset()
-    for i, recipient in enumerate(recipients):
+    if send_all is not None:
+        send_all(recipients)
+    for i, recipient in enumerate(recipients if send_all is None else ()):
         send(i, recipient)
     server.wait(len(recipients), timeout=WARMUP_TIMEOUT, watch=watch)
     time.sleep(0.3)
     server.reset()
+
+
+def in_chunks(send_chunk: SendChunk, size: int, watch: Callable[[], Sequence[Child]]) -> SendAll:
+    """A send_all handing `size` recipients at a time to `send_chunk`.
+
+    `watch()` gives the workers running now; one that died fails the leg after the chunk.
+    """
+    if size < 1:
+        raise ValueError(f"chunk size must be at least 1, not {size}")
+
+    def send_all(recipients: Sequence[str]) -> None:
+        for first in range(0, len(recipients), size):
+            send_chunk(first, recipients[first : first + size])
+            for child in watch():
+                child.check_alive()
+
+    return send_all
 
 
 def measure(
@@ -125,13 +162,13 @@ def measure(
     channel: str,
     server: Control,
     watch: Sequence[Child],
-    send: Callable[[int, str], object],
+    send: Send,
     recipients: Sequence[str],
     timeout: float,
     settle: float,
     start_after_enqueue: Callable[[], Sequence[Child]] | None = None,
     meter: CpuMeter | None = None,
-    send_all: Callable[[Sequence[str]], object] | None = None,
+    send_all: SendAll | None = None,
 ) -> Leg:
     """Time `recipients` from the first handed over until the server has them all.
 
@@ -175,6 +212,7 @@ def measure(
         missing=len(expected - keys),
         unexpected=len(keys - expected),
         cpu_s=cpu,
+        rss_kb=dict(meter.rss) if meter is not None and meter.rss else None,
     )
 
 
@@ -209,6 +247,19 @@ def summarize(legs: Sequence[Leg], contender: str, baseline: str) -> dict[str, A
         "producer_ratio_median": median(ratios("producer_rate")),
         "cpu_ms_per_msg_median": {name: _cpu_medians(legs, name) for name in (contender, baseline)},
         "all_correct": bool(legs) and all(leg.ok for leg in legs),
+    }
+
+
+def summarize_pairs(
+    legs: Sequence[Leg], contenders: Sequence[str], baselines: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """`summarize` for every contender against every baseline run, keyed `contender/baseline`."""
+    ran = {leg.leg for leg in legs}
+    return {
+        f"{contender}/{baseline}": summarize(legs, contender, baseline)
+        for contender in contenders
+        for baseline in baselines
+        if contender != baseline and contender in ran and baseline in ran
     }
 
 
@@ -261,7 +312,7 @@ def print_cpu_ratio(summary: dict[str, Any], label: str) -> None:
     theirs = summary["cpu_ms_per_msg_median"][summary["baseline"]].get("total")
     if ours and theirs:
         print(
-            f"{label} CPU per message, all components: {ours:.2f} vs {theirs:.2f} ms ({ours / theirs:.2f}x)"
+            f"{label} CPU per delivery, all components: {ours:.2f} vs {theirs:.2f} ms ({ours / theirs:.2f}x)"
         )
 
 
@@ -273,8 +324,21 @@ def print_cpu(legs: Sequence[Leg]) -> None:
     names = list(measured[0].cpu_ms_per_msg or {})
     rows = [[leg.channel, leg.store_name, leg.round, leg.leg,
              *[(leg.cpu_ms_per_msg or {}).get(n) for n in names]] for leg in measured]  # fmt: skip
-    print("CPU ms per message (from /proc; redis is shared with whatever else uses it):")
+    print("CPU ms per delivery (from /proc; redis counts whoever else uses it, unless --private-redis):")
     print_table(["channel", "store", "round", "leg", *names], rows, digits=2)
+
+
+def print_rss(legs: Sequence[Leg]) -> None:
+    """Resident set per component at the end of each leg's timed part, in MB."""
+    measured = [leg for leg in legs if leg.rss_kb]
+    if not measured:
+        return
+    names = list(dict.fromkeys(n for leg in measured for n in leg.rss_kb or {}))
+    rows = [[leg.channel, leg.store_name, leg.round, leg.leg,
+             *[kb / 1024 if (kb := (leg.rss_kb or {}).get(n)) else None for n in names]]
+            for leg in measured]  # fmt: skip
+    print("RSS MB at the end of each leg (VmRSS from /proc, summed over a component's processes):")
+    print_table(["channel", "store", "round", "leg", *names], rows, digits=1)
 
 
 def print_pg(legs: Sequence[Leg]) -> None:
@@ -282,7 +346,7 @@ def print_pg(legs: Sequence[Leg]) -> None:
     if not measured:
         return
     names = list(PgCounters.COLUMNS)
-    print("PostgreSQL per message (pg_stat_database; sessions = connections opened):")
+    print("PostgreSQL per delivery (pg_stat_database; sessions = connections opened):")
     rows = [
         [leg.channel, leg.round, leg.leg, *[(leg.pg_per_msg or {}).get(n) for n in names]] for leg in measured
     ]
@@ -296,7 +360,7 @@ def print_round_trips(legs: Sequence[Leg]) -> None:
     measured = [leg for leg in legs if leg.tx_per_msg or leg.redis_per_msg]
     if not measured:
         return
-    print("Round trips per message (store: pg_stat_database or traced SQLite; redis: INFO commandstats):")
+    print("Round trips per delivery (store: pg_stat_database or traced SQLite; redis: INFO commandstats):")
     rows = [[leg.channel, leg.store_name, leg.round, leg.leg, (leg.tx_per_msg or {}).get("transactions"),
              (leg.tx_per_msg or {}).get("statements"), (leg.redis_per_msg or {}).get("total"),
              top_commands(leg.redis_per_msg)] for leg in measured]  # fmt: skip
@@ -346,11 +410,38 @@ def add_common_arguments(
     parser.add_argument("--settle", type=float, default=1.0, help="seconds to watch for late duplicates")
 
 
+def add_contender_arguments(parser: argparse.ArgumentParser, contenders: Sequence[str]) -> None:
+    """--contenders (which legs a round runs, default all) and --many-batch."""
+    parser.add_argument(
+        "--contenders",
+        nargs="+",
+        choices=contenders,
+        default=list(contenders),
+        metavar="LEG",
+        help=f"the legs of a round, run in this order whatever order they are given: "
+        f"{', '.join(contenders)} (default: all)",
+    )
+    parser.add_argument("--many-batch", type=_positive, default=MANY_BATCH,
+                        help="intents per notify.send_many() call of the notify-many leg "
+                             "(default %(default)s)")  # fmt: skip
+    parser.set_defaults(contender_order=list(contenders))
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
-    """Parse `argv`; --warmup defaults to the concurrency."""
+    """Parse `argv`; --warmup defaults to the concurrency; --contenders put in their run order."""
     args = parser.parse_args(argv)
     if args.warmup is None:
         args.warmup = args.concurrency
+    order = vars(args).pop("contender_order", None)
+    if order is not None:
+        args.contenders = [c for c in order if c in args.contenders]
     return args
 
 
@@ -375,6 +466,8 @@ class Run:
         """Print the CPU and PostgreSQL tables, write the results file; the exit status."""
         print()
         print_cpu(self.legs)
+        print()
+        print_rss(self.legs)
         print()
         print_pg(self.legs)
         print()

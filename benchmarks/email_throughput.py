@@ -1,12 +1,16 @@
-"""Email end to end: `notify worker email` against a hand-rolled Celery task, side by side.
+"""Email end to end: `notify worker email` against a hand-rolled Celery task and raw SMTP, side by side.
 
-    python -m benchmarks.email_throughput [--count 2000] [--rounds 2] [--concurrency 16]
+    python -m benchmarks.email_throughput [--count 1000] [--rounds 2] [--concurrency 8]
+                                          [--contenders notify notify-many hand-rolled raw]
 
 Each leg sends `--count` welcome emails through a real worker subprocess to a
 counting SMTP sink (its own process) and times first enqueue -> the sink
-holding them all. Legs alternate (notify, hand-rolled, notify, ...) on the same
-Redis database (flushed before each leg), the same sink and the same thread
-concurrency; see benchmarks/README.md for how to read the ratios.
+holding them all. notify's producer is a `notify.send()` loop (notify) or
+`notify.send_many()` in chunks of `--many-batch` (notify-many); the same
+`notify worker email` delivers both. Legs alternate (notify, notify-many,
+hand-rolled, raw, notify, ...) on the same Redis database (flushed before each
+leg), the same sink and the same thread concurrency; see benchmarks/README.md
+for how to read the ratios.
 """
 
 from __future__ import annotations
@@ -34,7 +38,10 @@ from benchmarks._harness import (
 )
 from benchmarks._legs import (
     Leg,
+    SendAll,
     add_common_arguments,
+    add_contender_arguments,
+    in_chunks,
     measure,
     parse_arguments,
     print_cpu_ratio,
@@ -42,7 +49,7 @@ from benchmarks._legs import (
     print_legs,
     print_ratios,
     run,
-    summarize,
+    summarize_pairs,
     times,
     warm_up,
 )
@@ -58,10 +65,11 @@ from benchmarks._stores import (
 from workers.mailcatcher import free_port
 
 NAME = "email_throughput"
-NOTIFY, BASELINE, RAW = "notify", "hand-rolled", "raw smtp"
-LEGS = (NOTIFY, BASELINE, RAW)
+NOTIFY, NOTIFY_MANY, BASELINE, RAW = "notify", "notify-many", "hand-rolled", "raw"
+NOTIFY_LEGS = (NOTIFY, NOTIFY_MANY)  # notify's producer two ways; the same notify worker
+LEGS = (NOTIFY, NOTIFY_MANY, BASELINE, RAW)
 EMAIL_FROM = "Bench <bench@example.com>"
-TAGS = {NOTIFY: "n", BASELINE: "h", RAW: "r"}
+TAGS = {NOTIFY: "n", NOTIFY_MANY: "m", BASELINE: "h", RAW: "r"}
 
 
 class EmailBenchmark:
@@ -81,7 +89,7 @@ class EmailBenchmark:
         for store in self.stores:
             use_store(store, self.environ)  # notify.send() and the hand-rolled producer read these
             for round_no in range(1, self.args.rounds + 1):
-                for leg in LEGS:
+                for leg in self.args.contenders:
                     print(f"{store.name} round {round_no}: {leg} ...", flush=True)
                     yield self.run(store, round_no, leg)
 
@@ -98,7 +106,7 @@ class EmailBenchmark:
         if self.args.profile:
             out = self.procs.log_dir / f"profile-{leg}-{store.name}-round{round_no}.prof"
             argv = [sys.executable, "-m", "benchmarks.profiled", "--out", str(out), *argv[1:]]
-        elif leg == NOTIFY and store.database_url is None:
+        elif leg in NOTIFY_LEGS and store.database_url is None:
             argv = counted_argv(argv, counts)
         workers: list[Child] = []
 
@@ -107,11 +115,13 @@ class EmailBenchmark:
             return workers[-1:]
 
         send = _sender(leg)
+        watch: list[Child] = []
+        send_all = self._send_all(leg, lambda: watch)
         tx = StoreTransactions(store, [counts])
         commands = RedisCommands(self.args.redis_url)
         try:
             watch = start_worker()
-            warm_up(self.sink, watch, send, warmup)
+            warm_up(self.sink, watch, send, warmup, send_all=send_all)
             if self.args.preload:  # the queues stay declared; the backlog waits for a fresh worker
                 self.procs.stop(watch[0])
                 watch = []
@@ -131,6 +141,7 @@ class EmailBenchmark:
                 settle=self.args.settle,
                 start_after_enqueue=start_worker if self.args.preload else None,
                 meter=None if self.args.preload else self._meter(store, workers),
+                send_all=send_all,
             )
             result.redis_per_msg = commands.per_message(result.count)
         finally:
@@ -138,13 +149,19 @@ class EmailBenchmark:
             for worker in workers:
                 self.procs.stop(worker)
         result.store_name = store.name
-        if leg == NOTIFY:
+        if leg in NOTIFY_LEGS:
             result.store = store.statuses(f"{tag}-%")
             close_notify_producer()
             result.tx_per_msg = tx.per_message(result.count)
             result.pg_per_msg = tx.pg.per_message(result.count) if tx.pg else None
-        result.check(expect_sent=leg == NOTIFY)
+        result.check(expect_sent=leg in NOTIFY_LEGS)
         return result
+
+    def _send_all(self, leg: str, watch: Callable[[], Sequence[Child]]) -> SendAll | None:
+        """notify-many's producer: send_many() in chunks, the running worker checked between chunks."""
+        if leg != NOTIFY_MANY:
+            return None
+        return in_chunks(_many_sender(self.args.many_batch), self.args.many_batch, watch)
 
     def _raw(self, store: Store, round_no: int, recipients: list[str], warmup: list[str]) -> Leg:
         """The ceiling: pre-built messages over `-c` reused aiosmtplib connections, from this process."""
@@ -248,7 +265,7 @@ def _environ(redis_url: str, smtp_port: int) -> dict[str, str]:
 
 
 def _worker_argv(leg: str, concurrency: int, pool: str) -> list[str]:
-    if leg == NOTIFY:
+    if leg in NOTIFY_LEGS:
         return [sys.executable, "-m", "workers.cli", "worker", "email", "--concurrency", str(concurrency),
                 "--pool", pool, "-l", "warning"]  # fmt: skip
     return [sys.executable, "-m", "celery", "-A", "benchmarks.handrolled_app", "worker",
@@ -257,7 +274,7 @@ def _worker_argv(leg: str, concurrency: int, pool: str) -> list[str]:
 
 
 def _sender(leg: str) -> Callable[[int, str], object]:
-    if leg == NOTIFY:
+    if leg in NOTIFY_LEGS:  # notify-many's warm-up and legs go through _many_sender instead
         import notify
 
         def send(i: int, to: str) -> object:
@@ -269,6 +286,18 @@ def _sender(leg: str) -> Callable[[int, str], object]:
     return lambda i, to: send_welcome_email.delay(to, f"User {i}")
 
 
+def _many_sender(batch: int) -> Callable[[int, Sequence[str]], object]:
+    """send_chunk(first, recipients): one notify.send_many() of their intents (names from `first`)."""
+    import notify
+
+    def send_chunk(first: int, recipients: Sequence[str]) -> object:
+        intents = [notify.Intent("welcome", to={"email": to}, data={"name": f"User {first + i}"},
+                                 channels=["email"]) for i, to in enumerate(recipients)]  # fmt: skip
+        return notify.send_many(intents, batch_size=batch)
+
+    return send_chunk
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.email_throughput", description=__doc__)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -277,7 +306,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default_count=1000,
         help_for={
             "--count": "emails per leg (default %(default)s)",
-            "--rounds": "rounds of notify + hand-rolled + raw smtp per store (default %(default)s)",
+            "--rounds": "rounds of every contender per store (default %(default)s)",
             "--concurrency": "worker threads, both, and raw SMTP connections (default %(default)s)",
             "--redis-url": "broker; this database is FLUSHED before each leg (default: db 14)",
             "--profile": "run workers under cProfile (slower); profiles go to results/logs/",
@@ -298,6 +327,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--preload", action="store_true",
                         help="enqueue all before the worker starts: compare the workers alone")  # fmt: skip
+    add_contender_arguments(parser, LEGS)
     return parse_arguments(parser, argv)
 
 
@@ -307,31 +337,32 @@ def main(argv: list[str] | None = None) -> int:
     summaries: dict[str, Any] = {}
     for store in args.stores:
         legs = [leg for leg in result.legs if leg.store_name == store]
-        summaries[store] = {
-            "hand-rolled": summarize(legs, NOTIFY, BASELINE),
-            "raw": summarize(legs, NOTIFY, RAW),
-        }
+        summaries[store] = summarize_pairs(legs, NOTIFY_LEGS, (BASELINE, RAW, NOTIFY))
     print()
     print_legs(result.legs, producer_header="enqueue s")
     print()
     for store, summary in summaries.items():
         _print_summary(store, summary, preload=args.preload)
-    correct = all(s["all_correct"] for pair in summaries.values() for s in pair.values())
+    correct = bool(result.legs) and all(leg.ok for leg in result.legs)
     suffix = ("_preload" if args.preload else "") + ("_profile" if args.profile else "")
     return result.finish(NAME + suffix, summaries, correct=correct)
 
 
+PRODUCER = {NOTIFY: "notify.send", NOTIFY_MANY: "notify.send_many", BASELINE: "task.delay"}
+
+
 def _print_summary(store: str, summary: dict[str, Any], *, preload: bool) -> None:
-    for name, versus in summary.items():
-        label = f"{store}: notify/{versus['baseline']}"
+    for pair, versus in summary.items():
+        label = f"{store}: {pair}"
         if preload:
             print_drain_ratio(versus, f"{label} workers alone,")
         else:
             print_ratios(versus, label)
         print_cpu_ratio(versus, label)
-        if name == "hand-rolled":
+        if versus["baseline"] in PRODUCER:
             producer = times(versus["producer_ratio_median"])
-            print(f"{label} producer (notify.send vs task.delay): median {producer}")
+            print(f"{label} producer ({PRODUCER[versus['contender']]} vs "
+                  f"{PRODUCER[versus['baseline']]}, per second): median {producer}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -19,26 +19,14 @@ import argparse
 import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 from benchmarks._email import EmailRig, Report, add_arguments, run_per_store
-from benchmarks._harness import BenchmarkError, Child, cpu_seconds, print_table
+from benchmarks._harness import BenchmarkError, Child, cpu_seconds, print_table, rss_kb
 from benchmarks._stores import Store
 
 NAME = "memory"
 CHUNK = 500  # emails recorded per producer step
-
-
-def rss_kb(pid: int, field: str = "VmRSS") -> int | None:
-    """A process's resident set (or another /proc/<pid>/status field), in kB."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
 
 
 def delivered_counter(rig: EmailRig, store: Store) -> Callable[[], int]:

@@ -1,14 +1,17 @@
 """SMS and push: `notify worker sms|push` against the raw provider client in a loop, side by side.
 
     python -m benchmarks.provider_throughput [--count 1000] [--rounds 2] [--channels sms push]
+                                             [--contenders notify notify-many raw]
 
-Both contenders send the same `--count` welcome messages to the same local fake
+Every contender sends the same `--count` welcome messages to the same local fake
 (tests/fakes/, each in its own process): Twilio's Messages API for SMS, FCM
 HTTP v1 plus its OAuth token endpoint for push. notify goes the whole way
-(notify.send() -> PostgreSQL store -> Redis -> worker subprocess with
+(notify.send() per message, or notify.send_many() in chunks of `--many-batch`
+for notify-many -> PostgreSQL store -> Redis -> worker subprocess with
 `--concurrency` threads -> twilio / pyfcm); the baseline is the bare client
 sending pre-rendered messages one after another from this process. Legs
-alternate per channel (notify, raw, notify, raw); see benchmarks/README.md.
+alternate per channel (notify, notify-many, raw, notify, ...); see
+benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -40,25 +43,31 @@ from benchmarks._harness import (
 from benchmarks._legs import (
     Leg,
     add_common_arguments,
+    add_contender_arguments,
+    in_chunks,
     measure,
     parse_arguments,
     print_cpu_ratio,
     print_legs,
     print_ratios,
     run,
-    summarize,
+    summarize_pairs,
+    times,
     warm_up,
 )
 from benchmarks._stores import RedisCommands
 
 NAME = "provider_throughput"
-NOTIFY, RAW = "notify", "raw client"
+NOTIFY, NOTIFY_MANY, RAW = "notify", "notify-many", "raw"
+LEGS = (NOTIFY, NOTIFY_MANY, RAW)
+NOTIFY_LEGS = (NOTIFY, NOTIFY_MANY)  # notify's producer two ways; the same notify worker
 SMS_FROM = "+15005550006"
 FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 CHANNEL_CODE = {"sms": 1, "push": 2}
 
 
-AREA = {NOTIFY: "201", RAW: "212", "warmup": "415"}  # NANP area codes every exchange of which is valid
+# NANP area codes every exchange of which is valid
+AREA = {NOTIFY: "201", NOTIFY_MANY: "312", RAW: "212", "warmup": "415"}
 
 
 def recipient(channel: str, leg: str, round_no: int, i: int) -> str:
@@ -73,7 +82,7 @@ def recipient_prefix(channel: str, leg: str, round_no: int) -> str:
     """What every recipient() of a leg, and no other leg's, starts with."""
     if channel == "sms":
         return f"+1{AREA[leg]}{20 + round_no}"
-    leg_code = {NOTIFY: 1, RAW: 2, "warmup": 9}[leg]
+    leg_code = {NOTIFY: 1, RAW: 2, NOTIFY_MANY: 3, "warmup": 9}[leg]
     return f"bench-{leg_code}-{round_no}-"
 
 
@@ -169,15 +178,14 @@ class ProviderBenchmark:
     def legs(self) -> Iterator[Leg]:
         for channel in self.args.channels:
             for round_no in range(1, self.args.rounds + 1):
-                for leg in (NOTIFY, RAW):
+                for leg in self.args.contenders:
                     print(f"{channel} round {round_no}: {leg} ...", flush=True)
                     yield self.run(channel, round_no, leg)
 
     def run(self, channel: str, round_no: int, leg: str) -> Leg:
         recipients = [recipient(channel, leg, round_no, i) for i in range(self.args.count)]
-        warmup = [
-            recipient(channel, "warmup", round_no * 10 + (leg == RAW), i) for i in range(self.args.warmup)
-        ]
+        warmup_round = round_no * 10 + LEGS.index(leg)  # a warm-up's numbers are its leg's alone
+        warmup = [recipient(channel, "warmup", warmup_round, i) for i in range(self.args.warmup)]
         server = self.controls[channel]
         common: dict[str, Any] = {
             "round_no": round_no,
@@ -199,18 +207,22 @@ class ProviderBenchmark:
         argv = [sys.executable, "-m", "workers.cli", "worker", channel, "--concurrency",
                 str(self.args.concurrency), "--pool", self.args.pool, "-l", "warning"]  # fmt: skip
         if self.args.profile:
-            out = self.procs.log_dir / f"profile-{channel}-round{round_no}.prof"
+            out = self.procs.log_dir / f"profile-{channel}-{leg}-round{round_no}.prof"
             argv = [sys.executable, "-m", "benchmarks.profiled", "--out", str(out), *argv[1:]]
-        worker = self.procs.start(f"worker-{channel}-round{round_no}", argv, env)
+        worker = self.procs.start(f"worker-{channel}-{leg}-round{round_no}", argv, env)
         pg = PgCounters(self.database_url)
         commands = RedisCommands(self.args.redis_url)
         try:
             send = _notify_sender(channel)
-            warm_up(server, [worker], send, warmup)
+            many = in_chunks(_many_sender(channel, self.args.many_batch), self.args.many_batch,
+                             lambda: [worker])  # fmt: skip
+            send_all = many if leg == NOTIFY_MANY else None
+            warm_up(server, [worker], send, warmup, send_all=send_all)
             close_notify_producer()  # its PostgreSQL sessions publish their counters as they end
             pg.start()
             commands.start()
-            result = measure(watch=[worker], send=send, meter=self._meter(channel, [worker]), **common)
+            meter = self._meter(channel, [worker])
+            result = measure(watch=[worker], send=send, meter=meter, send_all=send_all, **common)
             result.redis_per_msg = commands.per_message(result.count)
         finally:
             commands.close()
@@ -259,6 +271,20 @@ def _notify_sender(channel: str) -> Callable[[int, str], object]:
     return send
 
 
+def _many_sender(channel: str, batch: int) -> Callable[[int, Sequence[str]], object]:
+    """send_chunk(first, recipients): one notify.send_many() of their intents (names from `first`)."""
+    import notify
+
+    field = "phone" if channel == "sms" else "push_token"
+
+    def send_chunk(first: int, recipients: Sequence[str]) -> object:
+        intents = [notify.Intent("welcome", to={field: to}, data={"name": f"User {first + i}"},
+                                 channels=[channel]) for i, to in enumerate(recipients)]  # fmt: skip
+        return notify.send_many(intents, batch_size=batch)
+
+    return send_chunk
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.provider_throughput", description=__doc__)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -267,7 +293,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default_count=1000,
         help_for={
             "--count": "messages per leg (default %(default)s)",
-            "--rounds": "rounds of notify + raw per channel (default %(default)s)",
+            "--rounds": "rounds of every contender per channel (default %(default)s)",
             "--concurrency": "notify worker threads (default %(default)s)",
             "--redis-url": "broker; this db is FLUSHED before each notify leg (default db 14)",
             "--profile": "run notify workers under cProfile (slower); see results/logs/",
@@ -286,27 +312,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="how long the fakes take to answer, like a real provider (default 0)",
     )
     parser.add_argument("--channels", nargs="+", choices=["sms", "push"], default=["sms", "push"])
+    add_contender_arguments(parser, LEGS)
     return parse_arguments(parser, argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     result = run(NAME, args, ProviderBenchmark)
-    summaries = {
-        channel: summarize([leg for leg in result.legs if leg.channel == channel], NOTIFY, RAW)
-        for channel in args.channels
-    }
+    summaries: dict[str, Any] = {}
+    for channel in args.channels:
+        legs = [leg for leg in result.legs if leg.channel == channel]
+        summaries[channel] = summarize_pairs(legs, NOTIFY_LEGS, (RAW, NOTIFY))
     print()
     print_legs(result.legs, producer_header="producer s")
     print()
     for channel, summary in summaries.items():
-        print_ratios(summary, f"{channel}: notify/raw client")
-        print_cpu_ratio(summary, f"{channel}: notify/raw client")
-    correct = all(s["all_correct"] for s in summaries.values())
+        _print_summary(channel, summary)
+    correct = bool(result.legs) and all(leg.ok for leg in result.legs)
     suffix = (f"_latency{args.latency_ms:g}ms" if args.latency_ms else "") + (
         "_profile" if args.profile else ""
     )
     return result.finish(NAME + suffix, summaries, correct=correct)
+
+
+def _print_summary(channel: str, summary: dict[str, Any]) -> None:
+    for pair, versus in summary.items():
+        print_ratios(versus, f"{channel}: {pair}")
+        print_cpu_ratio(versus, f"{channel}: {pair}")
+        if versus["baseline"] == NOTIFY:
+            producer = times(versus["producer_ratio_median"])
+            print(
+                f"{channel}: {pair} producer (notify.send_many vs notify.send, per second): median {producer}"
+            )
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -29,6 +28,7 @@ from notify.models import (
     utc_send_at,
 )
 from notify.policy import ChannelPolicy, load_policies
+from notify.relay import Relay
 from notify.rendering import Renderer, check_locale
 from notify.routing import Publisher, producer_app
 from notify.schema import MAX_DEDUP_KEY, MAX_ID
@@ -38,10 +38,9 @@ from notify.store import NewDelivery, NewNotification, Queued, Store
 if TYPE_CHECKING:
     from celery import Celery
 
-log = logging.getLogger("notify")
-
 BATCH_SIZE = 500  # intents per transaction of send_many()
 PUBLISH_BATCH = 1000  # broker commands per pipelined flush
+REPLAY_FLUSH_TIMEOUT = 30.0  # seconds
 MAX_PUSH_BYTES = 4096  # FCM's limit on a message's notification and data payload
 
 
@@ -65,6 +64,11 @@ class Notifier:
     @functools.cached_property
     def publisher(self) -> Publisher:
         return Publisher(self.producer)
+
+    @functools.cached_property
+    def relay(self) -> Relay:
+        """Publishes what send() recorded, from a thread of its own (notify.relay)."""
+        return Relay(self._publish_now)
 
     def send(
         self,
@@ -170,11 +174,16 @@ class Notifier:
         return found
 
     def close(self) -> None:
-        """Release the store's and the broker's connections."""
-        if "store" in self.__dict__:
-            self.store.close()
+        """Publish what is pending, then release the store's and the broker's connections.
+
+        The notifier stays usable: a later send() opens what it needs again.
+        """
+        if "relay" in self.__dict__:
+            self.__dict__.pop("relay").close()
         if "publisher" in self.__dict__:
-            self.publisher.close()
+            self.__dict__.pop("publisher").close()
+        if "store" in self.__dict__:
+            self.store.close()  # a disposed engine opens new connections when next used
         if "producer" in self.__dict__:
             # Broker connections live in kombu's process-wide pools, shared by
             # every app with the same broker URL; they are not ours to close.
@@ -184,21 +193,25 @@ class Notifier:
         """Re-queue failed deliveries (these, or all of them) for a fresh attempt cycle."""
         reset = reset_for_replay(self.store, ids)
         self._publish(reset, grouped=True)
+        self.flush(REPLAY_FLUSH_TIMEOUT)  # an operator's command: on the broker when it returns
         done = [delivery_id for delivery_id, _, _ in reset]
         found = set(done)
         return Replayed(replayed=done, not_found=[i for i in ids or [] if i not in found])
 
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until what this notifier recorded has been handed to the broker; False on timeout.
+
+        Not needed for safety: a delivery is safe once send() returns. For
+        a caller that wants its messages on the broker before it goes on.
+        """
+        return self.relay.flush(timeout) if "relay" in self.__dict__ else True
+
     def _publish(self, queued: Iterable[Queued], *, grouped: bool) -> None:
-        """Publish deliveries, pipelined; `grouped` shares messages among a burst's deliveries."""
-        try:
-            self.publisher.publish(queued, batch=PUBLISH_BATCH, grouped=grouped)
-        except Exception as exc:  # the store has them; a worker's sweep publishes them later
-            log.warning(
-                "broker unavailable, deliveries stay queued in the store until a worker's "
-                "sweep publishes them: %s: %s",
-                type(exc).__name__,
-                exc,
-            )
+        """Hand deliveries to the relay; `grouped` shares messages among a burst's deliveries."""
+        self.relay.submit(list(queued), grouped=grouped)
+
+    def _publish_now(self, queued: Sequence[Queued], grouped: bool) -> None:
+        self.publisher.publish(queued, batch=PUBLISH_BATCH, grouped=grouped)
 
     def _channels(self, template: str, recipient: Recipient, channels: Iterable[str] | None) -> list[str]:
         available = self.renderer.channels(template)

@@ -8,6 +8,7 @@ within one lease and the sweep (notify.maintenance) hands the delivery on.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -114,8 +115,12 @@ class Heartbeat:
 
 def message_id(delivery_id: str, sender: str | None) -> str:
     """A Message-ID that is the same on every try of a delivery."""
-    domain = parseaddr(sender or "")[1].rpartition("@")[2] or "notify.invalid"
-    return f"<{delivery_id}@{domain}>"
+    return f"<{delivery_id}@{_domain_of(sender or '')}>"
+
+
+@functools.lru_cache(maxsize=16)
+def _domain_of(sender: str) -> str:
+    return parseaddr(sender)[1].rpartition("@")[2] or "notify.invalid"
 
 
 def build_message(job: Job, rendered: Rendered, sender: str | None) -> Message:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import re
 import reprlib
@@ -146,6 +147,9 @@ def _email(value: object) -> str:
     elif len(value) > MAX_ADDRESS:
         problem = f"is {len(value)} characters, over the limit of {MAX_ADDRESS}"
     else:
+        quick = _plain_address(value)
+        if quick is not None:
+            return quick
         try:  # it refuses control characters and lone surrogates too
             checked = email_validator.validate_email(value, check_deliverability=False)
         except email_validator.EmailNotValidError as exc:
@@ -155,6 +159,33 @@ def _email(value: object) -> str:
                 return checked.ascii_email
             problem = "a user part outside ASCII can only be sent with SMTPUTF8, which notify does not use"
     raise ValidationError("to.email", f"not a valid email address {shown(value)}: {problem}")
+
+
+# RFC 5322 dot-atom of ASCII atext: a user part email-validator always accepts as it is.
+_DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+_MAX_LOCAL, _MAX_EMAIL = 64, 254  # RFC 5321's limits, as email-validator applies them
+
+
+def _plain_address(value: str) -> str | None:
+    """The common case without email-validator's per-character work: a plain user part at a
+    domain it has already accepted (checked once per domain). None: ask email-validator."""
+    local, at, domain = value.rpartition("@")
+    if not at or len(local) > _MAX_LOCAL or not _DOT_ATOM.fullmatch(local):
+        return None
+    ascii_domain = _checked_domain(domain)
+    if ascii_domain is None or len(local) + 1 + len(ascii_domain) > _MAX_EMAIL:
+        return None
+    return f"{local}@{ascii_domain}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _checked_domain(domain: str) -> str | None:
+    """`domain` in IDNA ASCII form if email-validator accepts it, else None."""
+    try:
+        checked = email_validator.validate_email(f"a@{domain}", check_deliverability=False)
+    except email_validator.EmailNotValidError:
+        return None
+    return checked.ascii_domain
 
 
 def _phone(value: object) -> str:

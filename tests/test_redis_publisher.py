@@ -86,7 +86,9 @@ def test_a_message_is_the_one_kombu_stores_for_the_same_task(
 def test_a_single_send_is_one_message_of_one_id(
     redis_env: dict[str, str], redis_url: str, notifier: Callable[[], Notifier]
 ) -> None:
-    result = notifier().send("welcome", {"email": "ada@example.com"}, data={"name": "Ada"})
+    producer = notifier()
+    result = producer.send("welcome", {"email": "ada@example.com"}, data={"name": "Ada"})
+    assert producer.flush(timeout=10)
 
     [message] = stored(redis_url)
     args, _, _ = json.loads(base64.b64decode(message["body"]))
@@ -109,7 +111,9 @@ def test_send_many_groups_each_channel_and_priority_into_fewer_messages(
         for i in range(100)
         for p in ("high", "low")
     ]
-    results = notifier().send_many(intents)
+    producer = notifier()
+    results = producer.send_many(intents)
+    assert producer.flush(timeout=10)
 
     published: dict[str, list[str]] = {}
     for priority in ("high", "normal", "low"):
@@ -133,6 +137,7 @@ def test_a_worker_delivers_every_delivery_of_grouped_messages_once(
     results = producer.send_many(
         [Intent("welcome", {"email": f"u{i}@example.com"}, data={"name": "U"}) for i in range(200)]
     )
+    assert producer.flush(timeout=10)
     assert len(stored(redis_url)) == 34  # 200 in sixes: 33 messages and one of two
     ids = [r.deliveries[0].id for r in results]
 

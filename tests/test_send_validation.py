@@ -87,6 +87,11 @@ class Producer:
         return count_rows(self.home / "notify.db", "notify_deliveries")
 
     def enqueued(self) -> int:
+        """Messages on the broker, once every notifier used has published what it had pending."""
+        notifiers = [*self.opened]
+        if notify.api._notifier.cache_info().currsize:
+            notifiers.append(notify.api.default_notifier())
+        assert all(n.flush(timeout=10) for n in notifiers)
         return count_rows(self.home / "broker.db", "kombu_message")
 
     def assert_nothing_recorded_or_enqueued(self) -> None:

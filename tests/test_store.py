@@ -411,3 +411,61 @@ def test_a_sweep_publishes_each_lost_delivery_once_however_slow_publishing_is(
     Maintenance(store, settings, slow_publish, channels=["email"], backlog=lambda _: 0).sweep()
 
     assert sorted(published) == sorted(ids)
+
+
+def statements_of(store: Store) -> list[str]:
+    """Every SQL statement the store's engines send from now on (BEGIN and COMMIT included)."""
+    import sqlalchemy as sa
+
+    sent: list[str] = []
+    for engine in {store.engine, store._writer}:
+        sa.event.listen(engine, "before_cursor_execute", lambda *a: sent.append(a[2].split()[0].upper()))
+        sa.event.listen(engine, "commit", lambda *_: sent.append("COMMIT"))
+    return sent
+
+
+def test_a_send_records_its_notification_and_deliveries_in_one_round_trip_on_postgresql(
+    postgres_url: str,
+) -> None:
+    store = Store(postgres_url)
+    later = store.now() + timedelta(hours=1)  # the database's clock, read once a minute
+    sent = statements_of(store)
+    _ = utcnow() + timedelta(hours=1)
+    deliveries = [
+        new(),
+        new("sms", "+14155550100"),
+        new("push", "tok", status=Status.SCHEDULED, release_at=later),
+    ]
+
+    ids = record(store, *deliveries)
+
+    assert sent == ["WITH"]  # one autocommitted statement: no BEGIN, no COMMIT
+    got = [store.get(i) for i in ids]
+    assert [d.status for d in got if d] == [Status.QUEUED, Status.QUEUED, Status.SCHEDULED]
+    assert got[2] is not None and got[2].next_attempt_at == later
+    store.close()
+
+
+def test_a_send_with_a_dedup_key_still_claims_it_in_a_transaction_on_postgresql(postgres_url: str) -> None:
+    store = Store(postgres_url)
+    first = record(store, new(dedup_key="k", dedup_window=60))
+    sent = statements_of(store)
+
+    second = store.record(str(uuid.uuid4()), "welcome", None, "{}", [new(dedup_key="k", dedup_window=60)])
+
+    assert "COMMIT" in sent and "WITH" not in sent
+    assert second[0].duplicate_of == first[0]
+    store.close()
+
+
+def test_a_claim_and_its_outcome_are_one_statement_each_on_postgresql(postgres_url: str) -> None:
+    store = Store(postgres_url)
+    [delivery_id] = record(store, new())
+    sent = statements_of(store)
+
+    job = claimed(store, delivery_id)
+    assert store.renew([job.claim], lease=60) == {job.claim}
+    assert store.mark_sent(job, "p-1")
+
+    assert sent == ["UPDATE", "UPDATE", "UPDATE"]  # autocommitted: no BEGIN, no COMMIT round trips
+    store.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 import secrets
 from email.utils import format_datetime, parseaddr
@@ -100,6 +101,7 @@ def _encoded_words(text: str) -> list[str]:
     return words
 
 
+@functools.lru_cache(maxsize=4096)  # the sender is the same on every message; parsing it is not cheap
 def mailbox(value: str, field: str) -> str:
     """`"Name" <address>`, the name quoted or encoded, the address checked."""
     name, address = parseaddr(value)

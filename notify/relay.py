@@ -1,0 +1,117 @@
+"""The relay: what send() recorded goes to the broker from a thread of its own.
+
+The store is the outbox. `send()` returns once the store has the delivery,
+which is the whole promise: from then on a crash of either side loses
+nothing, because a worker's sweep publishes whatever never reached the
+broker (README "Delivery semantics"). The message itself follows a fraction
+of a millisecond later, from this thread, and when the caller records
+faster than one broker round trip the messages waiting share a pipeline.
+
+`flush()` waits until everything handed over so far has been published (or
+given up on, when the broker is down: the sweep's job then). A process
+flushes its relays when it exits normally; a forked child starts with empty
+ones (its parent publishes what it had).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Callable, Sequence
+
+from notify.store import Queued
+
+log = logging.getLogger("notify")
+
+Publish = Callable[[Sequence[Queued], bool], object]  # (rows, grouped)
+EXIT_FLUSH_TIMEOUT = 5.0  # seconds a normal exit waits for messages still to publish
+
+_relays: weakref.WeakSet[Relay] = weakref.WeakSet()
+
+
+class Relay:
+    """Publishes batches of queued deliveries in a background thread, in the order handed over."""
+
+    def __init__(self, publish: Publish) -> None:
+        self._publish = publish
+        self._reset()
+        _relays.add(self)
+
+    def _reset(self) -> None:
+        self._cond = threading.Condition()
+        self._pending: list[tuple[Sequence[Queued], bool]] = []
+        self._handed = self._done = 0
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def submit(self, rows: Sequence[Queued], *, grouped: bool) -> None:
+        """Publish `rows` soon, from the relay's thread."""
+        if not rows:
+            return
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the relay is closed")
+            self._pending.append((rows, grouped))
+            self._handed += 1
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="notify-relay", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything submitted so far is published; False if `timeout` came first."""
+        with self._cond:
+            target = self._handed
+            return self._cond.wait_for(lambda: self._done >= target, timeout)
+
+    def close(self, timeout: float | None = EXIT_FLUSH_TIMEOUT) -> None:
+        """Publish what is pending, then stop the thread."""
+        self.flush(timeout)
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._pending or self._closed)
+                if not self._pending:
+                    return
+                work, self._pending = self._pending, []
+            for grouped in (False, True):  # single sends first: they are the latency-sensitive ones
+                rows = [row for batch, flag in work if flag is grouped for row in batch]
+                if rows:
+                    self._publish_now(rows, grouped)
+            with self._cond:
+                self._done += len(work)
+                self._cond.notify_all()
+
+    def _publish_now(self, rows: Sequence[Queued], grouped: bool) -> None:
+        try:
+            self._publish(rows, grouped)
+        except Exception as exc:  # the store has them; a worker's sweep publishes them later
+            log.warning(
+                "broker unavailable, %d deliveries stay queued in the store until a worker's "
+                "sweep publishes them: %s: %s",
+                len(rows),
+                type(exc).__name__,
+                exc,
+            )
+
+
+def _flush_all() -> None:
+    for relay in list(_relays):
+        relay.close()
+
+
+def _forget_all_in_child() -> None:
+    # The parent publishes what it had pending; the child's thread and locks are not its own.
+    for relay in list(_relays):
+        relay._reset()
+
+
+atexit.register(_flush_all)
+os.register_at_fork(after_in_child=_forget_all_in_child)
