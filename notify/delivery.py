@@ -29,6 +29,7 @@ from notify.errors import (
     TemplateError,
     TransientDeliveryError,
 )
+from notify.gate import PriorityGate
 from notify.policy import ChannelPolicy, load_policies
 from notify.rendering import Rendered, Renderer
 from notify.settings import Settings
@@ -160,6 +161,7 @@ class Deliverer:
         # (RFC 5321), and a minute more for its loop thread: renew that long.
         ceiling = settings.delivery_timeout + SMTP_DATA_REPLY_TIMEOUT + 60 + settings.lease
         self.heartbeat = Heartbeat(self.store, settings.lease, settings.heartbeat_every, ceiling)
+        self.gate = PriorityGate()  # a high attempt has this process to itself for a moment
 
     def provider(self, channel: str) -> Provider:
         with self._lock:
@@ -181,7 +183,8 @@ class Deliverer:
             return self._worker_lost(claim)
         self.heartbeat.hold(claim.claim)
         try:
-            return self._attempt(claim)
+            with self.gate.turn(claim.priority):
+                return self._attempt(claim)
         finally:
             self.heartbeat.release(claim.claim)
 
@@ -210,6 +213,7 @@ class Deliverer:
                     f"{type(exc).__name__}: {exc}", channel=claim.channel, provider="notify", code="bug"
                 ),
             )
+        self.gate.checkpoint(claim.priority)
         return self._deliver(claim, message)
 
     def _deliver(self, claim: Job, message: Message) -> Outcome:

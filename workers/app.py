@@ -33,7 +33,7 @@ CELERY_TASK_LOGGERS = ("celery.app.trace", "celery.worker.strategy")
 def worker_config(settings: Settings) -> dict[str, Any]:
     config = celery_config(settings)
     config.update(
-        imports=["workers.tasks"],
+        imports=["workers.tasks", "workers.express"],  # express: the high queues' own consumer
         worker_pool="threads",  # delivery waits on the network, not the CPU
         worker_concurrency=16,
         # Nobody watches these per task: the store has every outcome.
