@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import calendar
 import math
+import os
 import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_tz
-from typing import Final, Literal
+from typing import Any, Final, Literal
+from urllib.parse import urlsplit
 
 import requests
 from urllib3.exceptions import ConnectTimeoutError
@@ -35,6 +37,7 @@ __all__ = [
     "Answer",
     "Budget",
     "BudgetSpent",
+    "EnvironmentOnceSession",
     "Verdict",
     "configuration",
     "error_for",
@@ -204,3 +207,38 @@ def error_for(verdict: Verdict, answer: Answer, *, channel: str, provider: str) 
             answer.reason, channel=channel, provider=provider, code=code, retry_after=answer.retry_after
         )
     return PermanentDeliveryError(answer.reason, channel=channel, provider=provider, code=code)
+
+
+class EnvironmentOnceSession(requests.Session):
+    """A requests session that reads the environment's proxy and CA settings once per origin.
+
+    requests reads them (HTTPS_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE, and
+    ~/.netrc) on every request: a quarter of an SMS delivery's worker CPU in
+    a profile (benchmarks.provider_throughput --profile). This session takes
+    the same settings, as requests would, on its first request to an origin
+    and keeps them; a change to the environment after that is not seen.
+    netrc is not read: Twilio and FCM requests carry their own credentials.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trust_env = False  # the environment is read here, once, instead
+        self._environment: dict[tuple[str, str], tuple[dict[str, str], str | None]] = {}
+
+    def merge_environment_settings(
+        self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any
+    ) -> dict[str, Any]:
+        parts = urlsplit(str(url))
+        origin = (parts.scheme, parts.netloc)
+        found = self._environment.get(origin)
+        if found is None:
+            found = self._environment[origin] = (
+                requests.utils.get_environ_proxies(str(url)),
+                os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE"),
+            )
+        env_proxies, ca_bundle = found
+        proxies = {**env_proxies, **(proxies or {})}
+        if (verify is True or verify is None) and ca_bundle:
+            verify = ca_bundle
+        settings: dict[str, Any] = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        return settings

@@ -25,7 +25,15 @@ from requests.adapters import HTTPAdapter
 
 from notify.channels import http
 from notify.channels.base import Message, PushMessage, Receipt
-from notify.channels.http import PERMANENT, TRANSIENT, Budget, BudgetSpent, Verdict, configuration
+from notify.channels.http import (
+    PERMANENT,
+    TRANSIENT,
+    Budget,
+    BudgetSpent,
+    EnvironmentOnceSession,
+    Verdict,
+    configuration,
+)
 from notify.errors import ConfigurationError, DeliveryError, TransientDeliveryError
 
 if TYPE_CHECKING:
@@ -131,7 +139,7 @@ class FcmProvider:
         # Per thread: requests does not promise a Session is thread-safe.
         session: requests.Session | None = getattr(self._local, "session", None)
         if session is None:
-            session = self._local.session = requests.Session()
+            session = self._local.session = EnvironmentOnceSession()
             session.mount("http://", self._adapter)
             session.mount("https://", self._adapter)
         return session
@@ -225,7 +233,7 @@ class _Tokens:
     def __init__(self, credentials: service_account.Credentials) -> None:
         self._credentials = credentials
         self._lock = threading.Lock()
-        self._session = requests.Session()  # used only under the lock
+        self._session = EnvironmentOnceSession()  # used only under the lock
 
     def get(self, budget: Budget, refused: str | None = None) -> str:
         if not self._lock.acquire(timeout=budget.left):

@@ -21,7 +21,7 @@ from twilio.rest import Client
 
 from notify.channels import http
 from notify.channels.base import Message, Receipt, SmsMessage
-from notify.channels.http import Budget, Verdict, configuration, parse_retry_after
+from notify.channels.http import Budget, EnvironmentOnceSession, Verdict, configuration, parse_retry_after
 from notify.errors import ConfigurationError, NotifyError, PermanentDeliveryError
 
 if TYPE_CHECKING:
@@ -128,7 +128,7 @@ class _HttpClient(HttpClient):  # type: ignore[misc]  # twilio ships no types
     def __init__(self, base_url: str | None) -> None:
         super().__init__(logging.getLogger(__name__), is_async=False)
         self.base_url = base_url
-        self.session = requests.Session()  # requests' adapters: no retries
+        self.session = EnvironmentOnceSession()  # requests' adapters: no retries
         self.budget = Budget(0.0)  # set by deliver() before each attempt
         self.retry_after: str | None = None
 
