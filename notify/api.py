@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -37,6 +38,8 @@ from notify.store import NewDelivery, NewNotification, Queued, Store
 
 if TYPE_CHECKING:
     from celery import Celery
+
+log = logging.getLogger("notify")
 
 BATCH_SIZE = 500  # intents per transaction of send_many()
 PUBLISH_BATCH = 1000  # broker commands per pipelined flush
@@ -193,7 +196,11 @@ class Notifier:
         """Re-queue failed deliveries (these, or all of them) for a fresh attempt cycle."""
         reset = reset_for_replay(self.store, ids)
         self._publish(reset, grouped=True)
-        self.flush(REPLAY_FLUSH_TIMEOUT)  # an operator's command: on the broker when it returns
+        # An operator's command: on the broker when it returns.
+        if not self.flush(REPLAY_FLUSH_TIMEOUT):
+            log.warning(
+                "replay: the broker did not take every message in %.0fs; the sweep will", REPLAY_FLUSH_TIMEOUT
+            )
         done = [delivery_id for delivery_id, _, _ in reset]
         found = set(done)
         return Replayed(replayed=done, not_found=[i for i in ids or [] if i not in found])

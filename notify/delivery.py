@@ -12,7 +12,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from email.utils import parseaddr
@@ -46,11 +46,11 @@ PermanentFailureHook = Callable[[str, str, PermanentDeliveryError], None]
 class Outcome:
     """What became of one attempt."""
 
-    status: str  # sent | retrying | failed | skipped | lost (the claim was taken over)
+    status: str  # sent | retrying | failed | skipped | lost (the claim was taken over) | error (a bug)
 
 
 class Heartbeat:
-    """Renews the claims of the attempts running in this process, every lease/3.
+    """Renews the claims of the attempts running in this process, every lease/3 (2 s at most).
 
     One thread per process, started with the first claim. An attempt that
     runs past `ceiling` seconds is no longer renewed: a hung call must not
@@ -61,6 +61,7 @@ class Heartbeat:
         self.store, self.lease, self.every, self.ceiling = store, lease, every, ceiling
         self._running: dict[str, float] = {}  # claim token -> monotonic start
         self._refused: set[str] = set()  # claims the store did not renew at the last beat
+        self._waiting: dict[str, int] = {}  # unclaimed deliveries of bursts in hand -> how many hold it
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -68,9 +69,26 @@ class Heartbeat:
     def hold(self, claim: str) -> None:
         with self._lock:
             self._running[claim] = time.monotonic()
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="notify-heartbeat", daemon=True)
-                self._thread.start()
+            self._start()
+
+    def keep(self, delivery_ids: Collection[str]) -> None:
+        """Deliveries of a burst in hand, still "queued": keep the sweep from publishing them again."""
+        with self._lock:
+            for delivery_id in delivery_ids:
+                self._waiting[delivery_id] = self._waiting.get(delivery_id, 0) + 1
+            self._start()
+
+    def drop(self, delivery_id: str) -> None:
+        """Its turn has come (or the burst ended): no longer kept."""
+        with self._lock:
+            left = self._waiting.pop(delivery_id, 1) - 1
+            if left > 0:
+                self._waiting[delivery_id] = left
+
+    def _start(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="notify-heartbeat", daemon=True)
+            self._thread.start()
 
     def release(self, claim: str) -> None:
         with self._lock:
@@ -84,7 +102,10 @@ class Heartbeat:
         now = time.monotonic()
         with self._lock:
             live = [c for c, since in self._running.items() if now - since < self.ceiling]
+            waiting = list(self._waiting)
         try:
+            if waiting:
+                self.store.keep_queued(waiting)
             held = self.store.renew(live, self.lease)
         except StoreUnavailable as exc:
             log.error("heartbeat: %s; claims lapse in %.0fs unless it returns", exc, self.lease)
@@ -174,6 +195,41 @@ class Deliverer:
         for provider in self._providers.values():
             provider.close()
         self.store.close()
+
+    def attempt_burst(self, delivery_ids: Sequence[object]) -> list[Outcome]:
+        """A message's deliveries, one after another, each claimed when its turn comes.
+
+        The ones still waiting stay "queued" with their time renewed at every
+        heartbeat, so the sweep does not take them for lost; a delivery that
+        raises is logged and left for the sweep, the rest go on. Only a store
+        outage stops the burst (StoreUnavailable: retry the whole message; the
+        ones already done are refused at their claim).
+        """
+        ids = [i for i in delivery_ids if isinstance(i, str)]
+        if len(ids) != len(delivery_ids):
+            log.warning(
+                "a message carried %d delivery ids that are not strings", len(delivery_ids) - len(ids)
+            )
+        self.store.keep_queued(ids)
+        self.heartbeat.keep(ids)
+        outcomes = []
+        try:
+            for delivery_id in ids:
+                self.heartbeat.drop(delivery_id)
+                outcomes.append(self._attempt_or_log(delivery_id))
+        finally:
+            for delivery_id in ids[len(outcomes) + 1 :]:
+                self.heartbeat.drop(delivery_id)
+        return outcomes
+
+    def _attempt_or_log(self, delivery_id: str) -> Outcome:
+        try:
+            return self.attempt(delivery_id)
+        except StoreUnavailable:
+            raise
+        except Exception:
+            log.exception("delivery %s: unexpected error; left to the sweep, the burst goes on", delivery_id)
+            return Outcome("error")
 
     def attempt(self, delivery_id: str) -> Outcome:
         claim = self.store.claim(delivery_id, self.settings.lease)

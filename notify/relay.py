@@ -9,8 +9,11 @@ faster than one broker round trip the messages waiting share a pipeline.
 
 `flush()` waits until everything handed over so far has been published (or
 given up on, when the broker is down: the sweep's job then). A process
-flushes its relays when it exits normally; a forked child starts with empty
-ones (its parent publishes what it had).
+flushes its relays when it exits normally. A forked child (a prefork pool's,
+multiprocessing's: they end with os._exit, no atexit) starts with empty
+relays that publish in the caller's thread, as send() did before; so does a
+closed relay, and one that cannot start its thread. submit() never raises:
+the store has the delivery, and a caller that saw an error would send again.
 """
 
 from __future__ import annotations
@@ -40,7 +43,11 @@ class Relay:
         self._reset()
         _relays.add(self)
 
-    def _reset(self) -> None:
+    def _reset(self, *, synchronous: bool = False) -> None:
+        # In a forked child (a prefork pool's, multiprocessing's) publish in the
+        # caller's thread, as before the relay: such children end with
+        # os._exit, and no atexit flush would run.
+        self._synchronous = synchronous or _forked
         self._cond = threading.Condition()
         self._pending: list[tuple[Sequence[Queued], bool]] = []
         self._handed = self._done = 0
@@ -52,14 +59,24 @@ class Relay:
         if not rows:
             return
         with self._cond:
-            if self._closed:
-                raise RuntimeError("the relay is closed")
-            self._pending.append((rows, grouped))
-            self._handed += 1
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="notify-relay", daemon=True)
-                self._thread.start()
-            self._cond.notify()
+            queued = not (self._synchronous or self._closed) and self._start_thread()
+            if queued:
+                self._pending.append((rows, grouped))
+                self._handed += 1
+                self._cond.notify()
+        if not queued:  # closed (an exiting process), forked, or no thread to be had: publish here
+            self._publish_now(rows, grouped)
+
+    def _start_thread(self) -> bool:
+        if self._thread is not None and self._thread.is_alive():
+            return True
+        try:
+            self._thread = threading.Thread(target=self._run, name="notify-relay", daemon=True)
+            self._thread.start()
+        except RuntimeError:  # "can't start new thread", or the interpreter is shutting down
+            self._thread = None
+            return False
+        return True
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything submitted so far is published; False if `timeout` came first."""
@@ -107,10 +124,15 @@ def _flush_all() -> None:
         relay.close()
 
 
+_forked = False  # set in a forked child: its relays publish in the caller's thread
+
+
 def _forget_all_in_child() -> None:
     # The parent publishes what it had pending; the child's thread and locks are not its own.
+    global _forked
+    _forked = True
     for relay in list(_relays):
-        relay._reset()
+        relay._reset(synchronous=True)
 
 
 atexit.register(_flush_all)

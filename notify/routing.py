@@ -162,7 +162,8 @@ class Publisher:
 
     def __init__(self, app: Celery) -> None:
         self.app = app
-        self._redis = RedisPublisher(app) if app.conf.broker_transport == REDIS_TRANSPORT else None
+        fast = app.conf.broker_transport == REDIS_TRANSPORT and _one_plain_url(str(app.conf.broker_url))
+        self._redis = RedisPublisher(app) if fast else None
 
     def publish(
         self, queued: Iterable[tuple[str, str, str]], *, batch: int = 500, grouped: bool = False
@@ -189,6 +190,11 @@ class Publisher:
     def close(self) -> None:
         if self._redis is not None:
             self._redis.close()
+
+
+def _one_plain_url(url: str) -> bool:
+    """A URL redis-py reads as kombu does: not a failover list (`;`), no options (`?ssl_...`)."""
+    return ";" not in url and "?" not in url
 
 
 def _messages(

@@ -333,6 +333,12 @@ class Store:
                 held.update(conn.execute(self._sql.renew, params).scalars())
         return held
 
+    def keep_queued(self, delivery_ids: Collection[str]) -> None:
+        """Stamp these "queued" deliveries as published now: a worker holds their message (a burst)."""
+        for chunk in _chunks(list(delivery_ids)):
+            with self._single() as conn:
+                conn.execute(self._sql.keep_queued, {"b_ids": chunk, "b_now": self.now()})
+
     def mark_sent(self, job: Job, provider_id: str | None) -> bool:
         """Record that the provider accepted it; False if this claim was no longer current."""
         return self._finish(self._sql.sent, job, b_provider_id=_fit(provider_id, MAX_PROVIDER_ID))
@@ -571,6 +577,11 @@ class _Statements:
             .where(d.claim_token.in_(sa.bindparam("b_tokens", expanding=True)), d.status == Status.SENDING)
             .values(lease_until=_param("b_lease_until", _UTC))
             .returning(d.claim_token)
+        )
+        self.keep_queued = (
+            deliveries.update()
+            .where(d.id.in_(sa.bindparam("b_ids", expanding=True)), d.status == Status.QUEUED)
+            .values(updated_at=_param("b_now", _UTC))
         )
         self.sent = _outcome(
             status=Status.SENT, provider_id=_param("b_provider_id"), sent_at=_param("b_now", _UTC)

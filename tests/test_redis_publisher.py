@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,7 +21,7 @@ import redis
 from notify.api import Intent, Notifier
 from notify.models import Status
 from notify.redis_publisher import RedisPublisher
-from notify.routing import MAX_GROUP, REDIS_TRANSPORT, Publisher, enqueue, group_size
+from notify.routing import MAX_GROUP, REDIS_TRANSPORT, Publisher, enqueue, group_size, producer_app
 from tests.support.processes import Worker, wait_for
 from tests.support.smtp import SmtpServer
 
@@ -112,7 +113,7 @@ def test_send_many_groups_each_channel_and_priority_into_fewer_messages(
         for p in ("high", "low")
     ]
     producer = notifier()
-    results = producer.send_many(intents)
+    results = producer.send_many(intents, batch_size=1000)  # one batch: one grouping
     assert producer.flush(timeout=10)
 
     published: dict[str, list[str]] = {}
@@ -170,3 +171,42 @@ def test_a_message_of_ids_the_store_does_not_know_is_dropped_and_the_rest_delive
     wait_for(lambda: producer.store.get(known).status == Status.SENT, what="the known delivery")  # type: ignore[union-attr]
     wait_for(lambda: worker.output().count("not in the store") >= 3, what="the unknown ids dropped")
     assert smtp_server.delivery_ids() == {known: 1}
+
+
+def _kombu_db(url: str) -> object:
+    """The database kombu's Redis channel uses for `url` (creating the channel only PINGs)."""
+    from kombu import Connection
+
+    with Connection(url) as connection:
+        return connection.default_channel.client.connection_pool.connection_kwargs["db"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379/15;redis://127.0.0.1:6379/15",  # kombu: failover, db 15; redis-py: db 0
+        "redis://:secret@127.0.0.1:6379/15?ssl_cert_reqs=required",  # kombu: TLS; redis-py: plain TCP
+        "redis://127.0.0.1:6379/15?heartbeat=10",  # kombu accepts it; redis-py's connection refuses it
+    ],
+    ids=["failover list", "tls option", "kombu option"],
+)
+def test_a_url_redis_py_would_read_otherwise_than_kombu_goes_through_celery(tmp_path: Path, url: str) -> None:
+    from notify.settings import Settings
+
+    app = producer_app(Settings(home=tmp_path / ".notify", broker_url=url))
+    assert app.conf.broker_transport == REDIS_TRANSPORT  # the workers' transport, as before
+
+    assert Publisher(app)._redis is None
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://:secret@127.0.0.1:6379/15", "redis://127.0.0.1/15", "redis://127.0.0.1:6379"]
+)
+def test_a_plain_url_takes_the_fast_path_to_the_database_kombu_reads(tmp_path: Path, url: str) -> None:
+    from notify.settings import Settings
+
+    app = producer_app(Settings(home=tmp_path / ".notify", broker_url=url))
+    publisher = Publisher(app)
+
+    assert publisher._redis is not None
+    assert publisher._redis.client.connection_pool.connection_kwargs.get("db", 0) == _kombu_db(url)

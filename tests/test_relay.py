@@ -86,15 +86,16 @@ def test_a_failed_publish_is_logged_and_the_relay_goes_on(caplog: pytest.LogCapt
     relay.close()
 
 
-def test_a_closed_relay_has_published_everything_and_takes_no_more() -> None:
+def test_a_closed_relay_has_published_everything_and_publishes_more_in_the_callers_thread() -> None:
     recorder = Recorder()
     relay = Relay(recorder)
     relay.submit(rows("a", "b"), grouped=True)
     relay.close()
-
     assert recorder.published == [(["a", "b"], True)]
-    with pytest.raises(RuntimeError, match="closed"):
-        relay.submit(rows("c"), grouped=False)
+
+    relay.submit(rows("c"), grouped=False)  # an exiting process: never raise after the record
+
+    assert recorder.published == [(["a", "b"], True), (["c"], False)]
 
 
 def test_flush_gives_up_at_its_timeout_while_the_broker_hangs() -> None:
@@ -110,7 +111,7 @@ def test_flush_gives_up_at_its_timeout_while_the_broker_hangs() -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_a_forked_child_does_not_publish_its_parents_pending_messages() -> None:
+def test_a_forked_child_does_not_publish_its_parents_pending_messages_and_publishes_its_own_at_once() -> None:
     recorder = Recorder()
     relay = Relay(recorder)
     recorder.gate.clear()
@@ -119,8 +120,9 @@ def test_a_forked_child_does_not_publish_its_parents_pending_messages() -> None:
     relay.submit(rows("pending"), grouped=False)
 
     pid = os.fork()
-    if pid == 0:  # the child: nothing pending, no thread, a flush that returns at once
+    if pid == 0:  # the child: nothing pending, no thread, publishing in the caller's thread
         ok = relay._pending == [] and relay._thread is None and relay.flush(timeout=1)
+        ok = ok and relay._synchronous and Relay(recorder)._synchronous
         os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     recorder.gate.set()
@@ -176,3 +178,53 @@ def test_a_closed_notifier_publishes_what_was_pending_and_can_send_again(
     producer.send("welcome", {"email": "bob@example.com"}, data={"name": "Bob"})
     assert producer.flush(timeout=10)
     assert redis.Redis.from_url(redis_url).llen("notify.email.normal") == 2
+
+
+CHILDREN = 10
+
+
+def test_a_multiprocessing_child_that_returns_after_send_has_published_its_message(
+    env: dict[str, str], redis_url: str
+) -> None:
+    # multiprocessing (like a prefork pool) ends a forked child with os._exit: no atexit
+    # flush runs, so a child's relay publishes in the caller's thread.
+    script = f"""
+import multiprocessing, sys
+import notify
+
+def job(i):
+    notify.send('welcome', to={{'email': f'u{{i}}@example.com'}}, data={{'name': 'U'}})
+
+if __name__ == '__main__':
+    ctx = multiprocessing.get_context('fork')
+    for i in range({CHILDREN}):
+        p = ctx.Process(target=job, args=(i,))
+        p.start(); p.join()
+        if p.exitcode != 0:
+            sys.exit(p.exitcode)
+"""
+    subprocess.run(
+        [sys.executable, "-c", script],
+        env={**env, "NOTIFY_BROKER_URL": redis_url},
+        cwd=REPO,
+        check=True,
+        timeout=120,
+    )
+
+    assert redis.Redis.from_url(redis_url).llen("notify.email.normal") == CHILDREN
+
+
+def test_a_send_after_the_exit_flush_records_once_and_does_not_raise(
+    env: dict[str, str], redis_url: str, notifier: Callable[[], Notifier]
+) -> None:
+    env["NOTIFY_BROKER_URL"] = redis_url
+    producer = notifier()
+    producer.send("welcome", {"email": "first@example.com"}, data={"name": "A"})
+    producer.relay.close()  # what notify.relay's atexit hook does to every relay
+
+    result = producer.send("welcome", {"email": "ada@example.com"}, data={"name": "Ada"})
+
+    assert producer.status(result.id)[0].status == Status.QUEUED
+    assert (
+        redis.Redis.from_url(redis_url).llen("notify.email.normal") == 2
+    )  # published in the caller's thread

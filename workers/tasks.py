@@ -44,13 +44,13 @@ def deliver(self: Task[[str | list[str]], str | list[str]], delivery_ids: str | 
     """Attempt one delivery, or a burst's deliveries one after another (notify.routing.group_size).
 
     Each is claimed only when its turn comes: the rest stay "queued" in the
-    store, so a worker that dies mid-message leaves them to the sweep
-    untouched, their tries uncounted.
+    store (kept from the sweep while this worker lives), so a worker that
+    dies mid-message leaves them to the sweep untouched, their tries uncounted.
     """
     try:
         if isinstance(delivery_ids, str):
             return deliverer().attempt(delivery_ids).status
-        return [deliverer().attempt(delivery_id).status for delivery_id in delivery_ids]
+        return [outcome.status for outcome in deliverer().attempt_burst(delivery_ids)]
     except StoreUnavailable as exc:
         # Nothing was claimed: keep a message for it and try again, backing off,
         # rather than ack it away and leave it to the sweep. The ones this
