@@ -106,6 +106,30 @@ def test_while_the_store_is_away_the_message_is_kept_and_tried_again(
     wait_for(lambda: broker.hlen("unacked") == 0, what="the message acked")
 
 
+def test_a_delivery_that_raises_is_logged_and_the_lane_goes_on(
+    redis_env: dict[str, str], notifier: Callable[[], Notifier], lane: Callable[..., ExpressLane],
+    broker: redis.Redis, caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    producer = notifier()
+    first = send(producer, "high", "first")
+    recorder = Recorder()
+    calls: list[str] = []
+
+    def attempt(delivery_id: str) -> str:
+        calls.append(delivery_id)
+        if delivery_id == first:
+            raise RuntimeError("a bug")
+        return recorder(delivery_id)
+
+    lane(attempt)  # type: ignore[arg-type]
+    wait_for(lambda: calls == [first], what="the first attempt")
+    second = send(producer, "high", "second")
+
+    wait_for(lambda: recorder.ids == [second], what="the next message, on the same lane")
+    wait_for(lambda: broker.hlen("unacked") == 0, what="both messages acked")
+    assert "raised; left to the sweep" in caplog.text
+
+
 def test_a_lane_stopped_mid_message_leaves_it_for_the_next_consumer(
     redis_env: dict[str, str], notifier: Callable[[], Notifier], lane: Callable[..., ExpressLane],
     broker: redis.Redis,

@@ -108,6 +108,9 @@ class ExpressLane(ConsumerMixin):
                 log.error("delivery %s: %s, again in %.1fs", delivery_id, exc, delay)
                 self._stopped.wait(delay)
                 delay = min(delay * 2, STORE_RETRY_MAX)
+            except Exception:  # a bug must not end the lane's thread: log it, leave it to the sweep
+                log.exception("express lane: delivery %s raised; left to the sweep", delivery_id)
+                return True
         return False
 
     def _wait_until(self, eta: str | None) -> bool:
