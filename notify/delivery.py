@@ -61,7 +61,8 @@ class Heartbeat:
         self.store, self.lease, self.every, self.ceiling = store, lease, every, ceiling
         self._running: dict[str, float] = {}  # claim token -> monotonic start
         self._refused: set[str] = set()  # claims the store did not renew at the last beat
-        self._waiting: dict[str, int] = {}  # unclaimed deliveries of bursts in hand -> how many hold it
+        # Unclaimed deliveries of bursts in hand -> (how many bursts hold it, since when).
+        self._waiting: dict[str, tuple[int, float]] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -74,16 +75,18 @@ class Heartbeat:
     def keep(self, delivery_ids: Collection[str]) -> None:
         """Deliveries of a burst in hand, still "queued": keep the sweep from publishing them again."""
         with self._lock:
-            for delivery_id in delivery_ids:
-                self._waiting[delivery_id] = self._waiting.get(delivery_id, 0) + 1
             self._start()
+            now = time.monotonic()
+            for delivery_id in delivery_ids:
+                held, _ = self._waiting.get(delivery_id, (0, now))
+                self._waiting[delivery_id] = (held + 1, now)
 
     def drop(self, delivery_id: str) -> None:
         """Its turn has come (or the burst ended): no longer kept."""
         with self._lock:
-            left = self._waiting.pop(delivery_id, 1) - 1
-            if left > 0:
-                self._waiting[delivery_id] = left
+            held, since = self._waiting.pop(delivery_id, (1, 0.0))
+            if held > 1:
+                self._waiting[delivery_id] = (held - 1, since)
 
     def _start(self) -> None:
         if self._thread is None or not self._thread.is_alive():
@@ -102,16 +105,20 @@ class Heartbeat:
         now = time.monotonic()
         with self._lock:
             live = [c for c, since in self._running.items() if now - since < self.ceiling]
-            waiting = list(self._waiting)
+            # A burst stuck behind a hung attempt stops being kept with the claims: the sweep has them.
+            waiting = [d for d, (_, since) in self._waiting.items() if now - since < self.ceiling]
         try:
-            if waiting:
-                self.store.keep_queued(waiting)
-            held = self.store.renew(live, self.lease)
+            held = self.store.renew(live, self.lease)  # first: a lapsed claim can mean a second copy
         except StoreUnavailable as exc:
             log.error("heartbeat: %s; claims lapse in %.0fs unless it returns", exc, self.lease)
             return
         for lost in self._taken_over(set(live) - held):
             log.error("heartbeat: claim %s was taken over; its outcome will not be recorded", lost)
+        try:
+            if waiting:
+                self.store.keep_queued(waiting)
+        except StoreUnavailable as exc:  # at worst the sweep publishes them again: no second copy
+            log.warning("heartbeat: %s; a burst's waiting deliveries were not kept", exc)
 
     def _taken_over(self, refused: set[str]) -> set[str]:
         """Claims refused at this beat and the last: taken over, so no longer renewed.
@@ -211,9 +218,9 @@ class Deliverer:
                 "a message carried %d delivery ids that are not strings", len(delivery_ids) - len(ids)
             )
         self.store.keep_queued(ids)
-        self.heartbeat.keep(ids)
-        outcomes = []
+        outcomes: list[Outcome] = []
         try:
+            self.heartbeat.keep(ids)
             for delivery_id in ids:
                 self.heartbeat.drop(delivery_id)
                 outcomes.append(self._attempt_or_log(delivery_id))

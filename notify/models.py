@@ -14,6 +14,7 @@ from typing import Any
 
 import email_validator
 import phonenumbers
+from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES
 
 from notify.errors import ValidationError
 from notify.schema import MAX_ADDRESS
@@ -172,6 +173,8 @@ def _plain_address(value: str) -> str | None:
     local, at, domain = value.rpartition("@")
     if not at or len(local) > _MAX_LOCAL or not _DOT_ATOM.fullmatch(local):
         return None
+    if local.lower() in CASE_INSENSITIVE_MAILBOX_NAMES or len(value.encode()) > _MAX_EMAIL:
+        return None  # email-validator lowercases RFC 2142 role names, and counts UTF-8 bytes
     ascii_domain = _checked_domain(domain)
     if ascii_domain is None or len(local) + 1 + len(ascii_domain) > _MAX_EMAIL:
         return None

@@ -42,3 +42,15 @@ def test_the_common_addresses_take_the_fast_path() -> None:
     assert _plain_address("x@bücher.example") == "x@xn--bcher-kva.example"
     assert _plain_address("a..b@example.com") is None  # left to email-validator, which refuses it
     assert _plain_address("a" * 65 + "@example.com") is None
+    assert _plain_address("Info@example.com") is None  # a role name email-validator lowercases
+    assert _plain_address("aaaaaaa@" + ".".join(["例" * 20] * 4) + ".com") is None  # 255 bytes in UTF-8
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    name=st.sampled_from(["info", "Info", "POSTMASTER", "Abuse", "support", "webmaster", "noc", "Sales"]),
+    domain=st.sampled_from(DOMAINS),
+)
+def test_role_names_are_left_to_email_validator(name: str, domain: str) -> None:
+    quick = _plain_address(f"{name}@{domain}")
+    assert quick is None or quick == verdict(f"{name}@{domain}")

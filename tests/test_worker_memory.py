@@ -22,10 +22,16 @@ class RenewingStore:
     def __init__(self) -> None:
         self.refused: set[str] = set()
         self.renewals: list[list[str]] = []
+        self.kept = []
 
     def renew(self, claims: Collection[str], lease: float) -> set[str]:
         self.renewals.append(list(claims))
         return set(claims) - self.refused
+
+    kept: list[list[str]]
+
+    def keep_queued(self, delivery_ids: Collection[str]) -> None:
+        self.kept.append(list(delivery_ids))
 
 
 def heartbeat(store: RenewingStore) -> Heartbeat:
@@ -43,6 +49,22 @@ def test_the_heartbeat_holds_nothing_once_the_attempts_end() -> None:
     beats.stop()
 
     assert beats._running == {} and beats._refused == set()
+
+
+def test_a_bursts_waiting_deliveries_are_kept_until_their_turn_and_no_longer_than_the_ceiling() -> None:
+    store = RenewingStore()
+    beats = heartbeat(store)
+    beats.keep(["d1", "d2", "d3"])
+    beats.drop("d1")  # its turn came
+    beats.beat()
+    assert store.kept == [["d2", "d3"]]
+
+    stuck = Heartbeat(cast(Store, store), lease=30, every=3600, ceiling=0)  # behind a hung attempt
+    stuck.keep(["d4"])
+    stuck.beat()
+    assert store.kept == [["d2", "d3"]]  # not kept: the sweep may have it
+    beats.stop()
+    stuck.stop()
 
 
 def test_a_claim_refused_just_as_its_attempt_ends_is_not_called_taken_over(

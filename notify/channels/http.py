@@ -217,7 +217,9 @@ class EnvironmentOnceSession(requests.Session):
     a profile (benchmarks.provider_throughput --profile). This session takes
     the same settings, as requests would, on its first request to an origin
     and keeps them; a change to the environment after that is not seen.
-    netrc is not read: Twilio and FCM requests carry their own credentials.
+    netrc is not read: Twilio and FCM requests carry their own credentials;
+    nor are proxies re-read for a redirect to another origin (neither client
+    follows one).
     """
 
     def __init__(self) -> None:
@@ -233,7 +235,7 @@ class EnvironmentOnceSession(requests.Session):
         found = self._environment.get(origin)
         if found is None:
             found = self._environment[origin] = (
-                requests.utils.get_environ_proxies(str(url)),
+                requests.utils.get_environ_proxies(str(url), no_proxy=(proxies or {}).get("no_proxy")),
                 os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE"),
             )
         env_proxies, ca_bundle = found
