@@ -15,6 +15,7 @@ import redis
 from notify.api import Notifier
 from notify.errors import StoreUnavailable
 from notify.models import Status
+from notify.redis_publisher import RedisPublisher
 from notify.routing import producer_app
 from notify.settings import Settings
 from tests.support.processes import Worker, wait_for
@@ -40,15 +41,17 @@ class Recorder:
 
     def __init__(self) -> None:
         self.ids: list[str] = []
+        self.calls: list[list[str]] = []
         self.store_away = threading.Event()
         self.refused = 0
 
-    def __call__(self, delivery_id: str) -> str:
+    def __call__(self, delivery_ids: list[str]) -> list[str]:
         if self.store_away.is_set():
             self.refused += 1
             raise StoreUnavailable("the store is away")
-        self.ids.append(delivery_id)
-        return "sent"
+        self.ids.extend(delivery_ids)
+        self.calls.append(list(delivery_ids))
+        return ["sent"] * len(delivery_ids)
 
 
 @pytest.fixture
@@ -106,6 +109,23 @@ def test_while_the_store_is_away_the_message_is_kept_and_tried_again(
     wait_for(lambda: broker.hlen("unacked") == 0, what="the message acked")
 
 
+def test_a_burst_goes_to_the_deliverer_whole_so_its_waiting_deliveries_are_kept(
+    redis_env: dict[str, str], notifier: Callable[[], Notifier], lane: Callable[..., ExpressLane],
+    broker: redis.Redis,
+) -> None:  # fmt: skip
+    producer = notifier()
+    ids = [send(producer, "high", f"u{i}") for i in range(3)]
+    assert producer.flush(timeout=10)
+    broker.delete("notify.email.high")  # their single messages; one burst instead
+    RedisPublisher(producer.producer).publish([("notify.email.high", ids)], batch=10)
+    recorder = Recorder()
+
+    lane(recorder)
+
+    wait_for(lambda: recorder.calls == [ids], what="one call with the whole burst (attempt_burst)")
+    wait_for(lambda: broker.hlen("unacked") == 0, what="its message acked")
+
+
 def test_a_delivery_that_raises_is_logged_and_the_lane_goes_on(
     redis_env: dict[str, str], notifier: Callable[[], Notifier], lane: Callable[..., ExpressLane],
     broker: redis.Redis, caplog: pytest.LogCaptureFixture,
@@ -115,11 +135,11 @@ def test_a_delivery_that_raises_is_logged_and_the_lane_goes_on(
     recorder = Recorder()
     calls: list[str] = []
 
-    def attempt(delivery_id: str) -> str:
-        calls.append(delivery_id)
-        if delivery_id == first:
+    def attempt(delivery_ids: list[str]) -> list[str]:
+        calls.extend(delivery_ids)
+        if first in delivery_ids:
             raise RuntimeError("a bug")
-        return recorder(delivery_id)
+        return recorder(delivery_ids)
 
     lane(attempt)  # type: ignore[arg-type]
     wait_for(lambda: calls == [first], what="the first attempt")

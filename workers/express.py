@@ -8,8 +8,9 @@ own that consumes only `notify.<channel>.high`, one message at a time, so a
 high delivery starts at once whatever the pool is doing; the priority gate
 (notify.gate) then holds the low attempts back while it runs.
 
-Messages are Celery's own `notify.deliver` tasks, handled as the task does:
-each delivery claimed in turn (fenced by the store), the message acked only
+Messages are Celery's own `notify.deliver` tasks, handled as the task does
+(Deliverer.attempt_burst: each delivery claimed in turn, fenced by the
+store, the waiting ones kept from the sweep), the message acked only
 after every outcome is recorded; a message not acked when the worker dies
 returns after the transport's visibility timeout like any of Celery's. Only
 on brokers with a queue per priority (Redis): on RabbitMQ the one priority
@@ -38,7 +39,7 @@ from notify.routing import uses_priority_queues
 
 log = logging.getLogger("notify.worker")
 
-Attempt = Callable[[str], object]
+Attempt = Callable[[list[str]], object]  # Deliverer.attempt_burst
 LANES = 2  # threads, each one message at a time: a high attempt behind a backlog takes 15-40 ms
 STORE_RETRY_MAX = 30.0  # seconds between tries while the store is away, at most (as the task)
 
@@ -92,24 +93,23 @@ class ExpressLane(ConsumerMixin):
             return
         if not self._wait_until(message.headers.get("eta")):
             return  # stopping: unacked, it returns to its queue
-        for delivery_id in ids:
-            if not self._attempt(delivery_id):
-                return
-        message.ack()
+        if self._attempt(ids):
+            message.ack()
 
-    def _attempt(self, delivery_id: str) -> bool:
-        """One delivery, however long the store is away; False if the lane stopped first."""
+    def _attempt(self, ids: list[str]) -> bool:
+        """The message's deliveries (Deliverer.attempt_burst), however long the store is away;
+        False if the lane stopped first. Those already done are refused at their claim next time."""
         delay = 1.0
         while not self._stopped.is_set():
             try:
-                self.attempt(delivery_id)
+                self.attempt(ids)
                 return True
             except StoreUnavailable as exc:  # nothing was claimed: keep the message, try again
-                log.error("delivery %s: %s, again in %.1fs", delivery_id, exc, delay)
+                log.error("deliveries %s: %s, again in %.1fs", ids, exc, delay)
                 self._stopped.wait(delay)
                 delay = min(delay * 2, STORE_RETRY_MAX)
             except Exception:  # a bug must not end the lane's thread: log it, leave it to the sweep
-                log.exception("express lane: delivery %s raised; left to the sweep", delivery_id)
+                log.exception("express lane: deliveries %s raised; left to the sweep", ids)
                 return True
         return False
 
@@ -168,7 +168,7 @@ def _start(sender: Any, **_: Any) -> None:
     from workers.tasks import deliverer
 
     if runs_tasks_here(sender.pool):
-        start_express(sender.app, consumed_channels(sender.app), lambda i: deliverer().attempt(i))
+        start_express(sender.app, consumed_channels(sender.app), lambda ids: deliverer().attempt_burst(ids))
 
 
 @worker_shutting_down.connect  # before the deliverer is closed (workers.tasks, at worker_shutdown)
