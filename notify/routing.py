@@ -130,10 +130,12 @@ def route(broker_url: str | None, channel: str, priority: str) -> dict[str, Any]
     return {"queue": queue, "routing_key": queue, "priority": level}
 
 
-def enqueue(app: Celery, delivery_id: str, channel: str, priority: str, *, producer: Any = None) -> None:
-    """Publish one delivery for `channel` at `priority`, by task name, through Celery."""
+def enqueue(
+    app: Celery, delivery_ids: str | list[str], channel: str, priority: str, *, producer: Any = None
+) -> None:
+    """Publish one message (a delivery, or a burst's) for `channel` at `priority`, through Celery."""
     options = route(app.conf.broker_url, channel, priority)
-    app.send_task(DELIVER_TASK, args=[delivery_id], producer=producer, ignore_result=True, **options)
+    app.send_task(DELIVER_TASK, args=[delivery_ids], producer=producer, ignore_result=True, **options)
 
 
 MAX_GROUP = 16  # deliveries per broker message, at most
@@ -182,8 +184,7 @@ class Publisher:
         count = 0
         with self.app.producer_or_acquire() as producer, producer.batch(max_size=batch):
             for channel, priority, ids in messages:
-                options = route(broker_url, channel, priority)
-                self.app.send_task(DELIVER_TASK, args=[ids], producer=producer, ignore_result=True, **options)
+                enqueue(self.app, ids, channel, priority, producer=producer)
                 count += 1
         return count
 
