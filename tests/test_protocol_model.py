@@ -165,6 +165,15 @@ class Protocol(RuleBasedStateMachine):
             self.sent[delivery_id] = self.sent.get(delivery_id, 0) + 1
             assert self.sent[delivery_id] == 1, "sent twice"
 
+    @rule(delivery_ids=st.lists(deliveries, min_size=1, max_size=4, unique=True))
+    def keep_a_burst(self, delivery_ids: list[str]) -> None:
+        """A worker holding a burst's message stamps its waiting deliveries: nothing else changes."""
+        before = {i: self.store.get(i) for i in delivery_ids}
+        self.store.keep_queued(delivery_ids)
+        assert {i: self.store.get(i) for i in delivery_ids} == before, "keeping a burst changed a delivery"
+        swept = {q.id for q in self.store.queued_since(5.0)}
+        assert not swept & set(delivery_ids), "a kept delivery was published again as lost"
+
     # -- time and maintenance --------------------------------------------------
 
     @rule(seconds=st.sampled_from([0.5, 3.0, 11.0, 40.0, 120.0]))
