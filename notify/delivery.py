@@ -217,12 +217,16 @@ class Deliverer:
             log.warning(
                 "a message carried %d delivery ids that are not strings", len(delivery_ids) - len(ids)
             )
-        self.store.keep_queued(ids)
+        waiting = ids[1:]  # the first is claimed at once: only the rest wait
+        if waiting:
+            self.store.keep_queued(waiting)
         outcomes: list[Outcome] = []
         try:
-            self.heartbeat.keep(ids)
-            for delivery_id in ids:
-                self.heartbeat.drop(delivery_id)
+            if waiting:
+                self.heartbeat.keep(waiting)
+            for index, delivery_id in enumerate(ids):
+                if index:
+                    self.heartbeat.drop(delivery_id)
                 outcomes.append(self._attempt_or_log(delivery_id))
         finally:
             for delivery_id in ids[len(outcomes) + 1 :]:

@@ -154,3 +154,22 @@ def test_a_delivery_whose_worker_dies_every_time_ends_in_the_dead_letters(
         OutcomeUnknownError.CODE,
     )
     assert ScriptedProvider.delivered == []
+
+
+def test_a_burst_stamps_only_the_deliveries_that_wait_and_delivers_each_in_turn(
+    deliverer: Deliverer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    one, burst = queued(deliverer), [queued(deliverer) for _ in range(3)]
+    stamped: list[list[str]] = []
+    keep_queued = deliverer.store.keep_queued
+    monkeypatch.setattr(
+        deliverer.store, "keep_queued", lambda ids: (stamped.append(list(ids)), keep_queued(ids))
+    )
+
+    assert [o.status for o in deliverer.attempt_burst([one])] == ["sent"]
+    assert stamped == []  # claimed at once: nothing waits
+    assert [o.status for o in deliverer.attempt_burst([*burst, 42])] == ["sent"] * 3  # 42: not an id
+
+    assert stamped[0] == burst[1:]  # the first of a burst is claimed at once; the heartbeat may add more
+    assert ScriptedProvider.delivered == [one, *burst]
+    assert deliverer.heartbeat._waiting == {}
