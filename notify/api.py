@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from notify.constants import MAX_SMS_CHARS
 from notify.dlq import Replayed, reset_for_replay
@@ -40,6 +41,9 @@ if TYPE_CHECKING:
     from celery import Celery
 
 log = logging.getLogger("notify")
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 BATCH_SIZE = 500  # intents per transaction of send_many()
 PUBLISH_BATCH = 1000  # broker commands per pipelined flush
@@ -86,6 +90,30 @@ class Notifier:
         send_at: datetime | None = None,
         locale: str | None = None,
     ) -> SendResult:
+        """Validate, record and enqueue one notification: one delivery per channel.
+
+        Args:
+            template: a folder under the templates root (`templates/<template>/`).
+            to: the recipient, as a `Recipient` or a mapping of address kinds
+                (`{"email": ..., "phone": ..., "push_token": ...}`).
+            data: the template's variables; strict JSON, at most NOTIFY_MAX_DATA_BYTES.
+            channels: the channels to deliver on; by default every channel the
+                template has and the recipient has an address for.
+            priority: "high", "normal" or "low": the queue each delivery goes to.
+            dedup_key: with the channel and its address, what makes a later
+                send within the channel's `dedup_window` a "duplicate".
+            send_at: an aware datetime: deliver no earlier than this (held in UTC).
+            locale: a tag like "de" or "pt-BR"; templates fall back to the default ones.
+
+        Returns:
+            The notification's id and its deliveries, each "queued",
+            "scheduled" or "duplicate".
+
+        Raises:
+            NotifyError: a subclass naming the offending field, before anything
+                is recorded or enqueued (`ValidationError`, `TemplateError`), or
+                `StoreUnavailable` when the store cannot record it.
+        """
         intent = Intent(
             template,
             to,
@@ -102,8 +130,16 @@ class Notifier:
     def send_many(self, intents: Iterable[Intent], /, *, batch_size: int = BATCH_SIZE) -> list[SendResult]:
         """Validate every intent, then record and publish them `batch_size` at a time.
 
-        Nothing is recorded unless every intent is valid; an invalid one raises
-        the error `send()` would, its field named `intents[i].<field>`.
+        Args:
+            intents: `Intent`s, each carrying `send()`'s arguments.
+            batch_size: intents recorded per store transaction.
+
+        Returns:
+            The `SendResult`s, in the order of `intents`.
+
+        Raises:
+            NotifyError: the error `send()` would raise, its field named
+                `intents[i].<field>`, before any intent is recorded.
         """
         return [result for batch in self.send_in_batches(intents, batch_size=batch_size) for result in batch]
 
@@ -171,6 +207,11 @@ class Notifier:
         return [SendResult(id=n.id, deliveries=tuple(ds)) for n, ds in zip(batch, recorded, strict=True)]
 
     def status(self, notification_id: str) -> list[Delivery]:
+        """The deliveries of notification `notification_id` as the store has them now.
+
+        Raises:
+            ValidationError: the id is not a string or no notification has it.
+        """
         found = self.store.deliveries_of(check_text("notification_id", notification_id, MAX_ID))
         if not found:
             raise ValidationError("notification_id", f"no notification {notification_id!r}")
@@ -332,47 +373,21 @@ def default_notifier() -> Notifier:
         return _installed[-1] if _installed else _notifier(get_settings())
 
 
-def send_many(intents: Iterable[Intent], /, *, batch_size: int = BATCH_SIZE) -> list[SendResult]:
-    """Validate every intent, then record and publish them in batches; the SendResults in order.
+def _on_default_notifier(method: Callable[Concatenate[Notifier, P], R]) -> Callable[P, R]:
+    """`method` as a module-level function of the process-wide notifier: one signature, one docstring."""
 
-    Raises a `NotifyError` naming the offending intent and field
-    (`intents[3].to.email`) before anything is recorded or enqueued.
-    """
-    return default_notifier().send_many(intents, batch_size=batch_size)
+    @functools.wraps(method)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        return method(default_notifier(), *args, **kwargs)
 
-
-def send(
-    template: str,
-    /,
-    to: Recipient | Mapping[str, str],
-    *,
-    data: Mapping[str, Any] | None = None,
-    channels: Iterable[str] | None = None,
-    priority: str = "normal",
-    dedup_key: str | None = None,
-    send_at: datetime | None = None,
-    locale: str | None = None,
-) -> SendResult:
-    """Validate, record and enqueue one notification; one delivery per channel.
-
-    Raises a `NotifyError` subclass naming the offending field before anything
-    is recorded or enqueued.
-    """
-    return default_notifier().send(
-        template,
-        to,
-        data=data,
-        channels=channels,
-        priority=priority,
-        dedup_key=dedup_key,
-        send_at=send_at,
-        locale=locale,
-    )
+    parameters = list(inspect.signature(method).parameters.values())[1:]  # without self
+    call.__signature__ = inspect.signature(method).replace(parameters=parameters)  # type: ignore[attr-defined]
+    return call
 
 
-def status(notification_id: str) -> list[Delivery]:
-    """The deliveries of a notification as they are now."""
-    return default_notifier().status(notification_id)
+send = _on_default_notifier(Notifier.send)
+send_many = _on_default_notifier(Notifier.send_many)
+status = _on_default_notifier(Notifier.status)
 
 
 __all__ = ["Intent", "Notifier", "NotifyError", "send", "send_many", "status"]
