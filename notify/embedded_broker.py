@@ -11,6 +11,18 @@ make it fit notify:
 - it polls every 100 ms instead of every second (`polling_interval` as a
   transport option would be forwarded to `create_engine()` and crash).
 
+The file is switched to WAL once, with the stdlib's sqlite3, when a process
+first connects (WAL persists in the file); the lock wait is sqlite3's own
+`timeout` connect argument, which routing passes as a transport option
+(kombu forwards those to `create_engine()`). Nothing here imports SQLAlchemy.
+
+Two kombu private methods are still overridden, because neither behaviour has
+a public hook: `Channel._reset_cycle` (the virtual channel builds its
+round-robin `FairCycle` there and has no option or attribute to pick
+another) and `Channel._get` (kombu's marks a row invisible and never deletes
+it). tests/test_embedded_broker.py pins both, with their signatures, and
+fails with a message on a kombu release that changes them.
+
 Like every virtual transport it cannot redeliver a message whose worker was
 SIGKILLed: the store's sweeper re-enqueues such deliveries.
 """
@@ -18,13 +30,43 @@ SIGKILLed: the store's sweeper re-enqueues such deliveries.
 from __future__ import annotations
 
 import json
+import sqlite3
+import threading
 from queue import Empty
 from typing import Any
 
 from kombu.transport import sqlalchemy as sql_transport
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.scheduling import FairCycle
-from sqlalchemy import event, text
+
+# Seconds a connection waits for another process's write lock; routing passes
+# the same figure to the broker's engine as sqlite3's `timeout`.
+LOCK_TIMEOUT = 60.0
+
+_wal_files: set[str] = set()
+_wal_lock = threading.Lock()
+
+
+def sqlite_path(url: str) -> str | None:
+    """The file a `sqlite:///path` URL names; None for an in-memory database or another scheme."""
+    scheme, separator, rest = url.partition("://")
+    if not separator or not scheme.startswith("sqlite"):
+        return None
+    path = rest.removeprefix("/").split("?", 1)[0]
+    return path if path and path != ":memory:" else None
+
+
+def enable_wal(path: str) -> None:
+    """Switch the SQLite file at `path` to WAL (persistent), once per process."""
+    with _wal_lock:
+        if path in _wal_files:
+            return
+        connection = sqlite3.connect(path, timeout=LOCK_TIMEOUT)
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+        finally:
+            connection.close()
+        _wal_files.add(path)
 
 
 class InOrderCycle(FairCycle):
@@ -36,37 +78,34 @@ class InOrderCycle(FairCycle):
 
 
 class Channel(sql_transport.Channel):
+    # Private override: kombu's virtual Channel builds its FairCycle (round
+    # robin over the consumed queues) here and offers no public way to choose
+    # the cycle; without it a backlog of low messages would interleave with high.
     def _reset_cycle(self) -> None:
         self._cycle = InOrderCycle(self._get_and_deliver, self._active_queues, Empty)
 
-    def _engine_from_config(self) -> Any:
-        engine = super()._engine_from_config()
-
-        @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_connection: Any, _record: Any) -> None:
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA busy_timeout=60000")
-            cursor.close()
-
-        return engine
-
+    # Private override: kombu's `_get` keeps a fetched row with visible=False
+    # forever, and has no hook to delete it; this one deletes it in the same
+    # transaction. Order is kombu's: FIFO by (sent_at, id).
     def _get(self, queue: str, timeout: float | None = None) -> Any:
-        obj = self._get_or_create(queue)  # type: ignore[attr-defined]
         session = self.session
-        session.execute(text("BEGIN IMMEDIATE TRANSACTION"))
+        message, queues = self.message_cls, self.queue_cls
+        # sqlite3 begins a transaction only before a write: take the write
+        # lock before the read, so two workers never fetch the same row.
+        session.connection().exec_driver_sql("BEGIN IMMEDIATE")
         try:
-            msg = (
-                session.query(self.message_cls)
-                .filter(self.message_cls.queue_id == obj.id)
-                .order_by(self.message_cls.sent_at, self.message_cls.id)
+            queue_id = session.query(queues.id).filter(queues.name == queue).scalar_subquery()
+            row = (
+                session.query(message)
+                .filter(message.queue_id == queue_id)
+                .order_by(message.sent_at, message.id)
                 .limit(1)
                 .first()
             )
-            if msg is None:
+            if row is None:
                 raise Empty()
-            payload = json.loads(bytes_to_str(msg.payload))
-            session.delete(msg)
+            payload = json.loads(bytes_to_str(row.payload))
+            session.delete(row)
             return payload
         finally:
             session.commit()
@@ -75,3 +114,15 @@ class Channel(sql_transport.Channel):
 class Transport(sql_transport.Transport):
     Channel = Channel
     polling_interval = 0.1
+    # enable_wal's sqlite3 errors are connection errors too, so Celery retries
+    # them (mypy infers kombu's tuple as SQLAlchemy's error only).
+    connection_errors: tuple[type[Exception], ...] = (  # type: ignore[assignment]
+        *sql_transport.Transport.connection_errors,
+        sqlite3.OperationalError,
+    )
+
+    def establish_connection(self) -> Any:
+        path = sqlite_path(self.client.hostname or "") if self.client is not None else None
+        if path is not None:
+            enable_wal(path)
+        return super().establish_connection()

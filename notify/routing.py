@@ -24,6 +24,9 @@ from notify.redis_publisher import RedisPublisher, as_list
 from notify.settings import Settings
 
 EMBEDDED_TRANSPORT = "notify.embedded_broker:Transport"
+# Seconds the embedded broker waits for another process's write lock; the same
+# as notify.embedded_broker.LOCK_TIMEOUT (a test keeps them equal).
+EMBEDDED_LOCK_TIMEOUT = 60.0
 REDIS_TRANSPORT = "notify.redis_transport:Transport"
 _AMQP_SCHEMES = ("amqp", "amqps", "pyamqp", "librabbitmq")
 
@@ -59,6 +62,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     transport_options: dict[str, Any] = {}
     if settings.uses_embedded_broker:
         settings.home.mkdir(parents=True, exist_ok=True)
+        # Forwarded by kombu to create_engine(): sqlite3's busy_timeout.
+        transport_options = {"connect_args": {"timeout": EMBEDDED_LOCK_TIMEOUT}}
     else:
         transport_options = {
             # Redis: poll a worker's queues in the order given (high first).

@@ -7,7 +7,8 @@ dotted path of your own ("mypackage.providers:MyProvider").
 
 from __future__ import annotations
 
-from kombu.utils.imports import symbol_by_name
+import importlib
+from typing import Any
 
 from notify.channels.base import Provider
 from notify.errors import ConfigurationError
@@ -37,5 +38,16 @@ def load_provider(channel: str, settings: Settings) -> Provider:
             f"{variable}={backend!r} is not a backend ({known}, or a dotted path module:Class)",
             setting=variable,
         )
-    provider: Provider = symbol_by_name(path).from_settings(settings)
+    provider: Provider = _import(path, variable).from_settings(settings)
     return provider
+
+
+def _import(path: str, variable: str) -> Any:
+    """The object a "module:attribute" path names; `ConfigurationError` naming `variable` if none."""
+    module_name, _, attribute = path.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError, ValueError) as exc:  # ValueError: an empty module name
+        raise ConfigurationError(
+            f"{variable} {path!r} does not import ({type(exc).__name__}: {exc})", setting=variable
+        ) from None
