@@ -13,14 +13,15 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from notify.constants import MAX_SMS_CHARS
-from notify.dlq import Replayed, reset_for_replay
 from notify.errors import NotifyError, TemplateError, ValidationError
+from notify.limits import MAX_DEDUP_KEY, MAX_ID
 from notify.models import (
     Channel,
     Delivery,
     Intent,
     Priority,
     Recipient,
+    Replayed,
     SendResult,
     Status,
     check_text,
@@ -33,7 +34,6 @@ from notify.policy import ChannelPolicy, load_policies
 from notify.relay import Relay
 from notify.rendering import Renderer, check_locale
 from notify.routing import Publisher, producer_app
-from notify.schema import MAX_DEDUP_KEY, MAX_ID
 from notify.settings import Settings, get_settings
 from notify.store import NewDelivery, NewNotification, Queued, Store
 
@@ -234,8 +234,13 @@ class Notifier:
             self.producer.close()
 
     def replay(self, ids: list[str] | None) -> Replayed:
-        """Re-queue failed deliveries (these, or all of them) for a fresh attempt cycle."""
-        reset = reset_for_replay(self.store, ids)
+        """Re-queue failed deliveries for a fresh attempt cycle (same ids), on the broker when it returns.
+
+        Args:
+            ids: the deliveries to replay, or None for every failed one; ids
+                unknown or not failed come back in `Replayed.not_found`.
+        """
+        reset = self.store.replay(ids)
         self._publish(reset, grouped=True)
         # An operator's command: on the broker when it returns.
         if not self.flush(REPLAY_FLUSH_TIMEOUT):

@@ -17,7 +17,7 @@ import phonenumbers
 from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES
 
 from notify.errors import ValidationError
-from notify.schema import MAX_ADDRESS
+from notify.limits import MAX_ADDRESS
 
 MAX_DEPTH = 32  # levels of nesting in data
 
@@ -93,6 +93,57 @@ class Delivery:
     next_attempt_at: datetime | None = None
     sent_at: datetime | None = None
     duplicate_of: str | None = None  # for status "duplicate": the delivery it repeats
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A delivery that failed for good, as `notify.dlq.letters()` lists it."""
+
+    id: str
+    notification_id: str
+    channel: str
+    address: str
+    template: str
+    reason: str | None
+    code: str | None
+    attempts: int
+    failed_at: datetime
+
+    @property
+    def masked_address(self) -> str:
+        return mask(self.address)
+
+    @property
+    def age_seconds(self) -> float:
+        return (utcnow() - self.failed_at).total_seconds()
+
+
+@dataclass(frozen=True)
+class Replayed:
+    """What a replay did: the ids put back to "queued", and the ids it could not replay."""
+
+    replayed: list[str]
+    not_found: list[str]  # unknown ids, or deliveries that are not failed
+
+
+def mask(address: str) -> str:
+    """Enough of an address to recognise it, not enough to harvest it.
+
+    Args:
+        address: an email address (keeps the first letter and the domain), an
+            E.164 number (keeps the first four characters and the last two), or
+            a push token (keeps the first six characters).
+    """
+    if "@" in address:
+        user, _, domain = address.rpartition("@")
+        return f"{user[:1]}***@{domain}"
+    if address.startswith("+"):
+        return address[:4] + "*" * max(len(address) - 6, 0) + address[-2:]
+    return address[:6] + "…" if len(address) > 6 else "***"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ import jinja2.meta
 from jinja2.sandbox import SandboxedEnvironment
 
 from notify.errors import TemplateError
+from notify.limits import MAX_LOCALE, MAX_TEMPLATE
 from notify.models import shown
-from notify.schema import MAX_LOCALE, MAX_TEMPLATE
 
 # part -> file; a channel exists for a template when its required parts do.
 CHANNEL_PARTS: dict[str, dict[str, str]] = {

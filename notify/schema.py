@@ -15,19 +15,21 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from notify.limits import (
+    MAX_ADDRESS,
+    MAX_CODE,
+    MAX_DEDUP_KEY,
+    MAX_ID,
+    MAX_LOCALE,
+    MAX_PROVIDER_ID,
+    MAX_TEMPLATE,
+)
+from notify.models import utcnow as utcnow  # where notify.channels.mime and tests look for it
+
 _PING_IF_IDLE_FOR = 10.0  # seconds
 LOCK_WAIT = 60.0  # seconds a SQLite write waits for the lock before the store is unavailable
 _FIRST_PAUSE = 0.0005
 _LONGEST_PAUSE = 0.004
-
-# Column limits, which send() validates against before anything is written.
-MAX_ID = 36
-MAX_TEMPLATE = 200
-MAX_LOCALE = 35
-MAX_ADDRESS = 512
-MAX_DEDUP_KEY = 200
-MAX_PROVIDER_ID = 300
-MAX_CODE = 64
 
 
 class UTCDateTime(sa.TypeDecorator[datetime]):
@@ -106,10 +108,6 @@ dedup_claims = sa.Table(
     sa.Column("delivery_id", sa.String(36), nullable=False),
     sa.Column("expires_at", _ts, nullable=False),
 )
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def create_engine(url: str, *, writer: bool = False) -> sa.Engine:

@@ -32,19 +32,16 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from notify.constants import PRIORITIES
-from notify.dlq import DeadLetter
 from notify.errors import StoreUnavailable
-from notify.models import Channel, Delivery, Status
+from notify.limits import MAX_CODE, MAX_PROVIDER_ID
+from notify.models import Channel, DeadLetter, Delivery, Status, utcnow
 from notify.schema import (
-    MAX_CODE,
-    MAX_PROVIDER_ID,
     UTCDateTime,
     create_engine,
     dedup_claims,
     deliveries,
     metadata,
     notifications,
-    utcnow,
     write_lock,
 )
 

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from notify.api import Notifier
-from notify.dlq import list_dead_letters
 from notify.models import FINAL_STATUSES, Status
 from notify.settings import Settings
 from tests.support.processes import Notify, Worker, wait_for
@@ -102,7 +101,7 @@ def test_a_permanent_failure_is_a_dead_letter_until_replayed(
     delivery = only_delivery(producer, result.id)
     assert (delivery.status, delivery.attempts, delivery.error_code) == (Status.FAILED, 1, "550")
     assert delivery.last_error == "5.1.1 No such user"
-    [letter] = list_dead_letters(producer.store)
+    [letter] = producer.store.dead_letters()
     assert (letter.id, letter.template, letter.masked_address) == (delivery.id, "welcome", "g***@example.com")
     listed = subprocess.run(
         [sys.executable, "-m", "workers.cli", "dlq", "list", "--json"],
@@ -130,7 +129,7 @@ def test_a_permanent_failure_is_a_dead_letter_until_replayed(
     wait_for(lambda: only_delivery(producer, result.id).status == Status.SENT, what="the replay")
     assert only_delivery(producer, result.id).attempts == 1  # a fresh cycle, same delivery id
     assert smtp_server.delivery_ids() == {delivery.id: 1}
-    assert list_dead_letters(producer.store) == []
+    assert producer.store.dead_letters() == []
 
 
 def test_a_delivery_that_keeps_failing_gives_up_after_max_attempts(

@@ -7,7 +7,6 @@ import sys
 
 import click
 
-from notify.dlq import list_dead_letters, purge_dead_letters
 from notify.errors import ValidationError
 from workers.cli.output import notifier, reports_errors, table
 
@@ -24,7 +23,7 @@ def dlq() -> None:
 @reports_errors
 def list_(channel: str | None, limit: int, as_json: bool) -> None:
     """Failed deliveries, newest first."""
-    letters = list_dead_letters(notifier().store, channel=channel, limit=limit)
+    letters = notifier().store.dead_letters(channel=channel, limit=limit)
     if as_json:
         click.echo(
             json.dumps(
@@ -89,7 +88,7 @@ def purge(yes: bool) -> None:
     """Delete every dead letter."""
     if not yes and sys.stdin.isatty():
         click.confirm("Delete every dead letter?", abort=True)
-    click.echo(f"purged {purge_dead_letters(notifier().store)} dead letters")
+    click.echo(f"purged {notifier().store.purge_dead_letters()} dead letters")
 
 
 def _age(seconds: float) -> str:
