@@ -8,6 +8,7 @@ within one lease and the sweep (notify.maintenance) hands the delivery on.
 
 from __future__ import annotations
 
+import enum
 import functools
 import logging
 import threading
@@ -21,6 +22,8 @@ from notify.channels import load_provider
 from notify.channels.base import EmailMessage, Message, Provider, PushMessage, SmsMessage
 from notify.errors import (
     ConfigurationError,
+    CoreCode,
+    CoreProvider,
     DeliveryError,
     NotifyError,
     OutcomeUnknownError,
@@ -42,11 +45,34 @@ SMTP_DATA_REPLY_TIMEOUT = 600.0  # RFC 5321 4.5.3.2.6: the longest wait for the 
 PermanentFailureHook = Callable[[str, str, PermanentDeliveryError], None]
 
 
+class AttemptStatus(enum.StrEnum):
+    """What one attempt did, and who moves its delivery on.
+
+    A StrEnum: the Celery task returns these strings and the logs show them.
+    """
+
+    SENT = "sent"
+    """The provider accepted it and `sent` is recorded: terminal, nobody moves it on."""
+    RETRYING = "retrying"
+    """A transient failure, `retrying` recorded with its next time: the release step publishes it then."""
+    FAILED = "failed"
+    """Failed for good (or gave up after `max_attempts`), `failed` recorded: an operator replays it."""
+    SKIPPED = "skipped"
+    """The claim was refused (done, held, claimed by a live worker, not in the store): nothing to do.
+
+    Whoever holds the delivery moves it on: its worker, or the sweep once that claim lapses.
+    """
+    LOST = "lost"
+    """The claim lapsed and was taken over before the outcome was recorded: the new holder records its own."""
+    ERROR = "error"
+    """A bug in this worker, logged; nothing recorded: the sweep hands it on (once its claim lapses)."""
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What became of one attempt."""
 
-    status: str  # sent | retrying | failed | skipped | lost (the claim was taken over) | error (a bug)
+    status: AttemptStatus
 
 
 class Heartbeat:
@@ -240,7 +266,7 @@ class Deliverer:
             raise
         except Exception:
             log.exception("delivery %s: unexpected error; left to the sweep, the burst goes on", delivery_id)
-            return Outcome("error")
+            return Outcome(AttemptStatus.ERROR)
 
     def attempt(self, delivery_id: str) -> Outcome:
         claim = self.store.claim(delivery_id, self.settings.lease)
@@ -259,7 +285,7 @@ class Deliverer:
         """Every try ended with its worker dead (a delivery that crashes it?): give up, unsent again."""
         tries = job.attempts - 1
         reason = f"the worker died during each of its {tries} tries; the last may have been sent"
-        return self._fail(job, OutcomeUnknownError(reason, channel=job.channel, provider="notify"))
+        return self._fail(job, OutcomeUnknownError(reason, channel=job.channel, provider=CoreProvider.NOTIFY))
 
     def _attempt(self, claim: Job) -> Outcome:
         try:
@@ -269,7 +295,10 @@ class Deliverer:
             return self._fail(
                 claim,
                 PermanentDeliveryError(
-                    str(exc), channel=claim.channel, provider="templates", code="template"
+                    str(exc),
+                    channel=claim.channel,
+                    provider=CoreProvider.TEMPLATES,
+                    code=CoreCode.TEMPLATE,
                 ),
             )
         except Exception as exc:  # a bug before anything was handed over: safe to try again
@@ -277,7 +306,10 @@ class Deliverer:
             return self._retry(
                 claim,
                 TransientDeliveryError(
-                    f"{type(exc).__name__}: {exc}", channel=claim.channel, provider="notify", code="bug"
+                    f"{type(exc).__name__}: {exc}",
+                    channel=claim.channel,
+                    provider=CoreProvider.NOTIFY,
+                    code=CoreCode.BUG,
                 ),
             )
         self.gate.checkpoint(claim.priority)
@@ -295,7 +327,10 @@ class Deliverer:
             return self._retry(
                 claim,
                 TransientDeliveryError(
-                    str(exc), channel=claim.channel, provider="config", code="configuration"
+                    str(exc),
+                    channel=claim.channel,
+                    provider=CoreProvider.CONFIGURATION,
+                    code=CoreCode.CONFIGURATION,
                 ),
             )
         except Exception as exc:
@@ -304,11 +339,12 @@ class Deliverer:
             # does not parse): a retry could be a second copy.
             log.exception("delivery %s: unexpected error from the provider", claim.delivery_id)
             reason = f"{type(exc).__name__}: {exc}"
-            return self._fail(claim, OutcomeUnknownError(reason, channel=claim.channel, provider="notify"))
+            unknown = OutcomeUnknownError(reason, channel=claim.channel, provider=CoreProvider.NOTIFY)
+            return self._fail(claim, unknown)
         if not self._record(lambda: self.store.mark_sent(claim, receipt.provider_id)):
-            return self._lost(claim, "sent")
+            return self._lost(claim, AttemptStatus.SENT)
         log.info("delivery %s sent (%s, try %d)", claim.delivery_id, claim.channel, claim.attempts)
-        return Outcome("sent")
+        return Outcome(AttemptStatus.SENT)
 
     def _record(self, write: Callable[[], bool]) -> bool:
         """Write an outcome, however long the store is away.
@@ -337,15 +373,15 @@ class Deliverer:
             log.warning("delivery %s: not in the store; dropping its message", delivery_id)
         else:
             log.info("delivery %s is %s: its message has nothing to do", delivery_id, refusal.status)
-        return Outcome("skipped")
+        return Outcome(AttemptStatus.SKIPPED)
 
-    def _lost(self, job: Job, outcome: str) -> Outcome:
+    def _lost(self, job: Job, outcome: AttemptStatus) -> Outcome:
         log.error(
             "delivery %s: claim lapsed and was taken over before its outcome (%s) was recorded",
             job.delivery_id,
             outcome,
         )
-        return Outcome("lost")
+        return Outcome(AttemptStatus.LOST)
 
     def _retry(self, job: Job, exc: TransientDeliveryError) -> Outcome:
         policy = self.policies[job.channel]
@@ -354,7 +390,7 @@ class Deliverer:
         delay = policy.delay(job.attempts, retry_after=exc.retry_after)
         at = self.store.now() + timedelta(seconds=delay)
         if not self._record(lambda: self.store.mark_retrying(job, _reason(exc), exc.code, at)):
-            return self._lost(job, "retrying")
+            return self._lost(job, AttemptStatus.RETRYING)
         log.info(
             "delivery %s: try %d failed (%s), next in %.1fs",
             job.delivery_id,
@@ -362,11 +398,11 @@ class Deliverer:
             _reason(exc),
             delay,
         )
-        return Outcome("retrying")
+        return Outcome(AttemptStatus.RETRYING)
 
     def _fail(self, job: Job, exc: DeliveryError, note: str = "") -> Outcome:
         if not self._record(lambda: self.store.mark_failed(job, _reason(exc) + note, exc.code)):
-            return self._lost(job, "failed")
+            return self._lost(job, AttemptStatus.FAILED)
         log.warning("delivery %s failed for good: %s%s", job.delivery_id, _reason(exc), note)
         hook = self.on_permanent_failure
         # Only the address's fault is the hook's business; an unknown outcome is not.
@@ -375,7 +411,7 @@ class Deliverer:
                 hook(job.channel, job.address, exc)
             except Exception:
                 log.exception("on_permanent_failure hook raised")
-        return Outcome("failed")
+        return Outcome(AttemptStatus.FAILED)
 
 
 def _reason(exc: NotifyError) -> str:

@@ -13,12 +13,19 @@
 
 Errors carry context (field, channel, provider, provider code) and never
 secrets or message bodies. A duplicate is an outcome, not an error.
+
+A failure notify itself finds, not a provider, names a `CoreProvider` and a
+`CoreCode`; the code is what the store keeps and `notify dlq list` shows.
 """
 
 from __future__ import annotations
 
+import enum
+
 __all__ = [
     "ConfigurationError",
+    "CoreCode",
+    "CoreProvider",
     "DeliveryError",
     "NotifyError",
     "OutcomeUnknownError",
@@ -28,6 +35,33 @@ __all__ = [
     "TransientDeliveryError",
     "ValidationError",
 ]
+
+
+class CoreProvider(enum.StrEnum):
+    """The `provider` of a failure that notify found itself, before or around the real provider."""
+
+    TEMPLATES = "templates"
+    """The template no longer renders in the worker (it changed since `send()` checked it)."""
+    CONFIGURATION = "config"
+    """The provider refused its own settings (bad credentials, a misconfigured sender)."""
+    NOTIFY = "notify"
+    """notify itself: a bug, a worker that died on every try, or a provider's unexplained error."""
+
+
+class CoreCode(enum.StrEnum):
+    """The error codes notify writes itself; stored on the delivery, so operators filter on them.
+
+    The values never change: rows already in the store carry them.
+    """
+
+    TEMPLATE = "template"
+    """Failed for good: the template does not render for this delivery (provider `templates`)."""
+    CONFIGURATION = "configuration"
+    """Kept for retry, logged as critical: the provider's settings need an operator (provider `config`)."""
+    BUG = "bug"
+    """Kept for retry: an unexpected error before anything was handed over (provider `notify`)."""
+    OUTCOME_UNKNOWN = "outcome_unknown"
+    """Failed for good, not retried: it may have been sent (any provider; see OutcomeUnknownError)."""
 
 
 class NotifyError(Exception):
@@ -105,7 +139,7 @@ class OutcomeUnknownError(PermanentDeliveryError):
     Its code is always "outcome_unknown", so operators can list them.
     """
 
-    CODE = "outcome_unknown"
+    CODE = CoreCode.OUTCOME_UNKNOWN
 
     def __init__(self, reason: str, *, channel: str, provider: str) -> None:
         super().__init__(reason, channel=channel, provider=provider, code=self.CODE)

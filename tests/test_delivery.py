@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import ClassVar
@@ -16,8 +16,8 @@ from typing import ClassVar
 import pytest
 
 from notify.channels.base import Message, Receipt
-from notify.delivery import Deliverer
-from notify.errors import OutcomeUnknownError, StoreUnavailable
+from notify.delivery import AttemptStatus, Deliverer
+from notify.errors import ConfigurationError, CoreCode, CoreProvider, OutcomeUnknownError, StoreUnavailable
 from notify.models import Status
 from notify.settings import Settings
 from notify.store import Job, NewDelivery, utcnow
@@ -64,10 +64,10 @@ def deliverer(tmp_path: Path) -> Iterator[Deliverer]:
     built.close()
 
 
-def queued(deliverer: Deliverer) -> str:
+def queued(deliverer: Deliverer, template: str = "welcome") -> str:
     delivery_id = str(uuid.uuid4())
     new = NewDelivery(delivery_id, "email", "ada@example.com", "normal", Status.QUEUED)
-    deliverer.store.record(str(uuid.uuid4()), "welcome", None, '{"name": "Ada"}', [new])
+    deliverer.store.record(str(uuid.uuid4()), template, None, '{"name": "Ada"}', [new])
     return delivery_id
 
 
@@ -76,7 +76,7 @@ def test_an_outcome_waits_out_a_store_outage_longer_than_the_budget(
 ) -> None:
     """Giving up on mark_sent would let the claim lapse and a second worker send it again."""
     delivery_id = queued(deliverer)
-    real, failures = deliverer.store.mark_sent, []
+    real, failures = deliverer.store.mark_sent, list[int]()
 
     def store_away_for_three_seconds(*args: object) -> bool:
         if len(failures) < 12:  # about 3 s of retries, three times NOTIFY_DELIVERY_TIMEOUT
@@ -88,7 +88,7 @@ def test_an_outcome_waits_out_a_store_outage_longer_than_the_budget(
 
     outcome = deliverer.attempt(delivery_id)
 
-    assert outcome.status == "sent"
+    assert outcome.status is AttemptStatus.SENT
     assert ScriptedProvider.delivered == [delivery_id]
     delivery = deliverer.store.get(delivery_id)
     assert delivery is not None and (delivery.status, delivery.attempts) == (Status.SENT, 1)
@@ -103,13 +103,13 @@ def test_an_unexpected_error_from_the_provider_is_an_unknown_outcome_not_a_retry
 
     outcome = deliverer.attempt(delivery_id)
 
-    assert outcome.status == "failed"
+    assert outcome.status is AttemptStatus.FAILED
     delivery = deliverer.store.get(delivery_id)
     assert delivery is not None and (delivery.status, delivery.error_code) == (
         Status.FAILED,
         OutcomeUnknownError.CODE,
     )
-    assert deliverer.attempt(delivery_id).status == "skipped"  # never sent again by itself
+    assert deliverer.attempt(delivery_id).status is AttemptStatus.SKIPPED  # never sent again by itself
     assert ScriptedProvider.delivered == [delivery_id]
 
 
@@ -147,7 +147,7 @@ def test_a_delivery_whose_worker_dies_every_time_ends_in_the_dead_letters(
 
     outcome = deliverer.attempt(delivery_id)
 
-    assert outcome.status == "failed"
+    assert outcome.status is AttemptStatus.FAILED
     delivery = deliverer.store.get(delivery_id)
     assert delivery is not None and (delivery.status, delivery.error_code) == (
         Status.FAILED,
@@ -162,14 +162,53 @@ def test_a_burst_stamps_only_the_deliveries_that_wait_and_delivers_each_in_turn(
     one, burst = queued(deliverer), [queued(deliverer) for _ in range(3)]
     stamped: list[list[str]] = []
     keep_queued = deliverer.store.keep_queued
-    monkeypatch.setattr(
-        deliverer.store, "keep_queued", lambda ids: (stamped.append(list(ids)), keep_queued(ids))
-    )
 
-    assert [o.status for o in deliverer.attempt_burst([one])] == ["sent"]
+    def stamp(ids: Collection[str]) -> None:
+        stamped.append(list(ids))
+        keep_queued(ids)
+
+    monkeypatch.setattr(deliverer.store, "keep_queued", stamp)
+
+    assert [o.status for o in deliverer.attempt_burst([one])] == [AttemptStatus.SENT]
     assert stamped == []  # claimed at once: nothing waits
-    assert [o.status for o in deliverer.attempt_burst([*burst, 42])] == ["sent"] * 3  # 42: not an id
+    sent = [o.status for o in deliverer.attempt_burst([*burst, 42])]  # 42: not an id
+    assert sent == [AttemptStatus.SENT] * 3
 
     assert stamped[0] == burst[1:]  # the first of a burst is claimed at once; the heartbeat may add more
     assert ScriptedProvider.delivered == [one, *burst]
     assert deliverer.heartbeat._waiting == {}
+
+
+def test_the_attempt_statuses_and_core_codes_keep_the_strings_tasks_logs_and_operators_see() -> None:
+    """The task returns these strings and the store keeps the codes: renaming one breaks a filter."""
+    assert list(AttemptStatus) == ["sent", "retrying", "failed", "skipped", "lost", "error"]
+    assert list(CoreProvider) == ["templates", "config", "notify"]
+    assert list(CoreCode) == ["template", "configuration", "bug", "outcome_unknown"]
+    assert OutcomeUnknownError.CODE == "outcome_unknown"
+
+
+def test_a_template_gone_since_send_fails_for_good_with_the_template_code(deliverer: Deliverer) -> None:
+    delivery_id = queued(deliverer, template="no_such_template")
+
+    outcome = deliverer.attempt(delivery_id)
+
+    assert outcome.status is AttemptStatus.FAILED
+    delivery = deliverer.store.get(delivery_id)
+    assert delivery is not None and (delivery.status, delivery.error_code) == (Status.FAILED, "template")
+    assert ScriptedProvider.delivered == []
+
+
+def test_a_provider_configuration_error_keeps_the_delivery_for_retry_with_the_configuration_code(
+    deliverer: Deliverer,
+) -> None:
+    ScriptedProvider.raise_after_sending = ConfigurationError("bad credentials", setting="NOTIFY_SMTP_USER")
+    delivery_id = queued(deliverer)
+
+    outcome = deliverer.attempt(delivery_id)
+
+    assert outcome.status is AttemptStatus.RETRYING
+    delivery = deliverer.store.get(delivery_id)
+    assert delivery is not None and (delivery.status, delivery.error_code) == (
+        Status.RETRYING,
+        "configuration",
+    )
