@@ -17,7 +17,7 @@ import secrets
 from email.utils import format_datetime, parseaddr
 
 from notify.channels.base import EmailMessage
-from notify.schema import utcnow
+from notify.models import utcnow
 
 __all__ = ["build_mime", "mailbox"]
 
