@@ -2,8 +2,9 @@ FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY notify ./notify
-COPY workers ./workers
 RUN pip install --no-cache-dir .
+# Not installed: the operator modules, for `celery -A workers.email worker` run in /app.
+COPY workers ./workers
 COPY templates ./templates
 # nobody cannot write under /app (root's), and a worker refuses to start on
 # a NOTIFY_HOME it cannot write: the embedded broker and store, the outbox and

@@ -31,7 +31,7 @@ from benchmarks._harness import (
 )
 from benchmarks._legs import PRIVATE_REDIS_HELP
 from benchmarks._stores import STORES, Store, stores, use_store
-from workers.mailcatcher import free_port
+from notify.mailcatcher import free_port
 
 EMAIL_FROM = "Bench <bench@example.com>"
 
@@ -77,7 +77,7 @@ class EmailRig:
     def worker(self, store: Store) -> Child:
         """`notify worker email --concurrency N`, its logs under results/logs/."""
         self.started += 1
-        argv = [sys.executable, "-m", "workers.cli", "worker", "email",
+        argv = [sys.executable, "-m", "notify.cli", "worker", "email",
                 "--concurrency", str(self.args.concurrency), "-l", "warning"]  # fmt: skip
         env = {**clean_environ(), **self.environ, **store.environ, "PYTHONUNBUFFERED": "1"}
         return self.procs.start(f"worker-{store.name}-{self.started}", argv, env)

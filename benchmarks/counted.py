@@ -1,6 +1,6 @@
 """Count a process's SQLite transactions (a trace callback on every connection), for round trips.
 
-    python -m benchmarks.counted --out results/worker.sqlite.json -m workers.cli worker email -c 8
+    python -m benchmarks.counted --out results/worker.sqlite.json -m notify.cli worker email -c 8
 
 SQLite has no server to ask (PostgreSQL's `pg_stat_database` counts commits
 for the PostgreSQL legs), so each process counts its own: `install()` wraps

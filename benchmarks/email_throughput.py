@@ -62,7 +62,7 @@ from benchmarks._stores import (
     stores,
     use_store,
 )
-from workers.mailcatcher import free_port
+from notify.mailcatcher import free_port
 
 NAME = "email_throughput"
 NOTIFY, NOTIFY_MANY, BASELINE, RAW = "notify", "notify-many", "hand-rolled", "raw"
@@ -266,7 +266,7 @@ def _environ(redis_url: str, smtp_port: int) -> dict[str, str]:
 
 def _worker_argv(leg: str, concurrency: int, pool: str) -> list[str]:
     if leg in NOTIFY_LEGS:
-        return [sys.executable, "-m", "workers.cli", "worker", "email", "--concurrency", str(concurrency),
+        return [sys.executable, "-m", "notify.cli", "worker", "email", "--concurrency", str(concurrency),
                 "--pool", pool, "-l", "warning"]  # fmt: skip
     return [sys.executable, "-m", "celery", "-A", "benchmarks.handrolled_app", "worker",
             "-P", "threads", "-c", str(concurrency), "-Q", "handrolled", "-n", "handrolled@%h",

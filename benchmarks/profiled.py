@@ -1,6 +1,6 @@
 """Run a Python module under cProfile in every thread, and write the merged profile at exit.
 
-    python -m benchmarks.profiled --out results/worker.prof -m workers.cli worker email -c 16
+    python -m benchmarks.profiled --out results/worker.prof -m notify.cli worker email -c 16
 
 cProfile only sees the thread that enables it, and a Celery worker on the
 threads pool does its work in threads started later; `threading.setprofile`

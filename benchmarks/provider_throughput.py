@@ -204,7 +204,7 @@ class ProviderBenchmark:
             return result
         flush_redis(self.args.redis_url)  # before the worker starts: it declares its queues
         env = {**clean_environ(), **self.environ, "PYTHONUNBUFFERED": "1"}
-        argv = [sys.executable, "-m", "workers.cli", "worker", channel, "--concurrency",
+        argv = [sys.executable, "-m", "notify.cli", "worker", channel, "--concurrency",
                 str(self.args.concurrency), "--pool", self.args.pool, "-l", "warning"]  # fmt: skip
         if self.args.profile:
             out = self.procs.log_dir / f"profile-{channel}-{leg}-round{round_no}.prof"

@@ -25,7 +25,7 @@ def notify_cli(
     env: dict[str, str], cwd: Path, *args: str, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "workers.cli", *args],
+        [sys.executable, "-m", "notify.cli", *args],
         env=env,
         cwd=cwd,
         capture_output=True,

@@ -21,7 +21,7 @@ def test_the_demo_delivers_every_sample_and_shows_the_duplicate(tmp_path: Path) 
     }
 
     demo = subprocess.run(
-        [sys.executable, "-m", "workers.cli", "demo", "--timeout", "60"],
+        [sys.executable, "-m", "notify.cli", "demo", "--timeout", "60"],
         env=environ,
         cwd=tmp_path,
         capture_output=True,

@@ -172,7 +172,8 @@ def test_import_notify_does_not_import_providers_or_worker_code(tmp_path: Path) 
 def test_import_notify_does_not_import_celery_worker_machinery(tmp_path: Path) -> None:
     code = (
         "import notify, sys; print(sorted(m for m in sys.modules if m.startswith("
-        "('celery.worker', 'celery.apps.worker', 'notify.channels.', 'workers'))))"
+        "('celery.worker', 'celery.apps.worker', 'notify.channels.', 'notify.worker', 'notify.cli',"
+        " 'workers'))))"
     )
     assert run_python(code, tmp_path) == "[]"
 

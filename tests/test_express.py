@@ -18,9 +18,9 @@ from notify.models import Status
 from notify.redis_publisher import RedisPublisher
 from notify.routing import producer_app
 from notify.settings import Settings
+from notify.worker.express import ExpressLane, express_queues, runs_tasks_here, start_express
 from tests.support.processes import Worker, wait_for
 from tests.support.smtp import SmtpServer
-from workers.express import ExpressLane, express_queues, runs_tasks_here, start_express
 
 
 @pytest.fixture

@@ -104,7 +104,7 @@ def test_a_permanent_failure_is_a_dead_letter_until_replayed(
     [letter] = producer.store.dead_letters()
     assert (letter.id, letter.template, letter.masked_address) == (delivery.id, "welcome", "g***@example.com")
     listed = subprocess.run(
-        [sys.executable, "-m", "workers.cli", "dlq", "list", "--json"],
+        [sys.executable, "-m", "notify.cli", "dlq", "list", "--json"],
         env=env,
         cwd=tmp_path,
         capture_output=True,
@@ -116,7 +116,7 @@ def test_a_permanent_failure_is_a_dead_letter_until_replayed(
 
     smtp_server.handler.rejected.clear()  # the operator fixed the address on the server's side
     replay = subprocess.run(
-        [sys.executable, "-m", "workers.cli", "dlq", "replay", delivery.id],
+        [sys.executable, "-m", "notify.cli", "dlq", "replay", delivery.id],
         env=env,
         cwd=tmp_path,
         capture_output=True,
@@ -290,7 +290,7 @@ def test_a_worker_refuses_to_start_with_an_invalid_policy_file(
     env["NOTIFY_CONFIG"] = str(path)
 
     started = subprocess.run(
-        [sys.executable, "-m", "workers.cli", "worker", "email"],
+        [sys.executable, "-m", "notify.cli", "worker", "email"],
         env=env,
         cwd=tmp_path,
         capture_output=True,

@@ -16,11 +16,11 @@ import notify.api
 import notify.settings
 from notify import Intent
 from notify.api import Notifier
+from notify.cli import main
 from notify.models import Status
 from notify.schema import deliveries, notifications
 from tests.support.processes import Worker, wait_for
 from tests.support.smtp import SmtpServer
-from workers.cli import main
 
 
 def welcome(i: int, **options: object) -> Intent:

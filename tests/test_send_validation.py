@@ -20,8 +20,8 @@ import notify
 import notify.api
 import notify.settings
 from notify.api import Notifier
+from notify.mailcatcher import free_port
 from notify.settings import Settings
-from workers.mailcatcher import free_port
 
 ADA = {"email": "ada@example.com", "phone": "+14155550100", "push_token": "tok-ada"}
 VIAS = ["notify.send", "Notifier.send"]

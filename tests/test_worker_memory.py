@@ -13,7 +13,7 @@ from notify.delivery import Heartbeat
 from notify.routing import REDIS_TRANSPORT
 from notify.settings import Settings
 from notify.store import Store
-from workers.app import CELERY_TASK_LOGGERS, _quiet_per_message_lines, worker_config
+from notify.worker.app import CELERY_TASK_LOGGERS, _quiet_per_message_lines, worker_config
 
 
 class RenewingStore:

@@ -41,7 +41,7 @@ def start_and_wait(argv: list[str], env: dict[str, str], tmp_path: Path) -> tupl
     out, err = tmp_path / "stdout.log", tmp_path / "stderr.log"
     with out.open("wb") as stdout, err.open("wb") as stderr:
         process = subprocess.Popen(
-            [sys.executable, "-m", "workers.cli", *argv],
+            [sys.executable, "-m", "notify.cli", *argv],
             env=env,
             cwd=tmp_path,
             stdout=stdout,

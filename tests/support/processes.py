@@ -33,7 +33,7 @@ class Notify:
         self.log = log
         self._log_file = log.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "workers.cli", *argv],
+            [sys.executable, "-m", "notify.cli", *argv],
             env=env,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,

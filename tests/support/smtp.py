@@ -14,7 +14,7 @@ from aiosmtpd.controller import Controller
 
 from notify.channels.base import EmailMessage as Email
 from notify.channels.email import SmtpConfig, SmtpProvider
-from workers.mailcatcher import free_port
+from notify.mailcatcher import free_port
 
 SENDER = "Notify Tests <notify@example.com>"
 

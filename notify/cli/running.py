@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 import click
 
 from notify.api import Notifier
+from notify.cli.output import reports_errors
 from notify.constants import CHANNELS, DELIVER_TASK
 from notify.errors import ConfigurationError
 from notify.settings import Settings, get_settings, load_hook
-from workers.cli.output import reports_errors
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -85,7 +85,7 @@ def beat(loglevel: str) -> None:
     import signal
     import threading
 
-    from workers.app import start_maintenance
+    from notify.worker.app import start_maintenance
 
     logging.basicConfig(level=loglevel.upper(), format="[%(asctime)s: %(levelname)s/%(name)s] %(message)s")
     maintenance = start_maintenance(configured_app(checked_settings()), list(CHANNELS))
@@ -127,7 +127,7 @@ def check_provider(channel: str, settings: Settings) -> None:
 
 def configured_app(settings: Settings) -> Celery:
     """The worker's app, configured now rather than in Celery's signal, which hides errors."""
-    from workers.app import app, worker_config
+    from notify.worker.app import app, worker_config
 
     app.config_from_object(worker_config(settings))
     return app

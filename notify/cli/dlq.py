@@ -7,8 +7,8 @@ import sys
 
 import click
 
+from notify.cli.output import notifier, reports_errors, table
 from notify.errors import ValidationError
-from workers.cli.output import notifier, reports_errors, table
 
 
 @click.group()

@@ -13,7 +13,7 @@ from notify.constants import DELIVER_TASK
 from notify.delivery import Deliverer
 from notify.errors import StoreUnavailable
 from notify.settings import get_settings, load_hook
-from workers.app import app
+from notify.worker.app import app
 
 log = logging.getLogger("notify.worker")
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import click
 
 from notify.api import Notifier
+from notify.cli.output import outcome, table
 from notify.models import FINAL_STATUSES, SendResult
 from notify.settings import Settings, get_settings
-from workers.cli.output import outcome, table
 
 SAMPLES = [
     (
@@ -67,7 +67,7 @@ SAMPLES = [
 )
 def demo(timeout: float) -> None:
     """Start a mail catcher and three workers, send the samples, show their statuses."""
-    from workers.mailcatcher import MailCatcher
+    from notify.mailcatcher import MailCatcher
 
     base = get_settings()
     home = base.home.resolve()
@@ -108,7 +108,7 @@ def _demo_env(smtp_port: int) -> dict[str, str]:
 def _start_worker(channel: str, env: dict[str, str], home: Path) -> subprocess.Popen[bytes]:
     log = (home / f"demo-worker-{channel}.log").open("wb")
     return subprocess.Popen(
-        [sys.executable, "-m", "workers.cli", "worker", channel, "-c", "4", "-l", "info"],
+        [sys.executable, "-m", "notify.cli", "worker", channel, "-c", "4", "-l", "info"],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,

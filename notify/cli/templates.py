@@ -7,9 +7,9 @@ import sys
 
 import click
 
+from notify.cli.output import json_object, reports_errors, table
 from notify.rendering import Renderer, check_template, variables
 from notify.settings import get_settings
-from workers.cli.output import json_object, reports_errors, table
 
 
 def _renderer() -> Renderer:

@@ -164,14 +164,14 @@ def runs_tasks_here(pool: Any) -> bool:
 
 @worker_ready.connect
 def _start(sender: Any, **_: Any) -> None:
-    from workers.app import consumed_channels
-    from workers.tasks import deliverer
+    from notify.worker.app import consumed_channels
+    from notify.worker.tasks import deliverer
 
     if runs_tasks_here(sender.pool):
         start_express(sender.app, consumed_channels(sender.app), lambda ids: deliverer().attempt_burst(ids))
 
 
-@worker_shutting_down.connect  # before the deliverer is closed (workers.tasks, at worker_shutdown)
+@worker_shutting_down.connect  # before the deliverer is closed (notify.worker.tasks, at worker_shutdown)
 @worker_shutdown.connect
 def _stop(**_: Any) -> None:
     for lane in _lanes:

@@ -15,9 +15,9 @@ from typing import Any
 import click
 
 from notify.api import BATCH_SIZE
+from notify.cli.output import deliveries_table, delivery_json, json_object, notifier, reports_errors
 from notify.errors import ValidationError
 from notify.models import Intent, SendResult
-from workers.cli.output import deliveries_table, delivery_json, json_object, notifier, reports_errors
 
 
 @click.command()

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import click
 
-from workers.cli.demo import demo
-from workers.cli.dlq import dlq
-from workers.cli.running import beat, worker
-from workers.cli.sending import send, send_many, status
-from workers.cli.templates import templates
+from notify.cli.demo import demo
+from notify.cli.dlq import dlq
+from notify.cli.running import beat, worker
+from notify.cli.sending import send, send_many, status
+from notify.cli.templates import templates
 
 
 @click.group()

@@ -1,0 +1,63 @@
+"""The wheel installs only `notify`; workers/ (what an operator runs) stays in the repository."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SOURCES = ("pyproject.toml", "README.md", "notify", "workers", "templates", "tests", "benchmarks")
+IGNORED = shutil.ignore_patterns("__pycache__", "*.egg-info", "build", "results")
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> zipfile.ZipFile:
+    """The project's wheel, built from a copy so the build leaves nothing in the work tree.
+
+    Built with pip's build isolation: setuptools comes from the configured
+    package index (the venv's own setuptools may be older than `license = "MIT"` needs).
+    """
+    source, out = tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("wheel")
+    for name in SOURCES:
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, source / name, ignore=IGNORED)
+        else:
+            shutil.copy2(REPO / name, source / name)
+    completed = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(source)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    (built,) = out.glob("*.whl")
+    return zipfile.ZipFile(built)
+
+
+@pytest.mark.timeout(60)
+def test_the_wheel_holds_only_the_notify_package(wheel: zipfile.ZipFile) -> None:
+    top = {name.split("/")[0] for name in wheel.namelist()}
+
+    assert top == {"notify", "notify_celery_delivery-0.1.0.dist-info"}
+    assert "notify/worker/app.py" in wheel.namelist()
+    assert "notify/cli/__init__.py" in wheel.namelist()
+
+
+@pytest.mark.timeout(60)
+def test_templates_tests_benchmarks_and_workers_stay_out(wheel: zipfile.ZipFile) -> None:
+    for name in wheel.namelist():
+        assert not name.startswith(("templates/", "tests/", "benchmarks/", "workers/")), name
+        assert "/tests/" not in name and "/benchmarks/" not in name, name
+
+
+@pytest.mark.timeout(60)
+def test_the_console_script_is_notify_cli_main(wheel: zipfile.ZipFile) -> None:
+    entry_points = wheel.read("notify_celery_delivery-0.1.0.dist-info/entry_points.txt").decode()
+
+    assert "[console_scripts]\nnotify = notify.cli:main" in entry_points
