@@ -321,19 +321,24 @@ def _check_hook_name(name: str | None) -> None:
         )
 
 
+def import_named(path: str, *, setting: str) -> Any:
+    """What a "module:attribute" path names, imported now; `ConfigurationError` naming `setting` if it fails.
+
+    Importing runs the module, so whatever it raises makes the path unusable.
+    """
+    module_name, _, attribute = path.partition(":")
+    try:
+        return operator.attrgetter(attribute)(importlib.import_module(module_name))
+    except Exception as exc:
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+        raise ConfigurationError(f"{setting} {path!r} does not import ({reason})", setting=setting) from None
+
+
 def load_hook(settings: Settings) -> PermanentFailureHook | None:
     """Import the NOTIFY_ON_PERMANENT_FAILURE hook now, so a bad one stops the worker's start."""
     if settings.on_permanent_failure is None:
         return None
-    module_name, _, attribute = settings.on_permanent_failure.partition(":")
-    try:
-        hook = operator.attrgetter(attribute)(importlib.import_module(module_name))
-    except Exception as exc:  # importing runs the module: whatever it raises, the hook is unusable
-        reason = " ".join(f"{type(exc).__name__}: {exc}".split())
-        raise ConfigurationError(
-            f"NOTIFY_ON_PERMANENT_FAILURE {settings.on_permanent_failure!r} does not import ({reason})",
-            setting="NOTIFY_ON_PERMANENT_FAILURE",
-        ) from None
+    hook = import_named(settings.on_permanent_failure, setting="NOTIFY_ON_PERMANENT_FAILURE")
     if not callable(hook):
         raise ConfigurationError(
             f"NOTIFY_ON_PERMANENT_FAILURE {settings.on_permanent_failure!r} is not callable",

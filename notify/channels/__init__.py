@@ -7,12 +7,9 @@ dotted path of your own ("mypackage.providers:MyProvider").
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from notify.channels.base import Provider
 from notify.errors import ConfigurationError
-from notify.settings import Settings
+from notify.settings import Settings, import_named
 
 PROVIDERS: dict[str, dict[str, str]] = {
     "email": {
@@ -38,16 +35,5 @@ def load_provider(channel: str, settings: Settings) -> Provider:
             f"{variable}={backend!r} is not a backend ({known}, or a dotted path module:Class)",
             setting=variable,
         )
-    provider: Provider = _import(path, variable).from_settings(settings)
+    provider: Provider = import_named(path, setting=variable).from_settings(settings)
     return provider
-
-
-def _import(path: str, variable: str) -> Any:
-    """The object a "module:attribute" path names; `ConfigurationError` naming `variable` if none."""
-    module_name, _, attribute = path.partition(":")
-    try:
-        return getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError, ValueError) as exc:  # ValueError: an empty module name
-        raise ConfigurationError(
-            f"{variable} {path!r} does not import ({type(exc).__name__}: {exc})", setting=variable
-        ) from None

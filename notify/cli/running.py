@@ -115,14 +115,7 @@ def check_provider(channel: str, settings: Settings) -> None:
     """Build CHANNEL's provider once, so a missing or broken setting stops the start."""
     from notify.channels import load_provider
 
-    variable = f"NOTIFY_{channel.upper()}_BACKEND"
-    try:
-        load_provider(channel, settings).close()
-    except (ImportError, AttributeError) as exc:  # a module:Class backend that does not import
-        backend = getattr(settings, f"{channel}_backend")
-        raise ConfigurationError(
-            f"{variable} {backend!r} does not import ({type(exc).__name__}: {exc})", setting=variable
-        ) from None
+    load_provider(channel, settings).close()
 
 
 def configured_app(settings: Settings) -> Celery:
