@@ -12,6 +12,7 @@ from typing import Any
 from celery import Celery
 from kombu import Exchange, Queue
 
+from notify import embedded_broker
 from notify.constants import (
     AMQP_PRIORITY,
     CHANNELS,
@@ -24,9 +25,6 @@ from notify.redis_publisher import RedisPublisher, as_list
 from notify.settings import Settings
 
 EMBEDDED_TRANSPORT = "notify.embedded_broker:Transport"
-# Seconds the embedded broker waits for another process's write lock; the same
-# as notify.embedded_broker.LOCK_TIMEOUT (a test keeps them equal).
-EMBEDDED_LOCK_TIMEOUT = 60.0
 REDIS_TRANSPORT = "notify.redis_transport:Transport"
 _AMQP_SCHEMES = ("amqp", "amqps", "pyamqp", "librabbitmq")
 
@@ -63,7 +61,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     if settings.uses_embedded_broker:
         settings.home.mkdir(parents=True, exist_ok=True)
         # Forwarded by kombu to create_engine(): sqlite3's busy_timeout.
-        transport_options = {"connect_args": {"timeout": EMBEDDED_LOCK_TIMEOUT}}
+        transport_options = {"connect_args": {"timeout": embedded_broker.LOCK_TIMEOUT}}
     else:
         transport_options = {
             # Redis: poll a worker's queues in the order given (high first).

@@ -24,7 +24,6 @@ from notify.limits import (
     MAX_PROVIDER_ID,
     MAX_TEMPLATE,
 )
-from notify.models import utcnow as utcnow  # where notify.channels.mime and tests look for it
 
 _PING_IF_IDLE_FOR = 10.0  # seconds
 LOCK_WAIT = 60.0  # seconds a SQLite write waits for the lock before the store is unavailable

@@ -159,7 +159,7 @@ def test_leases_use_the_databases_clock_not_the_workers(
     postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A worker whose clock runs 80 s fast must not take over a live claim."""
-    import notify.schema
+    import notify.models
     import notify.store
 
     holder, skewed = Store(postgres_url), Store(postgres_url)
@@ -167,7 +167,7 @@ def test_leases_use_the_databases_clock_not_the_workers(
     claimed(holder, delivery_id, lease=30)
     fast = utcnow() + timedelta(seconds=80)
     monkeypatch.setattr(notify.store, "utcnow", lambda: fast)
-    monkeypatch.setattr(notify.schema, "utcnow", lambda: fast)
+    monkeypatch.setattr(notify.models, "utcnow", lambda: fast)
 
     refusal = skewed.claim(delivery_id, lease=30)
 
