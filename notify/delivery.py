@@ -19,7 +19,6 @@ from datetime import timedelta
 from email.utils import parseaddr
 
 from notify.channels import load_provider
-from notify.channels.base import EmailMessage, Message, Provider, PushMessage, SmsMessage
 from notify.errors import (
     ConfigurationError,
     CoreCode,
@@ -34,6 +33,7 @@ from notify.errors import (
 )
 from notify.gate import PriorityGate
 from notify.policy import ChannelPolicy, load_policies
+from notify.providers.base import EmailMessage, Message, Provider, PushMessage, SmsMessage
 from notify.rendering import Rendered, Renderer
 from notify.settings import Settings
 from notify.store import Job, Refusal, Store

@@ -8,12 +8,12 @@ import operator
 import os
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from email.errors import HeaderParseError
 from email.policy import default as email_policy
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
@@ -23,6 +23,7 @@ from notify.errors import ConfigurationError, PermanentDeliveryError
 from notify.policy import parse_duration
 
 PermanentFailureHook = Callable[[str, str, PermanentDeliveryError], None]
+T = TypeVar("T")
 
 MIB = 1024 * 1024
 # Celery broker URL schemes notify's routing knows how to configure; "sqlite"
@@ -116,6 +117,9 @@ class Settings:
     # "module:function" called as f(channel, address, error) when a delivery
     # fails for good, e.g. to delete a push token FCM calls UNREGISTERED.
     on_permanent_failure: str | None = field(default=None, metadata={"env": "NOTIFY_ON_PERMANENT_FAILURE"})
+    # Every NOTIFY_* variable as read, for the settings each provider declares
+    # for itself (`provider_settings`); sorted pairs, so that Settings hashes.
+    environ: tuple[tuple[str, str], ...] = field(default=(), compare=True)
 
     @property
     def lease(self) -> float:
@@ -139,9 +143,7 @@ class Settings:
         return min(2.0, self.lease_seconds / 2)
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            if "bounds" in f.metadata:
-                _check_bounds(f.metadata["env"], str(f.type), getattr(self, f.name), *f.metadata["bounds"])
+        check_bounds(self)
         if self.smtp_tls not in ("none", "starttls", "tls"):
             raise ConfigurationError(
                 f"NOTIFY_SMTP_TLS must be none, starttls or tls, not {self.smtp_tls!r}",
@@ -155,8 +157,17 @@ class Settings:
         _check_hook_name(self.on_permanent_failure)
 
     def __repr__(self) -> str:
-        shown = (f"{f.name}={_masked(f.name, getattr(self, f.name))!r}" for f in fields(self))
+        shown = (
+            f"{f.name}={_masked(f.name, getattr(self, f.name))!r}"
+            for f in fields(self)
+            if f.name != "environ"
+        )
         return f"Settings({', '.join(shown)})"
+
+    def provider_settings(self, cls: type[T]) -> T:
+        """A provider's own settings: the dataclass `cls`, each field read from the
+        NOTIFY_* variable its metadata names (`field(metadata={"env": ...})`)."""
+        return read_env(cls, dict(self.environ))
 
     def validate(self) -> None:
         """Check what a process needs beyond valid values: a NOTIFY_HOME it can write."""
@@ -175,12 +186,9 @@ class Settings:
         if environ is None:
             environ = {k: v for k, v in dotenv_values(".env").items() if v is not None}
             environ.update(os.environ)
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = environ.get(f.metadata["env"])
-            if raw is not None and raw != "":
-                values[f.name] = _convert(f.metadata["env"], str(f.type), raw)
-        return cls(**values)
+        return read_env(
+            cls, environ, environ=tuple(sorted((k, v) for k, v in environ.items() if k.startswith("NOTIFY_")))
+        )
 
     @property
     def resolved_database_url(self) -> str:
@@ -210,7 +218,35 @@ class Settings:
                 raise ConfigurationError(f"{variable} is required but not set", setting=variable)
 
 
+def read_env(cls: type[T], variables: Mapping[str, str], /, **given: Any) -> T:
+    """An instance of the dataclass `cls`: `given`, and each field whose metadata names an
+    environment variable set (not empty) in `variables`, converted to the field's type."""
+    values: dict[str, Any] = dict(given)
+    for f in fields(cls):  # type: ignore[arg-type]
+        variable = f.metadata.get("env")
+        raw = variables.get(variable) if variable else None
+        if variable and raw is not None and raw != "":
+            values[f.name] = _convert(variable, str(f.type), raw)
+    return cls(**values)
+
+
+def check_bounds(instance: Any) -> None:
+    """Raise `ConfigurationError` for a field of the dataclass `instance` outside its metadata's bounds."""
+    for f in fields(instance):
+        if "bounds" in f.metadata:
+            _check_bounds(f.metadata["env"], str(f.type), getattr(instance, f.name), *f.metadata["bounds"])
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
 def _convert(variable: str, type_name: str, raw: str) -> Any:
+    if type_name.startswith("bool"):
+        if raw.strip().lower() not in _TRUE + _FALSE:
+            raise ConfigurationError(
+                f"{variable} must be 1 or 0 (true or false), not {raw!r}", setting=variable
+            )
+        return raw.strip().lower() in _TRUE
     try:
         if "Secret" in type_name:
             return Secret(raw)

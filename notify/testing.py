@@ -25,9 +25,9 @@ from pathlib import Path
 
 from notify import api
 from notify.api import Notifier
-from notify.channels.base import EmailMessage, Message, PushMessage, Receipt, SmsMessage
 from notify.delivery import Deliverer
 from notify.errors import DeliveryError
+from notify.providers.base import EmailMessage, Message, PushMessage, Receipt, SmsMessage
 from notify.settings import Settings, get_settings
 from notify.store import Queued
 

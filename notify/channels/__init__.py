@@ -7,20 +7,20 @@ dotted path of your own ("mypackage.providers:MyProvider").
 
 from __future__ import annotations
 
-from notify.channels.base import Provider
 from notify.errors import ConfigurationError
+from notify.providers.base import Provider
 from notify.settings import Settings, import_named
 
 PROVIDERS: dict[str, dict[str, str]] = {
     "email": {
-        "smtp": "notify.channels.email:SmtpProvider",
-        "outbox": "notify.channels.outbox:OutboxProvider",
+        "smtp": "notify.providers.smtp:SmtpProvider",
+        "outbox": "notify.providers.outbox:OutboxProvider",
     },
     "sms": {
-        "twilio": "notify.channels.sms:TwilioProvider",
-        "outbox": "notify.channels.outbox:OutboxProvider",
+        "twilio": "notify.providers.twilio:TwilioProvider",
+        "outbox": "notify.providers.outbox:OutboxProvider",
     },
-    "push": {"fcm": "notify.channels.push:FcmProvider", "outbox": "notify.channels.outbox:OutboxProvider"},
+    "push": {"fcm": "notify.providers.fcm:FcmProvider", "outbox": "notify.providers.outbox:OutboxProvider"},
 }
 
 

@@ -7,9 +7,9 @@ import json
 import os
 from pathlib import Path
 
-from notify.channels.base import EmailMessage, Message, Receipt, SmsMessage
-from notify.channels.mime import build_mime
 from notify.errors import PermanentDeliveryError
+from notify.providers.base import EmailMessage, Message, Receipt, SmsMessage
+from notify.providers.mime import build_mime
 from notify.settings import Settings
 
 

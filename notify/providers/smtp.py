@@ -3,7 +3,7 @@
 One event loop thread per worker process owns a small pool of SMTP
 connections, reused across deliveries and replaced when they drop; worker
 threads hand it messages and wait for the answer.
-The message itself is built in `notify.channels.mime`.
+The message itself is built in `notify.providers.mime`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ from email.utils import parseaddr
 
 import aiosmtplib
 
-from notify.channels.base import EmailMessage, Message, Receipt
-from notify.channels.mime import build_mime, mailbox
 from notify.errors import (
     ConfigurationError,
     NotifyError,
@@ -27,6 +25,8 @@ from notify.errors import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
+from notify.providers.base import EmailMessage, Message, Receipt
+from notify.providers.mime import build_mime, mailbox
 from notify.settings import Secret, Settings
 
 # RFC 5321 §4.5.3.2.6: a client waits 10 minutes for the reply to the end of

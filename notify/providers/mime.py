@@ -16,8 +16,8 @@ import re
 import secrets
 from email.utils import format_datetime, parseaddr
 
-from notify.channels.base import EmailMessage
 from notify.models import utcnow
+from notify.providers.base import EmailMessage
 
 __all__ = ["build_mime", "mailbox"]
 

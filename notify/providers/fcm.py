@@ -23,9 +23,10 @@ from google.oauth2 import service_account
 from pyfcm import FCMNotification
 from requests.adapters import HTTPAdapter
 
-from notify.channels import http
-from notify.channels.base import Message, PushMessage, Receipt
-from notify.channels.http import (
+from notify.errors import ConfigurationError, DeliveryError, TransientDeliveryError
+from notify.providers import http
+from notify.providers.base import Message, PushMessage, Receipt
+from notify.providers.http import (
     PERMANENT,
     TRANSIENT,
     Budget,
@@ -34,7 +35,6 @@ from notify.channels.http import (
     Verdict,
     configuration,
 )
-from notify.errors import ConfigurationError, DeliveryError, TransientDeliveryError
 
 if TYPE_CHECKING:
     from notify.settings import Settings
