@@ -15,10 +15,10 @@ from typing import ClassVar
 
 import pytest
 
-from notify.channels.base import Message, Receipt
 from notify.delivery import AttemptStatus, Deliverer
 from notify.errors import ConfigurationError, CoreCode, CoreProvider, OutcomeUnknownError, StoreUnavailable
 from notify.models import Status
+from notify.providers.base import Message, Receipt
 from notify.settings import Settings
 from notify.store import Job, NewDelivery, utcnow
 from tests.conftest import REPO

@@ -18,7 +18,6 @@ from aiosmtplib import (
     SMTPServerDisconnected,
 )
 
-from notify.channels.email import classify
 from notify.errors import (
     ConfigurationError,
     NotifyError,
@@ -26,6 +25,7 @@ from notify.errors import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
+from notify.providers.smtp import classify
 from tests.support.smtp import SmtpServer, email, provider_for
 
 ADA = "ada@example.com"

@@ -276,7 +276,7 @@ def test_aiosmtplib_still_offers_what_the_provider_uses() -> None:
 def test_a_stuck_smtp_loop_is_told_apart_from_an_answer() -> None:
     from concurrent.futures import Future
 
-    from notify.channels.email import _finished
+    from notify.providers.smtp import _finished
 
     pending: Future[str] = Future()
     answered: Future[str] = Future()

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from notify.channels.email import SmtpProvider
-from notify.channels.mime import build_mime
+from notify.providers.mime import build_mime
+from notify.providers.smtp import SmtpProvider
 from tests.support.smtp import SENDER, SmtpServer, email, provider_for
 
 HEADERS = [

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from notify.channels.base import SmsMessage
-from notify.channels.http import EnvironmentOnceSession
-from notify.channels.sms import TwilioProvider
+from notify.providers.base import SmsMessage
+from notify.providers.http import EnvironmentOnceSession
+from notify.providers.twilio import TwilioProvider
 from notify.settings import Secret
 from tests.fakes.twilio import FakeTwilio
 

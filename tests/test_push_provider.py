@@ -17,9 +17,6 @@ from pyfcm import FCMNotification
 from pyfcm.errors import FCMServerError
 from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError
 
-from notify.channels.base import PushMessage, SmsMessage
-from notify.channels.http import MAX_RETRY_AFTER
-from notify.channels.push import FcmProvider, build_request, classify
 from notify.errors import (
     ConfigurationError,
     NotifyError,
@@ -27,6 +24,9 @@ from notify.errors import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
+from notify.providers.base import PushMessage, SmsMessage
+from notify.providers.fcm import FcmProvider, build_request, classify
+from notify.providers.http import MAX_RETRY_AFTER
 from notify.settings import Settings
 from tests.fakes.fcm import FakeFcm, FakeOAuth
 

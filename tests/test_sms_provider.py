@@ -16,16 +16,6 @@ from twilio.base.exceptions import (
 )
 from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError
 
-from notify.channels.base import EmailMessage, SmsMessage
-from notify.channels.http import MAX_RETRY_AFTER, Budget, BudgetSpent
-from notify.channels.sms import (
-    MAX_BODY_CHARS,
-    TwilioProvider,
-    build_request,
-    classify,
-    parse_retry_after,
-    rebase_url,
-)
 from notify.errors import (
     ConfigurationError,
     DeliveryError,
@@ -33,6 +23,16 @@ from notify.errors import (
     OutcomeUnknownError,
     PermanentDeliveryError,
     TransientDeliveryError,
+)
+from notify.providers.base import EmailMessage, SmsMessage
+from notify.providers.http import MAX_RETRY_AFTER, Budget, BudgetSpent
+from notify.providers.twilio import (
+    MAX_BODY_CHARS,
+    TwilioProvider,
+    build_request,
+    classify,
+    parse_retry_after,
+    rebase_url,
 )
 from notify.settings import Secret, Settings
 from tests.fakes.twilio import FakeTwilio

@@ -12,9 +12,9 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 
-from notify.channels.base import EmailMessage as Email
-from notify.channels.email import SmtpConfig, SmtpProvider
 from notify.mailcatcher import free_port
+from notify.providers.base import EmailMessage as Email
+from notify.providers.smtp import SmtpConfig, SmtpProvider
 
 SENDER = "Notify Tests <notify@example.com>"
 
