@@ -18,10 +18,9 @@ from notify.errors import (
     TransientDeliveryError,
     ValidationError,
 )
-from notify.models import Channel, Delivery, Intent, Priority, Recipient, SendResult, Status
+from notify.models import Delivery, Intent, Priority, Recipient, SendResult, Status
 
 __all__ = [
-    "Channel",
     "ConfigurationError",
     "Delivery",
     "DeliveryError",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
 import logging
 import threading
 import uuid
@@ -12,11 +11,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
-from notify.constants import MAX_SMS_CHARS
+from notify import channels as registry
 from notify.errors import NotifyError, TemplateError, ValidationError
 from notify.limits import MAX_DEDUP_KEY, MAX_ID
 from notify.models import (
-    Channel,
     Delivery,
     Intent,
     Priority,
@@ -26,7 +24,6 @@ from notify.models import (
     Status,
     check_text,
     data_from,
-    recipient_from,
     shown,
     utc_send_at,
 )
@@ -48,7 +45,6 @@ R = TypeVar("R")
 BATCH_SIZE = 500  # intents per transaction of send_many()
 PUBLISH_BATCH = 1000  # broker commands per pipelined flush
 REPLAY_FLUSH_TIMEOUT = 30.0  # seconds
-MAX_PUSH_BYTES = 4096  # FCM's limit on a message's notification and data payload
 
 
 class Notifier:
@@ -57,7 +53,9 @@ class Notifier:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.renderer = Renderer(settings.templates_dir)
-        self.policies: dict[str, ChannelPolicy] = load_policies(settings.resolved_config_path)
+        self.policies: dict[str, ChannelPolicy] = load_policies(
+            settings.resolved_config_path, registry.default_policies()
+        )
 
     @functools.cached_property
     def store(self) -> Store:
@@ -95,7 +93,8 @@ class Notifier:
         Args:
             template: a folder under the templates root (`templates/<template>/`).
             to: the recipient, as a `Recipient` or a mapping of address kinds
-                (`{"email": ..., "phone": ..., "push_token": ...}`).
+                (`{"email": ..., "phone": ..., "push_token": ..., "webhook": ...}`;
+                each channel of `notify.channels` names its kind).
             data: the template's variables; strict JSON, at most NOTIFY_MAX_DATA_BYTES.
             channels: the channels to deliver on; by default every channel the
                 template has and the recipient has an address for.
@@ -165,14 +164,14 @@ class Notifier:
 
     def _prepare(self, intent: Intent) -> NewNotification:
         """The notification and deliveries `intent` asks for, or the NotifyError naming what is wrong."""
-        recipient = recipient_from(intent.to)
+        addresses = self._addresses(intent.to)
         level = _priority(intent.priority)
         payload, payload_json = data_from(intent.data, self.settings.max_data_bytes)
         release_at = utc_send_at(intent.send_at)
         if intent.dedup_key is not None:
             check_text("dedup_key", intent.dedup_key, MAX_DEDUP_KEY)
         check_locale(intent.locale)
-        chosen = self._channels(intent.template, recipient, intent.channels)
+        chosen = self._channels(intent.template, addresses, intent.channels)
         for channel in chosen:
             self._validate_render(intent.template, channel, payload, intent.locale)
         # The store's clock decides, as it does when it releases: a skewed producer must not.
@@ -181,7 +180,7 @@ class Notifier:
             NewDelivery(
                 id=str(uuid.uuid4()),
                 channel=channel,
-                address=str(recipient.address(channel)),
+                address=addresses[registry.channel(channel).address],
                 priority=level,
                 status=Status.SCHEDULED if held else Status.QUEUED,
                 dedup_key=intent.dedup_key,
@@ -266,10 +265,30 @@ class Notifier:
     def _publish_now(self, queued: Sequence[Queued], grouped: bool) -> None:
         self.publisher.publish(queued, batch=PUBLISH_BATCH, grouped=grouped)
 
-    def _channels(self, template: str, recipient: Recipient, channels: Iterable[str] | None) -> list[str]:
+    def _addresses(self, to: object) -> dict[str, str]:
+        """The recipient's addresses by kind, each checked by its channel and in the form it is sent to."""
+        if isinstance(to, Recipient):
+            given: dict[object, object] = {kind: value for kind, value in to.addresses.items()}
+        elif isinstance(to, Mapping):
+            given = dict(to)
+        else:
+            raise ValidationError("to", f"must be a Recipient or a mapping, not {type(to).__name__}")
+        by_kind = registry.by_address()
+        unknown = [kind for kind in given if kind not in by_kind]
+        if unknown:
+            raise ValidationError("to", f"unknown address kind {shown(unknown[0])} ({', '.join(by_kind)})")
+        return {
+            str(kind): by_kind[str(kind)].check_address(value, self.settings)
+            for kind, value in given.items()
+            if value is not None
+        }
+
+    def _channels(
+        self, template: str, addresses: Mapping[str, str], channels: Iterable[str] | None
+    ) -> list[str]:
         available = self.renderer.channels(template)
         if channels is None:
-            chosen = [c for c in available if recipient.address(c)]
+            chosen = [c for c in available if registry.channel(c).address in addresses]
             if not chosen:
                 raise ValidationError(
                     "to",
@@ -282,8 +301,9 @@ class Notifier:
             channel = _channel(name)
             if channel not in available:
                 raise ValidationError("channels", f"template {template!r} has no {channel} channel")
-            if not recipient.address(channel):
-                raise ValidationError(f"to.{_ADDRESS_FIELD[channel]}", f"required for the {channel} channel")
+            kind = registry.channel(channel).address
+            if kind not in addresses:
+                raise ValidationError(f"to.{kind}", f"required for the {channel} channel")
             if channel not in chosen:
                 chosen.append(channel)
         if not chosen:
@@ -292,7 +312,7 @@ class Notifier:
 
     def _validate_render(self, template: str, channel: str, data: dict[str, Any], locale: str | None) -> None:
         rendered = self.renderer.render(template, channel, data, locale)
-        check = _SIZE_CHECKS.get(channel)
+        check = registry.channel(channel).check_rendered
         problem = check(rendered) if check else None
         if problem:
             raise TemplateError("template", f"{template}: the {channel} message {problem}")
@@ -316,27 +336,6 @@ def _at(exc: ValidationError, prefix: str) -> ValidationError:
     return type(exc)(f"{prefix}.{exc.field}" if exc.field else prefix, message)
 
 
-def _sms_size(rendered: dict[str, str]) -> str | None:
-    length = len(rendered["body"])
-    if length <= MAX_SMS_CHARS:
-        return None
-    return f"renders {length} characters, over Twilio's limit of {MAX_SMS_CHARS}"
-
-
-def _push_size(rendered: dict[str, str]) -> str | None:
-    # Measured as FCM's JSON with the keys and punctuation around it: an overestimate.
-    notification = {"title": rendered["title"], "body": rendered["body"]}
-    payload = {"notification": notification, "data": {"notify_delivery_id": "0" * MAX_ID}}
-    size = len(json.dumps(payload, ensure_ascii=False).encode())
-    if size <= MAX_PUSH_BYTES:
-        return None
-    return f"renders {size} bytes of payload, over FCM's limit of {MAX_PUSH_BYTES}"
-
-
-_SIZE_CHECKS: dict[str, Callable[[dict[str, str]], str | None]] = {"sms": _sms_size, "push": _push_size}
-_ADDRESS_FIELD = {"email": "email", "sms": "phone", "push": "push_token"}
-
-
 def _names(channels: object) -> Iterable[object]:
     """`channels`, if it is a list (or any iterable but a string) of channel names."""
     if isinstance(channels, str) or not isinstance(channels, Iterable):
@@ -346,12 +345,10 @@ def _names(channels: object) -> Iterable[object]:
 
 
 def _channel(name: object) -> str:
-    try:
-        return Channel(str(name) if isinstance(name, Channel) else name).value  # type: ignore[arg-type]
-    except ValueError:
-        raise ValidationError(
-            "channels", f"unknown channel {shown(name)} (known: email, sms, push)"
-        ) from None
+    known = registry.channels()
+    if isinstance(name, str) and name in known:
+        return name
+    raise ValidationError("channels", f"unknown channel {shown(name)} (known: {', '.join(known)})")
 
 
 def _priority(priority: object) -> str:

@@ -1,13 +1,10 @@
-"""Names shared by producers and workers: queues, tasks, limits."""
+"""Names shared by producers and workers: queues and tasks (the channels are `notify.channels`)."""
 
 from __future__ import annotations
 
-CHANNELS = ("email", "sms", "push")
 PRIORITIES = ("high", "normal", "low")  # the order a worker drains them in
 
 DELIVER_TASK = "notify.deliver"
-
-MAX_SMS_CHARS = 1600  # Twilio's hard limit on a message body
 
 
 def queue_name(channel: str, priority: str) -> str:

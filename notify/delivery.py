@@ -9,15 +9,14 @@ within one lease and the sweep (notify.maintenance) hands the delivery on.
 from __future__ import annotations
 
 import enum
-import functools
 import logging
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from email.utils import parseaddr
 
+from notify import channels as registry
 from notify.channels import load_provider
 from notify.errors import (
     ConfigurationError,
@@ -30,11 +29,12 @@ from notify.errors import (
     StoreUnavailable,
     TemplateError,
     TransientDeliveryError,
+    ValidationError,
 )
 from notify.gate import PriorityGate
 from notify.policy import ChannelPolicy, load_policies
-from notify.providers.base import EmailMessage, Message, Provider, PushMessage, SmsMessage
-from notify.rendering import Rendered, Renderer
+from notify.providers.base import Message, Provider
+from notify.rendering import Renderer
 from notify.settings import Settings
 from notify.store import Job, Refusal, Store
 
@@ -167,37 +167,6 @@ class Heartbeat:
                 log.exception("heartbeat failed; trying again in %.1fs", self.every)
 
 
-def message_id(delivery_id: str, sender: str | None) -> str:
-    """A Message-ID that is the same on every try of a delivery."""
-    return f"<{delivery_id}@{_domain_of(sender or '')}>"
-
-
-@functools.lru_cache(maxsize=16)
-def _domain_of(sender: str) -> str:
-    return parseaddr(sender)[1].rpartition("@")[2] or "notify.invalid"
-
-
-def build_message(job: Job, rendered: Rendered, sender: str | None) -> Message:
-    if job.channel == "email":
-        return EmailMessage(
-            delivery_id=job.delivery_id,
-            to=job.address,
-            subject=rendered["subject"],
-            text=rendered["text"],
-            html=rendered.get("html"),
-            message_id=message_id(job.delivery_id, sender),
-        )
-    if job.channel == "sms":
-        return SmsMessage(delivery_id=job.delivery_id, to=job.address, body=rendered["body"])
-    return PushMessage(
-        delivery_id=job.delivery_id,
-        token=job.address,
-        title=rendered["title"],
-        body=rendered["body"],
-        data={"notify_delivery_id": job.delivery_id},
-    )
-
-
 class Deliverer:
     """Attempts deliveries for a worker process; providers are built once per channel."""
 
@@ -207,7 +176,9 @@ class Deliverer:
         self.settings = settings
         self.store = Store(settings.resolved_database_url)
         self.renderer = Renderer(settings.templates_dir)
-        self.policies: dict[str, ChannelPolicy] = load_policies(settings.resolved_config_path)
+        self.policies: dict[str, ChannelPolicy] = load_policies(
+            settings.resolved_config_path, registry.default_policies()
+        )
         self.on_permanent_failure = on_permanent_failure
         self._providers: dict[str, Provider] = {}
         self._lock = threading.Lock()
@@ -290,7 +261,8 @@ class Deliverer:
     def _attempt(self, claim: Job) -> Outcome:
         try:
             rendered = self.renderer.render(claim.template, claim.channel, claim.data, claim.locale)
-            message = build_message(claim, rendered, self.settings.email_from)
+            build = registry.channel(claim.channel).build
+            message = build(claim.delivery_id, claim.address, rendered, self.settings)
         except TemplateError as exc:  # the template changed since send() checked it
             return self._fail(
                 claim,
@@ -299,6 +271,13 @@ class Deliverer:
                     channel=claim.channel,
                     provider=CoreProvider.TEMPLATES,
                     code=CoreCode.TEMPLATE,
+                ),
+            )
+        except ValidationError as exc:  # the address no longer passes (a setting changed since send())
+            return self._fail(
+                claim,
+                PermanentDeliveryError(
+                    str(exc), channel=claim.channel, provider=CoreProvider.NOTIFY, code=CoreCode.ADDRESS
                 ),
             )
         except Exception as exc:  # a bug before anything was handed over: safe to try again

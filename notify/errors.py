@@ -58,6 +58,8 @@ class CoreCode(enum.StrEnum):
     """Failed for good: the template does not render for this delivery (provider `templates`)."""
     CONFIGURATION = "configuration"
     """Kept for retry, logged as critical: the provider's settings need an operator (provider `config`)."""
+    ADDRESS = "address"
+    """Failed for good: the address no longer passes its channel's check (a setting changed since send())."""
     BUG = "bug"
     """Kept for retry: an unexpected error before anything was handed over (provider `notify`)."""
     OUTCOME_UNKNOWN = "outcome_unknown"

@@ -3,33 +3,20 @@
 from __future__ import annotations
 
 import enum
-import functools
 import json
 import re
 import reprlib
-from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import KW_ONLY, dataclass, fields
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import KW_ONLY, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import email_validator
-import phonenumbers
-from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES
-
 from notify.errors import ValidationError
-from notify.limits import MAX_ADDRESS
 
 MAX_DEPTH = 32  # levels of nesting in data
 
 # C0 and C1 controls, DEL, Unicode line breaks, and lone surrogates (which no encoding can write).
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
-_E164 = re.compile(r"\+[1-9][0-9]{1,14}")
-
-
-class Channel(enum.StrEnum):
-    EMAIL = "email"
-    SMS = "sms"
-    PUSH = "push"
 
 
 class Priority(enum.StrEnum):
@@ -51,16 +38,46 @@ class Status(enum.StrEnum):
 FINAL_STATUSES = frozenset({Status.SENT, Status.FAILED, Status.DUPLICATE})
 
 
-@dataclass(frozen=True)
 class Recipient:
-    """Where to reach someone: an address per channel, any of them optional."""
+    """Where to reach someone: an address per channel, any of them optional.
 
-    email: str | None = None
-    phone: str | None = None  # E.164, e.g. +14155550100
-    push_token: str | None = None
+    Each channel names its address kind: `email`, `phone` (E.164, e.g.
+    +14155550100), `push_token`, `webhook` (an http(s) URL), or the kind a
+    registered channel of your own declares. An unset kind reads as None.
+    """
 
-    def address(self, channel: Channel | str) -> str | None:
-        return {"email": self.email, "sms": self.phone, "push": self.push_token}[str(channel)]
+    __slots__ = ("_addresses",)
+    _addresses: dict[str, object]
+
+    def __init__(self, **addresses: object) -> None:
+        object.__setattr__(self, "_addresses", {k: v for k, v in addresses.items() if v is not None})
+
+    @property
+    def addresses(self) -> dict[str, object]:
+        """Every address given, by kind."""
+        return dict(self._addresses)
+
+    def __getattr__(self, kind: str) -> str | None:
+        if kind.startswith("_"):
+            raise AttributeError(kind)
+        from notify import channels
+
+        if kind not in {spec.address for spec in channels.channels().values()}:
+            raise AttributeError(f"no channel is addressed by {kind!r}")
+        value = self._addresses.get(kind)
+        return value if isinstance(value, str) or value is None else str(value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("a Recipient cannot be changed")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Recipient) and other._addresses == self._addresses
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted((k, repr(v)) for k, v in self._addresses.items())))
+
+    def __repr__(self) -> str:
+        return f"Recipient({', '.join(f'{k}={v!r}' for k, v in self._addresses.items())})"
 
 
 @dataclass(frozen=True)
@@ -84,7 +101,7 @@ class Delivery:
 
     id: str
     notification_id: str
-    channel: Channel
+    channel: str
     status: Status
     attempts: int = 0
     last_error: str | None = None
@@ -131,9 +148,14 @@ def mask(address: str) -> str:
 
     Args:
         address: an email address (keeps the first letter and the domain), an
-            E.164 number (keeps the first four characters and the last two), or
-            a push token (keeps the first six characters).
+            E.164 number (keeps the first four characters and the last two), a
+            URL (keeps the scheme and host: paths often carry tokens), or a
+            push token (keeps the first six characters).
     """
+    scheme, sep, rest = address.partition("://")
+    if sep and scheme.isalpha():
+        host = rest.split("/", 1)[0].rpartition("@")[2]
+        return f"{scheme}://{host}/…"
     if "@" in address:
         user, _, domain = address.rpartition("@")
         return f"{user[:1]}***@{domain}"
@@ -153,7 +175,7 @@ class SendResult:
     id: str
     deliveries: tuple[Delivery, ...]
 
-    def delivery(self, channel: Channel | str) -> Delivery:
+    def delivery(self, channel: str) -> Delivery:
         return next(d for d in self.deliveries if d.channel == channel)
 
 
@@ -176,93 +198,6 @@ def check_text(field: str, value: object, limit: int) -> str:
     if _CONTROL.search(value):
         raise ValidationError(field, "must not contain control characters, line breaks or lone surrogates")
     return value
-
-
-def recipient_from(to: object) -> Recipient:
-    """The recipient `to` names, each address checked and in the form it is sent to."""
-    if isinstance(to, Recipient):
-        given: dict[object, object] = {f.name: getattr(to, f.name) for f in fields(Recipient)}
-    elif isinstance(to, Mapping):
-        given = dict(to)
-    else:
-        raise ValidationError("to", f"must be a Recipient or a mapping, not {type(to).__name__}")
-    unknown = [kind for kind in given if kind not in _CHECKS]
-    if unknown:
-        raise ValidationError("to", f"unknown address kind {shown(unknown[0])} (email, phone, push_token)")
-    return Recipient(**{str(k): _CHECKS[str(k)](v) for k, v in given.items() if v is not None})
-
-
-def _email(value: object) -> str:
-    """The address as SMTP without SMTPUTF8 can carry it: a domain in IDNA ASCII form."""
-    if not isinstance(value, str):
-        problem = f"must be a string, not {type(value).__name__}"
-    elif len(value) > MAX_ADDRESS:
-        problem = f"is {len(value)} characters, over the limit of {MAX_ADDRESS}"
-    else:
-        quick = _plain_address(value)
-        if quick is not None:
-            return quick
-        try:  # it refuses control characters and lone surrogates too
-            checked = email_validator.validate_email(value, check_deliverability=False)
-        except email_validator.EmailNotValidError as exc:
-            problem = str(exc)
-        else:
-            if checked.ascii_email is not None:
-                return checked.ascii_email
-            problem = "a user part outside ASCII can only be sent with SMTPUTF8, which notify does not use"
-    raise ValidationError("to.email", f"not a valid email address {shown(value)}: {problem}")
-
-
-# RFC 5322 dot-atom of ASCII atext: a user part email-validator always accepts as it is.
-_DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
-_MAX_LOCAL, _MAX_EMAIL = 64, 254  # RFC 5321's limits, as email-validator applies them
-
-
-def _plain_address(value: str) -> str | None:
-    """The common case without email-validator's per-character work: a plain user part at a
-    domain it has already accepted (checked once per domain). None: ask email-validator."""
-    local, at, domain = value.rpartition("@")
-    if not at or len(local) > _MAX_LOCAL or not _DOT_ATOM.fullmatch(local):
-        return None
-    if local.lower() in CASE_INSENSITIVE_MAILBOX_NAMES or len(value.encode()) > _MAX_EMAIL:
-        return None  # email-validator lowercases RFC 2142 role names, and counts UTF-8 bytes
-    ascii_domain = _checked_domain(domain)
-    if ascii_domain is None or len(local) + 1 + len(ascii_domain) > _MAX_EMAIL:
-        return None
-    return f"{local}@{ascii_domain}"
-
-
-@functools.lru_cache(maxsize=4096)
-def _checked_domain(domain: str) -> str | None:
-    """`domain` in IDNA ASCII form if email-validator accepts it, else None."""
-    try:
-        checked = email_validator.validate_email(f"a@{domain}", check_deliverability=False)
-    except email_validator.EmailNotValidError:
-        return None
-    return checked.ascii_domain
-
-
-def _phone(value: object) -> str:
-    """`value`, if it is a valid number in its country's numbering plan, written in E.164 form."""
-    if isinstance(value, str) and _E164.fullmatch(value) and _is_valid_number(value):
-        return value
-    raise ValidationError("to.phone", f"not an E.164 number (like +14155550100): {shown(value)}")
-
-
-def _is_valid_number(e164: str) -> bool:
-    try:
-        number = phonenumbers.parse(e164)
-    except phonenumbers.NumberParseException:
-        return False
-    written = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-    return written == e164 and phonenumbers.is_valid_number(number)
-
-
-def _push_token(value: object) -> str:
-    return check_text("to.push_token", value, MAX_ADDRESS)
-
-
-_CHECKS: dict[str, Callable[[object], str]] = {"email": _email, "phone": _phone, "push_token": _push_token}
 
 
 def data_from(data: object, limit: int) -> tuple[dict[str, Any], str]:

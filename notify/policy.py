@@ -6,11 +6,11 @@ import math
 import random
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from notify.constants import CHANNELS
 from notify.errors import ConfigurationError
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -66,19 +66,13 @@ class ChannelPolicy:
         return delay
 
 
-DEFAULT_POLICIES: dict[str, ChannelPolicy] = {
-    "email": ChannelPolicy(),
-    "sms": ChannelPolicy(max_attempts=5, backoff_initial=30.0, backoff_max=1800.0),
-    "push": ChannelPolicy(max_attempts=5, backoff_initial=5.0, backoff_max=600.0, dedup_window=3600.0),
-}
-
 _DURATION_KEYS = {"backoff_initial", "backoff_max", "dedup_window"}
 
 
-def load_policies(path: Path | None) -> dict[str, ChannelPolicy]:
-    """The built-in policies, overridden by `[channels.<name>]` tables of `path`."""
+def load_policies(path: Path | None, defaults: Mapping[str, ChannelPolicy]) -> dict[str, ChannelPolicy]:
+    """Each channel's policy: `defaults` (by channel), overridden by `[channels.<name>]` tables of `path`."""
     if path is None:
-        return dict(DEFAULT_POLICIES)
+        return dict(defaults)
     try:
         document = tomllib.loads(path.read_text())
     except OSError as exc:
@@ -88,12 +82,12 @@ def load_policies(path: Path | None) -> dict[str, ChannelPolicy]:
     channels = document.get("channels", {})
     if not isinstance(channels, dict):
         raise ConfigurationError(f"{path}: channels must be a table", setting="NOTIFY_CONFIG")
-    unknown = set(document) - {"channels"} | set(channels) - set(CHANNELS)
+    unknown = set(document) - {"channels"} | set(channels) - set(defaults)
     if unknown:
         raise ConfigurationError(f"{path}: unknown section {sorted(unknown)[0]!r}", setting="NOTIFY_CONFIG")
     return {
-        name: _policy(f"{path}: channels.{name}", DEFAULT_POLICIES[name], channels.get(name, {}))
-        for name in CHANNELS
+        name: _policy(f"{path}: channels.{name}", default, channels.get(name, {}))
+        for name, default in defaults.items()
     }
 
 

@@ -1,8 +1,7 @@
 """Templates: strict, sandboxed Jinja2 over the repo's `templates/` tree.
 
-templates/<name>/email.subject.j2, email.txt.j2, email.html.j2 (optional)
-templates/<name>/sms.txt.j2
-templates/<name>/push.title.j2, push.body.j2
+templates/<name>/<part files>     each channel's, as its spec names them (`ChannelSpec.parts`):
+                                  email.subject.j2, email.txt.j2, sms.txt.j2, webhook.json.j2, ...
 templates/<name>/<locale>/...     per-locale overrides, falling back to the above
 templates/_layouts/...            shared layouts for {% extends %}
 """
@@ -18,18 +17,10 @@ import jinja2
 import jinja2.meta
 from jinja2.sandbox import SandboxedEnvironment
 
+from notify import channels as registry
 from notify.errors import TemplateError
 from notify.limits import MAX_LOCALE, MAX_TEMPLATE
 from notify.models import shown
-
-# part -> file; a channel exists for a template when its required parts do.
-CHANNEL_PARTS: dict[str, dict[str, str]] = {
-    "email": {"subject": "email.subject.j2", "text": "email.txt.j2", "html": "email.html.j2"},
-    "sms": {"body": "sms.txt.j2"},
-    "push": {"title": "push.title.j2", "body": "push.body.j2"},
-}
-OPTIONAL_PARTS = {("email", "html")}
-SINGLE_LINE_PARTS = {"subject", "title"}  # end up in headers or one-line UI
 
 # Matched whole (fullmatch): "$" would also match before a trailing newline.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
@@ -77,13 +68,14 @@ class Renderer:
         """Each part of `channel`'s message, rendered strictly from `data`."""
         self.check_name(name)
         check_locale(locale)
+        spec = registry.channel(channel)
         rendered: Rendered = {}
-        for part, filename in CHANNEL_PARTS[channel].items():
-            template = self._select(name, filename, locale, optional=(channel, part) in OPTIONAL_PARTS)
+        for part, filename in spec.parts.items():
+            template = self._select(name, filename, locale, optional=part in spec.optional_parts)
             if template is None:
                 continue
             text = self._render(template, data)
-            rendered[part] = " ".join(text.split()) if part in SINGLE_LINE_PARTS else text.strip()
+            rendered[part] = " ".join(text.split()) if part in spec.single_line_parts else text.strip()
         return rendered
 
     def check_name(self, name: object) -> None:
@@ -103,8 +95,8 @@ class Renderer:
             raise TemplateError("template", f"unknown template {name!r} (none under {self.root})")
         self._found[name] = [
             channel
-            for channel, parts in CHANNEL_PARTS.items()
-            if all((folder / f).is_file() for p, f in parts.items() if (channel, p) not in OPTIONAL_PARTS)
+            for channel, spec in registry.channels().items()
+            if all((folder / f).is_file() for f in spec.required_parts.values())
         ]
 
     def _select(
@@ -172,9 +164,9 @@ def check_template(renderer: Renderer, name: str) -> list[str]:
             renderer.env.parse(path.read_text(), name=relative, filename=str(path))
         except jinja2.TemplateSyntaxError as exc:
             problems.append(f"{relative}:{exc.lineno}: {exc.message}")
-    for channel, parts in CHANNEL_PARTS.items():
-        present = [f for f in parts.values() if (folder / f).is_file()]
-        required = [f for p, f in parts.items() if (channel, p) not in OPTIONAL_PARTS]
+    for channel, spec in registry.channels().items():
+        present = [f for f in spec.parts.values() if (folder / f).is_file()]
+        required = list(spec.required_parts.values())
         missing = [f for f in required if f not in present]
         if present and missing:
             problems.append(
@@ -187,7 +179,7 @@ def check_template(renderer: Renderer, name: str) -> list[str]:
 def variables(renderer: Renderer, name: str, channel: str) -> set[str]:
     """Top-level variables `channel`'s templates use, layouts included."""
     found: set[str] = set()
-    pending = [f"{name}/{f}" for f in CHANNEL_PARTS[channel].values()]
+    pending = [f"{name}/{f}" for f in registry.channel(channel).parts.values()]
     seen: set[str] = set()
     while pending:
         template = pending.pop()

@@ -12,10 +12,10 @@ from typing import Any
 from celery import Celery
 from kombu import Exchange, Queue
 
+from notify import channels as registry
 from notify import embedded_broker
 from notify.constants import (
     AMQP_PRIORITY,
-    CHANNELS,
     DELIVER_TASK,
     channel_queues,
     priority_queue_name,
@@ -49,9 +49,9 @@ def task_queues(broker_url: str | None) -> list[Queue]:
         limit = {"x-max-priority": max(AMQP_PRIORITY.values())}
         return [
             Queue(name, exchange, routing_key=name, durable=True, queue_arguments=limit)
-            for name in map(priority_queue_name, CHANNELS)
+            for name in map(priority_queue_name, registry.names())
         ]
-    names = [name for channel in CHANNELS for name in channel_queues(channel)]
+    names = [name for channel in registry.names() for name in channel_queues(channel)]
     return [Queue(name, exchange, routing_key=name, durable=True) for name in names]
 
 
@@ -91,7 +91,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         },
         "broker_connection_timeout": 2.0,
         "task_queues": task_queues(settings.broker_url),
-        "task_default_queue": queue_name("email", "normal"),
+        "task_default_queue": queue_name(registry.names()[0], "normal"),  # every task names its own
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],

@@ -68,10 +68,6 @@ class Settings:
         default=65536, metadata={"env": "NOTIFY_MAX_DATA_BYTES", "bounds": (1, 16 * MIB)}
     )
 
-    email_backend: str = field(default="smtp", metadata={"env": "NOTIFY_EMAIL_BACKEND"})
-    sms_backend: str = field(default="twilio", metadata={"env": "NOTIFY_SMS_BACKEND"})
-    push_backend: str = field(default="fcm", metadata={"env": "NOTIFY_PUSH_BACKEND"})
-
     smtp_host: str = field(default="localhost", metadata={"env": "NOTIFY_SMTP_HOST"})
     smtp_port: int = field(default=25, metadata={"env": "NOTIFY_SMTP_PORT", "bounds": (1, 65535)})
     smtp_username: str | None = field(default=None, metadata={"env": "NOTIFY_SMTP_USERNAME"})
@@ -119,7 +115,9 @@ class Settings:
     on_permanent_failure: str | None = field(default=None, metadata={"env": "NOTIFY_ON_PERMANENT_FAILURE"})
     # Every NOTIFY_* variable as read, for the settings each provider declares
     # for itself (`provider_settings`); sorted pairs, so that Settings hashes.
-    environ: tuple[tuple[str, str], ...] = field(default=(), compare=True)
+    environ: tuple[tuple[str, str], ...] = ()
+    # Backends chosen in code (channel, backend), over NOTIFY_<CHANNEL>_BACKEND: notify.testing's.
+    backends: tuple[tuple[str, str], ...] = ()
 
     @property
     def lease(self) -> float:
@@ -163,6 +161,13 @@ class Settings:
             if f.name != "environ"
         )
         return f"Settings({', '.join(shown)})"
+
+    def backend(self, channel: str) -> str | None:
+        """The backend NOTIFY_<CHANNEL>_BACKEND (or `backends`) names for `channel`; None: its default."""
+        chosen = dict(self.backends).get(channel) or dict(self.environ).get(
+            f"NOTIFY_{channel.upper()}_BACKEND"
+        )
+        return chosen or None
 
     def provider_settings(self, cls: type[T]) -> T:
         """A provider's own settings: the dataclass `cls`, each field read from the

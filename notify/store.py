@@ -34,7 +34,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from notify.constants import PRIORITIES
 from notify.errors import StoreUnavailable
 from notify.limits import MAX_CODE, MAX_PROVIDER_ID
-from notify.models import Channel, DeadLetter, Delivery, Status, utcnow
+from notify.models import DeadLetter, Delivery, Status, utcnow
 from notify.schema import (
     UTCDateTime,
     create_engine,
@@ -111,7 +111,7 @@ class Queued(NamedTuple):
 class Refusal:
     """Why a claim was refused: done, held by the store, claimed by a live worker, or unknown."""
 
-    status: str | None  # None: no such delivery
+    status: Status | None  # None: no such delivery
 
 
 class DatabaseClock:
@@ -308,7 +308,8 @@ class Store:
             params.update(b_now=now, b_lease_until=now + timedelta(seconds=lease))
             row = conn.execute(self._sql.claim, params).first()
             if row is None:
-                return Refusal(status=conn.execute(self._sql.status_of, params).scalar())
+                found = conn.execute(self._sql.status_of, params).scalar()
+                return Refusal(status=None if found is None else Status(found))
         return Job(
             delivery_id=row.id,
             channel=row.channel,
@@ -529,7 +530,7 @@ def _delivery(row: Any) -> Delivery:
     return Delivery(
         id=row.id,
         notification_id=row.notification_id,
-        channel=Channel(row.channel),
+        channel=row.channel,
         status=Status(row.status),
         attempts=row.attempts,
         last_error=row.last_error,
@@ -690,7 +691,7 @@ def _recorded(notification_id: str, d: NewDelivery, holder: str) -> Delivery:
     return Delivery(
         id=d.id,
         notification_id=notification_id,
-        channel=Channel(d.channel),
+        channel=d.channel,
         status=Status.DUPLICATE if duplicate_of else d.status,
         next_attempt_at=d.release_at,
         duplicate_of=duplicate_of,

@@ -22,12 +22,14 @@ import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from notify import api
+from notify import channels as registry
 from notify.api import Notifier
 from notify.delivery import Deliverer
 from notify.errors import DeliveryError
-from notify.providers.base import EmailMessage, Message, PushMessage, Receipt, SmsMessage
+from notify.providers.base import Message, Receipt
 from notify.settings import Settings, get_settings
 from notify.store import Queued
 
@@ -37,24 +39,28 @@ MEMORY_BACKEND = "notify.testing:MemoryProvider"
 
 
 class Outbox:
-    """What was delivered while capturing, in order."""
+    """What was delivered while capturing, in order.
+
+    `outbox.of("sms")` lists one channel's messages; each channel's plural
+    (`ChannelSpec.plural`) reads the same: `outbox.emails`, `outbox.sms`,
+    `outbox.pushes`, `outbox.webhooks`.
+    """
 
     def __init__(self) -> None:
         self.messages: list[Message] = []
         self._failures: list[DeliveryError] = []
         self._lock = threading.Lock()
 
-    @property
-    def emails(self) -> list[EmailMessage]:
-        return [m for m in self.messages if isinstance(m, EmailMessage)]
+    def of(self, channel: str) -> list[Message]:
+        """The messages delivered on `channel`, in order; `KeyError` for an unknown channel."""
+        registry.channel(channel)
+        return [m for m in self.messages if m.channel == channel]
 
-    @property
-    def sms(self) -> list[SmsMessage]:
-        return [m for m in self.messages if isinstance(m, SmsMessage)]
-
-    @property
-    def pushes(self) -> list[PushMessage]:
-        return [m for m in self.messages if isinstance(m, PushMessage)]
+    def __getattr__(self, plural: str) -> list[Any]:
+        for spec in registry.channels().values():
+            if spec.plural == plural:
+                return self.of(spec.name)
+        raise AttributeError(f"{type(self).__name__!r} has no attribute {plural!r}")
 
     def fail_next(self, error: DeliveryError) -> None:
         """Make the next delivery raise `error` (e.g. a `PermanentDeliveryError`)."""
@@ -115,9 +121,7 @@ def capture(settings: Settings | None = None) -> Iterator[Outbox]:
                 home=Path(home),
                 broker_url=None,
                 database_url=f"sqlite:///{home}/notify.db",
-                email_backend=MEMORY_BACKEND,
-                sms_backend=MEMORY_BACKEND,
-                push_backend=MEMORY_BACKEND,
+                backends=tuple((name, MEMORY_BACKEND) for name in registry.names()),
                 email_from=base.email_from or "notify@example.com",
             )
         )

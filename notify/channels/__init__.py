@@ -1,39 +1,194 @@
-"""Providers, one module each, picked by `NOTIFY_<CHANNEL>_BACKEND`.
+"""The channel registry: every channel is declared once, by a `ChannelSpec` in its own module.
 
-Named by dotted path and imported only when a worker asks for one, so a
-producer never imports aiosmtplib, twilio or pyfcm. A backend may also be a
-dotted path of your own ("mypackage.providers:MyProvider").
+notify's own channels are the modules of this package (each defines
+`CHANNEL`); another package adds one through the entry point group
+`notify.channels`, naming its spec:
+
+    [project.entry-points."notify.channels"]
+    fax = "mypackage.fax:CHANNEL"
+
+The core (`send()`, rendering, policies, delivery, the outbox, `notify.testing`,
+the CLI) iterates the registry and names no channel. A spec's module is
+imported by producers, so it keeps its providers' libraries out of its
+imports: providers are named by dotted path and imported by the worker.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
+import importlib.metadata
+import pkgutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
 from notify.errors import ConfigurationError
-from notify.providers.base import Provider
+from notify.policy import ChannelPolicy
+from notify.providers.base import Message, Provider
 from notify.settings import Settings, import_named
 
-PROVIDERS: dict[str, dict[str, str]] = {
-    "email": {
-        "smtp": "notify.providers.smtp:SmtpProvider",
-        "outbox": "notify.providers.outbox:OutboxProvider",
-    },
-    "sms": {
-        "twilio": "notify.providers.twilio:TwilioProvider",
-        "outbox": "notify.providers.outbox:OutboxProvider",
-    },
-    "push": {"fcm": "notify.providers.fcm:FcmProvider", "outbox": "notify.providers.outbox:OutboxProvider"},
-}
+__all__ = [
+    "ENTRY_POINTS",
+    "ChannelSpec",
+    "by_address",
+    "channel",
+    "channels",
+    "default_policies",
+    "load_provider",
+    "names",
+]
+
+ENTRY_POINTS = "notify.channels"
+
+AddressCheck = Callable[[object, Settings], str]
+MessageBuilder = Callable[[str, str, Mapping[str, str], Settings], Message]
+RenderedCheck = Callable[[Mapping[str, str]], str | None]
+OutboxFiles = Callable[[Message, Settings], Mapping[str, bytes]]
 
 
-def load_provider(channel: str, settings: Settings) -> Provider:
-    """Build `channel`'s configured provider; raise `ConfigurationError` if it cannot."""
-    variable = f"NOTIFY_{channel.upper()}_BACKEND"
-    backend: str = getattr(settings, f"{channel}_backend")
-    path = PROVIDERS[channel].get(backend, backend if ":" in backend else None)
+@dataclass(frozen=True)
+class ChannelSpec:
+    """Everything the core knows about one channel.
+
+    Args:
+        name: the channel's name, in `channels=[...]`, queue names and `NOTIFY_<NAME>_BACKEND`.
+        address: the `to` key (and `Recipient` attribute) that addresses it, e.g. "phone".
+        check_address: `(value, settings) -> address as sent`; raises `ValidationError`
+            naming `to.<address>` for a value the channel cannot send to.
+        parts: template part -> file name under `templates/<name>/`, e.g. {"body": "sms.txt.j2"}.
+            A template has the channel when every required part's file exists.
+        build: `(delivery_id, address, rendered parts, settings) -> Message`, in the worker.
+        policy: the retry and dedup policy `notify.toml` overrides.
+        backends: backend name -> "module:Class" of a `Provider`; `NOTIFY_<NAME>_BACKEND`
+            picks one of these or names a dotted path of its own.
+        default_backend: the backend used when `NOTIFY_<NAME>_BACKEND` is unset.
+        rank: where the channel sorts among the others (listings, defaults, CLI).
+        optional_parts: parts a template may leave out (an email's HTML).
+        single_line_parts: parts whose whitespace is folded into one line (headers, titles).
+        check_rendered: `(rendered parts) -> problem or None`, at `send()`: the provider's
+            size limits, a body's format; a problem is refused before anything is recorded.
+        outbox_files: `(message, settings) -> {suffix: content}`, files the outbox backend
+            writes beside `<id>.json` (an email's `.eml`).
+        plural: the `notify.testing.Outbox` attribute listing this channel's messages.
+    """
+
+    name: str
+    address: str
+    check_address: AddressCheck
+    parts: Mapping[str, str]
+    build: MessageBuilder
+    policy: ChannelPolicy
+    backends: Mapping[str, str]
+    default_backend: str
+    rank: int
+    optional_parts: frozenset[str] = frozenset()
+    single_line_parts: frozenset[str] = frozenset()
+    check_rendered: RenderedCheck | None = None
+    outbox_files: OutboxFiles | None = None
+    plural: str = ""
+    backend_variable: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "backend_variable", f"NOTIFY_{self.name.upper()}_BACKEND")
+        object.__setattr__(self, "parts", MappingProxyType(dict(self.parts)))
+        object.__setattr__(self, "backends", MappingProxyType(dict(self.backends)))
+        if not self.plural:
+            object.__setattr__(self, "plural", self.name)
+
+    @property
+    def required_parts(self) -> dict[str, str]:
+        return {p: f for p, f in self.parts.items() if p not in self.optional_parts}
+
+
+def channels() -> Mapping[str, ChannelSpec]:
+    """Every registered channel by name, in rank order."""
+    return _registry()
+
+
+def names() -> tuple[str, ...]:
+    """The registered channels' names, in rank order."""
+    return tuple(_registry())
+
+
+def channel(name: str) -> ChannelSpec:
+    """The spec of channel `name`; `KeyError` if none is registered."""
+    return _registry()[name]
+
+
+def by_address() -> Mapping[str, ChannelSpec]:
+    """Every registered channel by the address kind that reaches it ("phone" -> sms)."""
+    return _by_address()
+
+
+@functools.cache
+def _by_address() -> Mapping[str, ChannelSpec]:
+    return MappingProxyType({spec.address: spec for spec in _registry().values()})
+
+
+def default_policies() -> dict[str, ChannelPolicy]:
+    """Each channel's own policy, before `notify.toml` overrides it."""
+    return {name: spec.policy for name, spec in _registry().items()}
+
+
+@functools.cache
+def _registry() -> Mapping[str, ChannelSpec]:
+    found: dict[str, ChannelSpec] = {}
+    for spec, origin in [*_builtin(), *_entry_points()]:
+        _check(spec, origin)
+        if spec.name in found:
+            raise ConfigurationError(f"{origin}: a channel named {spec.name!r} is already registered")
+        clash = next((s for s in found.values() if s.address == spec.address), None)
+        if clash is not None:
+            raise ConfigurationError(
+                f"{origin}: the {clash.name} channel already uses the address {spec.address!r}"
+            )
+        found[spec.name] = spec
+    ordered = sorted(found.values(), key=lambda s: (s.rank, s.name))
+    return MappingProxyType({s.name: s for s in ordered})
+
+
+def _builtin() -> list[tuple[ChannelSpec, str]]:
+    specs = []
+    for module in pkgutil.iter_modules(__path__, f"{__name__}."):
+        spec = getattr(importlib.import_module(module.name), "CHANNEL", None)
+        if spec is not None:
+            specs.append((spec, f"{module.name}:CHANNEL"))
+    return specs
+
+
+def _entry_points() -> list[tuple[ChannelSpec, str]]:
+    specs = []
+    for entry in importlib.metadata.entry_points(group=ENTRY_POINTS):
+        origin = f"entry point {ENTRY_POINTS}:{entry.name} ({entry.value})"
+        try:
+            specs.append((entry.load(), origin))
+        except Exception as exc:
+            raise ConfigurationError(f"{origin} does not import ({type(exc).__name__}: {exc})") from None
+    return specs
+
+
+def _check(spec: object, origin: str) -> None:
+    if not isinstance(spec, ChannelSpec):
+        raise ConfigurationError(f"{origin} is a {type(spec).__name__}, not a notify.channels.ChannelSpec")
+    if not spec.name.isidentifier() or not spec.name.islower():
+        raise ConfigurationError(f"{origin}: channel name {spec.name!r} must be a lowercase identifier")
+    if not spec.address.isidentifier() or spec.address.startswith("_"):
+        raise ConfigurationError(f"{origin}: address {spec.address!r} must be an identifier")
+    if spec.default_backend not in spec.backends or not spec.required_parts:
+        raise ConfigurationError(f"{origin}: needs a default backend among its backends and a required part")
+
+
+def load_provider(name: str, settings: Settings) -> Provider:
+    """Build channel `name`'s configured provider; raise `ConfigurationError` if it cannot."""
+    spec = channel(name)
+    backend = settings.backend(spec.name) or spec.default_backend
+    path = spec.backends.get(backend, backend if ":" in backend else None)
     if path is None:
-        known = ", ".join(PROVIDERS[channel])
+        known = ", ".join(spec.backends)
         raise ConfigurationError(
-            f"{variable}={backend!r} is not a backend ({known}, or a dotted path module:Class)",
-            setting=variable,
+            f"{spec.backend_variable}={backend!r} is not a backend ({known}, or a dotted path module:Class)",
+            setting=spec.backend_variable,
         )
-    provider: Provider = import_named(path, setting=variable).from_settings(settings)
+    provider: Provider = import_named(path, setting=spec.backend_variable).from_settings(settings)
     return provider

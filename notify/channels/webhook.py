@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Final, NoReturn
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
+from notify.channels import ChannelSpec
 from notify.errors import (
     ConfigurationError,
     OutcomeUnknownError,
@@ -37,15 +38,17 @@ from notify.errors import (
 )
 from notify.limits import MAX_ADDRESS
 from notify.models import check_text
+from notify.policy import ChannelPolicy
+from notify.providers.base import Message, Receipt
 from notify.settings import Secret, Settings
 
 if TYPE_CHECKING:
     from urllib3 import BaseHTTPResponse, HTTPConnectionPool
 
-    from notify.providers.base import Receipt
     from notify.providers.http import Budget
 
 __all__ = [
+    "CHANNEL",
     "MAX_BODY_BYTES",
     "WebhookMessage",
     "WebhookProvider",
@@ -56,7 +59,7 @@ __all__ = [
     "sign",
 ]
 
-CHANNEL: Final = "webhook"
+NAME: Final = "webhook"
 PROVIDER: Final = "webhook"
 FIELD: Final = "to.webhook"
 SECRET_VARIABLE: Final = "NOTIFY_WEBHOOK_SECRET"
@@ -79,11 +82,10 @@ Resolve = Callable[[str, int], Sequence[str]]
 
 
 @dataclass(frozen=True)
-class WebhookMessage:
-    delivery_id: str
+class WebhookMessage(Message):
     url: str  # as check_url returned it
     body: str  # JSON text
-    channel: ClassVar[str] = CHANNEL
+    channel: ClassVar[str] = NAME
 
 
 @dataclass(frozen=True)
@@ -332,9 +334,8 @@ class WebhookProvider:
             raise ConfigurationError(f"{SECRET_VARIABLE} is required but not set", setting=SECRET_VARIABLE)
         return cls(own.secret, allow_private=own.allow_private, delivery_timeout=settings.delivery_timeout)
 
-    def deliver(self, message: object) -> Receipt:
+    def deliver(self, message: Message) -> Receipt:
         """POST `message` within `delivery_timeout`; raise a classified error if it is not accepted."""
-        from notify.providers.base import Receipt
         from notify.providers.http import Budget
 
         if not isinstance(message, WebhookMessage):
@@ -383,7 +384,7 @@ class WebhookProvider:
                 raise PermanentDeliveryError(
                     f"{target.host} resolves to {address}, a {kind} address, not a public one; "
                     f"{ALLOW_PRIVATE_VARIABLE}=1 allows it",
-                    channel=CHANNEL,
+                    channel=NAME,
                     provider=PROVIDER,
                     code="private_address",
                 )
@@ -489,7 +490,7 @@ def _answer_error(response: BaseHTTPResponse) -> Exception:
     answer = http.Answer(
         status, f"http_{status}", reason, http.parse_retry_after(response.headers.get("Retry-After"))
     )
-    return http.error_for(http.judge(answer, {}, {}), answer, channel=CHANNEL, provider=PROVIDER)
+    return http.error_for(http.judge(answer, {}, {}), answer, channel=NAME, provider=PROVIDER)
 
 
 def _network_error(exc: Exception) -> TransientDeliveryError | OutcomeUnknownError:
@@ -502,10 +503,29 @@ def _network_error(exc: Exception) -> TransientDeliveryError | OutcomeUnknownErr
         return _transient(reason, None)
     return OutcomeUnknownError(  # ReadTimeoutError, ProtocolError (reset, closed): after sending
         f"no answer after the request was sent ({reason}); it may have been accepted",
-        channel=CHANNEL,
+        channel=NAME,
         provider=PROVIDER,
     )
 
 
 def _transient(reason: str, code: str | None) -> TransientDeliveryError:
-    return TransientDeliveryError(reason, channel=CHANNEL, provider=PROVIDER, code=code)
+    return TransientDeliveryError(reason, channel=NAME, provider=PROVIDER, code=code)
+
+
+CHANNEL = ChannelSpec(
+    name=NAME,
+    address="webhook",
+    check_address=check_url,
+    parts={"body": "webhook.json.j2"},
+    check_rendered=check_body,
+    build=build_message,
+    # A receiver that is down for a deploy comes back within minutes: retry for about an hour.
+    policy=ChannelPolicy(max_attempts=8, backoff_initial=10.0, backoff_max=900.0),
+    backends={
+        "webhook": "notify.channels.webhook:WebhookProvider",
+        "outbox": "notify.providers.outbox:OutboxProvider",
+    },
+    default_backend="webhook",
+    plural="webhooks",
+    rank=40,
+)

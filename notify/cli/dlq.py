@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from notify import channels as registry
 from notify.cli.output import notifier, reports_errors, table
 from notify.errors import ValidationError
 
@@ -17,7 +18,7 @@ def dlq() -> None:
 
 
 @dlq.command("list")
-@click.option("--channel", type=click.Choice(["email", "sms", "push"]))
+@click.option("--channel", type=click.Choice(registry.names()))
 @click.option("--limit", type=click.IntRange(1), default=100, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (addresses unmasked).")
 @reports_errors

@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING
 
 import click
 
+from notify import channels as registry
 from notify.api import Notifier
 from notify.cli.output import reports_errors
-from notify.constants import CHANNELS, DELIVER_TASK
+from notify.constants import DELIVER_TASK
 from notify.errors import ConfigurationError
 from notify.settings import Settings, get_settings, load_hook
 
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 
 
 @click.command()
-@click.argument("channel", type=click.Choice(CHANNELS))
+@click.argument("channel", type=click.Choice(registry.names()))
 @click.option(
     "--concurrency",
     "-c",
@@ -88,11 +89,13 @@ def beat(loglevel: str) -> None:
     from notify.worker.app import start_maintenance
 
     logging.basicConfig(level=loglevel.upper(), format="[%(asctime)s: %(levelname)s/%(name)s] %(message)s")
-    maintenance = start_maintenance(configured_app(checked_settings()), list(CHANNELS))
+    maintenance = start_maintenance(configured_app(checked_settings()), list(registry.names()))
     stopped = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopped.set())
-    logging.getLogger("notify.beat").info("notify beat ready: maintenance for %s", ", ".join(CHANNELS))
+    logging.getLogger("notify.beat").info(
+        "notify beat ready: maintenance for %s", ", ".join(registry.names())
+    )
     stopped.wait()
     maintenance.stop()
 

@@ -6,7 +6,7 @@ import csv
 import json
 import sys
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -14,17 +14,26 @@ from typing import Any
 
 import click
 
+from notify import channels as registry
 from notify.api import BATCH_SIZE
 from notify.cli.output import deliveries_table, delivery_json, json_object, notifier, reports_errors
 from notify.errors import ValidationError
 from notify.models import Intent, SendResult
 
 
+def address_options(command: Callable[..., None]) -> Callable[..., None]:
+    """`--to-<kind>` for each registered channel's address kind (`--to-email`, `--to-push-token`, ...)."""
+    for spec in reversed(list(registry.channels().values())):
+        flag = f"--to-{spec.address.replace('_', '-')}"
+        command = click.option(flag, f"to_{spec.address}", help=f"Address for the {spec.name} channel.")(
+            command
+        )
+    return command
+
+
 @click.command()
 @click.argument("template")
-@click.option("--to-email")
-@click.option("--to-phone")
-@click.option("--to-push-token")
+@address_options
 @click.option("--data", default="{}", help="JSON object of template variables.")
 @click.option("--channel", "channels", multiple=True, help="Repeat for several; default: all that apply.")
 @click.option("--priority", default="normal", show_default=True)
@@ -35,9 +44,6 @@ from notify.models import Intent, SendResult
 @reports_errors
 def send(
     template: str,
-    to_email: str | None,
-    to_phone: str | None,
-    to_push_token: str | None,
     data: str,
     channels: tuple[str, ...],
     priority: str,
@@ -45,13 +51,10 @@ def send(
     send_at: str | None,
     locale: str | None,
     as_json: bool,
+    **addresses: str | None,
 ) -> None:
     """Send TEMPLATE to a recipient; prints the notification and delivery ids."""
-    to = {
-        k: v
-        for k, v in {"email": to_email, "phone": to_phone, "push_token": to_push_token}.items()
-        if v is not None
-    }
+    to = {option.removeprefix("to_"): v for option, v in addresses.items() if v is not None}
     result = notifier().send(
         template,
         to,
@@ -111,7 +114,7 @@ def send_many(
 ) -> None:
     """Send TEMPLATE once per row of FILE: CSV with a header row, or JSON lines.
 
-    CSV columns: email, phone, push_token, webhook (addresses), data.<key> or
+    CSV columns: an address kind (email, phone, push_token, webhook, ...), data.<key> or
     a data column of JSON. JSON lines: one object per line with send()'s
     keyword arguments (to, data, channels, priority, dedup_key, send_at,
     locale). Every row is checked before any is sent.
@@ -157,7 +160,6 @@ def summary(results: Sequence[SendResult]) -> str:
 
 # -- rows of a send-many file -----------------------------------------------------------
 
-ADDRESS_COLUMNS = ("email", "phone", "push_token", "webhook")
 JSON_FIELDS = ("to", "data", "channels", "priority", "dedup_key", "send_at", "locale")
 
 
@@ -198,7 +200,7 @@ def _csv_row(row: dict[str, Any]) -> dict[str, Any]:
         raise ValidationError("row", "has more fields than the header")
     data = json_object("data", row.pop("data")) if row.get("data") else {}
     row.pop("data", None)
-    to = {k: row.pop(k) for k in ADDRESS_COLUMNS if k in row}
+    to = {k: row.pop(k) for k in registry.by_address() if k in row}
     data.update({k.removeprefix("data."): row.pop(k) for k in list(row) if k.startswith("data.")})
     return {"to": {k: v for k, v in to.items() if v}, "data": data, **row}
 

@@ -2,40 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 if TYPE_CHECKING:
     from notify.settings import Settings
 
 
 @dataclass(frozen=True)
-class EmailMessage:
+class Message:
+    """One rendered message for one delivery; each channel subclasses it (`EmailMessage`, ...)."""
+
     delivery_id: str
-    to: str
-    subject: str
-    text: str
-    html: str | None
-    message_id: str  # stays the same across retries
-
-
-@dataclass(frozen=True)
-class SmsMessage:
-    delivery_id: str
-    to: str  # E.164
-    body: str
-
-
-@dataclass(frozen=True)
-class PushMessage:
-    delivery_id: str
-    token: str
-    title: str
-    body: str
-    data: dict[str, str] = field(default_factory=dict)  # carries notify_delivery_id
-
-
-Message = EmailMessage | SmsMessage | PushMessage
+    channel: ClassVar[str]  # the channel whose message it is
 
 
 @dataclass(frozen=True)
@@ -48,18 +27,41 @@ class Receipt:
 class Provider(Protocol):
     """A delivery backend for one channel.
 
-    `from_settings` validates its settings and raises `ConfigurationError`
-    naming the missing variable, so a worker refuses to start. `deliver`
-    raises `TransientDeliveryError` or `PermanentDeliveryError` (and
-    `ConfigurationError` for bad credentials), classified once, here.
-    A provider is built once per worker process and may keep connections.
+    A channel's spec names its providers by dotted path (`ChannelSpec.backends`),
+    and `NOTIFY_<CHANNEL>_BACKEND` may name one of your own, so a new provider
+    is one module. A provider is built once per worker process and may keep
+    connections.
     """
 
     name: str
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Provider: ...
+    def from_settings(cls, settings: Settings) -> Provider:
+        """Build the provider, or raise `ConfigurationError` so the worker refuses to start.
 
-    def deliver(self, message: Message) -> Receipt: ...
+        Args:
+            settings: notify's settings; a provider reads its own variables with
+                `settings.provider_settings(ItsSettings)` and names a missing or
+                invalid one in the error (`setting=`).
+        """
+        ...
 
-    def close(self) -> None: ...
+    def deliver(self, message: Message) -> Receipt:
+        """Hand `message` to the service once; classify what goes wrong, here.
+
+        Args:
+            message: the channel's message (for example an `EmailMessage`).
+
+        Raises:
+            TransientDeliveryError: nothing was delivered and a later try may succeed
+                (network, 429, 5xx); `retry_after` carries the service's hint.
+            PermanentDeliveryError: the service refused it for good.
+            OutcomeUnknownError: the message was handed over and no answer came:
+                retrying could send a second copy.
+            ConfigurationError: the credentials or settings are wrong.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release connections; the provider is not used again."""
+        ...

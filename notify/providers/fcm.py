@@ -23,9 +23,10 @@ from google.oauth2 import service_account
 from pyfcm import FCMNotification
 from requests.adapters import HTTPAdapter
 
+from notify.channels.push import PushMessage
 from notify.errors import ConfigurationError, DeliveryError, TransientDeliveryError
 from notify.providers import http
-from notify.providers.base import Message, PushMessage, Receipt
+from notify.providers.base import Message, Receipt
 from notify.providers.http import (
     PERMANENT,
     TRANSIENT,

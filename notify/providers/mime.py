@@ -15,9 +15,12 @@ import functools
 import re
 import secrets
 from email.utils import format_datetime, parseaddr
+from typing import TYPE_CHECKING
 
 from notify.models import utcnow
-from notify.providers.base import EmailMessage
+
+if TYPE_CHECKING:
+    from notify.channels.email import EmailMessage
 
 __all__ = ["build_mime", "mailbox"]
 

@@ -7,50 +7,38 @@ import json
 import os
 from pathlib import Path
 
-from notify.errors import PermanentDeliveryError
-from notify.providers.base import EmailMessage, Message, Receipt, SmsMessage
-from notify.providers.mime import build_mime
+from notify import channels as registry
+from notify.providers.base import Message, Receipt
 from notify.settings import Settings
 
 
 class OutboxProvider:
-    """Writes `<channel>/<delivery id>.json` (and `.eml` for email); a resend overwrites."""
+    """Writes `<channel>/<delivery id>.json`, and the files the channel adds (an email's `.eml`);
+    a resend overwrites."""
 
     name = "outbox"
 
-    def __init__(self, root: Path, sender: str) -> None:
+    def __init__(self, root: Path, settings: Settings) -> None:
         self.root = root
-        self.sender = sender
+        self.settings = settings
 
     @classmethod
     def from_settings(cls, settings: Settings) -> OutboxProvider:
-        return cls(settings.home / "outbox", settings.email_from or "notify@localhost")
+        return cls(settings.home / "outbox", settings)
 
     def deliver(self, message: Message) -> Receipt:
-        kind = _kind(message)
-        folder = self.root / kind
+        folder = self.root / message.channel
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{message.delivery_id}.json"
-        mime = self._mime(message) if isinstance(message, EmailMessage) else None
+        extra = registry.channel(message.channel).outbox_files
+        files = extra(message, self.settings) if extra else {}  # before any write: it may refuse
         _write_atomically(path, json.dumps(dataclasses.asdict(message), indent=2).encode())
-        if mime is not None:
-            _write_atomically(path.with_suffix(".eml"), mime)
-        return Receipt(provider_id=f"outbox:{kind}/{path.name}")
-
-    def _mime(self, message: EmailMessage) -> bytes:
-        try:
-            return build_mime(message, self.sender)
-        except ValueError as exc:  # an address or id no header can carry: it cannot be sent
-            raise PermanentDeliveryError(str(exc), channel="email", provider="outbox") from None
+        for suffix, content in files.items():
+            _write_atomically(path.with_suffix(suffix), content)
+        return Receipt(provider_id=f"outbox:{message.channel}/{path.name}")
 
     def close(self) -> None:
         pass
-
-
-def _kind(message: Message) -> str:
-    if isinstance(message, EmailMessage):
-        return "email"
-    return "sms" if isinstance(message, SmsMessage) else "push"
 
 
 def _write_atomically(path: Path, content: bytes) -> None:

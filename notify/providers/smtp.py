@@ -18,6 +18,7 @@ from email.utils import parseaddr
 
 import aiosmtplib
 
+from notify.channels.email import EmailMessage
 from notify.errors import (
     ConfigurationError,
     NotifyError,
@@ -25,7 +26,7 @@ from notify.errors import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
-from notify.providers.base import EmailMessage, Message, Receipt
+from notify.providers.base import Message, Receipt
 from notify.providers.mime import build_mime, mailbox
 from notify.settings import Secret, Settings
 

@@ -19,9 +19,10 @@ from twilio.http import HttpClient
 from twilio.http.response import Response as TwilioResponse
 from twilio.rest import Client
 
+from notify.channels.sms import SmsMessage
 from notify.errors import ConfigurationError, NotifyError, PermanentDeliveryError
 from notify.providers import http
-from notify.providers.base import Message, Receipt, SmsMessage
+from notify.providers.base import Message, Receipt
 from notify.providers.http import Budget, EnvironmentOnceSession, Verdict, configuration, parse_retry_after
 
 if TYPE_CHECKING:

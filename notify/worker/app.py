@@ -18,7 +18,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import after_setup_logger, celeryd_init, worker_ready, worker_shutdown
 
-from notify.constants import CHANNELS
+from notify import channels as registry
 from notify.maintenance import Maintenance
 from notify.routing import Publisher, celery_config, consume_queues
 from notify.settings import Settings, get_settings
@@ -56,8 +56,8 @@ def serve_only(channel: str) -> Celery:
     broker (notify.routing.consume_queues), chosen when the worker starts, so
     importing reads no settings. A `-Q` given on the command line still wins.
     """
-    if channel not in CHANNELS:
-        raise ValueError(f"no channel {channel!r}; channels: {', '.join(CHANNELS)}")
+    if channel not in registry.channels():
+        raise ValueError(f"no channel {channel!r}; channels: {', '.join(registry.names())}")
     _served.append(channel)
     return app
 
@@ -87,7 +87,7 @@ def consumed_channels(celery: Celery) -> list[str]:
     """The channels whose queues this worker consumes."""
     names = set(celery.amqp.queues.consume_from)
     url = celery.conf.broker_url
-    return [c for c in CHANNELS if names & set(consume_queues(url, c))]
+    return [c for c in registry.names() if names & set(consume_queues(url, c))]
 
 
 class Backlog:

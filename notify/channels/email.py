@@ -1,0 +1,134 @@
+"""The email channel: an address checked as SMTP carries it, a subject, a text part and
+an optional HTML part, sent over SMTP (`notify.providers.smtp`)."""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from email.utils import parseaddr
+from typing import ClassVar
+
+import email_validator
+from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES
+
+from notify.channels import ChannelSpec
+from notify.errors import PermanentDeliveryError, ValidationError
+from notify.limits import MAX_ADDRESS
+from notify.models import shown
+from notify.policy import ChannelPolicy
+from notify.providers.base import Message
+from notify.settings import Settings
+
+
+@dataclass(frozen=True)
+class EmailMessage(Message):
+    to: str
+    subject: str
+    text: str
+    html: str | None
+    message_id: str  # stays the same across retries
+    channel: ClassVar[str] = "email"
+
+
+def check_address(value: object, settings: Settings) -> str:
+    """The address as SMTP without SMTPUTF8 can carry it: a domain in IDNA ASCII form."""
+    if not isinstance(value, str):
+        problem = f"must be a string, not {type(value).__name__}"
+    elif len(value) > MAX_ADDRESS:
+        problem = f"is {len(value)} characters, over the limit of {MAX_ADDRESS}"
+    else:
+        quick = _plain_address(value)
+        if quick is not None:
+            return quick
+        try:  # it refuses control characters and lone surrogates too
+            checked = email_validator.validate_email(value, check_deliverability=False)
+        except email_validator.EmailNotValidError as exc:
+            problem = str(exc)
+        else:
+            if checked.ascii_email is not None:
+                return checked.ascii_email
+            problem = "a user part outside ASCII can only be sent with SMTPUTF8, which notify does not use"
+    raise ValidationError("to.email", f"not a valid email address {shown(value)}: {problem}")
+
+
+# RFC 5322 dot-atom of ASCII atext: a user part email-validator always accepts as it is.
+_DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+_MAX_LOCAL, _MAX_EMAIL = 64, 254  # RFC 5321's limits, as email-validator applies them
+
+
+def _plain_address(value: str) -> str | None:
+    """The common case without email-validator's per-character work: a plain user part at a
+    domain it has already accepted (checked once per domain). None: ask email-validator."""
+    local, at, domain = value.rpartition("@")
+    if not at or len(local) > _MAX_LOCAL or not _DOT_ATOM.fullmatch(local):
+        return None
+    if local.lower() in CASE_INSENSITIVE_MAILBOX_NAMES or len(value.encode()) > _MAX_EMAIL:
+        return None  # email-validator lowercases RFC 2142 role names, and counts UTF-8 bytes
+    ascii_domain = _checked_domain(domain)
+    if ascii_domain is None or len(local) + 1 + len(ascii_domain) > _MAX_EMAIL:
+        return None
+    return f"{local}@{ascii_domain}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _checked_domain(domain: str) -> str | None:
+    """`domain` in IDNA ASCII form if email-validator accepts it, else None."""
+    try:
+        checked = email_validator.validate_email(f"a@{domain}", check_deliverability=False)
+    except email_validator.EmailNotValidError:
+        return None
+    return checked.ascii_domain
+
+
+def build(delivery_id: str, address: str, rendered: Mapping[str, str], settings: Settings) -> EmailMessage:
+    return EmailMessage(
+        delivery_id=delivery_id,
+        to=address,
+        subject=rendered["subject"],
+        text=rendered["text"],
+        html=rendered.get("html"),
+        message_id=message_id(delivery_id, settings.email_from),
+    )
+
+
+def message_id(delivery_id: str, sender: str | None) -> str:
+    """A Message-ID that is the same on every try of a delivery."""
+    return f"<{delivery_id}@{_domain_of(sender or '')}>"
+
+
+@functools.lru_cache(maxsize=16)
+def _domain_of(sender: str) -> str:
+    return parseaddr(sender)[1].rpartition("@")[2] or "notify.invalid"
+
+
+def outbox_files(message: Message, settings: Settings) -> dict[str, bytes]:
+    """The `.eml` the outbox writes beside the JSON: the MIME message SMTP would carry."""
+    from notify.providers.mime import build_mime
+
+    assert isinstance(message, EmailMessage)
+    try:
+        return {".eml": build_mime(message, settings.email_from or "notify@localhost")}
+    except ValueError as exc:  # an address or id no header can carry: it cannot be sent
+        raise PermanentDeliveryError(str(exc), channel="email", provider="outbox") from None
+
+
+CHANNEL = ChannelSpec(
+    name="email",
+    address="email",
+    check_address=check_address,
+    parts={"subject": "email.subject.j2", "text": "email.txt.j2", "html": "email.html.j2"},
+    optional_parts=frozenset({"html"}),
+    single_line_parts=frozenset({"subject"}),
+    build=build,
+    policy=ChannelPolicy(),
+    backends={
+        "smtp": "notify.providers.smtp:SmtpProvider",
+        "outbox": "notify.providers.outbox:OutboxProvider",
+    },
+    default_backend="smtp",
+    outbox_files=outbox_files,
+    plural="emails",
+    rank=10,
+)
