@@ -61,7 +61,7 @@ def rabbitmq_url() -> str:
             bound = queue(channel)
             bound.declare()
             bound.purge()
-        channel.close()
+        channel.close()  # type: ignore[attr-defined]  # kombu's StdChannel stub lacks close()
     return RABBITMQ_URL
 
 

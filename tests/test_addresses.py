@@ -6,7 +6,7 @@ import email_validator
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from notify.models import _plain_address
+from notify.channels.email import _plain_address
 
 ATEXT = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+/=?^_`{|}~-"
 DOMAINS = [

@@ -242,6 +242,8 @@ def test_purge_frees_the_dedup_keys_the_dead_letters_held(store: Store) -> None:
         ("fcm-token-abcdef", "fcm-to…"),
         ("short", "***"),
         ("123456", "***"),
+        ("https://hooks.example.com/in/t0ken?sig=abc", "https://hooks.example.com/…"),
+        ("http://[2001:db8::1]:8080/x@y", "http://[2001:db8::1]:8080/…"),
     ],
 )
 def test_mask_keeps_enough_to_recognise_an_address_not_to_harvest_it(address: str, masked: str) -> None:

@@ -68,7 +68,6 @@ def test_the_front_door_names_are_exported() -> None:
         "Recipient",
         "SendResult",
         "Delivery",
-        "Channel",
         "Priority",
         "NotifyError",
         "ConfigurationError",

@@ -141,7 +141,7 @@ def test_a_delivery_that_raises_is_logged_and_the_lane_goes_on(
             raise RuntimeError("a bug")
         return recorder(delivery_ids)
 
-    lane(attempt)  # type: ignore[arg-type]
+    lane(attempt)
     wait_for(lambda: calls == [first], what="the first attempt")
     second = send(producer, "high", "second")
 

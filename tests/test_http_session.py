@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from notify.providers.base import SmsMessage
+from notify.channels.sms import SmsMessage
 from notify.providers.http import EnvironmentOnceSession
 from notify.providers.twilio import TwilioProvider
 from notify.settings import Secret

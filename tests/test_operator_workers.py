@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from notify.constants import CHANNELS
+from notify.channels import names
 from notify.routing import consume_queues
+
+CHANNELS = names()
 
 REPO = Path(__file__).resolve().parents[1]
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"  # named only: building a worker connects to nothing

@@ -9,9 +9,12 @@ from pathlib import Path
 import pytest
 
 from notify.api import Notifier
+from notify.channels import default_policies
 from notify.errors import ConfigurationError
-from notify.policy import DEFAULT_POLICIES, ChannelPolicy, load_policies, parse_duration
+from notify.policy import ChannelPolicy, load_policies, parse_duration
 from notify.settings import Settings
+
+DEFAULT_POLICIES = default_policies()
 
 # -- parse_duration -------------------------------------------------------------
 
@@ -126,7 +129,7 @@ def test_a_meaningless_retry_after_leaves_the_policy_delay(hint: float) -> None:
 
 
 def test_without_a_file_every_channel_gets_its_defaults() -> None:
-    policies = load_policies(None)
+    policies = load_policies(None, DEFAULT_POLICIES)
     assert set(policies) == {"email", "sms", "push"}
     assert policies == DEFAULT_POLICIES
     assert policies["email"].max_attempts == 6
@@ -157,7 +160,7 @@ rate_limit = "100/s"
 dedup_window = 60
 """,
     )
-    policies = load_policies(path)
+    policies = load_policies(path, DEFAULT_POLICIES)
     assert policies["email"] == ChannelPolicy(
         max_attempts=3,
         backoff_initial=0.5,
@@ -177,7 +180,7 @@ dedup_window = 60
 
 
 def test_an_empty_file_means_the_defaults(tmp_path: Path) -> None:
-    assert load_policies(write(tmp_path, "")) == DEFAULT_POLICIES
+    assert load_policies(write(tmp_path, ""), DEFAULT_POLICIES) == DEFAULT_POLICIES
 
 
 @pytest.mark.parametrize(
@@ -211,7 +214,7 @@ def test_an_invalid_file_raises_configuration_error_naming_the_key(
     tmp_path: Path, text: str, names: str, reason: str
 ) -> None:
     with pytest.raises(ConfigurationError) as caught:
-        load_policies(write(tmp_path, text))
+        load_policies(write(tmp_path, text), DEFAULT_POLICIES)
     message = str(caught.value)
     assert names in message
     assert reason in message
@@ -228,18 +231,18 @@ def test_an_invalid_file_raises_configuration_error_naming_the_key(
 )
 def test_every_policy_file_error_names_notify_config_as_the_setting(tmp_path: Path, text: str) -> None:
     with pytest.raises(ConfigurationError) as caught:
-        load_policies(write(tmp_path, text))
+        load_policies(write(tmp_path, text), DEFAULT_POLICIES)
     assert caught.value.setting == "NOTIFY_CONFIG"
 
 
 def test_a_channel_given_as_a_value_instead_of_a_table_is_a_configuration_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match=r"channels\.email"):
-        load_policies(write(tmp_path, "[channels]\nemail = 3\n"))
+        load_policies(write(tmp_path, "[channels]\nemail = 3\n"), DEFAULT_POLICIES)
 
 
 def test_a_missing_file_is_a_configuration_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="cannot read"):
-        load_policies(tmp_path / "nowhere.toml")
+        load_policies(tmp_path / "nowhere.toml", DEFAULT_POLICIES)
 
 
 def test_notifier_refuses_an_invalid_notify_config(tmp_path: Path) -> None:

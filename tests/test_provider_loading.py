@@ -16,11 +16,11 @@ from notify.testing import MEMORY_BACKEND, MemoryProvider
 )
 def test_a_backend_path_that_does_not_import_is_a_configuration_error(path: str) -> None:
     with pytest.raises(ConfigurationError) as caught:
-        load_provider("sms", Settings(sms_backend=path))
+        load_provider("sms", Settings(backends=(("sms", path),)))
     message = str(caught.value)
     assert "NOTIFY_SMS_BACKEND" in message and path in message and "\n" not in message
     assert caught.value.setting == "NOTIFY_SMS_BACKEND"
 
 
 def test_a_backend_path_that_imports_gives_its_provider() -> None:
-    assert isinstance(load_provider("push", Settings(push_backend=MEMORY_BACKEND)), MemoryProvider)
+    assert isinstance(load_provider("push", Settings(backends=(("push", MEMORY_BACKEND),))), MemoryProvider)

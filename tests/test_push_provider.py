@@ -17,6 +17,8 @@ from pyfcm import FCMNotification
 from pyfcm.errors import FCMServerError
 from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError
 
+from notify.channels.push import PushMessage
+from notify.channels.sms import SmsMessage
 from notify.errors import (
     ConfigurationError,
     NotifyError,
@@ -24,7 +26,6 @@ from notify.errors import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
-from notify.providers.base import PushMessage, SmsMessage
 from notify.providers.fcm import FcmProvider, build_request, classify
 from notify.providers.http import MAX_RETRY_AFTER
 from notify.settings import Settings

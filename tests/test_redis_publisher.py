@@ -178,7 +178,8 @@ def _kombu_db(url: str) -> object:
     from kombu import Connection
 
     with Connection(url) as connection:
-        return connection.default_channel.client.connection_pool.connection_kwargs["db"]
+        channel: Any = connection.default_channel  # kombu's Redis channel: it has a client
+        return channel.client.connection_pool.connection_kwargs["db"]
 
 
 @pytest.mark.parametrize(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from notify.channels.webhook import check_body
 from notify.errors import NotifyError, TemplateError
 from notify.rendering import Renderer, check_template, variables
 
@@ -419,15 +421,22 @@ def test_the_repo_has_the_three_sample_templates_with_every_channel() -> None:
     renderer = Renderer(REPO_TEMPLATES)
     assert set(SAMPLE_DATA) <= set(renderer.names())
     for name in SAMPLE_DATA:
-        assert renderer.channels(name) == ["email", "sms", "push"]
+        assert renderer.channels(name) == ["email", "sms", "push", "webhook"]
         assert check_template(renderer, name) == []
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLE_DATA))
-@pytest.mark.parametrize("channel", ["email", "sms", "push"])
+@pytest.mark.parametrize("channel", ["email", "sms", "push", "webhook"])
 def test_every_sample_template_renders_every_channel(name: str, channel: str) -> None:
     rendered = Renderer(REPO_TEMPLATES).render(name, channel, SAMPLE_DATA[name])
-    expected = {"email": {"subject", "text", "html"}, "sms": {"body"}, "push": {"title", "body"}}[channel]
+    expected = {
+        "email": {"subject", "text", "html"},
+        "sms": {"body"},
+        "push": {"title", "body"},
+        "webhook": {"body"},
+    }[channel]
+    if channel == "webhook":
+        assert check_body(rendered) is None, rendered["body"]
     assert set(rendered) == expected
     assert all(text.strip() for text in rendered.values())
     for part in ("subject", "title"):
@@ -447,6 +456,22 @@ def test_the_sample_templates_carry_their_data() -> None:
     assert "account with us" in shipped["text"]  # the shared layout's footer
     welcome = renderer.render("welcome", "push", SAMPLE_DATA["welcome"])
     assert welcome == {"title": "Welcome, Ada!", "body": "Your account is ready."}
+
+
+def test_the_webhook_bodies_are_json_of_the_data_whatever_it_holds() -> None:
+    renderer = Renderer(REPO_TEMPLATES)
+    shipped = json.loads(renderer.render("order_shipped", "webhook", SAMPLE_DATA["order_shipped"])["body"])
+    assert shipped == {
+        "event": "order.shipped",
+        "order_id": "A-1001",
+        "carrier": "DHL",
+        "tracking_number": "JD0140",
+        "items": [{"quantity": 2, "title": "Notebook"}],
+    }
+    hostile = {"name": '"}, "admin": true, "x": {"', "reset_url": "</script>\u2028", "expires_minutes": 1}
+    body = renderer.render("password_reset", "webhook", hostile)["body"]
+    assert json.loads(body)["name"] == hostile["name"]
+    assert "admin" not in json.loads(body)
 
 
 def test_the_order_shipped_items_are_optional() -> None:

@@ -700,6 +700,9 @@ class _BrokenZone(tzinfo):
     def dst(self, dt: datetime | None) -> timedelta:
         return timedelta(0)
 
+    def tzname(self, dt: datetime | None) -> str:
+        return "broken"
+
 
 def test_a_send_at_with_an_impossible_offset_is_a_validation_error(notifier: Callable[[], Notifier]) -> None:
     producer = notifier()

@@ -16,6 +16,8 @@ from twilio.base.exceptions import (
 )
 from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError
 
+from notify.channels.email import EmailMessage
+from notify.channels.sms import SmsMessage
 from notify.errors import (
     ConfigurationError,
     DeliveryError,
@@ -24,7 +26,6 @@ from notify.errors import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
-from notify.providers.base import EmailMessage, SmsMessage
 from notify.providers.http import MAX_RETRY_AFTER, Budget, BudgetSpent
 from notify.providers.twilio import (
     MAX_BODY_CHARS,

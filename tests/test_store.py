@@ -37,7 +37,7 @@ def new(channel: str = "email", address: str = "ada@example.com", **kwargs: obje
         channel=channel,
         address=address,
         priority="normal",
-        status=kwargs.pop("status", Status.QUEUED),
+        status=Status(kwargs.pop("status", Status.QUEUED)),  # type: ignore[arg-type]
         **kwargs,  # type: ignore[arg-type]
     )
 
