@@ -3,7 +3,7 @@
     with FakeWebhook(secret="s3cret") as fake:    # 127.0.0.1, ephemeral port, own thread
         fake.url                # http://127.0.0.1:<port>/hook
         ...
-        fake.requests           # every POST that reached it, as `Received`s, in order
+        fake.requests           # every POST that reached it, as `Received`s, in order (`at`: monotonic time)
         fake.connection_count   # TCP connections accepted (shows connection reuse)
 
     FakeWebhook(secret, tls=context)    # HTTPS, with the server-side ssl.SSLContext given
@@ -27,6 +27,7 @@ import hmac
 import socket
 import ssl
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -47,6 +48,7 @@ class Received:
     headers: dict[str, str]  # names lowercased
     body: bytes
     signature_ok: bool
+    at: float = 0.0  # time.monotonic() when it was recorded
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,7 @@ class FakeWebhook:
 
     def receive(self, path: str, headers: dict[str, str], body: bytes) -> Reply:
         """Record one POST and pick its answer."""
-        received = Received(path, headers, body, self._signature_ok(headers, body))
+        received = Received(path, headers, body, self._signature_ok(headers, body), time.monotonic())
         with self._lock:
             self._requests.append(received)
             self._arrived.notify_all()
