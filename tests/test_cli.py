@@ -177,7 +177,7 @@ def test_templates_list_shows_the_samples_with_their_channels(run: Run) -> None:
     assert completed.returncode == 0, completed.stderr
     rows = {line.split()[0]: line.split()[1] for line in completed.stdout.splitlines()[1:]}
     assert set(rows) >= SAMPLES
-    assert all(rows[name] == "email,sms,push" for name in SAMPLES)
+    assert all(rows[name] == "email,sms,push,webhook" for name in SAMPLES)
 
 
 def test_templates_list_json(run: Run) -> None:
@@ -186,7 +186,7 @@ def test_templates_list_json(run: Run) -> None:
     listed = {t["name"]: t for t in json.loads(completed.stdout)}
     assert set(listed) >= SAMPLES
     for name in SAMPLES:
-        assert listed[name]["channels"] == ["email", "sms", "push"]
+        assert listed[name]["channels"] == ["email", "sms", "push", "webhook"]
     assert listed["welcome"]["locales"] == ["de"]
     assert listed["welcome"]["variables"] == ["name"]
     assert {"code", "expires_minutes", "reset_url"} <= set(listed["password_reset"]["variables"])

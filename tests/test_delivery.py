@@ -183,7 +183,7 @@ def test_the_attempt_statuses_and_core_codes_keep_the_strings_tasks_logs_and_ope
     """The task returns these strings and the store keeps the codes: renaming one breaks a filter."""
     assert list(AttemptStatus) == ["sent", "retrying", "failed", "skipped", "lost", "error"]
     assert list(CoreProvider) == ["templates", "config", "notify"]
-    assert list(CoreCode) == ["template", "configuration", "bug", "outcome_unknown"]
+    assert list(CoreCode) == ["template", "configuration", "address", "bug", "outcome_unknown"]
     assert OutcomeUnknownError.CODE == "outcome_unknown"
 
 
@@ -196,6 +196,20 @@ def test_a_template_gone_since_send_fails_for_good_with_the_template_code(delive
     delivery = deliverer.store.get(delivery_id)
     assert delivery is not None and (delivery.status, delivery.error_code) == (Status.FAILED, "template")
     assert ScriptedProvider.delivered == []
+
+
+def test_an_address_refused_since_send_fails_for_good_with_the_address_code(deliverer: Deliverer) -> None:
+    """A webhook URL send() accepted under NOTIFY_WEBHOOK_ALLOW_PRIVATE=1, in a worker without it."""
+    delivery_id = str(uuid.uuid4())
+    new = NewDelivery(delivery_id, "webhook", "http://127.0.0.1:9/hook", "normal", Status.QUEUED)
+    deliverer.store.record(str(uuid.uuid4()), "welcome", None, '{"name": "Ada"}', [new])
+
+    outcome = deliverer.attempt(delivery_id)
+
+    assert outcome.status is AttemptStatus.FAILED
+    delivery = deliverer.store.get(delivery_id)
+    assert delivery is not None and (delivery.status, delivery.error_code) == (Status.FAILED, "address")
+    assert delivery.last_error is not None and "loopback" in delivery.last_error
 
 
 def test_a_provider_configuration_error_keeps_the_delivery_for_retry_with_the_configuration_code(

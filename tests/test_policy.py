@@ -130,7 +130,7 @@ def test_a_meaningless_retry_after_leaves_the_policy_delay(hint: float) -> None:
 
 def test_without_a_file_every_channel_gets_its_defaults() -> None:
     policies = load_policies(None, DEFAULT_POLICIES)
-    assert set(policies) == {"email", "sms", "push"}
+    assert set(policies) == {"email", "sms", "push", "webhook"}
     assert policies == DEFAULT_POLICIES
     assert policies["email"].max_attempts == 6
     assert policies["email"].dedup_window == 86400
