@@ -9,15 +9,12 @@ import os
 import re
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
-from email.errors import HeaderParseError
-from email.policy import default as email_policy
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
-from email_validator import validate_email
 
 from notify.errors import ConfigurationError, PermanentDeliveryError
 from notify.policy import parse_duration
@@ -57,7 +54,11 @@ class Secret:
 
 @dataclass(frozen=True, repr=False)
 class Settings:
-    """Every knob of notify; field metadata names its environment variable and bounds."""
+    """notify's own knobs; field metadata names its environment variable and bounds.
+
+    Channels and providers declare theirs in their own modules (`SmtpSettings`,
+    `WebhookSettings`, ...) and read them from `environ` with `provider_settings`.
+    """
 
     home: Path = field(default=Path(".notify"), metadata={"env": "NOTIFY_HOME"})
     broker_url: str | None = field(default=None, metadata={"env": "NOTIFY_BROKER_URL"})
@@ -67,23 +68,6 @@ class Settings:
     max_data_bytes: int = field(
         default=65536, metadata={"env": "NOTIFY_MAX_DATA_BYTES", "bounds": (1, 16 * MIB)}
     )
-
-    smtp_host: str = field(default="localhost", metadata={"env": "NOTIFY_SMTP_HOST"})
-    smtp_port: int = field(default=25, metadata={"env": "NOTIFY_SMTP_PORT", "bounds": (1, 65535)})
-    smtp_username: str | None = field(default=None, metadata={"env": "NOTIFY_SMTP_USERNAME"})
-    smtp_password: Secret | None = field(default=None, metadata={"env": "NOTIFY_SMTP_PASSWORD"})
-    smtp_tls: str = field(default="starttls", metadata={"env": "NOTIFY_SMTP_TLS"})
-    smtp_timeout: float = field(default=30.0, metadata={"env": "NOTIFY_SMTP_TIMEOUT", "bounds": (0.1, 600.0)})
-    email_from: str | None = field(default=None, metadata={"env": "NOTIFY_EMAIL_FROM"})
-
-    twilio_account_sid: str | None = field(default=None, metadata={"env": "NOTIFY_TWILIO_ACCOUNT_SID"})
-    twilio_auth_token: Secret | None = field(default=None, metadata={"env": "NOTIFY_TWILIO_AUTH_TOKEN"})
-    twilio_from: str | None = field(default=None, metadata={"env": "NOTIFY_TWILIO_FROM"})
-    twilio_base_url: str = field(default="https://api.twilio.com", metadata={"env": "NOTIFY_TWILIO_BASE_URL"})
-
-    fcm_credentials: Path | None = field(default=None, metadata={"env": "NOTIFY_FCM_CREDENTIALS"})
-    fcm_project_id: str | None = field(default=None, metadata={"env": "NOTIFY_FCM_PROJECT_ID"})
-    fcm_base_url: str = field(default="https://fcm.googleapis.com", metadata={"env": "NOTIFY_FCM_BASE_URL"})
 
     # How long Redis may hold an unacknowledged message before handing it to
     # another worker. Recovery does not depend on it (the store's leases do);
@@ -115,7 +99,7 @@ class Settings:
     on_permanent_failure: str | None = field(default=None, metadata={"env": "NOTIFY_ON_PERMANENT_FAILURE"})
     # Every NOTIFY_* variable as read, for the settings each provider declares
     # for itself (`provider_settings`); sorted pairs, so that Settings hashes.
-    environ: tuple[tuple[str, str], ...] = ()
+    environ: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     # Backends chosen in code (channel, backend), over NOTIFY_<CHANNEL>_BACKEND: notify.testing's.
     backends: tuple[tuple[str, str], ...] = ()
 
@@ -142,25 +126,12 @@ class Settings:
 
     def __post_init__(self) -> None:
         check_bounds(self)
-        if self.smtp_tls not in ("none", "starttls", "tls"):
-            raise ConfigurationError(
-                f"NOTIFY_SMTP_TLS must be none, starttls or tls, not {self.smtp_tls!r}",
-                setting="NOTIFY_SMTP_TLS",
-            )
-        _check_url("NOTIFY_BROKER_URL", self.broker_url, BROKER_SCHEMES)
-        _check_url("NOTIFY_DATABASE_URL", self.database_url, DATABASE_SCHEMES)
-        _check_url("NOTIFY_TWILIO_BASE_URL", self.twilio_base_url, ("http", "https"))
-        _check_url("NOTIFY_FCM_BASE_URL", self.fcm_base_url, ("http", "https"))
-        _check_sender(self.email_from)
+        check_url("NOTIFY_BROKER_URL", self.broker_url, BROKER_SCHEMES)
+        check_url("NOTIFY_DATABASE_URL", self.database_url, DATABASE_SCHEMES)
         _check_hook_name(self.on_permanent_failure)
 
     def __repr__(self) -> str:
-        shown = (
-            f"{f.name}={_masked(f.name, getattr(self, f.name))!r}"
-            for f in fields(self)
-            if f.name != "environ"
-        )
-        return f"Settings({', '.join(shown)})"
+        return masked_repr(self)
 
     def backend(self, channel: str) -> str | None:
         """The backend NOTIFY_<CHANNEL>_BACKEND (or `backends`) names for `channel`; None: its default."""
@@ -173,6 +144,14 @@ class Settings:
         """A provider's own settings: the dataclass `cls`, each field read from the
         NOTIFY_* variable its metadata names (`field(metadata={"env": ...})`)."""
         return read_env(cls, dict(self.environ))
+
+    def with_environ(self, **variables: str | None) -> Settings:
+        """These settings with NOTIFY_* `variables` set (None: unset), as `provider_settings` reads them."""
+        environ = dict(self.environ)
+        environ.update({k: v for k, v in variables.items() if v is not None})
+        for name in (k for k, v in variables.items() if v is None):
+            environ.pop(name, None)
+        return replace(self, environ=tuple(sorted(environ.items())))
 
     def validate(self) -> None:
         """Check what a process needs beyond valid values: a NOTIFY_HOME it can write."""
@@ -214,14 +193,6 @@ class Settings:
         default = Path("notify.toml")
         return default if default.exists() else None
 
-    def require(self, *names: str) -> None:
-        """Raise `ConfigurationError` naming the first of `names` that is unset."""
-        by_name = {f.name: f for f in fields(self)}
-        for name in names:
-            if getattr(self, name) in (None, ""):
-                variable = by_name[name].metadata["env"]
-                raise ConfigurationError(f"{variable} is required but not set", setting=variable)
-
 
 def read_env(cls: type[T], variables: Mapping[str, str], /, **given: Any) -> T:
     """An instance of the dataclass `cls`: `given`, and each field whose metadata names an
@@ -233,6 +204,19 @@ def read_env(cls: type[T], variables: Mapping[str, str], /, **given: Any) -> T:
         if variable and raw is not None and raw != "":
             values[f.name] = _convert(variable, str(f.type), raw)
     return cls(**values)
+
+
+def required(value: T | None, variable: str) -> T:
+    """`value`, if set; else `ConfigurationError` saying `variable` is required but not set."""
+    if value is None or value == "":
+        raise ConfigurationError(f"{variable} is required but not set", setting=variable)
+    return value
+
+
+def masked_repr(instance: Any) -> str:
+    """The repr of the settings dataclass `instance`: Secrets masked, and passwords in `*_url` fields."""
+    shown = (f"{f.name}={_masked(f.name, getattr(instance, f.name))!r}" for f in fields(instance) if f.repr)
+    return f"{type(instance).__name__}({', '.join(shown)})"
 
 
 def check_bounds(instance: Any) -> None:
@@ -310,7 +294,7 @@ def _check_bounds(variable: str, type_name: str, value: float, low: float, high:
     raise ConfigurationError(f"{variable} must be {problem}, not {show(value)}", setting=variable)
 
 
-def _check_url(variable: str, url: str | None, schemes: tuple[str, ...]) -> None:
+def check_url(variable: str, url: str | None, schemes: tuple[str, ...]) -> None:
     """Refuse a URL notify cannot use, naming only its scheme: the rest may hold a password."""
     if url is None:
         return
@@ -323,35 +307,6 @@ def _check_url(variable: str, url: str | None, schemes: tuple[str, ...]) -> None
         urlsplit(url).port  # noqa: B018
     except ValueError:
         raise ConfigurationError(f"{variable} has an invalid host or port", setting=variable) from None
-
-
-def _check_sender(value: str | None) -> None:
-    """NOTIFY_EMAIL_FROM: one ASCII address, with or without a display name."""
-    if value is None:
-        return
-    try:
-        reason = _sender_problem(value)
-    except (ValueError, HeaderParseError) as exc:  # EmailNotValidError is a ValueError
-        reason = str(exc)
-    if reason:
-        raise ConfigurationError(
-            f"NOTIFY_EMAIL_FROM must be one address like 'Notify <notify@example.com>', "
-            f"not {value!r}: {reason}",
-            setting="NOTIFY_EMAIL_FROM",
-        )
-
-
-def _sender_problem(value: str) -> str | None:
-    if "\r" in value or "\n" in value:
-        return "it spans lines"
-    header = email_policy.header_factory("From", value)
-    if len(header.addresses) != 1 or header.defects:
-        return "it does not parse as one address"
-    spec = header.addresses[0].addr_spec
-    if not spec.isascii():
-        return "write it in ASCII (an international domain as xn--...)"
-    validate_email(spec, check_deliverability=False)
-    return None
 
 
 def _check_hook_name(name: str | None) -> None:

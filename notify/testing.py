@@ -115,16 +115,16 @@ def capture(settings: Settings | None = None) -> Iterator[Outbox]:
     """Route `notify.send()` to an in-memory outbox for the duration of the block."""
     base = settings or get_settings()
     with tempfile.TemporaryDirectory(prefix="notify-testing-") as home:
-        inline = _InlineNotifier(
-            dataclasses.replace(
-                base,
-                home=Path(home),
-                broker_url=None,
-                database_url=f"sqlite:///{home}/notify.db",
-                backends=tuple((name, MEMORY_BACKEND) for name in registry.names()),
-                email_from=base.email_from or "notify@example.com",
-            )
+        settings = dataclasses.replace(
+            base,
+            home=Path(home),
+            broker_url=None,
+            database_url=f"sqlite:///{home}/notify.db",
+            backends=tuple((name, MEMORY_BACKEND) for name in registry.names()),
         )
+        if not dict(base.environ).get("NOTIFY_EMAIL_FROM"):
+            settings = settings.with_environ(NOTIFY_EMAIL_FROM="notify@example.com")
+        inline = _InlineNotifier(settings)
         outbox = Outbox()
         _outboxes.append(outbox)
         api._installed.append(inline)

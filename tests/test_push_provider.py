@@ -64,8 +64,13 @@ def credentials(oauth: FakeOAuth, tmp_path: Path) -> Path:
     return oauth.service_account(tmp_path, project_id=PROJECT)
 
 
-def settings_for(fcm: FakeFcm, credentials: Path, **overrides: Any) -> Settings:
-    return Settings(fcm_credentials=credentials, fcm_base_url=fcm.url, **overrides)
+def settings_for(
+    fcm: FakeFcm, credentials: Path, *, delivery_timeout: float = 30.0, **overrides: str
+) -> Settings:
+    """Settings for `fcm` with `credentials`; `overrides` set more NOTIFY_FCM_* variables."""
+    return Settings(delivery_timeout=delivery_timeout).with_environ(
+        NOTIFY_FCM_CREDENTIALS=str(credentials), NOTIFY_FCM_BASE_URL=fcm.url, **overrides
+    )
 
 
 @pytest.fixture
@@ -140,7 +145,9 @@ def test_eight_threads_share_one_token(provider: FcmProvider, fcm: FakeFcm, oaut
 
 
 def test_an_explicit_project_id_overrides_the_credentials_project(fcm: FakeFcm, credentials: Path) -> None:
-    provider = FcmProvider.from_settings(settings_for(fcm, credentials, fcm_project_id="other-project"))
+    provider = FcmProvider.from_settings(
+        settings_for(fcm, credentials, NOTIFY_FCM_PROJECT_ID="other-project")
+    )
     try:
         receipt = provider.deliver(push())
     finally:
@@ -368,7 +375,7 @@ def test_only_push_messages_are_delivered(provider: FcmProvider) -> None:
 
 
 def test_missing_credentials_setting_names_the_variable(fcm: FakeFcm) -> None:
-    error = config_error(Settings(fcm_base_url=fcm.url))
+    error = config_error(Settings().with_environ(NOTIFY_FCM_BASE_URL=fcm.url))
 
     assert error.setting == "NOTIFY_FCM_CREDENTIALS"
     assert "NOTIFY_FCM_CREDENTIALS" in str(error)
@@ -418,7 +425,7 @@ def test_credentials_without_a_project_need_the_project_id(fcm: FakeFcm, credent
     error = config_error(settings_for(fcm, credentials))
     assert error.setting == "NOTIFY_FCM_PROJECT_ID"
 
-    provider = FcmProvider.from_settings(settings_for(fcm, credentials, fcm_project_id="explicit"))
+    provider = FcmProvider.from_settings(settings_for(fcm, credentials, NOTIFY_FCM_PROJECT_ID="explicit"))
     provider.deliver(push())
     provider.close()
     assert [sent.project for sent in fcm.messages] == ["explicit"]

@@ -35,7 +35,7 @@ from notify.providers.twilio import (
     parse_retry_after,
     rebase_url,
 )
-from notify.settings import Secret, Settings
+from notify.settings import Settings
 from tests.fakes.twilio import FakeTwilio
 
 pytestmark = pytest.mark.timeout(60)
@@ -49,15 +49,15 @@ def sms(to: str = TO, body: str = "Hello Ada") -> SmsMessage:
     return SmsMessage(delivery_id="d-1", to=to, body=body)
 
 
-def settings_for(fake: FakeTwilio, **overrides: object) -> Settings:
-    values: dict[str, object] = {
-        "twilio_account_sid": fake.account_sid,
-        "twilio_auth_token": Secret(fake.auth_token),
-        "twilio_from": SENDER,
-        "twilio_base_url": fake.url,
+def settings_for(fake: FakeTwilio, *, delivery_timeout: float = 30.0, **overrides: str | None) -> Settings:
+    """Settings for `fake`; `overrides` set NOTIFY_TWILIO_* variables (None: unset)."""
+    variables: dict[str, str | None] = {
+        "NOTIFY_TWILIO_ACCOUNT_SID": fake.account_sid,
+        "NOTIFY_TWILIO_AUTH_TOKEN": fake.auth_token,
+        "NOTIFY_TWILIO_FROM": SENDER,
+        "NOTIFY_TWILIO_BASE_URL": fake.url,
     }
-    values.update(overrides)
-    return Settings(**values)  # type: ignore[arg-type]
+    return Settings(delivery_timeout=delivery_timeout).with_environ(**{**variables, **overrides})
 
 
 @pytest.fixture
@@ -102,7 +102,7 @@ def test_one_thread_reuses_one_connection(fake: FakeTwilio, provider: TwilioProv
 
 
 def test_messaging_service_sid_is_sent_as_messaging_service(fake: FakeTwilio) -> None:
-    provider = TwilioProvider.from_settings(settings_for(fake, twilio_from=SERVICE_SID))
+    provider = TwilioProvider.from_settings(settings_for(fake, NOTIFY_TWILIO_FROM=SERVICE_SID))
     provider.deliver(sms())
     provider.close()
 
@@ -112,7 +112,7 @@ def test_messaging_service_sid_is_sent_as_messaging_service(fake: FakeTwilio) ->
 
 
 def test_wrong_auth_token_is_a_configuration_error(fake: FakeTwilio) -> None:
-    settings = settings_for(fake, twilio_auth_token=Secret("not-the-token"))
+    settings = settings_for(fake, NOTIFY_TWILIO_AUTH_TOKEN="not-the-token")
     provider = TwilioProvider.from_settings(settings)
 
     error = deliver_error(provider, sms())
@@ -389,15 +389,10 @@ def test_threads_deliver_concurrently(fake: FakeTwilio, provider: TwilioProvider
 
 
 @pytest.mark.parametrize(
-    ("missing", "variable"),
-    [
-        ("twilio_account_sid", "NOTIFY_TWILIO_ACCOUNT_SID"),
-        ("twilio_auth_token", "NOTIFY_TWILIO_AUTH_TOKEN"),
-        ("twilio_from", "NOTIFY_TWILIO_FROM"),
-    ],
+    "variable", ["NOTIFY_TWILIO_ACCOUNT_SID", "NOTIFY_TWILIO_AUTH_TOKEN", "NOTIFY_TWILIO_FROM"]
 )
-def test_missing_setting_is_named(fake: FakeTwilio, missing: str, variable: str) -> None:
-    settings = settings_for(fake, **{missing: None})
+def test_missing_setting_is_named(fake: FakeTwilio, variable: str) -> None:
+    settings = settings_for(fake).with_environ(**{variable: None})
 
     with pytest.raises(ConfigurationError, match=variable) as caught:
         TwilioProvider.from_settings(settings)
@@ -415,7 +410,7 @@ def test_from_env_names_the_missing_auth_token() -> None:
 @pytest.mark.parametrize("url", ["api.twilio.com", "ftp://example.com", "http://"])
 def test_bad_base_url_is_a_configuration_error(fake: FakeTwilio, url: str) -> None:
     with pytest.raises(ConfigurationError, match="NOTIFY_TWILIO_BASE_URL"):
-        TwilioProvider.from_settings(settings_for(fake, twilio_base_url=url))
+        TwilioProvider.from_settings(settings_for(fake, NOTIFY_TWILIO_BASE_URL=url))
 
 
 def test_auth_token_never_shows(fake: FakeTwilio, caplog: pytest.LogCaptureFixture) -> None:
@@ -425,7 +420,7 @@ def test_auth_token_never_shows(fake: FakeTwilio, caplog: pytest.LogCaptureFixtu
     fake.fail_next(status=429, code=20429, headers={"Retry-After": "1"})
     fake.fail_for("+15005550001", status=400, code=21211)
     errors = [deliver_error(provider, sms()), deliver_error(provider, sms("+15005550001"))]
-    bad = TwilioProvider.from_settings(settings_for(fake, twilio_auth_token=Secret("x")))
+    bad = TwilioProvider.from_settings(settings_for(fake, NOTIFY_TWILIO_AUTH_TOKEN="x"))
     errors.append(deliver_error(bad, sms()))
     fake.stop()
     errors.append(deliver_error(provider, sms()))

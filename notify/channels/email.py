@@ -6,7 +6,9 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from email.errors import HeaderParseError
+from email.policy import default as email_policy
 from email.utils import parseaddr
 from typing import ClassVar
 
@@ -14,12 +16,14 @@ import email_validator
 from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES
 
 from notify.channels import ChannelSpec
-from notify.errors import PermanentDeliveryError, ValidationError
+from notify.errors import ConfigurationError, PermanentDeliveryError, ValidationError
 from notify.limits import MAX_ADDRESS
 from notify.models import shown
 from notify.policy import ChannelPolicy
 from notify.providers.base import Message
 from notify.settings import Settings
+
+SENDER_VARIABLE = "NOTIFY_EMAIL_FROM"
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,51 @@ class EmailMessage(Message):
     html: str | None
     message_id: str  # stays the same across retries
     channel: ClassVar[str] = "email"
+
+
+@dataclass(frozen=True)
+class EmailSettings:
+    """The email channel's own setting: the From address, for every email provider."""
+
+    sender: str | None = field(default=None, metadata={"env": SENDER_VARIABLE})
+
+    def __post_init__(self) -> None:
+        _check_sender(self.sender)
+
+
+@functools.lru_cache(maxsize=8)
+def email_settings(settings: Settings) -> EmailSettings:
+    """`settings`' NOTIFY_EMAIL_FROM, read once per settings object (`build` runs per delivery)."""
+    return settings.provider_settings(EmailSettings)
+
+
+def _check_sender(value: str | None) -> None:
+    """NOTIFY_EMAIL_FROM: one ASCII address, with or without a display name."""
+    if value is None:
+        return
+    try:
+        reason = _sender_problem(value)
+    except (ValueError, HeaderParseError) as exc:  # EmailNotValidError is a ValueError
+        reason = str(exc)
+    if reason:
+        raise ConfigurationError(
+            f"{SENDER_VARIABLE} must be one address like 'Notify <notify@example.com>', "
+            f"not {value!r}: {reason}",
+            setting=SENDER_VARIABLE,
+        )
+
+
+def _sender_problem(value: str) -> str | None:
+    if "\r" in value or "\n" in value:
+        return "it spans lines"
+    header = email_policy.header_factory("From", value)
+    if len(header.addresses) != 1 or header.defects:
+        return "it does not parse as one address"
+    spec = header.addresses[0].addr_spec
+    if not spec.isascii():
+        return "write it in ASCII (an international domain as xn--...)"
+    email_validator.validate_email(spec, check_deliverability=False)
+    return None
 
 
 def check_address(value: object, settings: Settings) -> str:
@@ -89,7 +138,7 @@ def build(delivery_id: str, address: str, rendered: Mapping[str, str], settings:
         subject=rendered["subject"],
         text=rendered["text"],
         html=rendered.get("html"),
-        message_id=message_id(delivery_id, settings.email_from),
+        message_id=message_id(delivery_id, email_settings(settings).sender),
     )
 
 
@@ -109,7 +158,7 @@ def outbox_files(message: Message, settings: Settings) -> dict[str, bytes]:
 
     assert isinstance(message, EmailMessage)
     try:
-        return {".eml": build_mime(message, settings.email_from or "notify@localhost")}
+        return {".eml": build_mime(message, email_settings(settings).sender or "notify@localhost")}
     except ValueError as exc:  # an address or id no header can carry: it cannot be sent
         raise PermanentDeliveryError(str(exc), channel="email", provider="outbox") from None
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import Any, Final, cast
 
 import google.auth.transport.requests
 import requests
@@ -36,19 +37,19 @@ from notify.providers.http import (
     Verdict,
     configuration,
 )
+from notify.settings import Settings, check_url, masked_repr, required
 
-if TYPE_CHECKING:
-    from notify.settings import Settings
-
-__all__ = ["BY_CODE", "SCOPE", "FcmProvider", "build_request", "classify"]
+__all__ = ["BY_CODE", "DEFAULT_BASE_URL", "SCOPE", "FcmProvider", "FcmSettings", "build_request", "classify"]
 
 SCOPE: Final = "https://www.googleapis.com/auth/firebase.messaging"
+DEFAULT_BASE_URL: Final = "https://fcm.googleapis.com"
 _POOL_SIZE: Final = 32  # connections kept to FCM, shared by a worker's threads
 
 _CHANNEL: Final = "push"
 _PROVIDER: Final = "fcm"
 _CREDENTIALS: Final = "NOTIFY_FCM_CREDENTIALS"
 _PROJECT: Final = "NOTIFY_FCM_PROJECT_ID"
+_BASE_URL: Final = "NOTIFY_FCM_BASE_URL"
 _FCM_ERROR: Final = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
 _CONTENT_TYPE: Final = "application/json; charset=UTF-8"
 # OAuth errors google-auth would sleep on and ask again (RFC 6749 section 4.1.2.1).
@@ -74,6 +75,21 @@ BY_CODE: Final[dict[str, Verdict]] = {
 _BY_STATUS: Final = {401: configuration(_CREDENTIALS), 403: configuration(_CREDENTIALS)}
 
 
+@dataclass(frozen=True, repr=False)
+class FcmSettings:
+    """The FCM provider's own settings, from NOTIFY_FCM_*."""
+
+    credentials: Path | None = field(default=None, metadata={"env": _CREDENTIALS})  # service-account JSON
+    project_id: str | None = field(default=None, metadata={"env": _PROJECT})  # default: the credentials'
+    base_url: str = field(default=DEFAULT_BASE_URL, metadata={"env": _BASE_URL})
+
+    def __post_init__(self) -> None:
+        check_url(_BASE_URL, self.base_url, ("http", "https"))
+
+    def __repr__(self) -> str:
+        return masked_repr(self)
+
+
 class FcmProvider:
     """Delivers `PushMessage`s through FCM; build one per worker process."""
 
@@ -92,14 +108,15 @@ class FcmProvider:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FcmProvider:
-        settings.require("fcm_credentials")
-        credentials = _load_credentials(cast(Path, settings.fcm_credentials))  # required above
-        project = settings.fcm_project_id or credentials.project_id
+        """A provider from NOTIFY_FCM_*; `ConfigurationError` naming a missing or bad one."""
+        own = settings.provider_settings(FcmSettings)
+        credentials = _load_credentials(required(own.credentials, _CREDENTIALS))
+        project = own.project_id or credentials.project_id
         if not project:
             raise ConfigurationError(
                 f"{_PROJECT} is required: the credentials name no project_id", setting=_PROJECT
             )
-        base = settings.fcm_base_url.rstrip("/")
+        base = own.base_url.rstrip("/")
         endpoint = f"{base}/v1/projects/{project}/messages:send"
         return cls(credentials, endpoint, delivery_timeout=settings.delivery_timeout)
 

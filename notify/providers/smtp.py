@@ -13,12 +13,12 @@ import re
 import threading
 import time
 from concurrent.futures import CancelledError, Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import parseaddr
 
 import aiosmtplib
 
-from notify.channels.email import EmailMessage
+from notify.channels.email import SENDER_VARIABLE, EmailMessage, email_settings
 from notify.errors import (
     ConfigurationError,
     NotifyError,
@@ -28,7 +28,7 @@ from notify.errors import (
 )
 from notify.providers.base import Message, Receipt
 from notify.providers.mime import build_mime, mailbox
-from notify.settings import Secret, Settings
+from notify.settings import Secret, Settings, check_bounds, masked_repr, required
 
 # RFC 5321 §4.5.3.2.6: a client waits 10 minutes for the reply to the end of
 # DATA, because giving up earlier is how one message becomes two.
@@ -36,6 +36,32 @@ RFC5321_DATA_TERMINATION_TIMEOUT = 600.0
 
 _IDLE_CHECK_AFTER = 5.0  # seconds idle after which a pooled connection is NOOP-checked
 _QUEUED_AS = re.compile(r"queued as\s+(\S+)", re.IGNORECASE)
+
+
+TLS_MODES = ("none", "starttls", "tls")
+
+
+@dataclass(frozen=True, repr=False)
+class SmtpSettings:
+    """The SMTP provider's own settings, from NOTIFY_SMTP_* (the From address is the channel's)."""
+
+    host: str = field(default="localhost", metadata={"env": "NOTIFY_SMTP_HOST"})
+    port: int = field(default=25, metadata={"env": "NOTIFY_SMTP_PORT", "bounds": (1, 65535)})
+    username: str | None = field(default=None, metadata={"env": "NOTIFY_SMTP_USERNAME"})
+    password: Secret | None = field(default=None, metadata={"env": "NOTIFY_SMTP_PASSWORD"})
+    tls: str = field(default="starttls", metadata={"env": "NOTIFY_SMTP_TLS"})
+    # Each SMTP command's; the delivery as a whole has NOTIFY_DELIVERY_TIMEOUT.
+    timeout: float = field(default=30.0, metadata={"env": "NOTIFY_SMTP_TIMEOUT", "bounds": (0.1, 600.0)})
+
+    def __post_init__(self) -> None:
+        check_bounds(self)
+        if self.tls not in TLS_MODES:
+            raise ConfigurationError(
+                f"NOTIFY_SMTP_TLS must be none, starttls or tls, not {self.tls!r}", setting="NOTIFY_SMTP_TLS"
+            )
+
+    def __repr__(self) -> str:
+        return masked_repr(self)
 
 
 @dataclass(frozen=True)
@@ -153,16 +179,18 @@ class SmtpProvider:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SmtpProvider:
-        settings.require("email_from", "smtp_host")
+        """A provider from NOTIFY_EMAIL_FROM and NOTIFY_SMTP_*; `ConfigurationError` naming a bad one."""
+        own = settings.provider_settings(SmtpSettings)
+        sender = required(email_settings(settings).sender, SENDER_VARIABLE)
         return cls(
             SmtpConfig(
-                host=settings.smtp_host,
-                port=settings.smtp_port,
-                sender=str(settings.email_from),
-                tls=settings.smtp_tls,
-                username=settings.smtp_username,
-                password=settings.smtp_password,
-                timeout=settings.smtp_timeout,
+                host=required(own.host, "NOTIFY_SMTP_HOST"),
+                port=own.port,
+                sender=sender,
+                tls=own.tls,
+                username=own.username,
+                password=own.password,
+                timeout=own.timeout,
                 deadline=settings.delivery_timeout,
             )
         )

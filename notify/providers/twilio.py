@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, cast
+from dataclasses import dataclass, field
+from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
@@ -24,15 +24,14 @@ from notify.errors import ConfigurationError, NotifyError, PermanentDeliveryErro
 from notify.providers import http
 from notify.providers.base import Message, Receipt
 from notify.providers.http import Budget, EnvironmentOnceSession, Verdict, configuration, parse_retry_after
-
-if TYPE_CHECKING:
-    from notify.settings import Secret, Settings
+from notify.settings import Secret, Settings, check_url, masked_repr, required
 
 __all__ = [
     "BY_CODE",
     "DEFAULT_BASE_URL",
     "MAX_BODY_CHARS",
     "TwilioProvider",
+    "TwilioSettings",
     "build_request",
     "classify",
     "parse_retry_after",
@@ -48,6 +47,7 @@ _CREATE_PREFIX: Final = "Unable to create record: "  # twilio's wording, not Twi
 _SID: Final = "NOTIFY_TWILIO_ACCOUNT_SID"
 _TOKEN: Final = "NOTIFY_TWILIO_AUTH_TOKEN"
 _FROM: Final = "NOTIFY_TWILIO_FROM"
+_BASE_URL: Final = "NOTIFY_TWILIO_BASE_URL"
 
 # Twilio's error codes (twilio.com/docs/api/errors) that are not the
 # recipient's fault. A sender or account problem fails every message alike:
@@ -66,6 +66,23 @@ BY_CODE: Final[dict[str, Verdict]] = {
     "21611": http.TRANSIENT,  # From's queue is full: it drains at the sender's rate
 }
 _BY_STATUS: Final = {401: configuration(_TOKEN)}
+
+
+@dataclass(frozen=True, repr=False)
+class TwilioSettings:
+    """The Twilio provider's own settings, from NOTIFY_TWILIO_*."""
+
+    account_sid: str | None = field(default=None, metadata={"env": _SID})
+    auth_token: Secret | None = field(default=None, metadata={"env": _TOKEN})
+    sender: str | None = field(default=None, metadata={"env": _FROM})
+    base_url: str = field(default=DEFAULT_BASE_URL, metadata={"env": _BASE_URL})
+
+    def __post_init__(self) -> None:
+        check_url(_BASE_URL, self.base_url, ("http", "https"))
+        _check_base_url(self.base_url)
+
+    def __repr__(self) -> str:
+        return masked_repr(self)
 
 
 def build_request(message: SmsMessage, sender: str) -> dict[str, str]:
@@ -196,13 +213,12 @@ class TwilioProvider:
     @classmethod
     def from_settings(cls, settings: Settings) -> TwilioProvider:
         """A provider from NOTIFY_TWILIO_*; raise `ConfigurationError` naming a gap."""
-        settings.require("twilio_account_sid", "twilio_auth_token", "twilio_from")
-        _check_base_url(settings.twilio_base_url)
-        return cls(  # the casts hold: require() has checked these are set
-            account_sid=cast(str, settings.twilio_account_sid),
-            auth_token=cast("Secret", settings.twilio_auth_token),
-            sender=cast(str, settings.twilio_from),
-            base_url=settings.twilio_base_url,
+        own = settings.provider_settings(TwilioSettings)
+        return cls(
+            account_sid=required(own.account_sid, _SID),
+            auth_token=required(own.auth_token, _TOKEN),
+            sender=required(own.sender, _FROM),
+            base_url=own.base_url,
             delivery_timeout=settings.delivery_timeout,
         )
 
@@ -256,6 +272,6 @@ def _check_base_url(base_url: str) -> None:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigurationError(
             # The value is not echoed: a URL may carry user:password.
-            "NOTIFY_TWILIO_BASE_URL must be an http(s) URL like https://api.twilio.com",
-            setting="NOTIFY_TWILIO_BASE_URL",
+            f"{_BASE_URL} must be an http(s) URL like https://api.twilio.com",
+            setting=_BASE_URL,
         )

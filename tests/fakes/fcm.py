@@ -5,7 +5,7 @@ and google-auth talk to them unchanged:
 
     with FakeOAuth() as oauth, FakeFcm(oauth) as fcm:
         path = oauth.service_account(tmp_path, project_id="notify-test")
-        settings = Settings(fcm_credentials=path, fcm_base_url=fcm.url)
+        settings = Settings.from_env({"NOTIFY_FCM_CREDENTIALS": str(path), "NOTIFY_FCM_BASE_URL": fcm.url})
         ...
         oauth.request_count    # token requests that reached the endpoint, granted or not
         oauth.issued           # access tokens granted, in order

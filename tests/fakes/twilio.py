@@ -1,12 +1,12 @@
 """A local fake of Twilio's Messages API: a real HTTP server for the real client.
 
     with FakeTwilio() as fake:            # 127.0.0.1, ephemeral port, own thread
-        settings = Settings(
-            twilio_account_sid=fake.account_sid,
-            twilio_auth_token=Secret(fake.auth_token),
-            twilio_from="+15005550006",
-            twilio_base_url=fake.url,
-        )
+        settings = Settings.from_env({
+            "NOTIFY_TWILIO_ACCOUNT_SID": fake.account_sid,
+            "NOTIFY_TWILIO_AUTH_TOKEN": fake.auth_token,
+            "NOTIFY_TWILIO_FROM": "+15005550006",
+            "NOTIFY_TWILIO_BASE_URL": fake.url,
+        })
         ...
         fake.messages          # accepted messages, as `SentMessage`s, in order
         fake.request_count     # requests that reached the server, accepted or not
