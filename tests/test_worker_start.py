@@ -92,6 +92,18 @@ def test_a_broken_setting_stops_the_start_with_one_line_naming_it(
     assert "hunter2" not in stdout + stderr
 
 
+def test_the_email_channels_own_setting_stops_the_start_on_any_backend(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """NOTIFY_EMAIL_FROM belongs to the channel (Message-ID, the outbox's .eml), not to SMTP."""
+    env.update({"NOTIFY_EMAIL_BACKEND": "outbox", "NOTIFY_EMAIL_FROM": "not-an-address"})
+
+    returncode, stdout, stderr = start_and_wait(["worker", "email", "-l", "info"], env, tmp_path)
+
+    assert returncode == 2, f"it started instead:\n{stdout}{stderr}"
+    assert stderr.strip().startswith("error: NOTIFY_EMAIL_FROM"), stderr
+
+
 @pytest.mark.parametrize(
     ("pool", "banner", "runs_in"),
     [

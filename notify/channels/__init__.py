@@ -71,6 +71,9 @@ class ChannelSpec:
         outbox_files: `(message, settings) -> {suffix: content}`, files the outbox backend
             writes beside `<id>.json` (an email's `.eml`).
         plural: the `notify.testing.Outbox` attribute listing this channel's messages.
+        check_settings: `(settings) -> anything`, reads the channel's own settings (not its
+            provider's) and raises `ConfigurationError` for a bad one: called when a worker
+            loads the provider, so a bad setting stops the start whatever the backend.
     """
 
     name: str
@@ -87,6 +90,7 @@ class ChannelSpec:
     check_rendered: RenderedCheck | None = None
     outbox_files: OutboxFiles | None = None
     plural: str = ""
+    check_settings: Callable[[Settings], object] | None = None
     backend_variable: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -182,6 +186,8 @@ def _check(spec: object, origin: str) -> None:
 def load_provider(name: str, settings: Settings) -> Provider:
     """Build channel `name`'s configured provider; raise `ConfigurationError` if it cannot."""
     spec = channel(name)
+    if spec.check_settings is not None:
+        spec.check_settings(settings)
     backend = settings.backend(spec.name) or spec.default_backend
     path = spec.backends.get(backend, backend if ":" in backend else None)
     if path is None:

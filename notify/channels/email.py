@@ -179,5 +179,6 @@ CHANNEL = ChannelSpec(
     default_backend="smtp",
     outbox_files=outbox_files,
     plural="emails",
+    check_settings=email_settings,
     rank=10,
 )
