@@ -1,8 +1,10 @@
 """The JSON-over-HTTP server under the provider fakes: 127.0.0.1, ephemeral port, own thread.
 
     server = JsonServer("fake-x", answer)   # answer(method, path, headers, body) -> Answer | None
+    server = JsonServer("fake-x", answer, tls=context)   # HTTPS, with this server-side ssl.SSLContext
     server.start()
     server.url                # http://127.0.0.1:<port>
+    server.port
     server.request_count      # requests that reached `answer`
     server.connection_count   # TCP connections accepted (shows connection reuse)
     server.stop()             # closes the port and open connections: connection refused
@@ -15,7 +17,9 @@
     server.answer_count       # answers written to a client
 
 Connections are HTTP/1.1 keep-alive. An `answer` of None sends nothing and
-closes the connection; a method not in `methods` gets http.server's own 501.
+closes the connection; an `Answer(..., hold=True)` is held like hold_answers()
+holds one, an `Answer(..., drop=True)` is dropped; a 204 or 304 has no body.
+A method not in `methods` gets http.server's own 501.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -35,6 +40,7 @@ from typing import Any, Self
 __all__ = ["HOLD_LIMIT", "Answer", "JsonFake", "JsonServer", "Respond"]
 
 HOLD_LIMIT = 30.0  # seconds an answer is held at most, so no test thread leaks
+_NO_BODY = frozenset({204, 304})
 
 
 @dataclass
@@ -44,6 +50,8 @@ class Answer:
     status: int
     payload: dict[str, Any]
     headers: dict[str, str] = field(default_factory=dict)
+    hold: bool = False  # held until release() or stop(), as under hold_answers()
+    drop: bool = False  # the connection is cut instead
 
 
 Respond = Callable[[str, str, Message, bytes], Answer | None]  # (method, path, headers, body)
@@ -59,6 +67,7 @@ class JsonServer:
         *,
         methods: Collection[str] = ("POST",),
         content_type: str = "application/json",
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.answer = answer
         self.methods = frozenset(methods)
@@ -72,6 +81,9 @@ class JsonServer:
         self._mode = "answer"  # or "hold" or "drop"
         self._released = threading.Event()
         self._httpd = _Httpd(self)
+        self.scheme = "http" if tls is None else "https"
+        if tls is not None:
+            self._httpd.socket = tls.wrap_socket(self._httpd.socket, server_side=True)
         self._thread = threading.Thread(
             target=self._httpd.serve_forever,
             kwargs={"poll_interval": 0.05},  # so stop() returns quickly
@@ -80,9 +92,12 @@ class JsonServer:
         )
 
     @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    @property
     def url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     @property
     def connection_count(self) -> int:
@@ -149,10 +164,10 @@ class JsonServer:
             self._request_count += 1
         return self.answer(method, path, headers, body)
 
-    def deliverable(self) -> bool:
+    def deliverable(self, answer: Answer) -> bool:
         """Whether to write the answer just computed: False drops the connection."""
         with self._lock:
-            mode = self._mode
+            mode = "drop" if answer.drop else "hold" if answer.hold else self._mode
             self._held_count += mode == "hold"
         if mode == "hold":
             self._released.wait(HOLD_LIMIT)
@@ -173,6 +188,10 @@ class JsonFake:
     @property
     def url(self) -> str:
         return self._server.url
+
+    @property
+    def port(self) -> int:
+        return self._server.port
 
     @property
     def connection_count(self) -> int:
@@ -254,7 +273,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         answer = owner.respond(self.command, self.path, self.headers, body)
-        if answer is not None and not owner.deliverable():
+        if answer is not None and not owner.deliverable(answer):
             answer = None
         with contextlib.suppress(OSError):  # a client that gave up has gone
             self._send(answer)
@@ -264,10 +283,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         self.server.owner.answered()
-        payload = json.dumps(answer.payload).encode()
+        payload = b"" if answer.status in _NO_BODY else json.dumps(answer.payload).encode()
         self.send_response(answer.status)
-        self.send_header("Content-Type", self.server.owner.content_type)
-        self.send_header("Content-Length", str(len(payload)))
+        if answer.status not in _NO_BODY:
+            self.send_header("Content-Type", self.server.owner.content_type)
+            self.send_header("Content-Length", str(len(payload)))
         for name, value in answer.headers.items():
             self.send_header(name, value)
         self.end_headers()
