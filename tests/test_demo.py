@@ -34,9 +34,12 @@ def test_the_demo_delivers_every_sample_and_shows_the_duplicate(tmp_path: Path) 
     statuses = [
         re.findall(r"  (sent|duplicate|failed|queued|scheduled|retrying|sending)  ", r)[0] for r in rows
     ]
-    assert len(rows) == 12  # 6 notifications, 1 to 3 channels each
+    assert len(rows) == 14  # 6 notifications, 1 to 3 channels each
     assert sorted(set(statuses)) == ["duplicate", "sent"]
-    assert statuses.count("duplicate") == 2 and "duplicate of" in demo.stdout
+    assert statuses.count("duplicate") == 3 and "duplicate of" in demo.stdout
+    [hook] = [json.loads(p.read_text()) for p in (home / "outbox" / "webhook").glob("*.json")]
+    assert hook["url"] == "https://hooks.example.com/orders"
+    assert json.loads(hook["body"])["order_id"] == "A-1001"
     mails = sorted((home / "mail").glob("*.eml"))
     assert len(mails) == 5
     [sms] = [

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from notify import channels as registry
 from notify.api import Notifier
 from notify.cli.output import outcome, table
 from notify.models import FINAL_STATUSES, SendResult
@@ -37,7 +38,11 @@ SAMPLES = [
     ),
     (
         "order_shipped",
-        {"email": "ada@example.com", "push_token": "demo-token-ada"},
+        {
+            "email": "ada@example.com",
+            "push_token": "demo-token-ada",
+            "webhook": "https://hooks.example.com/orders",
+        },
         {
             "name": "Ada",
             "order_id": "A-1001",
@@ -50,7 +55,11 @@ SAMPLES = [
     # The same dedup key again: suppressed, status "duplicate".
     (
         "order_shipped",
-        {"email": "ada@example.com", "push_token": "demo-token-ada"},
+        {
+            "email": "ada@example.com",
+            "push_token": "demo-token-ada",
+            "webhook": "https://hooks.example.com/orders",
+        },
         {"name": "Ada", "order_id": "A-1001", "carrier": "DHL", "tracking_number": "JD0140"},
         {"priority": "low", "dedup_key": "ship-A-1001"},
     ),
@@ -66,7 +75,7 @@ SAMPLES = [
     help="Seconds to wait for every delivery to finish.",
 )
 def demo(timeout: float) -> None:
-    """Start a mail catcher and three workers, send the samples, show their statuses."""
+    """Start a mail catcher and a worker per channel, send the samples, show their statuses."""
     from notify.mailcatcher import MailCatcher
 
     base = get_settings()
@@ -74,8 +83,9 @@ def demo(timeout: float) -> None:
     with MailCatcher(home / "mail") as catcher:
         env = _demo_env(catcher.port)
         notifier = Notifier(Settings.from_env(env))
-        click.echo(f"SMTP catcher on 127.0.0.1:{catcher.port}; starting email, sms and push workers")
-        workers = [_start_worker(channel, env, home) for channel in ("email", "sms", "push")]
+        channels = _sampled_channels()
+        click.echo(f"SMTP catcher on 127.0.0.1:{catcher.port}; starting {', '.join(channels)} workers")
+        workers = [_start_worker(channel, env, home) for channel in channels]
         try:
             results = _send_samples(notifier)
             click.echo(f"sent {len(results)} notifications; waiting for every delivery to finish\n")
@@ -98,11 +108,20 @@ def _demo_env(smtp_port: int) -> dict[str, str]:
             "NOTIFY_SMTP_TLS": "none",
             "NOTIFY_EMAIL_FROM": env.get("NOTIFY_EMAIL_FROM", "notify-demo@example.com"),
             "NOTIFY_EMAIL_BACKEND": "smtp",
-            "NOTIFY_SMS_BACKEND": "outbox",
-            "NOTIFY_PUSH_BACKEND": "outbox",
+            **{
+                spec.backend_variable: "outbox"
+                for spec in registry.channels().values()
+                if spec.name != "email"
+            },
         }
     )
     return env
+
+
+def _sampled_channels() -> list[str]:
+    """The channels the samples address, in the registry's order: one worker each."""
+    kinds = {kind for _, to, _, _ in SAMPLES for kind in to}
+    return [name for name, spec in registry.channels().items() if spec.address in kinds]
 
 
 def _start_worker(channel: str, env: dict[str, str], home: Path) -> subprocess.Popen[bytes]:
@@ -151,5 +170,5 @@ def _report(notifier: Notifier, results: list[SendResult], home: Path, mails: in
             rows.append((result.id, template, d.channel, d.status, d.attempts, outcome(d) or d.last_error))
     click.echo(table(["notification", "template", "channel", "status", "attempts", "provider id"], rows))
     click.echo(f"\n{mails} emails caught by the local SMTP server: {home / 'mail'}")
-    click.echo(f"SMS and push (outbox backend): {home / 'outbox'}")
+    click.echo(f"the other channels (outbox backend): {home / 'outbox'}")
     click.echo(f"worker logs: {home}/demo-worker-*.log")
