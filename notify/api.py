@@ -278,7 +278,7 @@ class Notifier:
         if unknown:
             raise ValidationError("to", f"unknown address kind {shown(unknown[0])} ({', '.join(by_kind)})")
         return {
-            str(kind): by_kind[str(kind)].check_address(value, self.settings)
+            str(kind): _checked(by_kind[str(kind)], value, self.settings)
             for kind, value in given.items()
             if value is not None
         }
@@ -313,9 +313,24 @@ class Notifier:
     def _validate_render(self, template: str, channel: str, data: dict[str, Any], locale: str | None) -> None:
         rendered = self.renderer.render(template, channel, data, locale)
         check = registry.channel(channel).check_rendered
-        problem = check(rendered) if check else None
+        try:
+            problem = check(rendered) if check else None
+        except Exception as exc:  # a channel's own check failing: still only a NotifyError
+            problem = f"cannot be checked ({type(exc).__name__}: {exc})"
         if problem:
             raise TemplateError("template", f"{template}: the {channel} message {problem}")
+
+
+def _checked(spec: registry.ChannelSpec, value: object, settings: Settings) -> str:
+    """`value` as `spec` sends to it; whatever the channel's check raises becomes a ValidationError."""
+    try:
+        return spec.check_address(value, settings)
+    except NotifyError:
+        raise
+    except Exception as exc:
+        raise ValidationError(
+            f"to.{spec.address}", f"refused by the {spec.name} channel's check ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def _intents(intents: object) -> list[object]:

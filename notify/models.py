@@ -11,7 +11,7 @@ from dataclasses import KW_ONLY, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from notify.errors import ValidationError
+from notify.errors import NotifyError, ValidationError
 
 MAX_DEPTH = 32  # levels of nesting in data
 
@@ -62,7 +62,11 @@ class Recipient:
             raise AttributeError(kind)
         from notify import channels
 
-        if kind not in {spec.address for spec in channels.channels().values()}:
+        try:
+            known = kind in channels.by_address()
+        except NotifyError as exc:  # a broken channel plugin: hasattr() must still answer
+            raise AttributeError(f"{kind!r}: the channel registry did not load: {exc}") from None
+        if not known:
             raise AttributeError(f"no channel is addressed by {kind!r}")
         value = self._addresses.get(kind)
         return value if isinstance(value, str) or value is None else str(value)
@@ -76,8 +80,18 @@ class Recipient:
     def __hash__(self) -> int:
         return hash(tuple(sorted((k, repr(v)) for k, v in self._addresses.items())))
 
-    def __repr__(self) -> str:
-        return f"Recipient({', '.join(f'{k}={v!r}' for k, v in self._addresses.items())})"
+    def __repr__(self) -> str:  # masked: a repr ends up in logs, and a webhook URL may carry a token
+        shown = (
+            f"{k}={mask(v) if isinstance(v, str) else type(v).__name__!r}" for k, v in self._addresses.items()
+        )
+        return f"Recipient({', '.join(shown)})"
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickle and copy, which would set the slot
+        return (_recipient, (self._addresses,))
+
+
+def _recipient(addresses: dict[str, object]) -> Recipient:
+    return Recipient(**addresses)
 
 
 @dataclass(frozen=True)

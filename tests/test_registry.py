@@ -3,9 +3,11 @@ an entry point, and the core (send, templates, policies, outbox, notify.testing,
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -142,7 +144,16 @@ def test_a_recipient_reads_each_registered_address_kind() -> None:
     assert ada.addresses == {"email": "ada@example.com", "webhook": "https://hooks.example.com/in"}
     assert ada == Recipient(webhook="https://hooks.example.com/in", email="ada@example.com")
     assert hash(ada) == hash(Recipient(webhook="https://hooks.example.com/in", email="ada@example.com"))
-    assert repr(Recipient(email="a@b.co")) == "Recipient(email='a@b.co')"
+    assert repr(Recipient(email="ada@b.co", webhook="https://h.example/T0k3n")) == (
+        "Recipient(email='a***@b.co', webhook='https://h.example/…')"
+    )
+
+
+def test_a_recipient_pickles_and_copies() -> None:
+    ada = Recipient(email="ada@example.com", phone="+14155550100")
+    assert pickle.loads(pickle.dumps(ada)) == ada
+    assert copy.copy(ada) == ada and copy.deepcopy(ada) == ada
+    assert dataclasses.asdict(notify.Intent("welcome", to=ada))["to"] == ada
 
 
 def test_a_recipient_refuses_unknown_kinds_and_changes() -> None:
@@ -255,6 +266,7 @@ def test_a_third_party_channel_gets_its_cli_options_and_outbox_files(tmp_path: P
         ("fax = faxchannel:PHONE", "the sms channel already uses the address 'phone'"),
         ("fax = faxchannel:nothing", "does not import"),
         ("fax = faxchannel:NOT_A_SPEC", "is a str, not a notify.channels.ChannelSpec"),
+        ("fax = faxchannel:SMS_FILES", "the sms channel already reads sms.txt.j2"),
     ],
 )
 def test_a_broken_third_party_channel_stops_the_process_with_a_reason(
@@ -267,10 +279,46 @@ def test_a_broken_third_party_channel_stops_the_process_with_a_reason(
             "EMAIL = dataclasses.replace(CHANNEL, name='email', address='email_again')\n"
             "PHONE = dataclasses.replace(CHANNEL, address='phone')\n"
             "NOT_A_SPEC = 'fax'\n"
+            "SMS_FILES = dataclasses.replace(CHANNEL, parts={'body': 'sms.txt.j2'})\n"
         )
     result = run(site, tmp_path, "import notify.channels as c\nc.names()")
     assert result.returncode != 0
     assert "ConfigurationError" in result.stderr and message in result.stderr, result.stderr
+    for command in (["templates", "list"], ["worker", "email"], ["send", "hello", "--to-email", "a@b.co"]):
+        cli = run(site, tmp_path, "", "-m", "notify.cli", *command)
+        assert cli.returncode == 2, cli.stderr
+        assert cli.stderr.startswith("error: ") and cli.stderr.count("\n") == 1, cli.stderr
+        assert message in cli.stderr
+    attribute = run(
+        site, tmp_path, "import notify\nprint(hasattr(notify.Recipient(email='a@b.co'), 'email'))"
+    )
+    assert attribute.stdout.strip() == "False", attribute.stderr
+
+
+def test_a_channel_check_that_raises_anything_is_still_a_validation_error(tmp_path: Path) -> None:
+    site = plugin(tmp_path)
+    with (site / "faxchannel.py").open("a") as module:
+        module.write(
+            "import dataclasses\n"
+            "def bad_check(value, settings):\n"
+            "    return str(int(value))\n"
+            "CHANNEL = dataclasses.replace(CHANNEL, check_address=bad_check)\n"
+        )
+    result = run(
+        site,
+        tmp_path,
+        """
+        import notify, notify.testing
+        with notify.testing.capture():
+            try:
+                notify.send("hello", {"fax_number": "not a number"}, data={"name": "Ada"})
+            except notify.ValidationError as exc:
+                print(exc)
+        """,
+    )
+    assert result.stdout.strip().startswith(
+        "to.fax_number: refused by the fax channel's check (ValueError: "
+    ), result.stdout + result.stderr
 
 
 def test_a_spec_is_checked_when_it_is_registered() -> None:

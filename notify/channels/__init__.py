@@ -1,8 +1,8 @@
 """The channel registry: every channel is declared once, by a `ChannelSpec` in its own module.
 
-notify's own channels are the modules of this package (each defines
-`CHANNEL`); another package adds one through the entry point group
-`notify.channels`, naming its spec:
+notify's own channels are the modules of this package named in `BUILTIN`
+(each defines `CHANNEL`); another package adds one through the entry point
+group `notify.channels`, naming its spec:
 
     [project.entry-points."notify.channels"]
     fax = "mypackage.fax:CHANNEL"
@@ -16,9 +16,7 @@ imports: providers are named by dotted path and imported by the worker.
 from __future__ import annotations
 
 import functools
-import importlib
 import importlib.metadata
-import pkgutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -29,6 +27,7 @@ from notify.providers.base import Message, Provider
 from notify.settings import Settings, import_named
 
 __all__ = [
+    "BUILTIN",
     "ENTRY_POINTS",
     "ChannelSpec",
     "by_address",
@@ -40,6 +39,7 @@ __all__ = [
 ]
 
 ENTRY_POINTS = "notify.channels"
+BUILTIN = ("email", "sms", "push", "webhook")  # modules of this package: listed, not scanned
 
 AddressCheck = Callable[[object, Settings], str]
 MessageBuilder = Callable[[str, str, Mapping[str, str], Settings], Message]
@@ -142,23 +142,24 @@ def _registry() -> Mapping[str, ChannelSpec]:
         _check(spec, origin)
         if spec.name in found:
             raise ConfigurationError(f"{origin}: a channel named {spec.name!r} is already registered")
-        clash = next((s for s in found.values() if s.address == spec.address), None)
-        if clash is not None:
-            raise ConfigurationError(
-                f"{origin}: the {clash.name} channel already uses the address {spec.address!r}"
-            )
+        for other in found.values():
+            if other.address == spec.address:
+                raise ConfigurationError(
+                    f"{origin}: the {other.name} channel already uses the address {spec.address!r}"
+                )
+            shared = sorted(set(other.parts.values()) & set(spec.parts.values()))
+            if shared:
+                raise ConfigurationError(f"{origin}: the {other.name} channel already reads {shared[0]}")
         found[spec.name] = spec
     ordered = sorted(found.values(), key=lambda s: (s.rank, s.name))
     return MappingProxyType({s.name: s for s in ordered})
 
 
 def _builtin() -> list[tuple[ChannelSpec, str]]:
-    specs = []
-    for module in pkgutil.iter_modules(__path__, f"{__name__}."):
-        spec = getattr(importlib.import_module(module.name), "CHANNEL", None)
-        if spec is not None:
-            specs.append((spec, f"{module.name}:CHANNEL"))
-    return specs
+    return [
+        (import_named(f"{__name__}.{name}:CHANNEL", setting="CHANNEL"), f"{__name__}.{name}")
+        for name in BUILTIN
+    ]
 
 
 def _entry_points() -> list[tuple[ChannelSpec, str]]:

@@ -304,7 +304,10 @@ def _target(url: str) -> _Target:
 class WebhookProvider:
     """Signed webhook POSTs, to the address each host was checked to have, with warm connections.
 
-    Not behind a proxy: the connection goes to the pinned address itself.
+    Not behind a proxy: the connection goes to the pinned address itself. It
+    holds its own urllib3 connections rather than a pool, so that connecting
+    (nothing sent: try the next address, or retry) is a step apart from
+    sending (the receiver may have the POST: never resend blindly).
     """
 
     name = "webhook"
@@ -324,7 +327,7 @@ class WebhookProvider:
         self._resolve = resolver
         self._ca_certs = ca_certs
         self._lock = threading.Lock()
-        self._pools: OrderedDict[tuple[str, str, int, str], HTTPConnectionPool] = OrderedDict()
+        self._idle: OrderedDict[_Key, list[HTTPConnection]] = OrderedDict()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WebhookProvider:
@@ -351,20 +354,26 @@ class WebhookProvider:
             "User-Agent": "notify-webhook",
             "X-Notify-Delivery-Id": message.delivery_id,
             "X-Notify-Timestamp": str(timestamp),
-            "X-Notify-Signature": sign(self._secret, timestamp, body),
+            "X-Notify-Signature": sign(self._secret, message.delivery_id, timestamp, body),
         }
-        response = self._post(addresses, target, body, headers, budget)
-        _release(response)
-        if 200 <= response.status < 300:
+        key, conn, response = self._post(addresses, target, body, headers, budget)
+        if response.status < 200:
+            conn.close()  # the final answer is still unread on it
+            raise _interim_error(response)
+        if _drained(conn, response, budget):
+            self._keep(key, conn)
+        else:
+            conn.close()
+        if response.status < 300:
             return Receipt()
         raise _answer_error(response)
 
     def close(self) -> None:
         """Close every warm connection; later deliveries open new ones."""
         with self._lock:
-            pools, self._pools = list(self._pools.values()), OrderedDict()
-        for pool in pools:
-            pool.close()
+            idle, self._idle = list(self._idle.values()), OrderedDict()
+        for conn in (conn for conns in idle for conn in conns):
+            conn.close()
 
     def __repr__(self) -> str:
         shown = f"allow_private={self.allow_private!r}, delivery_timeout={self.delivery_timeout!r}"
@@ -399,62 +408,64 @@ class WebhookProvider:
 
     def _post(
         self, addresses: list[str], target: _Target, body: bytes, headers: dict[str, str], budget: Budget
-    ) -> BaseHTTPResponse:
-        """The answer from the first address that takes the connection."""
-        from urllib3 import Timeout
-        from urllib3.exceptions import HTTPError, NewConnectionError
-
-        from notify.providers.http import BudgetSpent
+    ) -> tuple[_Key, HTTPConnection, BaseHTTPResponse]:
+        """The answer from the first address that takes the connection, with its key and connection."""
+        from urllib3.exceptions import HTTPError
 
         failure = "no address"
         for address in addresses:
-            try:
-                connect, read = budget.timeout()
-            except BudgetSpent:
-                break
-            try:
-                return self._pool(address, target).urlopen(
-                    "POST",
-                    target.path,
-                    body=body,
-                    headers=headers,
-                    retries=False,
-                    redirect=False,
-                    assert_same_host=False,
-                    timeout=Timeout(connect=connect, read=read),
-                    preload_content=False,
-                )
-            except NewConnectionError as exc:  # refused, unreachable: try the next address
-                failure = f"{address}: {exc}"
-            except HTTPError as exc:
-                raise _network_error(exc) from None
+            key = (address, target.scheme, target.port, target.host)
+            conn = self._warm(key)
+            if conn is None:
+                if budget.left <= 0:
+                    break
+                conn = self._new_connection(address, target)
+                conn.timeout = min(budget.left, CONNECT_TIMEOUT_PER_ADDRESS)
+                try:
+                    conn.connect()  # TCP, then TLS: nothing is sent before it returns
+                except (HTTPError, OSError) as exc:  # refused, timed out, TLS refused: try the next
+                    conn.close()
+                    failure = f"{address}: {type(exc).__name__}: {exc}"
+                    continue
+            return key, conn, _send(conn, target, body, headers, budget)
         raise _transient(f"cannot connect to {target.host} within the time budget ({failure})", None)
 
-    def _pool(self, address: str, target: _Target) -> HTTPConnectionPool:
-        key = (address, target.scheme, target.port, target.host)
-        with self._lock:
-            pool = self._pools.get(key)
-            if pool is not None:
-                self._pools.move_to_end(key)
-                return pool
-            pool = self._pools[key] = self._new_pool(address, target)
-            evicted = self._pools.popitem(last=False)[1] if len(self._pools) > _MAX_POOLS else None
-        if evicted is not None:
-            evicted.close()
-        return pool
+    def _warm(self, key: _Key) -> HTTPConnection | None:
+        """An idle connection to `key` that the receiver has not closed, if there is one."""
+        while True:
+            with self._lock:
+                idle = self._idle.get(key)
+                if not idle:
+                    return None
+                conn = idle.pop()
+            if conn.is_connected:
+                return conn
+            conn.close()
 
-    def _new_pool(self, address: str, target: _Target) -> HTTPConnectionPool:
+    def _keep(self, key: _Key, conn: HTTPConnection) -> None:
+        """Keep `conn` warm; close the least recently used receiver's connections past _MAX_POOLS."""
+        with self._lock:
+            idle = self._idle.setdefault(key, [])
+            self._idle.move_to_end(key)
+            closing = [] if len(idle) >= _IDLE_PER_ADDRESS else [conn]
+            if not closing:
+                idle.append(conn)
+            while len(self._idle) > _MAX_POOLS:
+                closing += self._idle.popitem(last=False)[1]
+        for old in closing:
+            old.close()
+
+    def _new_connection(self, address: str, target: _Target) -> HTTPConnection:
         import urllib3
 
         if target.scheme == "http":
-            return urllib3.HTTPConnectionPool(address, target.port, maxsize=4)
+            return urllib3.HTTPConnection(address, target.port)
         import certifi
 
         host = target.host.strip("[]").removesuffix(".")
-        return urllib3.HTTPSConnectionPool(
+        return urllib3.HTTPSConnection(
             address,
             target.port,
-            maxsize=4,
             cert_reqs="CERT_REQUIRED",
             ca_certs=self._ca_certs or certifi.where(),
             server_hostname=host,
@@ -462,20 +473,65 @@ class WebhookProvider:
         )
 
 
-def _release(response: BaseHTTPResponse) -> None:
-    """Keep the connection warm when the answer's body is small; else drop it. The status is what counts."""
+def _send(
+    conn: HTTPConnection, target: _Target, body: bytes, headers: dict[str, str], budget: Budget
+) -> BaseHTTPResponse:
+    """POST on a connected `conn` and read the answer's head: from here on, the receiver may have it.
+
+    Each read waits at most what was left of the budget when the request went
+    out, so a receiver trickling its status line a byte at a time can hold the
+    thread longer than the budget; the claim's heartbeat keeps another worker
+    from taking the delivery over meanwhile, so it cannot cause a duplicate.
+    """
+    from urllib3.exceptions import HTTPError
+
+    left = budget.left
+    if left <= 0:
+        conn.close()
+        raise _transient("the time budget was spent before the request was sent", None)
+    conn.timeout = left
+    try:
+        conn.request("POST", target.path, body=body, headers=headers, preload_content=False)
+        return conn.getresponse()
+    except (HTTPError, HTTPException, OSError) as exc:  # ssl.SSLError too: the request was written
+        conn.close()
+        raise OutcomeUnknownError(
+            f"no answer after the request was sent ({type(exc).__name__}: {exc}); it may have been accepted",
+            channel=NAME,
+            provider=PROVIDER,
+        ) from None
+
+
+def _drained(conn: HTTPConnection, response: BaseHTTPResponse, budget: Budget) -> bool:
+    """Whether the rest of a small answer was read within the budget, leaving `conn` reusable."""
     from urllib3.exceptions import HTTPError
 
     remaining = response.length_remaining
+    if conn.sock is None or remaining is None or remaining > _DRAIN_LIMIT:
+        return False  # no sock: the answer said "Connection: close"
     try:
-        if remaining is not None and remaining <= 64 * 1024:
-            response.drain_conn()
-            response.release_conn()
-            return
-    except (HTTPError, OSError):
-        pass
-    response.close()
-    response.release_conn()
+        while response.length_remaining:
+            left = budget.left
+            if left <= 0 or conn.sock is None:
+                return False
+            conn.sock.settimeout(left)  # one recv per read1: a trickle cannot outlast the budget
+            if not response.read1(_DRAIN_LIMIT, decode_content=False):
+                return False
+        response.read(decode_content=False)  # nothing left: lets http.client mark the answer done
+    except (HTTPError, HTTPException, OSError):
+        return False
+    return True
+
+
+def _interim_error(response: BaseHTTPResponse) -> OutcomeUnknownError:
+    # http.client skips only "100 Continue"; its public API cannot read on past a 102 or 103
+    # to the final answer, which may well be a 2xx.
+    status = f"{response.status} {response.reason or ''}".rstrip()
+    return OutcomeUnknownError(
+        f"the receiver answered an interim {status} and its final answer was not read; it may have been accepted",
+        channel=NAME,
+        provider=PROVIDER,
+    )
 
 
 def _answer_error(response: BaseHTTPResponse) -> Exception:
@@ -491,21 +547,6 @@ def _answer_error(response: BaseHTTPResponse) -> Exception:
         status, f"http_{status}", reason, http.parse_retry_after(response.headers.get("Retry-After"))
     )
     return http.error_for(http.judge(answer, {}, {}), answer, channel=NAME, provider=PROVIDER)
-
-
-def _network_error(exc: Exception) -> TransientDeliveryError | OutcomeUnknownError:
-    """No answer: transient if the connection was never made, else the POST may have been taken."""
-    from urllib3.exceptions import ConnectTimeoutError, ProxyError, SSLError
-
-    reason = f"{type(exc).__name__}: {exc}"
-    # A TLS failure is taken as the handshake's, before anything was sent, as http.py does.
-    if isinstance(exc, ConnectTimeoutError | SSLError | ProxyError):
-        return _transient(reason, None)
-    return OutcomeUnknownError(  # ReadTimeoutError, ProtocolError (reset, closed): after sending
-        f"no answer after the request was sent ({reason}); it may have been accepted",
-        channel=NAME,
-        provider=PROVIDER,
-    )
 
 
 def _transient(reason: str, code: str | None) -> TransientDeliveryError:

@@ -6,14 +6,15 @@ import click
 
 from notify.cli.demo import demo
 from notify.cli.dlq import dlq
+from notify.cli.output import NotifyGroup
 from notify.cli.running import beat, worker
 from notify.cli.sending import send, send_many, status
 from notify.cli.templates import templates
 
 
-@click.group()
+@click.group(cls=NotifyGroup)
 def main() -> None:
-    """notify: deliver notifications over email, SMS and push."""
+    """notify: deliver notifications over email, SMS, push, webhooks and the channels you add."""
 
 
 for command in (worker, beat, send, send_many, status, dlq, templates, demo):

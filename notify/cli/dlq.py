@@ -7,8 +7,7 @@ import sys
 
 import click
 
-from notify import channels as registry
-from notify.cli.output import notifier, reports_errors, table
+from notify.cli.output import ChannelChoice, notifier, reports_errors, table
 from notify.errors import ValidationError
 
 
@@ -18,7 +17,7 @@ def dlq() -> None:
 
 
 @dlq.command("list")
-@click.option("--channel", type=click.Choice(registry.names()))
+@click.option("--channel", type=ChannelChoice())
 @click.option("--limit", type=click.IntRange(1), default=100, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (addresses unmasked).")
 @reports_errors

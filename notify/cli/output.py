@@ -18,6 +18,39 @@ from notify.settings import get_settings
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+class ChannelChoice(click.Choice[str]):
+    """The registered channels, read when a command line is parsed, not when the CLI is imported:
+    a broken channel plugin is then reported as one line by the command, like any setting."""
+
+    def __init__(self) -> None:
+        super().__init__(())
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        from notify import channels
+
+        return channels.names()
+
+    @choices.setter
+    def choices(self, value: object) -> None:
+        pass
+
+
+class NotifyGroup(click.Group):
+    """The `notify` group: a NotifyError raised while a command line is parsed (a broken channel
+    plugin) is one line too, as from a command."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from notify import channels
+
+        try:
+            channels.names()  # a broken channel plugin: one line, before any command parses
+            return super().invoke(ctx)
+        except NotifyError as exc:
+            click.echo(f"error: {one_line(exc)}", err=True)
+            sys.exit(2)
+
+
 def reports_errors(command: F) -> F:
     """Turn a NotifyError into a one-line reason and exit status 2."""
 

@@ -14,7 +14,7 @@ import click
 
 from notify import channels as registry
 from notify.api import Notifier
-from notify.cli.output import reports_errors
+from notify.cli.output import ChannelChoice, reports_errors
 from notify.constants import DELIVER_TASK
 from notify.errors import ConfigurationError
 from notify.settings import Settings, get_settings, load_hook
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 
 @click.command()
-@click.argument("channel", type=click.Choice(registry.names()))
+@click.argument("channel", type=ChannelChoice())
 @click.option(
     "--concurrency",
     "-c",

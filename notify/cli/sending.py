@@ -17,13 +17,20 @@ import click
 from notify import channels as registry
 from notify.api import BATCH_SIZE
 from notify.cli.output import deliveries_table, delivery_json, json_object, notifier, reports_errors
-from notify.errors import ValidationError
+from notify.errors import ConfigurationError, ValidationError
 from notify.models import Intent, SendResult
 
 
 def address_options(command: Callable[..., None]) -> Callable[..., None]:
-    """`--to-<kind>` for each registered channel's address kind (`--to-email`, `--to-push-token`, ...)."""
-    for spec in reversed(list(registry.channels().values())):
+    """`--to-<kind>` for each registered channel's address kind (`--to-email`, `--to-push-token`, ...).
+
+    With a broken channel plugin there are none: `send` then reports the registry's error.
+    """
+    try:
+        specs = list(registry.channels().values())
+    except ConfigurationError:
+        return command
+    for spec in reversed(specs):
         flag = f"--to-{spec.address.replace('_', '-')}"
         command = click.option(flag, f"to_{spec.address}", help=f"Address for the {spec.name} channel.")(
             command

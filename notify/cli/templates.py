@@ -7,8 +7,7 @@ import sys
 
 import click
 
-from notify import channels as registry
-from notify.cli.output import json_object, reports_errors, table
+from notify.cli.output import ChannelChoice, json_object, reports_errors, table
 from notify.rendering import Renderer, check_template, variables
 from notify.settings import get_settings
 
@@ -62,7 +61,7 @@ def check() -> None:
 
 @templates.command()
 @click.argument("name")
-@click.option("--channel", required=True, type=click.Choice(registry.names()))
+@click.option("--channel", required=True, type=ChannelChoice())
 @click.option("--data", default="{}", help="JSON object of template variables.")
 @click.option("--locale")
 @reports_errors
