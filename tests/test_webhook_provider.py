@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import hashlib
+import hmac
 import json
+import os
 import socket
 import ssl
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import urllib3
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from notify.channels import webhook as webhook_module
 from notify.channels.webhook import (
     MAX_BODY_BYTES,
     WebhookMessage,
@@ -24,6 +31,7 @@ from notify.channels.webhook import (
     build_message,
     check_body,
     check_url,
+    sign,
 )
 from notify.errors import (
     ConfigurationError,
@@ -72,6 +80,47 @@ def pinned(address: str = "127.0.0.1") -> object:
     return resolver
 
 
+@contextlib.contextmanager
+def raw_server(script: Callable[[socket.socket], None]) -> Iterator[int]:
+    """A TCP server on 127.0.0.1 that hands its first connection to `script`: yields the port."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(5)
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):  # the client gave up, or nobody came
+            connection, _ = listener.accept()
+            with connection:
+                connection.settimeout(5)
+                script(connection)
+
+    thread = threading.Thread(target=serve, name="raw-server", daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        listener.close()
+        thread.join(10)
+
+
+def read_request(connection: socket.socket) -> bytes:
+    """One HTTP request, head and body, as received."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += connection.recv(65536) or b"\r\n\r\n"
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        (
+            int(line.split(b":")[1])
+            for line in head.lower().split(b"\r\n")
+            if line.startswith(b"content-length:")
+        ),
+        0,
+    )
+    while len(body) < length:
+        body += connection.recv(65536) or b"x" * length
+    return data
+
+
 # check_url
 
 
@@ -87,6 +136,9 @@ def pinned(address: str = "127.0.0.1") -> object:
         ("https://[2606:4700:4700::1111]/", "https://[2606:4700:4700::1111]/"),
         ("https://[::ffff:8.8.8.8]/", "https://[::ffff:808:808]/"),
         ("https://bücher.example/", "https://xn--bcher-kva.example/"),
+        ("https://straße.de/", "https://xn--strae-oqa.de/"),  # IDNA 2008, not 2003's strasse.de
+        ("https://faß.de/", "https://xn--fa-hia.de/"),
+        ("https://[::ffff:0:8.8.8.8]/", "https://[::ffff:0:808:808]/"),
     ],
 )
 def test_check_url_accepts_public_http_urls_in_the_form_they_are_posted(url: str, expected: str) -> None:
@@ -112,6 +164,8 @@ REFUSED = [
     ("https://bad_host!.example/", "to.webhook: has an invalid host name 'bad_host!.example'"),
     ("https://a..example/", "to.webhook: has an invalid host name 'a..example'"),
     ("http://1.2.3.256/", "to.webhook: has an invalid IPv4 address '1.2.3.256'"),
+    ("https://-bücher.example/", "to.webhook: has an invalid host name '-bücher.example'"),
+    ("http://[v1.x]/", "to.webhook: has an invalid IPv6 address [v1.x]"),  # IPvFuture
     ("http://[fe80::1%25eth0]/", "to.webhook: must not carry an IPv6 zone (%...)"),
     ("http://127.0.0.1/", _not_public("127.0.0.1", "loopback")),
     ("http://10.1.2.3:8080/", _not_public("10.1.2.3", "private")),
@@ -123,6 +177,8 @@ REFUSED = [
     ("http://[::1]/", _not_public("[::1]", "loopback")),
     ("http://[::ffff:127.0.0.1]/", _not_public("[::ffff:7f00:1]", "loopback")),
     ("http://[64:ff9b::10.0.0.1]/", _not_public("[64:ff9b::a00:1]", "private")),
+    ("http://[::ffff:0:10.0.0.1]/", _not_public("[::ffff:0:a00:1]", "private")),  # IPv4-translated
+    ("http://[::8.8.8.8]/", _not_public("[::808:808]", "deprecated IPv4-compatible")),
     ("http://[fe80::1]/", _not_public("[fe80::1]", "link-local")),
     ("http://[fd00::1]/", _not_public("[fd00::1]", "private")),
     ("http://127.1/", _not_public("127.0.0.1", "loopback")),
@@ -279,6 +335,28 @@ def test_a_delivery_is_signed_and_carries_its_headers(fake: FakeWebhook, provide
     assert received.headers["x-notify-signature"].startswith("sha256=")
 
 
+def test_the_signature_covers_the_delivery_id_timestamp_and_body() -> None:
+    expected = hmac.new(b"k", b"dlv-7.1700000000.{}", hashlib.sha256).hexdigest()
+
+    assert sign(Secret("k"), "dlv-7", 1700000000, b"{}") == f"sha256={expected}"
+
+
+def test_a_signature_without_the_delivery_id_or_for_another_id_does_not_verify(fake: FakeWebhook) -> None:
+    body, timestamp = BODY.encode(), int(time.time())
+    without_id = hmac.new(SECRET.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    signatures = {
+        "dlv-1": sign(Secret(SECRET), "dlv-1", timestamp, body),
+        "dlv-2": sign(Secret(SECRET), "dlv-1", timestamp, body),  # a replay under a fresh id
+        "dlv-3": f"sha256={without_id}",
+    }
+
+    for delivery_id, signature in signatures.items():
+        headers = {"X-Notify-Delivery-Id": delivery_id, "X-Notify-Timestamp": str(timestamp)}
+        urllib3.request("POST", fake.url, body=body, headers={**headers, "X-Notify-Signature": signature})
+
+    assert [r.signature_ok for r in fake.requests] == [True, False, False]
+
+
 def test_the_receiver_can_tell_a_wrong_secret(fake: FakeWebhook) -> None:
     webhook = WebhookProvider(Secret("not-the-secret"), allow_private=True, delivery_timeout=2.0)
     try:
@@ -400,6 +478,80 @@ def test_a_connection_cut_after_sending_leaves_the_outcome_unknown(
         provider.deliver(message(fake.url))
 
     assert len(fake.requests) == 1
+
+
+def test_an_interim_1xx_answer_leaves_the_outcome_unknown(provider: WebhookProvider) -> None:
+    # http.client returns a 102 as the answer; the 204 after it is never read.
+    def interim_then_final(connection: socket.socket) -> None:
+        read_request(connection)
+        connection.sendall(b"HTTP/1.1 102 Processing\r\n\r\n")
+        time.sleep(0.05)
+        connection.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
+        connection.recv(1)  # until the client closes
+
+    with raw_server(interim_then_final) as port, pytest.raises(OutcomeUnknownError) as caught:
+        provider.deliver(message(f"http://127.0.0.1:{port}/hook"))
+
+    assert "interim 102 Processing" in caught.value.reason
+    assert caught.value.code == "outcome_unknown"
+
+
+def test_a_body_trickled_after_a_2xx_does_not_hold_the_worker_past_the_budget() -> None:
+    def trickle(connection: socket.socket) -> None:
+        read_request(connection)
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\n")
+        for _ in range(40):  # 4 s in all
+            time.sleep(0.1)
+            connection.sendall(b"x")
+
+    webhook = make_provider(delivery_timeout=1.0)
+    with raw_server(trickle) as port:
+        started = time.monotonic()
+        receipt = webhook.deliver(message(f"http://127.0.0.1:{port}/hook"))
+        took = time.monotonic() - started
+        webhook.close()
+
+    assert receipt.provider_id is None
+    assert took < 1.8
+
+
+@contextlib.contextmanager
+def blackhole(port: int) -> Iterator[None]:
+    """A listener on 127.0.0.2:`port` with a full accept queue: a connect hangs, its SYNs dropped."""
+    with contextlib.ExitStack() as stack:
+        listener = stack.enter_context(socket.socket())
+        try:
+            listener.bind(("127.0.0.2", port))
+        except OSError as exc:
+            pytest.skip(f"cannot listen on 127.0.0.2:{port} ({exc})")
+        listener.listen(0)
+        for _ in range(4):  # fill the accept queue, never accepted
+            filler = stack.enter_context(socket.socket())
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.2", port))
+        time.sleep(0.1)
+        try:
+            socket.create_connection(("127.0.0.2", port), timeout=0.3).close()
+        except TimeoutError:
+            yield
+            return
+        pytest.skip("this kernel accepts a connection past a full backlog: no blackhole on loopback")
+
+
+def test_a_blackholed_first_address_leaves_time_for_the_next(
+    fake: FakeWebhook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(webhook_module, "CONNECT_TIMEOUT_PER_ADDRESS", 0.3)
+    webhook = make_provider(resolver=lambda host, port: ["127.0.0.2", "127.0.0.1"], delivery_timeout=2.0)
+
+    with blackhole(fake.port):
+        started = time.monotonic()
+        webhook.deliver(message(f"http://hooks.example.test:{fake.port}/hook"))
+        took = time.monotonic() - started
+    webhook.close()
+
+    assert len(fake.requests) == 1
+    assert 0.3 <= took < 1.5
 
 
 def test_connection_refused_is_transient(provider: WebhookProvider) -> None:
@@ -547,3 +699,28 @@ def test_https_with_a_certificate_for_another_name_is_transient_and_sends_nothin
 
     assert not isinstance(caught.value, PermanentDeliveryError)
     assert tls_fake.requests == []
+
+
+def test_a_tls_error_after_the_request_was_sent_leaves_the_outcome_unknown(
+    tls_files: tuple[Path, Path, Path],
+) -> None:
+    ca, cert, key = tls_files
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    received: list[bytes] = []
+
+    def garbled_answer(connection: socket.socket) -> None:
+        with context.wrap_socket(connection, server_side=True) as tls:
+            received.append(read_request(tls))
+            os.write(tls.fileno(), b"HTTP/1.1 200 OK\r\n\r\n")  # plain text inside TLS: a record error
+            tls.recv(1)
+
+    webhook = make_provider(resolver=pinned(), ca_certs=str(ca))
+    with raw_server(garbled_answer) as port:
+        try:
+            with pytest.raises(OutcomeUnknownError, match="SSLError"):
+                webhook.deliver(message(f"https://hooks.example.test:{port}/hook"))
+        finally:
+            webhook.close()
+
+    assert len(received) == 1

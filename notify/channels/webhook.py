@@ -24,6 +24,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from http.client import HTTPException
 from typing import TYPE_CHECKING, ClassVar, Final, NoReturn
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
@@ -43,7 +44,8 @@ from notify.providers.base import Message, Receipt
 from notify.settings import Secret, Settings
 
 if TYPE_CHECKING:
-    from urllib3 import BaseHTTPResponse, HTTPConnectionPool
+    from urllib3 import BaseHTTPResponse
+    from urllib3.connection import HTTPConnection
 
     from notify.providers.http import Budget
 
@@ -68,15 +70,23 @@ ALLOW_PRIVATE_VARIABLE: Final = "NOTIFY_WEBHOOK_ALLOW_PRIVATE"
 # checked and held in memory per delivery, and receivers commonly cap request
 # bodies at 1 MiB or less. 256 KiB leaves room for any event payload.
 MAX_BODY_BYTES: Final = 256 * 1024
-_MAX_POOLS: Final = 64  # receivers with a warm connection; the least recently used is closed
+_MAX_POOLS: Final = 64  # addresses with warm connections; the least recently used are closed
+_IDLE_PER_ADDRESS: Final = 4
+_DRAIN_LIMIT: Final = 64 * 1024  # an answer's body read to keep its connection warm; a longer one closes it
+# A connect timeout per address, so a blackholed first address leaves time for the next:
+# a live host answers a SYN within a round trip (well under a second), and 5 s still
+# covers one lost SYN (Linux resends it after 1 s, then 3 s) and the TLS handshake.
+CONNECT_TIMEOUT_PER_ADDRESS: Final = 5.0
 _LABEL: Final = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
 _HEX_NUMBER: Final = re.compile(r"0x[0-9a-f]*")
 _SHARED: Final = ipaddress.ip_network("100.64.0.0/10")  # RFC 6598, carrier-grade NAT
 _NAT64: Final = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052: the last 32 bits are IPv4
 _LOCAL_NAT64: Final = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215: local use
 _COMPATIBLE: Final = ipaddress.ip_network("::/96")  # deprecated IPv4-compatible ::a.b.c.d
+_TRANSLATED: Final = ipaddress.ip_network("::ffff:0:0:0/96")  # RFC 2765 IPv4-translated
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+_Key = tuple[str, str, int, str]  # address, scheme, port, host
 Resolve = Callable[[str, int], Sequence[str]]
 """(host, port) -> the host's addresses, as IP strings; raises OSError when it cannot."""
 
@@ -151,9 +161,14 @@ def build_message(
     return WebhookMessage(delivery_id=delivery_id, url=url, body=rendered["body"])
 
 
-def sign(secret: Secret, timestamp: int, body: bytes) -> str:
-    """The X-Notify-Signature value: HMAC-SHA256 over "<timestamp>." and the body."""
-    digest = hmac.new(secret.reveal().encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+def sign(secret: Secret, delivery_id: str, timestamp: int, body: bytes) -> str:
+    """The X-Notify-Signature value: HMAC-SHA256 over "<delivery id>.<timestamp>." and the body.
+
+    The id is signed (as Standard Webhooks does) so that a captured request
+    cannot be replayed under a fresh id past the receiver's deduplication.
+    """
+    signed = f"{delivery_id}.{timestamp}.".encode() + body
+    digest = hmac.new(secret.reveal().encode(), signed, hashlib.sha256)
     return f"sha256={digest.hexdigest()}"
 
 
@@ -166,18 +181,26 @@ def _host(parts: SplitResult) -> str:
     raw = parts.hostname  # lowercased, without brackets
     if not raw:
         raise ValidationError(FIELD, "must name a host")
-    if ":" in raw:  # only a bracketed IPv6 literal gets here with a colon
+    if "[" in parts.netloc:  # an IPv6 literal, or an IPvFuture one ("[v1.x]"), which we refuse
         return f"[{_ipv6_literal(raw)}]"
-    try:
-        name = raw.encode("idna").decode("ascii")
-    except UnicodeError:
-        raise ValidationError(FIELD, f"has an invalid host name {raw!r}") from None
+    name = raw if raw.isascii() else _idna(raw)
     labels = name.removesuffix(".").split(".")
     if _is_number(labels[-1]):
         return str(_legacy_ipv4(labels, raw))
     if len(name) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
         raise ValidationError(FIELD, f"has an invalid host name {raw!r}")
     return name
+
+
+def _idna(raw: str) -> str:
+    """The ASCII form of an international name, by IDNA 2008 with UTS 46 as browsers map it
+    (the standard library's IDNA 2003 would map "straße.de" to "strasse.de", another name)."""
+    import idna
+
+    try:
+        return idna.encode(raw, uts46=True).decode("ascii")
+    except idna.IDNAError:
+        raise ValidationError(FIELD, f"has an invalid host name {raw!r}") from None
 
 
 def _ipv6_literal(raw: str) -> ipaddress.IPv6Address:
@@ -249,8 +272,10 @@ def not_public(address: IPAddress) -> str | None:
     """What kind of address `address` is if it is not a public unicast one, else None.
 
     `is_global` alone is not enough on Python 3.11: it passes multicast,
-    site-local, NAT64 and IPv4-compatible addresses of a private IPv4 one.
+    site-local, and NAT64 or IPv4-translated addresses of a private IPv4 one.
     """
+    if address in _COMPATIBLE and int(address) > 1:  # :: and ::1 are told apart below
+        return "deprecated IPv4-compatible"
     embedded = _embedded_ipv4(address) if isinstance(address, ipaddress.IPv6Address) else None
     if embedded is not None:
         return not_public(embedded)
@@ -269,12 +294,12 @@ def not_public(address: IPAddress) -> str | None:
 
 
 def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 one stands for (mapped, NAT64, 6to4, compatible), if any."""
+    """The IPv4 address an IPv6 one stands for (mapped, NAT64, 6to4, translated), if any."""
     if address.ipv4_mapped is not None:
         return address.ipv4_mapped
     if address.sixtofour is not None:
         return address.sixtofour
-    if (address in _NAT64 or address in _COMPATIBLE) and int(address) > 1:
+    if address in _NAT64 or address in _TRANSLATED:
         return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     return None
 
@@ -411,6 +436,7 @@ class WebhookProvider:
     ) -> tuple[_Key, HTTPConnection, BaseHTTPResponse]:
         """The answer from the first address that takes the connection, with its key and connection."""
         from urllib3.exceptions import HTTPError
+        from urllib3.util.ssl_match_hostname import CertificateError
 
         failure = "no address"
         for address in addresses:
@@ -423,7 +449,7 @@ class WebhookProvider:
                 conn.timeout = min(budget.left, CONNECT_TIMEOUT_PER_ADDRESS)
                 try:
                     conn.connect()  # TCP, then TLS: nothing is sent before it returns
-                except (HTTPError, OSError) as exc:  # refused, timed out, TLS refused: try the next
+                except (HTTPError, OSError, CertificateError) as exc:  # refused, timed out, TLS: next
                     conn.close()
                     failure = f"{address}: {type(exc).__name__}: {exc}"
                     continue
@@ -447,7 +473,7 @@ class WebhookProvider:
         with self._lock:
             idle = self._idle.setdefault(key, [])
             self._idle.move_to_end(key)
-            closing = [] if len(idle) >= _IDLE_PER_ADDRESS else [conn]
+            closing = [conn] if len(idle) >= _IDLE_PER_ADDRESS else []
             if not closing:
                 idle.append(conn)
             while len(self._idle) > _MAX_POOLS:
@@ -456,14 +482,14 @@ class WebhookProvider:
             old.close()
 
     def _new_connection(self, address: str, target: _Target) -> HTTPConnection:
-        import urllib3
+        from urllib3.connection import HTTPConnection, HTTPSConnection
 
         if target.scheme == "http":
-            return urllib3.HTTPConnection(address, target.port)
+            return HTTPConnection(address, target.port)
         import certifi
 
         host = target.host.strip("[]").removesuffix(".")
-        return urllib3.HTTPSConnection(
+        return HTTPSConnection(
             address,
             target.port,
             cert_reqs="CERT_REQUIRED",
@@ -528,7 +554,8 @@ def _interim_error(response: BaseHTTPResponse) -> OutcomeUnknownError:
     # to the final answer, which may well be a 2xx.
     status = f"{response.status} {response.reason or ''}".rstrip()
     return OutcomeUnknownError(
-        f"the receiver answered an interim {status} and its final answer was not read; it may have been accepted",
+        f"the receiver answered an interim {status} and its final answer was not read; "
+        "it may have been accepted",
         channel=NAME,
         provider=PROVIDER,
     )

@@ -12,7 +12,8 @@ It is served by tests.fakes._http's JsonServer, and has its hold_answers(),
 drop_answers(), request_count and the rest too.
 
 Every POST is recorded, with `signature_ok` saying whether X-Notify-Signature
-is HMAC-SHA256(secret, "<X-Notify-Timestamp>." + body), then answered 200
+is HMAC-SHA256(secret, "<X-Notify-Delivery-Id>.<X-Notify-Timestamp>." + body),
+as a receiver checks it, then answered 200
 unless scripted:
 
     fake.answer_next(429, headers={"Retry-After": "2"})   # the next answers, in order
@@ -116,6 +117,7 @@ class FakeWebhook(JsonFake):
 
     def _signature_ok(self, headers: dict[str, str], body: bytes) -> bool:
         timestamp = headers.get("x-notify-timestamp", "")
-        signed = f"{timestamp}.".encode() + body
+        delivery_id = headers.get("x-notify-delivery-id", "")
+        signed = f"{delivery_id}.{timestamp}.".encode() + body
         expected = "sha256=" + hmac.new(self.secret.encode(), signed, hashlib.sha256).hexdigest()
         return timestamp.isdigit() and hmac.compare_digest(headers.get("x-notify-signature", ""), expected)
