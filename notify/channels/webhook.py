@@ -70,7 +70,7 @@ ALLOW_PRIVATE_VARIABLE: Final = "NOTIFY_WEBHOOK_ALLOW_PRIVATE"
 # checked and held in memory per delivery, and receivers commonly cap request
 # bodies at 1 MiB or less. 256 KiB leaves room for any event payload.
 MAX_BODY_BYTES: Final = 256 * 1024
-_MAX_POOLS: Final = 64  # addresses with warm connections; the least recently used are closed
+_MAX_WARM_ADDRESSES: Final = 64  # addresses with warm connections; the least recently used are closed
 _IDLE_PER_ADDRESS: Final = 4
 _DRAIN_LIMIT: Final = 64 * 1024  # an answer's body read to keep its connection warm; a longer one closes it
 # A connect timeout per address, so a blackholed first address leaves time for the next:
@@ -183,7 +183,7 @@ def _host(parts: SplitResult) -> str:
         raise ValidationError(FIELD, "must name a host")
     if "[" in parts.netloc:  # an IPv6 literal, or an IPvFuture one ("[v1.x]"), which we refuse
         return f"[{_ipv6_literal(raw)}]"
-    name = raw if raw.isascii() else _idna(raw)
+    name = raw if raw.isascii() else _idna(raw)  # ASCII keeps "_", which IDNA 2008 refuses
     labels = name.removesuffix(".").split(".")
     if _is_number(labels[-1]):
         return str(_legacy_ipv4(labels, raw))
@@ -469,14 +469,14 @@ class WebhookProvider:
             conn.close()
 
     def _keep(self, key: _Key, conn: HTTPConnection) -> None:
-        """Keep `conn` warm; close the least recently used receiver's connections past _MAX_POOLS."""
+        """Keep `conn` warm, closing the least recently used addresses' connections past the limit."""
         with self._lock:
             idle = self._idle.setdefault(key, [])
             self._idle.move_to_end(key)
             closing = [conn] if len(idle) >= _IDLE_PER_ADDRESS else []
             if not closing:
                 idle.append(conn)
-            while len(self._idle) > _MAX_POOLS:
+            while len(self._idle) > _MAX_WARM_ADDRESSES:
                 closing += self._idle.popitem(last=False)[1]
         for old in closing:
             old.close()
