@@ -379,6 +379,21 @@ def test_a_2xx_answer_is_sent(fake: FakeWebhook, provider: WebhookProvider, stat
     assert fake.connection_count == 1
 
 
+def test_a_connection_idle_too_long_is_not_reused(
+    fake: FakeWebhook, provider: WebhookProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The receiver may be closing it (its keep-alive timeout): a POST on it would get no answer."""
+    monkeypatch.setattr(webhook_module, "MAX_IDLE_SECONDS", 0.0)
+    fake.answer_next(204)
+    fake.answer_next(204)
+
+    provider.deliver(message(fake.url))
+    provider.deliver(message(fake.url))
+
+    assert len(fake.requests) == 2
+    assert fake.connection_count == 2
+
+
 def test_429_is_transient_with_the_retry_after_hint(fake: FakeWebhook, provider: WebhookProvider) -> None:
     fake.answer_next(429, headers={"Retry-After": "2"})
 

@@ -72,6 +72,10 @@ ALLOW_PRIVATE_VARIABLE: Final = "NOTIFY_WEBHOOK_ALLOW_PRIVATE"
 MAX_BODY_BYTES: Final = 256 * 1024
 _MAX_WARM_ADDRESSES: Final = 64  # addresses with warm connections; the least recently used are closed
 _IDLE_PER_ADDRESS: Final = 4
+# An idle connection older than this is closed, not reused: receivers close idle keep-alive
+# connections after their own timeout (Node's default is 5 s), and a POST written onto one the
+# receiver is closing gets no answer, an unknown outcome. Shorter than the common timeouts.
+MAX_IDLE_SECONDS: Final = 4.0
 _DRAIN_LIMIT: Final = 64 * 1024  # an answer's body read to keep its connection warm; a longer one closes it
 # A connect timeout per address, so a blackholed first address leaves time for the next:
 # a live host answers a SYN within a round trip (well under a second), and 5 s still
@@ -352,7 +356,9 @@ class WebhookProvider:
         self._resolve = resolver
         self._ca_certs = ca_certs
         self._lock = threading.Lock()
-        self._idle: OrderedDict[_Key, list[HTTPConnection]] = OrderedDict()
+        self._idle: OrderedDict[_Key, list[tuple[HTTPConnection, float]]] = (
+            OrderedDict()
+        )  # (conn, idle since)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WebhookProvider:
@@ -397,7 +403,7 @@ class WebhookProvider:
         """Close every warm connection; later deliveries open new ones."""
         with self._lock:
             idle, self._idle = list(self._idle.values()), OrderedDict()
-        for conn in (conn for conns in idle for conn in conns):
+        for conn, _since in (warm for conns in idle for warm in conns):
             conn.close()
 
     def __repr__(self) -> str:
@@ -463,8 +469,8 @@ class WebhookProvider:
                 idle = self._idle.get(key)
                 if not idle:
                     return None
-                conn = idle.pop()
-            if conn.is_connected:
+                conn, since = idle.pop()
+            if conn.is_connected and time.monotonic() - since < MAX_IDLE_SECONDS:
                 return conn
             conn.close()
 
@@ -475,9 +481,9 @@ class WebhookProvider:
             self._idle.move_to_end(key)
             closing = [conn] if len(idle) >= _IDLE_PER_ADDRESS else []
             if not closing:
-                idle.append(conn)
+                idle.append((conn, time.monotonic()))
             while len(self._idle) > _MAX_WARM_ADDRESSES:
-                closing += self._idle.popitem(last=False)[1]
+                closing += [old for old, _since in self._idle.popitem(last=False)[1]]
         for old in closing:
             old.close()
 
