@@ -8,10 +8,10 @@ import operator
 import os
 import re
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
@@ -135,15 +135,17 @@ class Settings:
 
     def backend(self, channel: str) -> str | None:
         """The backend NOTIFY_<CHANNEL>_BACKEND (or `backends`) names for `channel`; None: its default."""
-        chosen = dict(self.backends).get(channel) or dict(self.environ).get(
-            f"NOTIFY_{channel.upper()}_BACKEND"
-        )
+        chosen = dict(self.backends).get(channel) or dict(self.environ).get(backend_variable(channel))
         return chosen or None
 
     def provider_settings(self, cls: type[T]) -> T:
         """A provider's own settings: the dataclass `cls`, each field read from the
-        NOTIFY_* variable its metadata names (`field(metadata={"env": ...})`)."""
-        return read_env(cls, dict(self.environ))
+        NOTIFY_* variable its metadata names (`field(metadata={"env": ...})`).
+
+        Read once per settings and class (send() and each delivery ask again); a
+        bad value raises every time it is asked for.
+        """
+        return cast(T, _provider_settings(self, cast(Hashable, cls)))
 
     def with_environ(self, **variables: str | None) -> Settings:
         """These settings with NOTIFY_* `variables` set (None: unset), as `provider_settings` reads them."""
@@ -192,6 +194,16 @@ class Settings:
             return self.config_path
         default = Path("notify.toml")
         return default if default.exists() else None
+
+
+def backend_variable(channel: str) -> str:
+    """The variable that picks `channel`'s backend: NOTIFY_<CHANNEL>_BACKEND."""
+    return f"NOTIFY_{channel.upper()}_BACKEND"
+
+
+@functools.lru_cache(maxsize=64)
+def _provider_settings(settings: Settings, cls: Any) -> Any:
+    return read_env(cls, dict(settings.environ))
 
 
 def read_env(cls: type[T], variables: Mapping[str, str], /, **given: Any) -> T:

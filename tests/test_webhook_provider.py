@@ -544,12 +544,12 @@ def blackhole(port: int) -> Iterator[None]:
             filler = stack.enter_context(socket.socket())
             filler.setblocking(False)
             filler.connect_ex(("127.0.0.2", port))
-        time.sleep(0.1)
-        try:
-            socket.create_connection(("127.0.0.2", port), timeout=0.3).close()
-        except TimeoutError:
-            yield
-            return
+        for _ in range(10):  # until a probe hangs: the fillers' handshakes have filled the queue
+            try:
+                socket.create_connection(("127.0.0.2", port), timeout=0.3).close()
+            except TimeoutError:
+                yield
+                return
         pytest.skip("this kernel accepts a connection past a full backlog: no blackhole on loopback")
 
 

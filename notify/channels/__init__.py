@@ -18,13 +18,13 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 
 from notify.errors import ConfigurationError
 from notify.policy import ChannelPolicy
 from notify.providers.base import Message, Provider
-from notify.settings import Settings, import_named
+from notify.settings import Settings, backend_variable, import_named
 
 __all__ = [
     "BUILTIN",
@@ -91,14 +91,17 @@ class ChannelSpec:
     outbox_files: OutboxFiles | None = None
     plural: str = ""
     check_settings: Callable[[Settings], object] | None = None
-    backend_variable: str = field(init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "backend_variable", f"NOTIFY_{self.name.upper()}_BACKEND")
         object.__setattr__(self, "parts", MappingProxyType(dict(self.parts)))
         object.__setattr__(self, "backends", MappingProxyType(dict(self.backends)))
         if not self.plural:
             object.__setattr__(self, "plural", self.name)
+
+    @property
+    def backend_variable(self) -> str:
+        """`NOTIFY_<NAME>_BACKEND`, which picks the channel's provider."""
+        return backend_variable(self.name)
 
     @property
     def required_parts(self) -> dict[str, str]:

@@ -46,9 +46,8 @@ class EmailSettings:
         _check_sender(self.sender)
 
 
-@functools.lru_cache(maxsize=8)
 def email_settings(settings: Settings) -> EmailSettings:
-    """`settings`' NOTIFY_EMAIL_FROM, read once per settings object (`build` runs per delivery)."""
+    """`settings`' NOTIFY_EMAIL_FROM (its check runs when a worker loads the provider)."""
     return settings.provider_settings(EmailSettings)
 
 
