@@ -22,7 +22,7 @@ def letters(*, channel: str | None = None, limit: int = 100) -> list[DeadLetter]
     """Failed deliveries, newest first.
 
     Args:
-        channel: only this channel's (``"email"``, ``"sms"``, ``"push"``); every channel's if None.
+        channel: only this channel's (a name of `notify.channels.names()`); every channel's if None.
         limit: at most this many.
     """
     return default_notifier().store.dead_letters(channel=channel, limit=limit)
