@@ -17,10 +17,10 @@ import pytest
 
 from notify.delivery import AttemptStatus, Deliverer
 from notify.errors import ConfigurationError, CoreCode, CoreProvider, OutcomeUnknownError, StoreUnavailable
-from notify.models import Status
+from notify.models import Status, utcnow
 from notify.providers.base import Message, Receipt
 from notify.settings import Settings
-from notify.store import Job, NewDelivery, utcnow
+from notify.store import Job, NewDelivery
 from tests.conftest import REPO
 
 

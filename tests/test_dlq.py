@@ -12,9 +12,9 @@ import pytest
 import redis
 
 from notify import api, dlq
-from notify.models import Status
+from notify.models import Status, utcnow
 from notify.settings import get_settings
-from notify.store import Job, NewDelivery, Store, utcnow
+from notify.store import Job, NewDelivery, Store
 
 REPO = Path(__file__).resolve().parents[1]
 

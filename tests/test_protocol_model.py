@@ -35,8 +35,8 @@ from hypothesis.stateful import (
 )
 
 from notify.models import Status
-from notify.schema import metadata
 from notify.store import Job, NewDelivery, Refusal, Store
+from notify.store.schema import metadata
 
 LEASE = 10.0
 WINDOW = 60.0

@@ -306,8 +306,8 @@ def test_a_worker_refuses_to_start_with_an_invalid_policy_file(
 def _all_deliveries(producer: Notifier) -> list:  # type: ignore[type-arg]
     import sqlalchemy as sa
 
-    from notify.schema import deliveries
-    from notify.store import _delivery
+    from notify.store.schema import deliveries
+    from notify.store.store import _delivery
 
     with producer.store.engine.connect() as conn:
         return [_delivery(row) for row in conn.execute(sa.select(deliveries))]

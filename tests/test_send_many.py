@@ -18,7 +18,7 @@ from notify import Intent
 from notify.api import Notifier
 from notify.cli import main
 from notify.models import Status
-from notify.schema import deliveries, notifications
+from notify.store.schema import deliveries, notifications
 from tests.support.processes import Worker, wait_for
 from tests.support.smtp import SmtpServer
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from notify.errors import ConfigurationError
-from notify.schema import create_engine
 from notify.settings import Settings, load_hook, mask_url, required
+from notify.store.engines import create_engine
 from tests.support import hooks
 
 

@@ -14,9 +14,9 @@ import pytest
 
 from notify.errors import StoreUnavailable
 from notify.maintenance import Maintenance
-from notify.models import Status
+from notify.models import Status, utcnow
 from notify.settings import Settings
-from notify.store import Job, NewDelivery, Queued, Refusal, Store, utcnow
+from notify.store import Job, NewDelivery, Queued, Refusal, Store
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -160,13 +160,13 @@ def test_leases_use_the_databases_clock_not_the_workers(
 ) -> None:
     """A worker whose clock runs 80 s fast must not take over a live claim."""
     import notify.models
-    import notify.store
+    import notify.store.store
 
     holder, skewed = Store(postgres_url), Store(postgres_url)
     [delivery_id] = record(holder, new())
     claimed(holder, delivery_id, lease=30)
     fast = utcnow() + timedelta(seconds=80)
-    monkeypatch.setattr(notify.store, "utcnow", lambda: fast)
+    monkeypatch.setattr(notify.store.store, "utcnow", lambda: fast)
     monkeypatch.setattr(notify.models, "utcnow", lambda: fast)
 
     refusal = skewed.claim(delivery_id, lease=30)
@@ -348,9 +348,9 @@ def test_a_postgresql_connection_dropped_while_idle_is_replaced_quietly(
 ) -> None:
     import psycopg
 
-    import notify.schema
+    import notify.store.engines
 
-    monkeypatch.setattr(notify.schema, "_PING_IF_IDLE_FOR", 0.0)  # every checkout counts as idle
+    monkeypatch.setattr(notify.store.engines, "_PING_IF_IDLE_FOR", 0.0)  # every checkout counts as idle
     store = Store(postgres_url)
     [delivery_id] = record(store, new())
     database = postgres_url.rsplit("/", 1)[1]
@@ -393,9 +393,9 @@ def test_a_sweep_publishes_each_lost_delivery_once_however_slow_publishing_is(
 ) -> None:
     """Each batch took longer than the grace: the old sweep found its own rows "lost" again."""
     import notify.maintenance
-    import notify.store
+    import notify.store.store
 
-    monkeypatch.setattr(notify.store, "BATCH", 10)
+    monkeypatch.setattr(notify.store.store, "BATCH", 10)
     monkeypatch.setattr(notify.maintenance, "BATCH", 10)
     ids = record(store, *[new(address=f"u{i}@example.com") for i in range(30)])
     clock = [utcnow() + timedelta(seconds=60)]

@@ -1,4 +1,4 @@
-"""The store: notifications, deliveries, dedup claims and dead letters.
+"""The Store: every read and write of notifications, deliveries, dedup claims and dead letters.
 
 SQLAlchemy Core on SQLite (the default; WAL, one writer at a time) or
 PostgreSQL. Every state change is one conditional UPDATE, so concurrent
@@ -11,7 +11,7 @@ it works (heartbeat), and only the holder of the current token can record
 the outcome, so a worker that lost its claim cannot overwrite a newer one.
 Time comes from one clock: the database's on PostgreSQL (workers on other
 hosts may be skewed), the host's on SQLite (every process shares it).
-Nothing outside this module speaks SQL; the driver's errors leave it as
+Nothing outside this package speaks SQL; the driver's errors leave it as
 `StoreUnavailable`.
 """
 
@@ -19,14 +19,11 @@ from __future__ import annotations
 
 import enum
 import json
-import threading
-import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -35,105 +32,13 @@ from notify.constants import PRIORITIES
 from notify.errors import StoreUnavailable
 from notify.limits import MAX_CODE, MAX_PROVIDER_ID
 from notify.models import DeadLetter, Delivery, Status, utcnow
-from notify.schema import (
-    UTCDateTime,
-    create_engine,
-    dedup_claims,
-    deliveries,
-    metadata,
-    notifications,
-    write_lock,
-)
+from notify.store.clock import Clock, DatabaseClock
+from notify.store.engines import create_engine, write_lock
+from notify.store.rows import Job, NewDelivery, NewNotification, Queued, Refusal
+from notify.store.schema import dedup_claims, deliveries, metadata, notifications
+from notify.store.statements import Statements, record_one_statement
 
-__all__ = [
-    "Clock",
-    "DeadLetter",
-    "Job",
-    "NewDelivery",
-    "NewNotification",
-    "Queued",
-    "Refusal",
-    "Store",
-    "utcnow",
-]
-
-Clock = Callable[[], datetime]
 BATCH = 500  # rows per maintenance statement: bounded transactions, bounded IN lists
-
-
-@dataclass(frozen=True)
-class NewDelivery:
-    id: str
-    channel: str
-    address: str
-    priority: str
-    status: Status  # queued or scheduled
-    dedup_key: str | None = None
-    dedup_window: float = 0.0
-    release_at: datetime | None = None
-
-
-@dataclass(frozen=True)
-class NewNotification:
-    """A notification to record, its data already JSON, with its deliveries."""
-
-    id: str
-    template: str
-    locale: str | None
-    data_json: str
-    deliveries: tuple[NewDelivery, ...]
-
-
-@dataclass(frozen=True)
-class Job:
-    """What a worker needs to attempt one delivery it has claimed."""
-
-    delivery_id: str
-    channel: str
-    address: str
-    priority: str
-    attempts: int  # this try included
-    template: str
-    locale: str | None
-    data: dict[str, Any]
-    claim: str  # the token that fences this attempt's outcome
-
-
-class Queued(NamedTuple):
-    """A delivery that is (again) "queued", to publish on its channel and priority."""
-
-    id: str
-    channel: str
-    priority: str
-
-
-@dataclass(frozen=True)
-class Refusal:
-    """Why a claim was refused: done, held by the store, claimed by a live worker, or unknown."""
-
-    status: Status | None  # None: no such delivery
-
-
-class DatabaseClock:
-    """The database server's time, read once a minute and carried on by the monotonic clock.
-
-    Immune to this host's wall clock being wrong or stepping, at one query a minute.
-    """
-
-    RESYNC_EVERY = 60.0
-
-    def __init__(self, read: Callable[[], datetime]) -> None:
-        self._read = read
-        self._lock = threading.Lock()
-        self._base: datetime | None = None
-        self._at = 0.0
-
-    def __call__(self) -> datetime:
-        with self._lock:
-            elapsed = time.monotonic() - self._at
-            if self._base is None or elapsed > self.RESYNC_EVERY:
-                self._base, self._at, elapsed = self._read(), time.monotonic(), 0.0
-            return self._base + timedelta(seconds=elapsed)
 
 
 class Store:
@@ -145,7 +50,7 @@ class Store:
         self._writer = self.engine if postgres else create_engine(url, writer=True)
         self._write_lock = write_lock(self._writer)
         self.now: Clock = clock or (DatabaseClock(self._database_time) if postgres else utcnow)
-        self._sql = _Statements(postgresql.insert if postgres else sqlite.insert)
+        self._sql = Statements(postgresql.insert if postgres else sqlite.insert)
         # PostgreSQL records a send() in one autocommitted statement (_record_in_one_statement).
         self._compiled: dict[int, str] = {}  # that statement's SQL, by number of deliveries
         self._one_statement = (
@@ -263,7 +168,7 @@ class Store:
         """The statement compiled once: a multi-row INSERT with a CTE has no SQLAlchemy cache key."""
         sql = self._compiled.get(deliveries_count)
         if sql is None:
-            statement = _record_one_statement(deliveries_count)
+            statement = record_one_statement(deliveries_count)
             sql = self._compiled[deliveries_count] = str(statement.compile(dialect=self.engine.dialect))
         return sql
 
@@ -542,74 +447,6 @@ def _delivery(row: Any) -> Delivery:
     )
 
 
-# -- the hot statements, built once per store -----------------------------------------
-
-_UTC = UTCDateTime()
-
-
-def _param(name: str, type_: sa.types.TypeEngine[Any] | None = None) -> sa.BindParameter[Any]:
-    return sa.bindparam(name, type_=type_)
-
-
-class _Statements:
-    """Every statement a send or a delivery runs, built once with placeholders.
-
-    Building a statement and its cache key costs more than running it (about
-    70% of a claim's CPU when rebuilt per call); built once, SQLAlchemy
-    memoizes the key and finds the compiled form in its cache.
-    """
-
-    def __init__(self, insert: Callable[[sa.Table], Any]) -> None:
-        d = deliveries.c
-        self.add_notification = notifications.insert()
-        self.add_delivery = deliveries.insert()
-        self.claim_key, self.key_holder = _dedup_statements(insert)
-        self.get = sa.select(deliveries).where(d.id == _param("b_id"))
-        self.deliveries_of = (
-            sa.select(deliveries).where(d.notification_id == _param("b_id")).order_by(d.channel)
-        )
-        self.status_of = sa.select(d.status).where(d.id == _param("b_id"))
-        self.claim = _claim_statement()
-        self.renew = (
-            deliveries.update()
-            .where(d.claim_token.in_(sa.bindparam("b_tokens", expanding=True)), d.status == Status.SENDING)
-            .values(lease_until=_param("b_lease_until", _UTC))
-            .returning(d.claim_token)
-        )
-        self.keep_queued = (
-            deliveries.update()
-            .where(d.id.in_(sa.bindparam("b_ids", expanding=True)), d.status == Status.QUEUED)
-            .values(updated_at=_param("b_now", _UTC))
-        )
-        self.sent = _outcome(
-            status=Status.SENT, provider_id=_param("b_provider_id"), sent_at=_param("b_now", _UTC)
-        )
-        at = _param("b_at", _UTC)
-        reason, code = _param("b_reason"), _param("b_code")
-        self.retrying = _outcome(
-            status=Status.RETRYING, last_error=reason, error_code=code, next_attempt_at=at, release_at=at
-        )
-        self.failed = _outcome(
-            status=Status.FAILED,
-            last_error=reason,
-            error_code=code,
-            failed_at=_param("b_now", _UTC),
-            next_attempt_at=None,
-        )
-
-
-def _record_one_statement(deliveries_count: int) -> sa.Insert:
-    """A notification and its deliveries, in one INSERT with a data-modifying CTE (PostgreSQL)."""
-    notification = (
-        notifications.insert()
-        .values({c.name: _param(f"n_{c.name}", c.type) for c in notifications.c})
-        .cte("new_notification")
-    )
-    columns = [c for c in deliveries.c if c.name in _DELIVERY_ROW_KEYS]
-    rows = [{c.name: _param(f"d{i}_{c.name}", c.type) for c in columns} for i in range(deliveries_count)]
-    return deliveries.insert().values(rows).add_cte(notification)
-
-
 def _plain(value: Any) -> Any:
     """A value as the driver should see it when SQLAlchemy's types do not process it (enums as text)."""
     return value.value if isinstance(value, enum.Enum) else value
@@ -617,69 +454,6 @@ def _plain(value: Any) -> Any:
 
 def _has_dedup_keys(n: NewNotification) -> bool:
     return any(d.dedup_key for d in n.deliveries)
-
-
-def _dedup_statements(insert: Callable[[sa.Table], Any]) -> tuple[Any, sa.Select[Any]]:
-    """Claim (channel, address, key) unless a live claim holds it; and who holds it."""
-    c = dedup_claims.c
-    stmt = insert(dedup_claims).values(
-        channel=_param("b_channel"),
-        address=_param("b_address"),
-        dedup_key=_param("b_key"),
-        delivery_id=_param("b_id"),
-        expires_at=_param("b_expires", _UTC),
-    )
-    upsert = stmt.on_conflict_do_update(
-        index_elements=["channel", "address", "dedup_key"],
-        set_={"delivery_id": stmt.excluded.delivery_id, "expires_at": stmt.excluded.expires_at},
-        where=c.expires_at <= _param("b_now", _UTC),
-    ).returning(c.delivery_id)
-    holder = sa.select(c.delivery_id).where(
-        c.channel == _param("b_channel"), c.address == _param("b_address"), c.dedup_key == _param("b_key")
-    )
-    return upsert, holder
-
-
-def _claim_statement() -> sa.UpdateBase:
-    d, n = deliveries.c, notifications.c
-    of_notification = n.id == d.notification_id
-    now = _param("b_now", _UTC)
-    claimable = sa.or_(d.status == Status.QUEUED, sa.and_(d.status == Status.SENDING, d.lease_until < now))
-    # One round trip: update and read back, the notification's fields by
-    # subquery (SQLite's RETURNING cannot name a joined table's columns).
-    return (
-        deliveries.update()
-        .where(d.id == _param("b_id"), claimable)
-        .values(
-            status=Status.SENDING,
-            attempts=d.attempts + 1,
-            updated_at=now,
-            lease_until=_param("b_lease_until", _UTC),
-            claim_token=_param("b_token"),
-            next_attempt_at=None,
-            release_at=None,
-        )
-        .returning(
-            d.id,
-            d.channel,
-            d.address,
-            d.priority,
-            d.attempts,
-            sa.select(n.template).where(of_notification).scalar_subquery().label("template"),
-            sa.select(n.locale).where(of_notification).scalar_subquery().label("locale"),
-            sa.select(n.data).where(of_notification).scalar_subquery().label("data"),
-        )
-    )
-
-
-def _outcome(**values: Any) -> sa.Update:
-    """The outcome of a try, recorded only by the claim that made it (the fence)."""
-    d = deliveries.c
-    return (
-        deliveries.update()
-        .where(d.id == _param("b_id"), d.claim_token == _param("b_claim"), d.status == Status.SENDING)
-        .values(lease_until=None, claim_token=None, updated_at=_param("b_now", _UTC), **values)
-    )
 
 
 def _notification_row(n: NewNotification, now: datetime) -> dict[str, Any]:
@@ -696,12 +470,6 @@ def _recorded(notification_id: str, d: NewDelivery, holder: str) -> Delivery:
         next_attempt_at=d.release_at,
         duplicate_of=duplicate_of,
     )
-
-
-_DELIVERY_ROW_KEYS = (
-    "id", "notification_id", "channel", "address", "priority", "status", "attempts", "dedup_key",
-    "duplicate_of", "created_at", "updated_at", "release_at", "next_attempt_at",
-)  # fmt: skip
 
 
 def _delivery_row(d: NewDelivery, recorded: Delivery, now: datetime) -> dict[str, Any]:

@@ -1,0 +1,62 @@
+"""The rows the store takes and hands back: what producers record, what workers claim and publish."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, NamedTuple
+
+from notify.models import Status
+
+
+@dataclass(frozen=True)
+class NewDelivery:
+    id: str
+    channel: str
+    address: str
+    priority: str
+    status: Status  # queued or scheduled
+    dedup_key: str | None = None
+    dedup_window: float = 0.0
+    release_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class NewNotification:
+    """A notification to record, its data already JSON, with its deliveries."""
+
+    id: str
+    template: str
+    locale: str | None
+    data_json: str
+    deliveries: tuple[NewDelivery, ...]
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a worker needs to attempt one delivery it has claimed."""
+
+    delivery_id: str
+    channel: str
+    address: str
+    priority: str
+    attempts: int  # this try included
+    template: str
+    locale: str | None
+    data: dict[str, Any]
+    claim: str  # the token that fences this attempt's outcome
+
+
+class Queued(NamedTuple):
+    """A delivery that is (again) "queued", to publish on its channel and priority."""
+
+    id: str
+    channel: str
+    priority: str
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a claim was refused: done, held by the store, claimed by a live worker, or unknown."""
+
+    status: Status | None  # None: no such delivery

@@ -1,0 +1,145 @@
+"""The statements a send or a delivery runs, built once per store with placeholders."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import sqlalchemy as sa
+
+from notify.models import Status
+from notify.store.schema import UTCDateTime, dedup_claims, deliveries, notifications
+
+_UTC = UTCDateTime()
+
+# The columns a new delivery's row sets (the one-statement send binds each by name).
+DELIVERY_ROW_KEYS = (
+    "id", "notification_id", "channel", "address", "priority", "status", "attempts", "dedup_key",
+    "duplicate_of", "created_at", "updated_at", "release_at", "next_attempt_at",
+)  # fmt: skip
+
+
+def _param(name: str, type_: sa.types.TypeEngine[Any] | None = None) -> sa.BindParameter[Any]:
+    return sa.bindparam(name, type_=type_)
+
+
+class Statements:
+    """Every statement a send or a delivery runs, built once with placeholders.
+
+    Building a statement and its cache key costs more than running it (about
+    70% of a claim's CPU when rebuilt per call); built once, SQLAlchemy
+    memoizes the key and finds the compiled form in its cache.
+    """
+
+    def __init__(self, insert: Callable[[sa.Table], Any]) -> None:
+        d = deliveries.c
+        self.add_notification = notifications.insert()
+        self.add_delivery = deliveries.insert()
+        self.claim_key, self.key_holder = _dedup_statements(insert)
+        self.get = sa.select(deliveries).where(d.id == _param("b_id"))
+        self.deliveries_of = (
+            sa.select(deliveries).where(d.notification_id == _param("b_id")).order_by(d.channel)
+        )
+        self.status_of = sa.select(d.status).where(d.id == _param("b_id"))
+        self.claim = _claim_statement()
+        self.renew = (
+            deliveries.update()
+            .where(d.claim_token.in_(sa.bindparam("b_tokens", expanding=True)), d.status == Status.SENDING)
+            .values(lease_until=_param("b_lease_until", _UTC))
+            .returning(d.claim_token)
+        )
+        self.keep_queued = (
+            deliveries.update()
+            .where(d.id.in_(sa.bindparam("b_ids", expanding=True)), d.status == Status.QUEUED)
+            .values(updated_at=_param("b_now", _UTC))
+        )
+        self.sent = _outcome(
+            status=Status.SENT, provider_id=_param("b_provider_id"), sent_at=_param("b_now", _UTC)
+        )
+        at = _param("b_at", _UTC)
+        reason, code = _param("b_reason"), _param("b_code")
+        self.retrying = _outcome(
+            status=Status.RETRYING, last_error=reason, error_code=code, next_attempt_at=at, release_at=at
+        )
+        self.failed = _outcome(
+            status=Status.FAILED,
+            last_error=reason,
+            error_code=code,
+            failed_at=_param("b_now", _UTC),
+            next_attempt_at=None,
+        )
+
+
+def record_one_statement(deliveries_count: int) -> sa.Insert:
+    """A notification and its deliveries, in one INSERT with a data-modifying CTE (PostgreSQL)."""
+    notification = (
+        notifications.insert()
+        .values({c.name: _param(f"n_{c.name}", c.type) for c in notifications.c})
+        .cte("new_notification")
+    )
+    columns = [c for c in deliveries.c if c.name in DELIVERY_ROW_KEYS]
+    rows = [{c.name: _param(f"d{i}_{c.name}", c.type) for c in columns} for i in range(deliveries_count)]
+    return deliveries.insert().values(rows).add_cte(notification)
+
+
+def _dedup_statements(insert: Callable[[sa.Table], Any]) -> tuple[Any, sa.Select[Any]]:
+    """Claim (channel, address, key) unless a live claim holds it; and who holds it."""
+    c = dedup_claims.c
+    stmt = insert(dedup_claims).values(
+        channel=_param("b_channel"),
+        address=_param("b_address"),
+        dedup_key=_param("b_key"),
+        delivery_id=_param("b_id"),
+        expires_at=_param("b_expires", _UTC),
+    )
+    upsert = stmt.on_conflict_do_update(
+        index_elements=["channel", "address", "dedup_key"],
+        set_={"delivery_id": stmt.excluded.delivery_id, "expires_at": stmt.excluded.expires_at},
+        where=c.expires_at <= _param("b_now", _UTC),
+    ).returning(c.delivery_id)
+    holder = sa.select(c.delivery_id).where(
+        c.channel == _param("b_channel"), c.address == _param("b_address"), c.dedup_key == _param("b_key")
+    )
+    return upsert, holder
+
+
+def _claim_statement() -> sa.UpdateBase:
+    d, n = deliveries.c, notifications.c
+    of_notification = n.id == d.notification_id
+    now = _param("b_now", _UTC)
+    claimable = sa.or_(d.status == Status.QUEUED, sa.and_(d.status == Status.SENDING, d.lease_until < now))
+    # One round trip: update and read back, the notification's fields by
+    # subquery (SQLite's RETURNING cannot name a joined table's columns).
+    return (
+        deliveries.update()
+        .where(d.id == _param("b_id"), claimable)
+        .values(
+            status=Status.SENDING,
+            attempts=d.attempts + 1,
+            updated_at=now,
+            lease_until=_param("b_lease_until", _UTC),
+            claim_token=_param("b_token"),
+            next_attempt_at=None,
+            release_at=None,
+        )
+        .returning(
+            d.id,
+            d.channel,
+            d.address,
+            d.priority,
+            d.attempts,
+            sa.select(n.template).where(of_notification).scalar_subquery().label("template"),
+            sa.select(n.locale).where(of_notification).scalar_subquery().label("locale"),
+            sa.select(n.data).where(of_notification).scalar_subquery().label("data"),
+        )
+    )
+
+
+def _outcome(**values: Any) -> sa.Update:
+    """The outcome of a try, recorded only by the claim that made it (the fence)."""
+    d = deliveries.c
+    return (
+        deliveries.update()
+        .where(d.id == _param("b_id"), d.claim_token == _param("b_claim"), d.status == Status.SENDING)
+        .values(lease_until=None, claim_token=None, updated_at=_param("b_now", _UTC), **values)
+    )
