@@ -12,6 +12,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from notify import channels as registry
+from notify.broker.relay import Relay
+from notify.broker.routing import Publisher, producer_app
 from notify.errors import NotifyError, TemplateError, ValidationError
 from notify.limits import MAX_DEDUP_KEY, MAX_ID
 from notify.models import (
@@ -28,9 +30,7 @@ from notify.models import (
     utc_send_at,
 )
 from notify.policy import ChannelPolicy, load_policies
-from notify.relay import Relay
 from notify.rendering import Renderer, check_locale
-from notify.routing import Publisher, producer_app
 from notify.settings import Settings, get_settings
 from notify.store import NewDelivery, NewNotification, Queued, Store
 
@@ -72,7 +72,7 @@ class Notifier:
 
     @functools.cached_property
     def relay(self) -> Relay:
-        """Publishes what send() recorded, from a thread of its own (notify.relay)."""
+        """Publishes what send() recorded, from a thread of its own (notify.broker.relay)."""
         return Relay(self._publish_now)
 
     def send(

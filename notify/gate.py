@@ -4,7 +4,7 @@ A worker's threads share one GIL. Behind a backlog of low deliveries every
 thread is busy, and a high attempt that does get a thread still runs at a
 fraction of the process's CPU: each claim, render and SMTP exchange waits
 behind seven low ones. The broker already hands the high message over first
-(notify.routing); this gate gives its attempt the process too.
+(notify.broker.routing); this gate gives its attempt the process too.
 
 An urgent attempt holds the gate for at most `hold` seconds from its start
 (after that it is waiting on the network, not on us), and a lower attempt

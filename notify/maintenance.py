@@ -33,7 +33,7 @@ log = logging.getLogger("notify.maintenance")
 QUEUED_GRACE = 5.0  # seconds a delivery may sit "queued" beside empty queues before it counts as lost
 PURGE_EVERY = 3600.0
 
-Publish = Callable[[list[Queued]], object]  # notify.routing.publish, bound to an app
+Publish = Callable[[list[Queued]], object]  # notify.broker.routing.publish, bound to an app
 Backlog = Callable[[str], int | None]  # messages waiting on a channel's queues; None: unknown
 
 

@@ -53,7 +53,7 @@ def rabbitmq_url() -> str:
     require_service("RabbitMQ", RABBITMQ_URL)
     from kombu import Connection
 
-    from notify.routing import task_queues
+    from notify.broker.routing import task_queues
 
     with Connection(RABBITMQ_URL) as connection:
         channel = connection.channel()

@@ -15,9 +15,9 @@ import pytest
 import redis
 
 from notify.api import Intent, Notifier
+from notify.broker.redis_publisher import RedisPublisher
+from notify.broker.routing import MAX_GROUP
 from notify.models import Status
-from notify.redis_publisher import RedisPublisher
-from notify.routing import MAX_GROUP
 from tests.support.processes import Worker, wait_for
 from tests.support.smtp import SmtpServer
 

@@ -13,9 +13,9 @@ import aiosmtplib
 import pytest
 
 from notify.api import Notifier
+from notify.broker.routing import enqueue
 from notify.errors import OutcomeUnknownError, TransientDeliveryError
 from notify.models import Status
-from notify.routing import enqueue
 from tests.support.processes import Worker, wait_for
 from tests.support.smtp import SmtpServer, email, provider_for
 

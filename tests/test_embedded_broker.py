@@ -1,6 +1,6 @@
 """The embedded broker's contract with kombu: the private methods it overrides still exist and are called.
 
-notify.embedded_broker overrides `Channel._reset_cycle` and `Channel._get`
+notify.broker.embedded overrides `Channel._reset_cycle` and `Channel._get`
 of kombu's virtual / SQLAlchemy transport (no public hook gives strict
 priority order or delete-on-fetch). A kombu release that renames, re-signs or
 stops calling them must fail here, with a message, not in production.
@@ -21,12 +21,12 @@ from kombu.transport import sqlalchemy as sql_transport
 from kombu.transport import virtual
 from kombu.utils.scheduling import FairCycle
 
+from notify.broker.embedded import LOCK_TIMEOUT, InOrderCycle, Transport, sqlite_path
+from notify.broker.routing import celery_config
 from notify.constants import channel_queues
-from notify.embedded_broker import LOCK_TIMEOUT, InOrderCycle, Transport, sqlite_path
-from notify.routing import celery_config
 from notify.settings import Settings
 
-UPGRADE = f"kombu {version('kombu')} changed an internal notify.embedded_broker overrides"
+UPGRADE = f"kombu {version('kombu')} changed an internal notify.broker.embedded overrides"
 
 
 def parameters(function: Any) -> list[str]:

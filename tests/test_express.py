@@ -13,10 +13,10 @@ import pytest
 import redis
 
 from notify.api import Notifier
+from notify.broker.redis_publisher import RedisPublisher
+from notify.broker.routing import producer_app
 from notify.errors import StoreUnavailable
 from notify.models import Status
-from notify.redis_publisher import RedisPublisher
-from notify.routing import producer_app
 from notify.settings import Settings
 from notify.worker.express import ExpressLane, express_queues, runs_tasks_here, start_express
 from tests.support.processes import Worker, wait_for

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from notify.broker.routing import consume_queues
 from notify.channels import names
-from notify.routing import consume_queues
 
 CHANNELS = names()
 

@@ -1,6 +1,6 @@
 """The producer's fast path to Redis: the messages it writes are the ones kombu would write.
 
-notify.redis_publisher stores Celery's task message the way kombu's Redis
+notify.broker.redis_publisher stores Celery's task message the way kombu's Redis
 transport does, without kombu's per-message machinery. These tests pin the
 two together (an upgrade of Celery, kombu or redis-py that changes either
 fails here), and show a real worker delivering what it published, a burst's
@@ -19,9 +19,9 @@ import pytest
 import redis
 
 from notify.api import Intent, Notifier
+from notify.broker.redis_publisher import RedisPublisher
+from notify.broker.routing import MAX_GROUP, REDIS_TRANSPORT, Publisher, enqueue, group_size, producer_app
 from notify.models import Status
-from notify.redis_publisher import RedisPublisher
-from notify.routing import MAX_GROUP, REDIS_TRANSPORT, Publisher, enqueue, group_size, producer_app
 from tests.support.processes import Worker, wait_for
 from tests.support.smtp import SmtpServer
 

@@ -17,8 +17,8 @@ import pytest
 import redis
 
 from notify.api import Notifier
+from notify.broker.relay import Relay
 from notify.models import Status
-from notify.relay import Relay
 from notify.store import Queued
 from tests.conftest import REPO
 from tests.support.processes import wait_for
@@ -220,7 +220,7 @@ def test_a_send_after_the_exit_flush_records_once_and_does_not_raise(
     env["NOTIFY_BROKER_URL"] = redis_url
     producer = notifier()
     producer.send("welcome", {"email": "first@example.com"}, data={"name": "A"})
-    producer.relay.close()  # what notify.relay's atexit hook does to every relay
+    producer.relay.close()  # what notify.broker.relay's atexit hook does to every relay
 
     result = producer.send("welcome", {"email": "ada@example.com"}, data={"name": "Ada"})
 

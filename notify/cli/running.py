@@ -48,7 +48,7 @@ def worker(channel: str, concurrency: int, pool: str, loglevel: str) -> None:
 
     It also releases CHANNEL's due deliveries and sweeps what nobody works on.
     """
-    from notify.routing import consume_queues
+    from notify.broker.routing import consume_queues
 
     settings = checked_settings()
     check_provider(channel, settings)

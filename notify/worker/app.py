@@ -19,8 +19,8 @@ from celery import Celery
 from celery.signals import after_setup_logger, celeryd_init, worker_ready, worker_shutdown
 
 from notify import channels as registry
+from notify.broker.routing import Publisher, celery_config, consume_queues
 from notify.maintenance import Maintenance
-from notify.routing import Publisher, celery_config, consume_queues
 from notify.settings import Settings, get_settings
 from notify.store import Store
 
@@ -53,7 +53,7 @@ def serve_only(channel: str) -> Celery:
     """Make a worker started in this process consume only `channel`'s queues, highest priority first.
 
     For `celery -A workers.<channel> worker`: the queues follow the configured
-    broker (notify.routing.consume_queues), chosen when the worker starts, so
+    broker (notify.broker.routing.consume_queues), chosen when the worker starts, so
     importing reads no settings. A `-Q` given on the command line still wins.
     """
     if channel not in registry.channels():

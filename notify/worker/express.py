@@ -1,7 +1,7 @@
 """The express lane: a worker's own consumer of its channels' high queues, beside Celery's.
 
 Behind a backlog every one of Celery's slots holds a low message (a burst of
-up to 16 deliveries, notify.routing.group_size), and a high message waits on
+up to 16 deliveries, notify.broker.routing.group_size), and a high message waits on
 the broker until one of them has finished: 40 ms typically, 350 ms at p99
 behind 5,000 low emails. The lane is one thread with a connection of its
 own that consumes only `notify.<channel>.high`, one message at a time, so a
@@ -33,9 +33,9 @@ from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 from kombu import Connection, Queue
 from kombu.mixins import ConsumerMixin
 
+from notify.broker.routing import uses_priority_queues
 from notify.constants import DELIVER_TASK, queue_name
 from notify.errors import StoreUnavailable
-from notify.routing import uses_priority_queues
 
 log = logging.getLogger("notify.worker")
 

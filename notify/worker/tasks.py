@@ -41,7 +41,7 @@ def _close(**_: Any) -> None:
 
 @app.task(name=DELIVER_TASK, bind=True, ignore_result=True)
 def deliver(self: Task[[str | list[str]], str | list[str]], delivery_ids: str | list[str]) -> str | list[str]:
-    """Attempt one delivery, or a burst's deliveries one after another (notify.routing.group_size).
+    """Attempt one delivery, or a burst's deliveries one after another (notify.broker.routing.group_size).
 
     Each is claimed only when its turn comes: the rest stay "queued" in the
     store (kept from the sweep while this worker lives), so a worker that

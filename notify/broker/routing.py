@@ -13,7 +13,8 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from notify import channels as registry
-from notify import embedded_broker
+from notify.broker import embedded
+from notify.broker.redis_publisher import RedisPublisher, as_list
 from notify.constants import (
     AMQP_PRIORITY,
     DELIVER_TASK,
@@ -21,11 +22,10 @@ from notify.constants import (
     priority_queue_name,
     queue_name,
 )
-from notify.redis_publisher import RedisPublisher, as_list
 from notify.settings import Settings
 
-EMBEDDED_TRANSPORT = "notify.embedded_broker:Transport"
-REDIS_TRANSPORT = "notify.redis_transport:Transport"
+EMBEDDED_TRANSPORT = "notify.broker.embedded:Transport"
+REDIS_TRANSPORT = "notify.broker.redis_transport:Transport"
 _AMQP_SCHEMES = ("amqp", "amqps", "pyamqp", "librabbitmq")
 
 
@@ -61,7 +61,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     if settings.uses_embedded_broker:
         settings.home.mkdir(parents=True, exist_ok=True)
         # Forwarded by kombu to create_engine(): sqlite3's busy_timeout.
-        transport_options = {"connect_args": {"timeout": embedded_broker.LOCK_TIMEOUT}}
+        transport_options = {"connect_args": {"timeout": embedded.LOCK_TIMEOUT}}
     else:
         transport_options = {
             # Redis: poll a worker's queues in the order given (high first).
@@ -160,7 +160,7 @@ class Publisher:
     """The one place store rows become broker messages: send(), send_many(), replays, maintenance.
 
     On notify's plain `redis://` brokers, messages go straight onto the
-    queues' lists in pipelined batches (notify.redis_publisher); on the others
+    queues' lists in pipelined batches (notify.broker.redis_publisher); on the others
     through Celery's `send_task` on one pooled producer, batched where the
     transport can. Either way the message is Celery's own `notify.deliver`.
     """

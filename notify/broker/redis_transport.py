@@ -3,7 +3,7 @@
 kombu builds a new `redis.Redis` for every message it publishes, receives and
 acks (its ack emulation's bookkeeping); redis-py 8's constructor alone costs
 about as much as the command it is built for (0.1-0.7 ms). Producers and
-workers use this transport for plain `redis://` URLs (notify.routing).
+workers use this transport for plain `redis://` URLs (notify.broker.routing).
 
 It overrides `Channel.conn_or_acquire`, which kombu's channel and QoS call
 for every such command; tests/test_worker_memory.py fails loudly if an
