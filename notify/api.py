@@ -12,8 +12,9 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from notify import channels as registry
+from notify.broker.publisher import Publisher
 from notify.broker.relay import Relay
-from notify.broker.routing import Publisher, producer_app
+from notify.broker.routing import producer_app
 from notify.errors import NotifyError, TemplateError, ValidationError
 from notify.limits import MAX_DEDUP_KEY, MAX_ID
 from notify.models import (

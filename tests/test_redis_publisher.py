@@ -19,8 +19,9 @@ import pytest
 import redis
 
 from notify.api import Intent, Notifier
+from notify.broker.publisher import Publisher
 from notify.broker.redis_publisher import RedisPublisher
-from notify.broker.routing import MAX_GROUP, REDIS_TRANSPORT, Publisher, enqueue, group_size, producer_app
+from notify.broker.routing import MAX_GROUP, REDIS_TRANSPORT, enqueue, group_size, producer_app
 from notify.models import Status
 from tests.support.processes import Worker, wait_for
 from tests.support.smtp import SmtpServer

@@ -19,7 +19,8 @@ from celery import Celery
 from celery.signals import after_setup_logger, celeryd_init, worker_ready, worker_shutdown
 
 from notify import channels as registry
-from notify.broker.routing import Publisher, celery_config, consume_queues
+from notify.broker.publisher import Publisher
+from notify.broker.routing import celery_config, consume_queues
 from notify.maintenance import Maintenance
 from notify.settings import Settings, get_settings
 from notify.store import Store
