@@ -27,7 +27,7 @@ from typing import Any
 from notify import api
 from notify import channels as registry
 from notify.api import Notifier
-from notify.delivery import Deliverer
+from notify.delivery.attempt import Deliverer
 from notify.errors import DeliveryError
 from notify.providers.base import Message, Receipt
 from notify.settings import Settings, get_settings

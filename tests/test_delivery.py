@@ -15,7 +15,7 @@ from typing import ClassVar
 
 import pytest
 
-from notify.delivery import AttemptStatus, Deliverer
+from notify.delivery.attempt import AttemptStatus, Deliverer
 from notify.errors import ConfigurationError, CoreCode, CoreProvider, OutcomeUnknownError, StoreUnavailable
 from notify.models import Status, utcnow
 from notify.providers.base import Message, Receipt

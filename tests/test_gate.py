@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from notify.gate import PriorityGate
+from notify.delivery.gate import PriorityGate
 
 BOUND = 10.0  # seconds any wait in these tests may take at most
 

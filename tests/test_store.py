@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from notify.delivery.maintenance import Maintenance
 from notify.errors import StoreUnavailable
-from notify.maintenance import Maintenance
 from notify.models import Status, utcnow
 from notify.settings import Settings
 from notify.store import Job, NewDelivery, Queued, Refusal, Store
@@ -392,11 +392,11 @@ def test_a_sweep_publishes_each_lost_delivery_once_however_slow_publishing_is(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each batch took longer than the grace: the old sweep found its own rows "lost" again."""
-    import notify.maintenance
+    import notify.delivery.maintenance
     import notify.store.store
 
     monkeypatch.setattr(notify.store.store, "BATCH", 10)
-    monkeypatch.setattr(notify.maintenance, "BATCH", 10)
+    monkeypatch.setattr(notify.delivery.maintenance, "BATCH", 10)
     ids = record(store, *[new(address=f"u{i}@example.com") for i in range(30)])
     clock = [utcnow() + timedelta(seconds=60)]
     monkeypatch.setattr(store, "now", lambda: clock[0])

@@ -10,7 +10,7 @@ from typing import Any, cast
 import pytest
 
 from notify.broker.routing import REDIS_TRANSPORT
-from notify.delivery import Heartbeat
+from notify.delivery.heartbeat import Heartbeat
 from notify.settings import Settings
 from notify.store import Store
 from notify.worker.app import CELERY_TASK_LOGGERS, _quiet_per_message_lines, worker_config

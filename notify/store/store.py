@@ -260,7 +260,7 @@ class Store:
             done = conn.execute(statement, {**params, "b_now": self.now()})
         return bool(done.rowcount)
 
-    # -- maintenance (every worker runs it; see notify.maintenance) ------------
+    # -- maintenance (every worker runs it; see notify.delivery.maintenance) ------------
 
     def release_due(self, channels: Collection[str] | None = None) -> list[Queued]:
         """Held deliveries (send_at, retries) whose time has come, set back to "queued"."""

@@ -21,7 +21,7 @@ from celery.signals import after_setup_logger, celeryd_init, worker_ready, worke
 from notify import channels as registry
 from notify.broker.publisher import Publisher
 from notify.broker.routing import celery_config, consume_queues
-from notify.maintenance import Maintenance
+from notify.delivery.maintenance import Maintenance
 from notify.settings import Settings, get_settings
 from notify.store import Store
 

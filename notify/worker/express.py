@@ -6,7 +6,7 @@ the broker until one of them has finished: 40 ms typically, 350 ms at p99
 behind 5,000 low emails. The lane is one thread with a connection of its
 own that consumes only `notify.<channel>.high`, one message at a time, so a
 high delivery starts at once whatever the pool is doing; the priority gate
-(notify.gate) then holds the low attempts back while it runs.
+(notify.delivery.gate) then holds the low attempts back while it runs.
 
 Messages are Celery's own `notify.deliver` tasks, handled as the task does
 (Deliverer.attempt_burst: each delivery claimed in turn, fenced by the

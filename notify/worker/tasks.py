@@ -1,4 +1,4 @@
-"""The task: deliver a delivery, or a burst of them. Maintenance runs in a thread (notify.maintenance)."""
+"""The task: deliver a delivery, or a burst of them."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from celery import Task
 from celery.signals import worker_shutdown
 
 from notify.constants import DELIVER_TASK
-from notify.delivery import Deliverer
+from notify.delivery.attempt import Deliverer
 from notify.errors import StoreUnavailable
 from notify.settings import get_settings, load_hook
 from notify.worker.app import app

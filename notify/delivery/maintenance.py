@@ -28,7 +28,7 @@ from notify.errors import NotifyError
 from notify.settings import Settings
 from notify.store import BATCH, Queued, Store
 
-log = logging.getLogger("notify.maintenance")
+log = logging.getLogger("notify.delivery.maintenance")
 
 QUEUED_GRACE = 5.0  # seconds a delivery may sit "queued" beside empty queues before it counts as lost
 PURGE_EVERY = 3600.0
