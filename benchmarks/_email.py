@@ -31,7 +31,7 @@ from benchmarks._harness import (
 )
 from benchmarks._legs import PRIVATE_REDIS_HELP
 from benchmarks._stores import STORES, Store, stores, use_store
-from notify.mailcatcher import free_port
+from notify.cli.mailcatcher import free_port
 
 EMAIL_FROM = "Bench <bench@example.com>"
 

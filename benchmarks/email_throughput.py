@@ -62,7 +62,7 @@ from benchmarks._stores import (
     stores,
     use_store,
 )
-from notify.mailcatcher import free_port
+from notify.cli.mailcatcher import free_port
 
 NAME = "email_throughput"
 NOTIFY, NOTIFY_MANY, BASELINE, RAW = "notify", "notify-many", "hand-rolled", "raw"

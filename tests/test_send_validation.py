@@ -20,7 +20,7 @@ import notify
 import notify.api
 import notify.settings
 from notify.api import Notifier
-from notify.mailcatcher import free_port
+from notify.cli.mailcatcher import free_port
 from notify.settings import Settings
 
 ADA = {"email": "ada@example.com", "phone": "+14155550100", "push_token": "tok-ada"}

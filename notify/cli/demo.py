@@ -76,7 +76,7 @@ SAMPLES = [
 )
 def demo(timeout: float) -> None:
     """Start a mail catcher and a worker per channel, send the samples, show their statuses."""
-    from notify.mailcatcher import MailCatcher
+    from notify.cli.mailcatcher import MailCatcher
 
     base = get_settings()
     home = base.home.resolve()

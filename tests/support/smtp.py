@@ -13,7 +13,7 @@ from typing import Any
 from aiosmtpd.controller import Controller
 
 from notify.channels.email import EmailMessage as Email
-from notify.mailcatcher import free_port
+from notify.cli.mailcatcher import free_port
 from notify.providers.smtp import SmtpConfig, SmtpProvider
 
 SENDER = "Notify Tests <notify@example.com>"
