@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from notify.channels import load_provider
 from notify.errors import ConfigurationError
+from notify.providers import load_provider
 from notify.settings import Settings
 from notify.testing import MEMORY_BACKEND, MemoryProvider
 

@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from notify.channels import load_provider
 from notify.channels.email import EmailSettings, email_settings
 from notify.errors import ConfigurationError
+from notify.providers import load_provider
 from notify.providers.base import Message, Receipt
 from notify.providers.fcm import FcmProvider, FcmSettings
 from notify.providers.smtp import SmtpProvider, SmtpSettings

@@ -22,16 +22,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from notify.channels import webhook as webhook_module
 from notify.channels.webhook import (
     MAX_BODY_BYTES,
     WebhookMessage,
-    WebhookProvider,
     WebhookSettings,
     build_message,
     check_body,
     check_url,
-    sign,
 )
 from notify.errors import (
     ConfigurationError,
@@ -41,6 +38,8 @@ from notify.errors import (
     TransientDeliveryError,
     ValidationError,
 )
+from notify.providers import webhook as webhook_module
+from notify.providers.webhook import WebhookProvider, WebhookProviderSettings, sign
 from notify.settings import Secret, Settings
 from tests.fakes.webhook import FakeWebhook
 
@@ -305,14 +304,15 @@ def test_settings_and_provider_never_show_the_secret() -> None:
         delivery_timeout=7.0,
     )
 
-    own = settings.provider_settings(WebhookSettings)
+    own = settings.provider_settings(WebhookProviderSettings)
+    channel = settings.provider_settings(WebhookSettings)
     webhook = WebhookProvider.from_settings(settings)
 
     assert own.secret == Secret(SECRET)
-    assert own.allow_private is True
+    assert channel.allow_private is True
     assert webhook.allow_private is True
     assert webhook.delivery_timeout == 7.0
-    for shown in (repr(own), str(own), repr(webhook), repr(settings)):
+    for shown in (repr(own), str(own), repr(channel), repr(webhook), repr(settings)):
         assert SECRET not in shown
 
 

@@ -9,8 +9,9 @@ group `notify.channels`, naming its spec:
 
 The core (`send()`, rendering, policies, delivery, the outbox, `notify.testing`,
 the CLI) iterates the registry and names no channel. A spec's module is
-imported by producers, so it keeps its providers' libraries out of its
-imports: providers are named by dotted path and imported by the worker.
+imported by producers, so it never imports a provider (nor its library):
+providers are named by dotted path and loaded by the worker
+(`notify.providers.load_provider`); a provider may import its channel.
 """
 
 from __future__ import annotations
@@ -20,26 +21,35 @@ import importlib.metadata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import ClassVar
 
 from notify.errors import ConfigurationError
 from notify.policy import ChannelPolicy
-from notify.providers.base import Message, Provider
 from notify.settings import Settings, backend_variable, import_named
 
 __all__ = [
     "BUILTIN",
     "ENTRY_POINTS",
     "ChannelSpec",
+    "Message",
     "by_address",
     "channel",
     "channels",
     "default_policies",
-    "load_provider",
     "names",
 ]
 
 ENTRY_POINTS = "notify.channels"
 BUILTIN = ("email", "sms", "push", "webhook")  # modules of this package: listed, not scanned
+
+
+@dataclass(frozen=True)
+class Message:
+    """One rendered message for one delivery; each channel subclasses it (`EmailMessage`, ...)."""
+
+    delivery_id: str
+    channel: ClassVar[str]  # the channel whose message it is
+
 
 AddressCheck = Callable[[object, Settings], str]
 MessageBuilder = Callable[[str, str, Mapping[str, str], Settings], Message]
@@ -69,7 +79,8 @@ class ChannelSpec:
         check_rendered: `(rendered parts) -> problem or None`, at `send()`: the provider's
             size limits, a body's format; a problem is refused before anything is recorded.
         outbox_files: `(message, settings) -> {suffix: content}`, files the outbox backend
-            writes beside `<id>.json` (an email's `.eml`).
+            writes beside `<id>.json` (an email's `.eml`); or its "module:function" path, for a
+            function that lives with the providers (imported by the worker only).
         plural: the `notify.testing.Outbox` attribute listing this channel's messages.
         check_settings: `(settings) -> anything`, reads the channel's own settings (not its
             provider's) and raises `ConfigurationError` for a bad one: called when a worker
@@ -88,7 +99,7 @@ class ChannelSpec:
     optional_parts: frozenset[str] = frozenset()
     single_line_parts: frozenset[str] = frozenset()
     check_rendered: RenderedCheck | None = None
-    outbox_files: OutboxFiles | None = None
+    outbox_files: OutboxFiles | str | None = None
     plural: str = ""
     check_settings: Callable[[Settings], object] | None = None
 
@@ -185,20 +196,3 @@ def _check(spec: object, origin: str) -> None:
         raise ConfigurationError(f"{origin}: address {spec.address!r} must be an identifier")
     if spec.default_backend not in spec.backends or not spec.required_parts:
         raise ConfigurationError(f"{origin}: needs a default backend among its backends and a required part")
-
-
-def load_provider(name: str, settings: Settings) -> Provider:
-    """Build channel `name`'s configured provider; raise `ConfigurationError` if it cannot."""
-    spec = channel(name)
-    if spec.check_settings is not None:
-        spec.check_settings(settings)
-    backend = settings.backend(spec.name) or spec.default_backend
-    path = spec.backends.get(backend, backend if ":" in backend else None)
-    if path is None:
-        known = ", ".join(spec.backends)
-        raise ConfigurationError(
-            f"{spec.backend_variable}={backend!r} is not a backend ({known}, or a dotted path module:Class)",
-            setting=spec.backend_variable,
-        )
-    provider: Provider = import_named(path, setting=spec.backend_variable).from_settings(settings)
-    return provider

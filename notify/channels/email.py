@@ -1,5 +1,5 @@
 """The email channel: an address checked as SMTP carries it, a subject, a text part and
-an optional HTML part, sent over SMTP (`notify.providers.smtp`)."""
+an optional HTML part, sent over SMTP (`notify.providers.smtp`, as `notify.providers.mime` builds it)."""
 
 from __future__ import annotations
 
@@ -15,12 +15,11 @@ from typing import ClassVar
 import email_validator
 from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES
 
-from notify.channels import ChannelSpec
-from notify.errors import ConfigurationError, PermanentDeliveryError, ValidationError
+from notify.channels import ChannelSpec, Message
+from notify.errors import ConfigurationError, ValidationError
 from notify.limits import MAX_ADDRESS
 from notify.models import shown
 from notify.policy import ChannelPolicy
-from notify.providers.base import Message
 from notify.settings import Settings
 
 SENDER_VARIABLE = "NOTIFY_EMAIL_FROM"
@@ -151,17 +150,6 @@ def _domain_of(sender: str) -> str:
     return parseaddr(sender)[1].rpartition("@")[2] or "notify.invalid"
 
 
-def outbox_files(message: Message, settings: Settings) -> dict[str, bytes]:
-    """The `.eml` the outbox writes beside the JSON: the MIME message SMTP would carry."""
-    from notify.providers.mime import build_mime
-
-    assert isinstance(message, EmailMessage)
-    try:
-        return {".eml": build_mime(message, email_settings(settings).sender or "notify@localhost")}
-    except ValueError as exc:  # an address or id no header can carry: it cannot be sent
-        raise PermanentDeliveryError(str(exc), channel="email", provider="outbox") from None
-
-
 CHANNEL = ChannelSpec(
     name="email",
     address="email",
@@ -176,7 +164,7 @@ CHANNEL = ChannelSpec(
         "outbox": "notify.providers.outbox:OutboxProvider",
     },
     default_backend="smtp",
-    outbox_files=outbox_files,
+    outbox_files="notify.providers.mime:outbox_files",  # the MIME message SMTP would carry
     plural="emails",
     check_settings=email_settings,
     rank=10,

@@ -7,11 +7,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from notify.channels import ChannelSpec
+from notify.channels import ChannelSpec, Message
 from notify.limits import MAX_ADDRESS, MAX_ID
 from notify.models import check_text
 from notify.policy import ChannelPolicy
-from notify.providers.base import Message
 from notify.settings import Settings
 
 MAX_PUSH_BYTES = 4096  # FCM's limit on a message's notification and data payload

@@ -9,11 +9,10 @@ from typing import ClassVar
 
 import phonenumbers
 
-from notify.channels import ChannelSpec
+from notify.channels import ChannelSpec, Message
 from notify.errors import ValidationError
 from notify.models import shown
 from notify.policy import ChannelPolicy
-from notify.providers.base import Message
 from notify.settings import Settings
 
 MAX_SMS_CHARS = 1600  # Twilio's hard limit on a message body

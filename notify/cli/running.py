@@ -116,7 +116,7 @@ def checked_settings() -> Settings:
 
 def check_provider(channel: str, settings: Settings) -> None:
     """Build CHANNEL's provider once, so a missing or broken setting stops the start."""
-    from notify.channels import load_provider
+    from notify.providers import load_provider
 
     load_provider(channel, settings).close()
 

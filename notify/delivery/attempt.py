@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from notify import channels as registry
-from notify.channels import load_provider
 from notify.delivery.gate import PriorityGate
 from notify.delivery.heartbeat import Heartbeat
 from notify.errors import (
@@ -35,6 +34,7 @@ from notify.errors import (
     ValidationError,
 )
 from notify.policy import ChannelPolicy, load_policies
+from notify.providers import load_provider
 from notify.providers.base import Message, Provider
 from notify.rendering import Renderer
 from notify.settings import Settings

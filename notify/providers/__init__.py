@@ -1,1 +1,40 @@
-"""Providers: each delivers one channel's messages through one service (SMTP, Twilio, FCM, files)."""
+"""Providers: one module per service a channel delivers through, and what they share.
+
+    base.py     the contract: `deliver(message) -> Receipt`
+    http.py     what the HTTP providers share: the time budget, Retry-After, which
+                client errors mean "nothing was sent", one requests base
+    smtp.py     email over SMTP (aiosmtplib); mime.py builds the message it carries
+    twilio.py   SMS through Twilio
+    fcm.py      push through FCM HTTP v1
+    webhook.py  signed webhook POSTs (urllib3, the address pinned after its check)
+    outbox.py   the development backend: files instead of sends
+
+A channel's spec names its providers by dotted path; the worker loads the
+configured one with `load_provider`. Producers import none of this.
+"""
+
+from __future__ import annotations
+
+from notify import channels as registry
+from notify.errors import ConfigurationError
+from notify.providers.base import Provider
+from notify.settings import Settings, import_named
+
+__all__ = ["load_provider"]
+
+
+def load_provider(name: str, settings: Settings) -> Provider:
+    """Build channel `name`'s configured provider; raise `ConfigurationError` if it cannot."""
+    spec = registry.channel(name)
+    if spec.check_settings is not None:
+        spec.check_settings(settings)
+    backend = settings.backend(spec.name) or spec.default_backend
+    path = spec.backends.get(backend, backend if ":" in backend else None)
+    if path is None:
+        known = ", ".join(spec.backends)
+        raise ConfigurationError(
+            f"{spec.backend_variable}={backend!r} is not a backend ({known}, or a dotted path module:Class)",
+            setting=spec.backend_variable,
+        )
+    provider: Provider = import_named(path, setting=spec.backend_variable).from_settings(settings)
+    return provider

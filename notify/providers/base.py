@@ -1,20 +1,20 @@
-"""What every provider implements: one rendered message in, one receipt out."""
+"""What every provider implements: one rendered message in, one receipt out.
+
+`Message` is the channels' (each channel subclasses it); it is named here too
+for whoever writes a provider.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import TYPE_CHECKING, Protocol
+
+from notify.channels import Message
+
+__all__ = ["Message", "Provider", "Receipt"]
 
 if TYPE_CHECKING:
     from notify.settings import Settings
-
-
-@dataclass(frozen=True)
-class Message:
-    """One rendered message for one delivery; each channel subclasses it (`EmailMessage`, ...)."""
-
-    delivery_id: str
-    channel: ClassVar[str]  # the channel whose message it is
 
 
 @dataclass(frozen=True)

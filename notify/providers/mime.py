@@ -15,14 +15,14 @@ import functools
 import re
 import secrets
 from email.utils import format_datetime, parseaddr
-from typing import TYPE_CHECKING
 
+from notify.channels import Message
+from notify.channels.email import EmailMessage, email_settings
+from notify.errors import PermanentDeliveryError
 from notify.models import utcnow
+from notify.settings import Settings
 
-if TYPE_CHECKING:
-    from notify.channels.email import EmailMessage
-
-__all__ = ["build_mime", "mailbox"]
+__all__ = ["build_mime", "mailbox", "outbox_files"]
 
 _HEADER_LINE = 78  # RFC 5322 §2.1.1: lines SHOULD stay within 78 characters
 _WORD_OCTETS = 39  # UTF-8 octets per encoded-word: 52 base64 characters, 64 with the frame
@@ -139,3 +139,12 @@ def _token(pattern: re.Pattern[str], value: str, what: str) -> str:
     if not pattern.fullmatch(value):
         raise ValueError(f"the {what} cannot be written into a header as it is")
     return value
+
+
+def outbox_files(message: Message, settings: Settings) -> dict[str, bytes]:
+    """The `.eml` the outbox writes beside the JSON: the MIME message SMTP would carry."""
+    assert isinstance(message, EmailMessage)
+    try:
+        return {".eml": build_mime(message, email_settings(settings).sender or "notify@localhost")}
+    except ValueError as exc:  # an address or id no header can carry: it cannot be sent
+        raise PermanentDeliveryError(str(exc), channel="email", provider="outbox") from None

@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from notify import channels as registry
 from notify.providers.base import Message, Receipt
-from notify.settings import Settings
+from notify.settings import Settings, import_named
 
 
 class OutboxProvider:
@@ -30,8 +31,7 @@ class OutboxProvider:
         folder = self.root / message.channel
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{message.delivery_id}.json"
-        extra = registry.channel(message.channel).outbox_files
-        files = extra(message, self.settings) if extra else {}  # before any write: it may refuse
+        files = self._extra_files(message)  # before any write: it may refuse
         _write_atomically(path, json.dumps(dataclasses.asdict(message), indent=2).encode())
         for suffix, content in files.items():
             _write_atomically(path.with_suffix(suffix), content)
@@ -39,6 +39,13 @@ class OutboxProvider:
 
     def close(self) -> None:
         pass
+
+    def _extra_files(self, message: Message) -> Mapping[str, bytes]:
+        """The files the channel adds beside the JSON (its `outbox_files`, a function or its path)."""
+        extra = registry.channel(message.channel).outbox_files
+        if isinstance(extra, str):
+            extra = import_named(extra, setting=f"the {message.channel} channel's outbox_files")
+        return extra(message, self.settings) if extra else {}
 
 
 def _write_atomically(path: Path, content: bytes) -> None:
