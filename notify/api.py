@@ -15,8 +15,8 @@ from notify import channels as registry
 from notify.broker.publisher import Publisher
 from notify.broker.relay import Relay
 from notify.broker.routing import producer_app
+from notify.constants import MAX_DEDUP_KEY, MAX_ID
 from notify.errors import NotifyError, TemplateError, ValidationError
-from notify.limits import MAX_DEDUP_KEY, MAX_ID
 from notify.models import (
     Delivery,
     Intent,

@@ -1,10 +1,21 @@
-"""Names shared by producers and workers: queues and tasks (the channels are `notify.channels`)."""
+"""The names, sizes and timings that several modules must agree on, in one place.
+
+Queue names follow the channel and the priority (`notify.models.Priority`
+holds the priorities, their order and their numbers); sizes are what the
+store keeps, which `send()` checks first; timings are the bounds README
+promises and what keeps them. tests/test_constants.py asserts how the
+timings must relate, so a change that breaks a promise fails there.
+"""
 
 from __future__ import annotations
 
-PRIORITIES = ("high", "normal", "low")  # the order a worker drains them in
+from typing import Final
 
-DELIVER_TASK = "notify.deliver"
+from notify.models import Priority
+
+# -- names ---------------------------------------------------------------------
+
+DELIVER_TASK: Final = "notify.deliver"
 
 
 def queue_name(channel: str, priority: str) -> str:
@@ -14,7 +25,7 @@ def queue_name(channel: str, priority: str) -> str:
 
 def channel_queues(channel: str) -> list[str]:
     """A channel's queues, highest priority first (Redis and the embedded broker)."""
-    return [queue_name(channel, p) for p in PRIORITIES]
+    return [queue_name(channel, p) for p in Priority]
 
 
 def priority_queue_name(channel: str) -> str:
@@ -22,5 +33,53 @@ def priority_queue_name(channel: str) -> str:
     return f"notify.{channel}"
 
 
-# RabbitMQ message priorities (higher first) in the channel's x-max-priority queue.
-AMQP_PRIORITY = {"high": 2, "normal": 1, "low": 0}
+# -- sizes of what the store keeps (send() refuses more before anything is written) ---
+
+MAX_ID: Final = 36
+MAX_TEMPLATE: Final = 200
+MAX_LOCALE: Final = 35
+MAX_ADDRESS: Final = 512
+MAX_DEDUP_KEY: Final = 200
+MAX_PROVIDER_ID: Final = 300
+MAX_CODE: Final = 64
+
+# -- timings, in seconds --------------------------------------------------------
+
+RECOVERY_BOUND: Final = 30.0
+"""DESIGN: a dead worker's deliveries are delivered within this of a worker being available."""
+LEASE_MIN: Final = 1.0
+LEASE_MAX: Final = 25.0
+"""NOTIFY_LEASE's bounds: a lapsed claim is swept within LEASE_MAX + SWEEP_EVERY_MAX < RECOVERY_BOUND."""
+HEARTBEAT_EVERY_MAX: Final = 2.0
+"""A worker renews its claims every lease/3, and at least this often: its bursts' waiting
+deliveries are stamped at the same beat, well inside QUEUED_GRACE."""
+SWEEP_EVERY_MAX: Final = 2.0
+"""The sweep looks for lapsed claims and lost messages every lease/2, and at least this often."""
+QUEUED_GRACE: Final = 5.0
+"""A "queued" delivery beside its channel's empty queues counts as lost after this."""
+SWEEP_AFTER_MIN: Final = 10.0
+"""NOTIFY_SWEEP_AFTER's lower bound: behind a backlog, a lost message waits longer than QUEUED_GRACE."""
+RELEASE_EVERY: Final = 0.5
+"""The release step's cadence: a due send_at or retry goes out within a second."""
+SEND_AT_BOUND: Final = 1.0
+"""DESIGN: send_at is honoured within this."""
+PURGE_EVERY: Final = 3600.0
+STORE_RETRY_PAUSE_MAX: Final = 0.5
+"""A known outcome is written again at least this often while the store is away."""
+VISIBILITY_TIMEOUT_MIN: Final = 10.0
+"""NOTIFY_VISIBILITY_TIMEOUT's lower bound."""
+STORE_RETRY_MAX: Final = 8.0
+"""The longest pause before a message whose claim met a store outage is tried again: a broker
+countdown, so shorter than any visibility timeout (a longer one would be handed out twice)."""
+RFC5321_DATA_REPLY: Final = 600.0
+"""RFC 5321 4.5.3.2.6: a client waits this long for the reply to the end of DATA."""
+SMTP_LOOP_SLACK: Final = 60.0
+"""How much longer than its own bounds a worker thread waits for the SMTP event loop."""
+GATE_HOLD: Final = 0.25
+"""A high attempt holds lower ones back this long at most: longer than its CPU, shorter than any lease."""
+BROKER_TIMEOUT: Final = 2.0
+"""Connecting to the broker, and each of the producer's round trips: send() never hangs on it."""
+EXIT_FLUSH_TIMEOUT: Final = 5.0
+"""A producer's normal exit waits this long for messages still to publish (the sweep has the rest)."""
+SQLITE_LOCK_WAIT: Final = 60.0
+"""A SQLite write (the store's or the embedded broker's) waits this long for another process's lock."""

@@ -20,9 +20,33 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 
 class Priority(enum.StrEnum):
+    """How urgent a delivery is; declared in the order workers drain them, high first.
+
+    The one definition: queue names, RabbitMQ's message priorities, the order
+    the store releases and sweeps in, the express lanes and the gate all read it.
+    """
+
     HIGH = "high"
     NORMAL = "normal"
     LOW = "low"
+
+    @property
+    def rank(self) -> int:
+        """0 for the most urgent: the order queues are polled and released deliveries published."""
+        return _PRIORITY_RANKS[self]
+
+    @property
+    def amqp(self) -> int:
+        """The message priority in RabbitMQ's one `x-max-priority` queue per channel (higher first)."""
+        return len(_PRIORITY_RANKS) - 1 - self.rank
+
+    @property
+    def urgent(self) -> bool:
+        """Served by a worker's express lanes, and first through its priority gate."""
+        return self.rank == 0
+
+
+_PRIORITY_RANKS = {p: rank for rank, p in enumerate(Priority)}
 
 
 class Status(enum.StrEnum):

@@ -18,8 +18,8 @@ import jinja2.meta
 from jinja2.sandbox import SandboxedEnvironment
 
 from notify import channels as registry
+from notify.constants import MAX_LOCALE, MAX_TEMPLATE
 from notify.errors import TemplateError
-from notify.limits import MAX_LOCALE, MAX_TEMPLATE
 from notify.models import shown
 
 # Matched whole (fullmatch): "$" would also match before a trailing newline.

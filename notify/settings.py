@@ -16,6 +16,15 @@ from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
+from notify.constants import (
+    HEARTBEAT_EVERY_MAX,
+    LEASE_MAX,
+    LEASE_MIN,
+    RELEASE_EVERY,
+    SWEEP_AFTER_MIN,
+    SWEEP_EVERY_MAX,
+    VISIBILITY_TIMEOUT_MIN,
+)
 from notify.errors import ConfigurationError, PermanentDeliveryError
 from notify.policy import parse_duration
 
@@ -73,7 +82,8 @@ class Settings:
     # another worker. Recovery does not depend on it (the store's leases do);
     # a message redelivered early is refused by the claim and dropped.
     visibility_timeout: float = field(
-        default=120.0, metadata={"env": "NOTIFY_VISIBILITY_TIMEOUT", "bounds": (10.0, 86400.0)}
+        default=120.0,
+        metadata={"env": "NOTIFY_VISIBILITY_TIMEOUT", "bounds": (VISIBILITY_TIMEOUT_MIN, 86400.0)},
     )
     # The longest one attempt's provider calls may take (connect, requests,
     # token refresh). SMTP's wait for the reply to the end of DATA is the one
@@ -84,11 +94,13 @@ class Settings:
     # How long a worker's claim on a delivery lives without a heartbeat. The
     # worker renews it every lease/3 while the attempt runs; when a worker
     # dies, another takes the delivery over within lease + sweep cadence.
-    lease_seconds: float = field(default=10.0, metadata={"env": "NOTIFY_LEASE", "bounds": (1.0, 25.0)})
+    lease_seconds: float = field(
+        default=10.0, metadata={"env": "NOTIFY_LEASE", "bounds": (LEASE_MIN, LEASE_MAX)}
+    )
     # Deliveries left "queued" this long are re-published even when their
     # channel's queues are not empty (a message the broker lost under a backlog).
     sweep_after: float = field(
-        default=300.0, metadata={"env": "NOTIFY_SWEEP_AFTER", "bounds": (10.0, 86400.0)}
+        default=300.0, metadata={"env": "NOTIFY_SWEEP_AFTER", "bounds": (SWEEP_AFTER_MIN, 86400.0)}
     )
     # Sent and duplicate deliveries, and expired dedup claims, are purged after this.
     retention: float = field(
@@ -111,18 +123,18 @@ class Settings:
     @property
     def heartbeat_every(self) -> float:
         """How often a worker renews its claims (and keeps its bursts' waiting deliveries from the
-        sweep, which takes a "queued" one for lost after 5 s beside empty queues: hence 2 s at most)."""
-        return min(self.lease_seconds / 3, 2.0)
+        sweep): a third of the lease, HEARTBEAT_EVERY_MAX at most."""
+        return min(self.lease_seconds / 3, HEARTBEAT_EVERY_MAX)
 
     @property
     def release_every(self) -> float:
         """How often a worker releases what is due (send_at, retries): the lateness bound."""
-        return 0.5
+        return RELEASE_EVERY
 
     @property
     def sweep_every(self) -> float:
         """How often a worker looks for deliveries nobody is working on."""
-        return min(2.0, self.lease_seconds / 2)
+        return min(SWEEP_EVERY_MAX, self.lease_seconds / 2)
 
     def __post_init__(self) -> None:
         check_bounds(self)

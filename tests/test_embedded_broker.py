@@ -21,9 +21,9 @@ from kombu.transport import sqlalchemy as sql_transport
 from kombu.transport import virtual
 from kombu.utils.scheduling import FairCycle
 
-from notify.broker.embedded import LOCK_TIMEOUT, InOrderCycle, Transport, sqlite_path
+from notify.broker.embedded import InOrderCycle, Transport, sqlite_path
 from notify.broker.routing import celery_config
-from notify.constants import channel_queues
+from notify.constants import SQLITE_LOCK_WAIT, channel_queues
 from notify.settings import Settings
 
 UPGRADE = f"kombu {version('kombu')} changed an internal notify.broker.embedded overrides"
@@ -49,7 +49,7 @@ def test_the_overridden_kombu_methods_keep_their_signatures() -> None:
 
 def test_routing_gives_the_engine_the_broker_lock_timeout(tmp_path: Path) -> None:
     options = celery_config(Settings(home=tmp_path))["broker_transport_options"]
-    assert options == {"connect_args": {"timeout": LOCK_TIMEOUT}}
+    assert options == {"connect_args": {"timeout": SQLITE_LOCK_WAIT}}
 
 
 @pytest.mark.parametrize(
@@ -112,4 +112,4 @@ def test_the_engine_waits_for_the_lock_as_long_as_routing_says(broker: tuple[Con
     channel: Any = connection.default_channel
     session = channel.session
     busy_timeout = session.connection().exec_driver_sql("PRAGMA busy_timeout").scalar()
-    assert busy_timeout == int(LOCK_TIMEOUT * 1000)
+    assert busy_timeout == int(SQLITE_LOCK_WAIT * 1000)

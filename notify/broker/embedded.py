@@ -39,9 +39,7 @@ from kombu.transport import sqlalchemy as sql_transport
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.scheduling import FairCycle
 
-# Seconds a connection waits for another process's write lock; routing passes
-# the same figure to the broker's engine as sqlite3's `timeout`.
-LOCK_TIMEOUT = 60.0
+from notify.constants import SQLITE_LOCK_WAIT
 
 _wal_files: set[str] = set()
 _wal_lock = threading.Lock()
@@ -61,7 +59,7 @@ def enable_wal(path: str) -> None:
     with _wal_lock:
         if path in _wal_files:
             return
-        connection = sqlite3.connect(path, timeout=LOCK_TIMEOUT)
+        connection = sqlite3.connect(path, timeout=SQLITE_LOCK_WAIT)
         try:
             connection.execute("PRAGMA journal_mode=WAL")
         finally:

@@ -30,12 +30,11 @@ from kombu.serialization import dumps as serialize
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from notify.constants import DELIVER_TASK
+from notify.constants import BROKER_TIMEOUT, DELIVER_TASK
 
 # send() must not hang on a dead broker: the store has the delivery and a
 # sweep publishes it later. Two retries, 0.05 then 0.1 s (as Celery's policy).
 _RETRY = Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2)
-_TIMEOUT = 2.0  # seconds, connecting and each round trip (broker_connection_timeout)
 
 
 class RedisPublisher:
@@ -46,8 +45,8 @@ class RedisPublisher:
         self._origin = f"{os.getpid()}@{socket.gethostname()}"
         self.client = redis.Redis.from_url(
             str(app.conf.broker_url),
-            socket_timeout=_TIMEOUT,
-            socket_connect_timeout=_TIMEOUT,
+            socket_timeout=BROKER_TIMEOUT,
+            socket_connect_timeout=BROKER_TIMEOUT,
             retry=_RETRY,
             retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         )

@@ -25,12 +25,12 @@ import threading
 import weakref
 from collections.abc import Callable, Sequence
 
+from notify.constants import EXIT_FLUSH_TIMEOUT
 from notify.store import Queued
 
 log = logging.getLogger("notify")
 
 Publish = Callable[[Sequence[Queued], bool], object]  # (rows, grouped)
-EXIT_FLUSH_TIMEOUT = 5.0  # seconds a normal exit waits for messages still to publish
 
 _relays: weakref.WeakSet[Relay] = weakref.WeakSet()
 

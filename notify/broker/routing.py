@@ -12,14 +12,15 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from notify import channels as registry
-from notify.broker import embedded
 from notify.constants import (
-    AMQP_PRIORITY,
+    BROKER_TIMEOUT,
     DELIVER_TASK,
+    SQLITE_LOCK_WAIT,
     channel_queues,
     priority_queue_name,
     queue_name,
 )
+from notify.models import Priority
 from notify.settings import Settings
 
 EMBEDDED_TRANSPORT = "notify.broker.embedded:Transport"
@@ -44,7 +45,7 @@ def consume_queues(broker_url: str | None, channel: str) -> list[str]:
 def task_queues(broker_url: str | None) -> list[Queue]:
     exchange = Exchange("notify", type="direct", durable=True)
     if uses_priority_queues(broker_url):
-        limit = {"x-max-priority": max(AMQP_PRIORITY.values())}
+        limit = {"x-max-priority": max(p.amqp for p in Priority)}
         return [
             Queue(name, exchange, routing_key=name, durable=True, queue_arguments=limit)
             for name in map(priority_queue_name, registry.names())
@@ -59,7 +60,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     if settings.uses_embedded_broker:
         settings.home.mkdir(parents=True, exist_ok=True)
         # Forwarded by kombu to create_engine(): sqlite3's busy_timeout.
-        transport_options = {"connect_args": {"timeout": embedded.LOCK_TIMEOUT}}
+        transport_options = {"connect_args": {"timeout": SQLITE_LOCK_WAIT}}
     else:
         transport_options = {
             # Redis: poll a worker's queues in the order given (high first).
@@ -87,9 +88,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "interval_step": 0.2,
             "interval_max": 0.5,
         },
-        "broker_connection_timeout": 2.0,
+        "broker_connection_timeout": BROKER_TIMEOUT,
         "task_queues": task_queues(settings.broker_url),
-        "task_default_queue": queue_name(registry.names()[0], "normal"),  # every task names its own
+        "task_default_queue": queue_name(registry.names()[0], Priority.NORMAL),  # every task names its own
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],
@@ -125,7 +126,7 @@ def producer_app(settings: Settings) -> Celery:
 def route(broker_url: str | None, channel: str, priority: str) -> dict[str, Any]:
     """Where a delivery for `channel` at `priority` is published: queue, routing key, priority."""
     if uses_priority_queues(broker_url):
-        queue, level = priority_queue_name(channel), AMQP_PRIORITY[priority]
+        queue, level = priority_queue_name(channel), Priority(priority).amqp
     else:
         queue, level = queue_name(channel, priority), None
     return {"queue": queue, "routing_key": queue, "priority": level}

@@ -16,8 +16,8 @@ import email_validator
 from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES
 
 from notify.channels import ChannelSpec, Message
+from notify.constants import MAX_ADDRESS
 from notify.errors import ConfigurationError, ValidationError
-from notify.limits import MAX_ADDRESS
 from notify.models import shown
 from notify.policy import ChannelPolicy
 from notify.settings import Settings

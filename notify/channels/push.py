@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from notify.channels import ChannelSpec, Message
-from notify.limits import MAX_ADDRESS, MAX_ID
+from notify.constants import MAX_ADDRESS, MAX_ID
 from notify.models import check_text
 from notify.policy import ChannelPolicy
 from notify.settings import Settings

@@ -21,8 +21,8 @@ from typing import ClassVar, Final, NoReturn
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from notify.channels import ChannelSpec, Message
+from notify.constants import MAX_ADDRESS
 from notify.errors import TemplateError, ValidationError
-from notify.limits import MAX_ADDRESS
 from notify.models import check_text
 from notify.policy import ChannelPolicy
 from notify.settings import Settings

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from notify import channels as registry
+from notify.constants import RFC5321_DATA_REPLY, SMTP_LOOP_SLACK
 from notify.delivery.gate import PriorityGate
 from notify.delivery.heartbeat import Heartbeat
 from notify.errors import (
@@ -41,8 +42,6 @@ from notify.settings import Settings
 from notify.store import Job, Refusal, Store
 
 log = logging.getLogger("notify.delivery")
-
-SMTP_DATA_REPLY_TIMEOUT = 600.0  # RFC 5321 4.5.3.2.6: the longest wait for the reply to DATA's end
 
 PermanentFailureHook = Callable[[str, str, PermanentDeliveryError], None]
 
@@ -77,6 +76,12 @@ class Outcome:
     status: AttemptStatus
 
 
+def longest_attempt(settings: Settings) -> float:
+    """How long one attempt may take: its budget, then SMTP's RFC 5321 wait for the reply to the
+    end of DATA, and the SMTP loop thread's slack. The heartbeat renews a claim that long."""
+    return settings.delivery_timeout + RFC5321_DATA_REPLY + SMTP_LOOP_SLACK
+
+
 class Deliverer:
     """Attempts deliveries for a worker process; providers are built once per channel."""
 
@@ -92,9 +97,7 @@ class Deliverer:
         self.on_permanent_failure = on_permanent_failure
         self._providers: dict[str, Provider] = {}
         self._lock = threading.Lock()
-        # SMTP may wait 10 minutes for its end-of-DATA reply after the budget
-        # (RFC 5321), and a minute more for its loop thread: renew that long.
-        ceiling = settings.delivery_timeout + SMTP_DATA_REPLY_TIMEOUT + 60 + settings.lease
+        ceiling = longest_attempt(settings) + settings.lease
         self.heartbeat = Heartbeat(self.store, settings.lease, settings.heartbeat_every, ceiling)
         self.gate = PriorityGate()  # a high attempt has this process to itself for a moment
 

@@ -19,14 +19,16 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-HOLD = 0.25  # seconds: far longer than an attempt's CPU, far shorter than any lease
-URGENT = frozenset({"high"})
+from notify.constants import GATE_HOLD
+from notify.models import Priority
+
+URGENT = frozenset(p.value for p in Priority if p.urgent)
 
 
 class PriorityGate:
     """Lets the urgent attempts of one process run first; lower ones wait, bounded."""
 
-    def __init__(self, hold: float = HOLD, urgent: frozenset[str] = URGENT) -> None:
+    def __init__(self, hold: float = GATE_HOLD, urgent: frozenset[str] = URGENT) -> None:
         self.hold = hold
         self.urgent = urgent
         self._started: dict[int, float] = {}  # urgent attempts in flight: token -> monotonic start

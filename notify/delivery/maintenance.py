@@ -24,14 +24,13 @@ import threading
 import time
 from collections.abc import Callable, Collection
 
+from notify.constants import PURGE_EVERY, QUEUED_GRACE
 from notify.errors import NotifyError
 from notify.settings import Settings
 from notify.store import BATCH, Queued, Store
 
 log = logging.getLogger("notify.delivery.maintenance")
 
-QUEUED_GRACE = 5.0  # seconds a delivery may sit "queued" beside empty queues before it counts as lost
-PURGE_EVERY = 3600.0
 
 Publish = Callable[[list[Queued]], object]  # notify.broker.routing.publish, bound to an app
 Backlog = Callable[[str], int | None]  # messages waiting on a channel's queues; None: unknown

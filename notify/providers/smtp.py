@@ -19,6 +19,7 @@ from email.utils import parseaddr
 import aiosmtplib
 
 from notify.channels.email import SENDER_VARIABLE, EmailMessage, email_settings
+from notify.constants import RFC5321_DATA_REPLY, SMTP_LOOP_SLACK
 from notify.errors import (
     ConfigurationError,
     NotifyError,
@@ -29,10 +30,6 @@ from notify.errors import (
 from notify.providers.base import Message, Receipt
 from notify.providers.mime import build_mime, mailbox
 from notify.settings import Secret, Settings, check_bounds, masked_repr, required
-
-# RFC 5321 §4.5.3.2.6: a client waits 10 minutes for the reply to the end of
-# DATA, because giving up earlier is how one message becomes two.
-RFC5321_DATA_TERMINATION_TIMEOUT = 600.0
 
 _IDLE_CHECK_AFTER = 5.0  # seconds idle after which a pooled connection is NOOP-checked
 _QUEUED_AS = re.compile(r"queued as\s+(\S+)", re.IGNORECASE)
@@ -207,7 +204,7 @@ class SmtpProvider:
         future = asyncio.run_coroutine_threadsafe(self._send(message.to, data), self._loop)
         # _send bounds itself: the budget, then RFC 5321's wait. Abandoning it
         # sooner, once the data is out, is what sends a second copy.
-        if not _finished(future, self.config.deadline + RFC5321_DATA_TERMINATION_TIMEOUT + 60):
+        if not _finished(future, self.config.deadline + RFC5321_DATA_REPLY + SMTP_LOOP_SLACK):
             future.cancel()  # only if the loop thread is stuck; it may have sent the message
             raise OutcomeUnknownError("the SMTP loop did not answer", channel="email", provider="smtp")
         try:
@@ -355,7 +352,7 @@ async def _transmit(client: aiosmtplib.SMTP, data: bytes) -> aiosmtplib.SMTPResp
         raise aiosmtplib.SMTPServerDisconnected("connection lost before the data was sent")
     protocol.write(_dot_stuffed(data))  # no await before read_response: no reply can slip by
     try:
-        return await protocol.read_response(timeout=RFC5321_DATA_TERMINATION_TIMEOUT)
+        return await protocol.read_response(timeout=RFC5321_DATA_REPLY)
     except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
         client.close()
         raise OutcomeUnknownError(

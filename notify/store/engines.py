@@ -14,8 +14,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from notify.constants import SQLITE_LOCK_WAIT
+
 _PING_IF_IDLE_FOR = 10.0  # seconds
-LOCK_WAIT = 60.0  # seconds a SQLite write waits for the lock before the store is unavailable
 _FIRST_PAUSE = 0.0005
 _LONGEST_PAUSE = 0.004
 
@@ -50,8 +51,8 @@ def _engine(url: str, *, writer: bool) -> sa.Engine:
     database = sa.make_url(url).database
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url, connect_args={"timeout": 0 if writer else LOCK_WAIT})
-    sa.event.listen(engine, "connect", _pragmas(busy_ms=0 if writer else int(LOCK_WAIT * 1000)))
+    engine = sa.create_engine(url, connect_args={"timeout": 0 if writer else SQLITE_LOCK_WAIT})
+    sa.event.listen(engine, "connect", _pragmas(busy_ms=0 if writer else int(SQLITE_LOCK_WAIT * 1000)))
     sa.event.listen(engine, "begin", _begin_immediate if writer else _begin_deferred)
     return engine
 
@@ -112,7 +113,7 @@ def _begin_immediate(connection: sa.Connection) -> None:
     """
     driver = connection.connection.driver_connection
     assert driver is not None
-    deadline = time.monotonic() + LOCK_WAIT
+    deadline = time.monotonic() + SQLITE_LOCK_WAIT
     pause = _FIRST_PAUSE
     while time.monotonic() < deadline:
         try:

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
-from notify.limits import (
+from notify.constants import (
     MAX_ADDRESS,
     MAX_CODE,
     MAX_DEDUP_KEY,

@@ -28,10 +28,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from notify.constants import PRIORITIES
+from notify.constants import MAX_CODE, MAX_PROVIDER_ID
 from notify.errors import StoreUnavailable
-from notify.limits import MAX_CODE, MAX_PROVIDER_ID
-from notify.models import DeadLetter, Delivery, Status, utcnow
+from notify.models import DeadLetter, Delivery, Priority, Status, utcnow
 from notify.store.clock import Clock, DatabaseClock
 from notify.store.engines import create_engine, write_lock
 from notify.store.rows import Job, NewDelivery, NewNotification, Queued, Refusal
@@ -322,7 +321,7 @@ class Store:
                 .values(status=Status.QUEUED, updated_at=now, **values)
                 .returning(d.id, d.channel, d.priority)
             ).all()
-        return sorted((Queued(*row) for row in rows), key=lambda q: PRIORITIES.index(q.priority))
+        return sorted((Queued(*row) for row in rows), key=lambda q: Priority(q.priority).rank)
 
     def purge_finished(self, older_than: float) -> int:
         """Delete sent and duplicate deliveries older than that, and expired dedup claims."""
@@ -416,9 +415,7 @@ def _failed_among(ids: list[str]) -> Callable[[datetime], sa.ColumnElement[bool]
 
 
 # High first: what is released or swept in one batch is published in this order.
-_URGENCY = sa.case(
-    {p: rank for rank, p in enumerate(PRIORITIES)}, value=deliveries.c.priority, else_=len(PRIORITIES)
-)
+_URGENCY = sa.case({p.value: p.rank for p in Priority}, value=deliveries.c.priority, else_=len(Priority))
 
 
 def _fit(value: str | None, limit: int) -> str | None:

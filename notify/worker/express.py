@@ -34,14 +34,14 @@ from kombu import Connection, Queue
 from kombu.mixins import ConsumerMixin
 
 from notify.broker.routing import uses_priority_queues
-from notify.constants import DELIVER_TASK, queue_name
+from notify.constants import DELIVER_TASK, STORE_RETRY_MAX, queue_name
 from notify.errors import StoreUnavailable
+from notify.models import Priority
 
 log = logging.getLogger("notify.worker")
 
 Attempt = Callable[[list[str]], object]  # Deliverer.attempt_burst
 LANES = 2  # threads, each one message at a time: a high attempt behind a backlog takes 15-40 ms
-STORE_RETRY_MAX = 30.0  # seconds between tries while the store is away, at most (as the task)
 
 
 def express_queues(celery: Celery, channels: Sequence[str]) -> list[Queue]:
@@ -50,7 +50,7 @@ def express_queues(celery: Celery, channels: Sequence[str]) -> list[Queue]:
     if not url or url.split("://", 1)[0] not in ("redis", "rediss") or uses_priority_queues(url):
         return []
     consumed = set(celery.amqp.queues.consume_from)
-    names = {queue_name(c, "high") for c in channels} & consumed
+    names = {queue_name(c, p) for c in channels for p in Priority if p.urgent} & consumed
     return [q for q in celery.conf.task_queues if q.name in names]
 
 

@@ -9,15 +9,13 @@ from typing import Any
 from celery import Task
 from celery.signals import worker_shutdown
 
-from notify.constants import DELIVER_TASK
+from notify.constants import DELIVER_TASK, STORE_RETRY_MAX
 from notify.delivery.attempt import Deliverer
 from notify.errors import StoreUnavailable
 from notify.settings import get_settings, load_hook
 from notify.worker.app import app
 
 log = logging.getLogger("notify.worker")
-
-STORE_RETRY_MAX = 30.0  # seconds: the longest broker countdown, far below any visibility timeout
 
 _deliverer: Deliverer | None = None
 _lock = threading.Lock()
