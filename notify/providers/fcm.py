@@ -34,6 +34,7 @@ from notify.providers.http import (
     Budget,
     BudgetSpent,
     EnvironmentOnceSession,
+    RequestsProvider,
     Verdict,
     configuration,
 )
@@ -90,21 +91,21 @@ class FcmSettings:
         return masked_repr(self)
 
 
-class FcmProvider:
+class FcmProvider(RequestsProvider):
     """Delivers `PushMessage`s through FCM; build one per worker process."""
 
-    name = "fcm"
+    name = _PROVIDER
+    channel = _CHANNEL
 
     def __init__(
         self, credentials: service_account.Credentials, endpoint: str, *, delivery_timeout: float = 30.0
     ) -> None:
+        # One pool for every thread's session; no retries, the retry policy decides.
+        adapter = HTTPAdapter(max_retries=0, pool_maxsize=_POOL_SIZE)
+        super().__init__(delivery_timeout=delivery_timeout, adapter=adapter)
         self.endpoint = endpoint
-        self.delivery_timeout = delivery_timeout
         self._payloads = FCMNotification(credentials=credentials)  # for parse_payload() only
         self._tokens = _Tokens(credentials)
-        # Shared by every thread's session; no retries, the retry policy decides.
-        self._adapter = HTTPAdapter(max_retries=0, pool_maxsize=_POOL_SIZE)
-        self._local = threading.local()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FcmProvider:
@@ -124,20 +125,19 @@ class FcmProvider:
         """Send one push within `delivery_timeout`; a failure raises our classified error."""
         if not isinstance(message, PushMessage):
             raise TypeError(f"FcmProvider delivers PushMessage, not {type(message).__name__}")
-        budget = Budget(self.delivery_timeout)
+        budget = self.budget()
         payload: bytes = self._payloads.parse_payload(**build_request(message))
         try:
             response = self._send(payload, budget)
-        except (requests.RequestException, GoogleAuthError) as exc:
+        except GoogleAuthError as exc:
             raise classify(exc) from exc
         if response.status_code != 200:
-            raise classify(requests.HTTPError(f"FCM answered HTTP {response.status_code}", response=response))
+            raise _from_response(response)
         return Receipt(provider_id=_message_name(response))
 
     def close(self) -> None:
-        self._adapter.close()
+        super().close()
         self._tokens.close()
-        self._local = threading.local()
 
     def __repr__(self) -> str:
         return f"FcmProvider(endpoint={self.endpoint!r})"
@@ -151,16 +151,7 @@ class FcmProvider:
 
     def _post(self, payload: bytes, token: str, budget: Budget) -> requests.Response:
         headers = {"Authorization": f"Bearer {token}", "Content-Type": _CONTENT_TYPE}
-        return self._session().post(self.endpoint, data=payload, headers=headers, timeout=budget.timeout())
-
-    def _session(self) -> requests.Session:
-        # Per thread: requests does not promise a Session is thread-safe.
-        session: requests.Session | None = getattr(self._local, "session", None)
-        if session is None:
-            session = self._local.session = EnvironmentOnceSession()
-            session.mount("http://", self._adapter)
-            session.mount("https://", self._adapter)
-        return session
+        return self.request("POST", self.endpoint, budget, data=payload, headers=headers)
 
 
 def build_request(message: PushMessage) -> dict[str, Any]:

@@ -1,17 +1,21 @@
-"""What the HTTP providers (Twilio, FCM) share.
+"""What the HTTP providers (Twilio, FCM, webhooks) share.
 
 One time budget per `deliver()` call, handed out as each request's timeout;
-one `Retry-After` parser; the verdict on a network failure (did the request
-reach the provider?); and the skeleton of classifying an answer: 408, 429
-and 5xx are transient whoever sends them, the rest is each provider's table.
+one `Retry-After` parser; one table per client library (requests, urllib3)
+deciding whether a failed request may have reached the provider; the
+skeleton of classifying an answer (408, 429 and 5xx are transient whoever
+sends them, the rest is each provider's table); and `RequestsProvider`, the
+base of the providers built on requests.
 """
 
 from __future__ import annotations
 
 import calendar
+import enum
 import math
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -20,7 +24,8 @@ from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
 import requests
-from urllib3.exceptions import ConnectTimeoutError
+import urllib3
+from requests.adapters import HTTPAdapter
 
 from notify.errors import (
     ConfigurationError,
@@ -38,13 +43,14 @@ __all__ = [
     "Budget",
     "BudgetSpent",
     "EnvironmentOnceSession",
+    "Handover",
     "Verdict",
     "configuration",
     "error_for",
+    "handover",
     "judge",
     "network_error",
     "parse_retry_after",
-    "reached_provider",
 ]
 
 # Longer hints are capped, not refused: a provider asking for a day means
@@ -103,39 +109,62 @@ def _bounded(seconds: float) -> float:
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
-def reached_provider(exc: requests.RequestException) -> bool:
-    """Whether the request may have reached the provider before `exc`.
+class Handover(enum.Enum):
+    """What a failed request says about the message: whether a retry could be a second copy."""
 
-    Only a failure to connect (refused, unreachable, connect timeout, TLS or
-    proxy handshake) proves nothing was sent. A read timeout or a connection
-    dropped after sending leaves the provider free to have accepted it.
+    NONE = "nothing was handed over"
+    """It failed before a byte of the request left: retrying is safe."""
+    MAYBE = "it may have been sent"
+    """The request went out (or may have) and no answer came: never resent blindly."""
+
+
+ErrorTable = tuple[tuple[type[BaseException], "Handover | ErrorTable"], ...]
+
+# urllib3's errors, as a request that connects and then sends raises them (alone, or as the
+# reason requests' ConnectionError carries): only a failure to connect proves nothing was sent.
+# First match wins; anything else may have been sent.
+URLLIB3_ERRORS: Final[ErrorTable] = (
+    (urllib3.exceptions.ConnectTimeoutError, Handover.NONE),  # NewConnectionError, NameResolutionError too
+    (urllib3.exceptions.ProxyError, Handover.NONE),  # the proxy refused the tunnel
+)
+
+# requests' errors, from Session.request (which connects, sends and reads in one call).
+REQUESTS_ERRORS: Final[ErrorTable] = (
+    (requests.ConnectTimeout, Handover.NONE),  # BudgetSpent too: no time left before the request
+    (requests.exceptions.SSLError, Handover.NONE),  # the TLS handshake, before the request
+    (requests.exceptions.ProxyError, Handover.NONE),
+    (requests.ReadTimeout, Handover.MAYBE),
+    (requests.exceptions.ChunkedEncodingError, Handover.MAYBE),
+    (requests.exceptions.ContentDecodingError, Handover.MAYBE),
+    (requests.ConnectionError, URLLIB3_ERRORS),  # refused or reset: urllib3's reason tells
+    (requests.RequestException, Handover.NONE),  # InvalidURL and the like: raised before sending
+)
+
+
+def handover(exc: BaseException, table: ErrorTable = REQUESTS_ERRORS) -> Handover:
+    """What `exc` says about the request, by the first entry of `table` it is an instance of.
+
+    An entry that is itself a table reads the error's cause (requests wraps
+    urllib3's error, in a MaxRetryError or as it is); no entry: `MAYBE`.
     """
-    if isinstance(exc, requests.ReadTimeout | requests.exceptions.ChunkedEncodingError):
-        return True
-    if isinstance(exc, requests.exceptions.ContentDecodingError):
-        return True
-    if isinstance(
-        exc, requests.ConnectTimeout | requests.exceptions.SSLError | requests.exceptions.ProxyError
-    ):
-        return False
-    if isinstance(exc, requests.ConnectionError):
-        return not _failed_to_connect(exc)
-    return False  # InvalidURL and the like: raised before anything is sent
+    for cls, meaning in table:
+        if isinstance(exc, cls):
+            return meaning if isinstance(meaning, Handover) else handover(_cause(exc), meaning)
+    return Handover.MAYBE
 
 
-def _failed_to_connect(exc: requests.ConnectionError) -> bool:
-    # requests wraps urllib3's MaxRetryError; its reason is what went wrong.
-    cause = exc.args[0] if exc.args else None
-    reason = getattr(cause, "reason", cause)
-    return isinstance(reason, ConnectTimeoutError)  # NewConnectionError, NameResolutionError too
+def _cause(exc: BaseException) -> BaseException:
+    cause = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else exc
+    reason = getattr(cause, "reason", None)  # urllib3's MaxRetryError
+    return reason if isinstance(reason, BaseException) else cause
 
 
 def network_error(
-    exc: requests.RequestException, *, channel: str, provider: str
+    exc: BaseException, *, channel: str, provider: str, table: ErrorTable = REQUESTS_ERRORS
 ) -> TransientDeliveryError | OutcomeUnknownError:
-    """Our error for a request that got no answer."""
+    """Our error for a request that got no answer: retried if nothing was handed over (`table`)."""
     reason = f"{type(exc).__name__}: {exc}"
-    if reached_provider(exc):
+    if handover(exc, table) is Handover.MAYBE:
         return OutcomeUnknownError(
             f"no answer after the request was sent ({reason}); it may have been accepted",
             channel=channel,
@@ -244,3 +273,59 @@ class EnvironmentOnceSession(requests.Session):
             verify = ca_bundle
         settings: dict[str, Any] = super().merge_environment_settings(url, proxies, stream, verify, cert)
         return settings
+
+
+class RequestsProvider:
+    """What the providers built on requests share (django-anymail's `base_requests` is the model).
+
+    A session per thread (requests does not promise that a `Session` is
+    thread-safe), each reading the environment's proxy and CA settings once;
+    one time budget per `deliver()`, given out as each request's timeout; and
+    one translation of requests' errors (`network_error`). A subclass keeps
+    only its request building, its code tables and the parsing of answers.
+    """
+
+    name: str  # the provider, as errors name it
+    channel: str  # the channel it delivers
+
+    def __init__(self, *, delivery_timeout: float, adapter: HTTPAdapter | None = None) -> None:
+        """`adapter`: one connection pool for every thread's session (default: requests' own per session)."""
+        self.delivery_timeout = delivery_timeout
+        self._adapter = adapter
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._sessions: list[requests.Session] = []
+
+    def budget(self) -> Budget:
+        """The time one `deliver()` may take."""
+        return Budget(self.delivery_timeout)
+
+    def session(self) -> requests.Session:
+        """This thread's session."""
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = EnvironmentOnceSession()
+            if self._adapter is not None:
+                session.mount("http://", self._adapter)
+                session.mount("https://", self._adapter)
+            with self._lock:
+                self._sessions.append(session)
+        return session
+
+    def request(self, method: str, url: str, budget: Budget, **kwargs: Any) -> requests.Response:
+        """One request within what is left of `budget`; a request that got no answer raises
+        `TransientDeliveryError` (nothing was handed over) or `OutcomeUnknownError`."""
+        try:
+            return self.session().request(method, url, timeout=budget.timeout(), **kwargs)
+        except requests.RequestException as exc:
+            raise network_error(exc, channel=self.channel, provider=self.name) from exc
+
+    def close(self) -> None:
+        """Close every thread's connections; later deliveries open new ones."""
+        with self._lock:
+            sessions, self._sessions = self._sessions, []
+            self._local = threading.local()
+        for session in sessions:
+            session.close()
+        if self._adapter is not None:
+            self._adapter.close()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
@@ -23,7 +22,7 @@ from notify.channels.sms import SmsMessage
 from notify.errors import ConfigurationError, NotifyError, PermanentDeliveryError
 from notify.providers import http
 from notify.providers.base import Message, Receipt
-from notify.providers.http import Budget, EnvironmentOnceSession, Verdict, configuration, parse_retry_after
+from notify.providers.http import Budget, RequestsProvider, Verdict, configuration, parse_retry_after
 from notify.settings import Secret, Settings, check_url, masked_repr, required
 
 __all__ = [
@@ -140,13 +139,13 @@ class _HttpClient(HttpClient):  # type: ignore[misc]  # twilio ships no types
     twilio builds absolute https://api.twilio.com URLs (rewritten by
     TWILIO_EDGE/TWILIO_REGION) and its exceptions carry no headers, so this
     is the one place that sees the final URL and the response headers. Each
-    request's timeout is what is left of the attempt's `budget`.
+    request goes through the provider's `request`, within the attempt's budget.
     """
 
-    def __init__(self, base_url: str | None) -> None:
+    def __init__(self, provider: TwilioProvider, base_url: str | None) -> None:
         super().__init__(logging.getLogger(__name__), is_async=False)
+        self.provider = provider
         self.base_url = base_url
-        self.session = EnvironmentOnceSession()  # requests' adapters: no retries
         self.budget = Budget(0.0)  # set by deliver() before each attempt
         self.retry_after: str | None = None
 
@@ -163,14 +162,14 @@ class _HttpClient(HttpClient):  # type: ignore[misc]  # twilio ships no types
     ) -> TwilioResponse:
         self.retry_after = None
         url = rebase_url(uri, self.base_url) if self.base_url is not None else uri
-        response = self.session.request(
+        response = self.provider.request(
             method.upper(),
             url,
+            self.budget,
             params=params,
             data=data,
             headers=headers,
             auth=auth,
-            timeout=self.budget.timeout(),
             allow_redirects=allow_redirects,
         )
         self.retry_after = response.headers.get("Retry-After")
@@ -183,14 +182,12 @@ class _ThreadClient:
     messages: Any  # twilio's MessageList for the account
 
 
-class TwilioProvider:
-    """SMS delivery through Twilio, with one twilio client per thread.
+class TwilioProvider(RequestsProvider):
+    """SMS delivery through Twilio, with one twilio client per thread (each attempt's budget and
+    Retry-After live on its HTTP client)."""
 
-    Per thread because requests does not promise a `Session` is thread-safe
-    and each attempt's budget and Retry-After live on the HTTP client.
-    """
-
-    name = "twilio"
+    name = PROVIDER
+    channel = CHANNEL
 
     def __init__(
         self,
@@ -201,14 +198,11 @@ class TwilioProvider:
         base_url: str = DEFAULT_BASE_URL,
         delivery_timeout: float = 30.0,
     ) -> None:
+        super().__init__(delivery_timeout=delivery_timeout)
         self.account_sid = account_sid
         self.sender = sender
         self.base_url = base_url
-        self.delivery_timeout = delivery_timeout
         self._auth_token = auth_token
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._http_clients: list[_HttpClient] = []
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TwilioProvider:
@@ -228,20 +222,12 @@ class TwilioProvider:
             raise TypeError(f"TwilioProvider sends SMS, not {type(message).__name__}")
         request = build_request(message, self.sender)
         client = self._thread_client()
-        client.http.budget = Budget(self.delivery_timeout)
+        client.http.budget = self.budget()
         try:
             created = client.messages.create(**request)
-        except (TwilioException, requests.RequestException) as exc:
+        except TwilioException as exc:
             raise classify(exc, parse_retry_after(client.http.retry_after)) from exc
         return Receipt(provider_id=created.sid)
-
-    def close(self) -> None:
-        """Close every thread's connections; later deliveries open new ones."""
-        with self._lock:
-            http_clients, self._http_clients = self._http_clients, []
-            self._local = threading.local()
-        for client in http_clients:
-            client.session.close()
 
     def __repr__(self) -> str:
         return (
@@ -250,21 +236,18 @@ class TwilioProvider:
         )
 
     def _thread_client(self) -> _ThreadClient:
-        local = self._local
-        client: _ThreadClient | None = getattr(local, "client", None)
+        local = self._local  # the base class's: closing drops these with the sessions
+        client: _ThreadClient | None = getattr(local, "twilio", None)
         if client is None:
-            client = self._new_client()
-            local.client = client
+            client = local.twilio = self._new_client()
         return client
 
     def _new_client(self) -> _ThreadClient:
         # The default base URL is left alone so TWILIO_EDGE/TWILIO_REGION still apply.
         rebase = self.base_url.rstrip("/") != DEFAULT_BASE_URL
-        client = _HttpClient(self.base_url if rebase else None)
-        twilio = Client(self.account_sid, self._auth_token.reveal(), http_client=client)
-        with self._lock:
-            self._http_clients.append(client)
-        return _ThreadClient(http=client, messages=twilio.messages)
+        http_client = _HttpClient(self, self.base_url if rebase else None)
+        twilio = Client(self.account_sid, self._auth_token.reveal(), http_client=http_client)
+        return _ThreadClient(http=http_client, messages=twilio.messages)
 
 
 def _check_base_url(base_url: str) -> None:

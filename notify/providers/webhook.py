@@ -221,7 +221,9 @@ class WebhookProvider:
                 conn.timeout = min(budget.left, CONNECT_TIMEOUT_PER_ADDRESS)
                 try:
                     conn.connect()  # TCP, then TLS: nothing is sent before it returns
-                except (HTTPError, OSError, CertificateError) as exc:  # refused, timed out, TLS: next
+                # Whatever connect() raises (refused, timed out, TLS), no byte of the request
+                # has left: the next address may take it.
+                except (HTTPError, OSError, CertificateError) as exc:
                     conn.close()
                     failure = f"{address}: {type(exc).__name__}: {exc}"
                     continue
@@ -287,11 +289,7 @@ def _send(
         return conn.getresponse()
     except (HTTPError, HTTPException, OSError) as exc:  # ssl.SSLError too: the request was written
         conn.close()
-        raise OutcomeUnknownError(
-            f"no answer after the request was sent ({type(exc).__name__}: {exc}); it may have been accepted",
-            channel=NAME,
-            provider=PROVIDER,
-        ) from None
+        raise http.network_error(exc, channel=NAME, provider=PROVIDER, table=http.URLLIB3_ERRORS) from None
 
 
 def _drained(conn: HTTPConnection, response: BaseHTTPResponse, budget: Budget) -> bool:
