@@ -226,8 +226,10 @@ def test_purging_dead_letters_frees_their_dedup_keys(store: Store) -> None:
 
 
 def test_an_unreachable_store_raises_our_error_not_the_drivers() -> None:
+    store = Store("postgresql://postgres@127.0.0.1:1/none")  # connects when first used
     with pytest.raises(StoreUnavailable, match="unavailable"):
-        Store("postgresql://postgres@127.0.0.1:1/none")
+        store.get("d-1")
+    store.close()
 
 
 def test_concurrent_producers_with_one_dedup_key_record_one_delivery(store: Store) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import json
+import threading
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -55,8 +56,18 @@ class Store:
         self._one_statement = (
             self.engine.execution_options(isolation_level="AUTOCOMMIT") if postgres else None
         )
-        with self._guard():
-            self._create_schema()
+        # Created on first use, not here: a worker that starts while the database is away
+        # starts (its attempts and maintenance wait the outage out), as a producer does.
+        self._schema_ready = False
+        self._schema_lock = threading.Lock()
+
+    def _ensure_schema(self) -> None:
+        if self._schema_ready:
+            return
+        with self._schema_lock:
+            if not self._schema_ready:
+                self._create_schema()
+                self._schema_ready = True
 
     def _create_schema(self) -> None:
         try:
@@ -75,8 +86,9 @@ class Store:
 
     @contextmanager
     def _guard(self) -> Iterator[None]:
-        """The driver's connection errors, as ours: the caller may retry later."""
+        """The driver's connection errors, as ours: the caller may retry later (the schema is made first)."""
         try:
+            self._ensure_schema()
             yield
         except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
             raise StoreUnavailable(f"the store is unavailable: {type(exc.orig).__name__}") from exc
