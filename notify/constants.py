@@ -33,6 +33,18 @@ def priority_queue_name(channel: str) -> str:
     return f"notify.{channel}"
 
 
+def queue_channel(queue: str) -> str | None:
+    """The channel whose queue `queue` is (either form above), or None for another queue."""
+    prefix, _, rest = queue.partition(".")
+    channel, _, priority = rest.partition(".")
+    if prefix != "notify" or not channel or (priority and priority not in _PRIORITY_NAMES):
+        return None
+    return channel
+
+
+_PRIORITY_NAMES = frozenset(p.value for p in Priority)
+
+
 # -- sizes of what the store keeps (send() refuses more before anything is written) ---
 
 MAX_ID: Final = 36

@@ -34,6 +34,7 @@ __all__ = [
     "TemplateError",
     "TransientDeliveryError",
     "ValidationError",
+    "one_line",
 ]
 
 
@@ -149,3 +150,10 @@ class OutcomeUnknownError(PermanentDeliveryError):
 
 class StoreUnavailable(NotifyError):
     """The store could not be reached or did not answer; nothing was recorded."""
+
+
+def one_line(exc: NotifyError) -> str:
+    """The error on one line, naming the setting at fault when its message does not."""
+    reason = " ".join(str(exc).split())
+    setting = exc.setting if isinstance(exc, ConfigurationError) else None
+    return reason if setting is None or setting in reason else f"{setting}: {reason}"

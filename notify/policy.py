@@ -46,7 +46,7 @@ class ChannelPolicy:
     backoff_max: float = 1800.0
     jitter: bool = True
     dedup_window: float = 86400.0
-    rate_limit: str | None = None  # Celery syntax, per worker process
+    rate_limit: str | None = None  # Celery syntax ("100/s", "10/m", "1/h"; a bare number is per second)
 
     def delay(self, attempt: int, *, retry_after: float | None = None) -> float:
         """Seconds to wait after failed try number `attempt` (1-based).
@@ -64,6 +64,15 @@ class ChannelPolicy:
         if retry_after is not None and not math.isnan(retry_after):
             delay = max(delay, min(max(retry_after, 0.0), self.backoff_max))
         return delay
+
+    @property
+    def rate_per_second(self) -> float | None:
+        """`rate_limit` as deliveries per second; None for no limit (unset, or 0 as in Celery)."""
+        if self.rate_limit is None:
+            return None
+        number, _, unit = self.rate_limit.partition("/")
+        per_second = float(number) / _UNIT_SECONDS[unit or "s"]
+        return per_second or None
 
 
 _DURATION_KEYS = {"backoff_initial", "backoff_max", "dedup_window"}

@@ -125,9 +125,12 @@ def notifier(env: dict[str, str]) -> Iterator[Callable[[], Notifier]]:
 def start_worker(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Worker]]:
     started: list[Worker] = []
 
-    def start(channel: str = "email", *args: str, environ: dict[str, str] | None = None) -> Worker:
+    def start(
+        channel: str = "email", *args: str, environ: dict[str, str] | None = None, celery: bool = False
+    ) -> Worker:
+        """`notify worker CHANNEL ARGS`; with `celery`, `celery -A workers.CHANNEL worker ARGS`."""
         log = tmp_path / f"worker-{channel}-{len(started)}.log"
-        worker = Worker(channel, environ or env, log, *args)
+        worker = Worker(channel, environ or env, log, *args, celery=celery)
         started.append(worker)
         return worker
 

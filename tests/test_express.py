@@ -18,7 +18,8 @@ from notify.broker.routing import producer_app
 from notify.errors import StoreUnavailable
 from notify.models import Status
 from notify.settings import Settings
-from notify.worker.express import ExpressLane, express_queues, runs_tasks_here, start_express
+from notify.worker.app import runs_tasks_here
+from notify.worker.express import ExpressLane, express_queues, start_express
 from tests.support.processes import Worker, wait_for
 from tests.support.smtp import SmtpServer
 
@@ -44,8 +45,10 @@ class Recorder:
         self.calls: list[list[str]] = []
         self.store_away = threading.Event()
         self.refused = 0
+        self.channels: list[str | None] = []
 
-    def __call__(self, delivery_ids: list[str]) -> list[str]:
+    def __call__(self, delivery_ids: list[str], *, channel: str | None = None) -> list[str]:
+        self.channels.append(channel)
         if self.store_away.is_set():
             self.refused += 1
             raise StoreUnavailable("the store is away")
@@ -86,6 +89,7 @@ def test_the_lane_takes_high_messages_only_and_acks_each_after_its_attempt(
     lane(recorder)
 
     wait_for(lambda: recorder.ids == [high], what="the high delivery's attempt")
+    assert recorder.channels == ["email"]  # from its queue: the channel's rate limit applies
     wait_for(lambda: broker.hlen("unacked") == 0, what="its message acked")
     assert broker.llen("notify.email.high") == 0
     assert broker.llen("notify.email.low") == 1  # Celery's, untouched
@@ -135,11 +139,11 @@ def test_a_delivery_that_raises_is_logged_and_the_lane_goes_on(
     recorder = Recorder()
     calls: list[str] = []
 
-    def attempt(delivery_ids: list[str]) -> list[str]:
+    def attempt(delivery_ids: list[str], *, channel: str | None = None) -> list[str]:
         calls.extend(delivery_ids)
         if first in delivery_ids:
             raise RuntimeError("a bug")
-        return recorder(delivery_ids)
+        return recorder(delivery_ids, channel=channel)
 
     lane(attempt)
     wait_for(lambda: calls == [first], what="the first attempt")

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import signal
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,7 +14,7 @@ import pytest
 
 from notify.api import Notifier
 from notify.models import Status
-from tests.support.processes import Worker, wait_for
+from tests.support.processes import CELERY, NOTIFY, Worker, wait_for
 from tests.support.smtp import SmtpServer
 
 # Each a setting that once let a worker or the scheduler come up on Celery's
@@ -38,12 +38,23 @@ BROKEN = {
 STARTED = (" ready.", "beat: Starting")
 
 
-def start_and_wait(argv: list[str], env: dict[str, str], tmp_path: Path) -> tuple[int | None, str, str]:
-    """Run `notify ARGV` until it exits or says it is up; (exit status or None, stdout, stderr)."""
+EMAIL_QUEUES = "notify.email.high,notify.email.normal,notify.email.low"
+# The ways to start an email worker: each must refuse a broken setting the same way.
+START_PATHS = {
+    "notify-worker": [*NOTIFY, "worker", "email"],
+    "celery-workers-module": [*CELERY, "-A", "workers.email", "worker"],
+    "celery-app": [*CELERY, "-A", "notify.worker.app", "worker", "-Q", EMAIL_QUEUES],
+}
+
+
+def start_and_wait(
+    argv: list[str], env: dict[str, str], tmp_path: Path, *, program: list[str] = NOTIFY
+) -> tuple[int | None, str, str]:
+    """Run `program ARGV` until it exits or says it is up; (exit status or None, stdout, stderr)."""
     out, err = tmp_path / "stdout.log", tmp_path / "stderr.log"
     with out.open("wb") as stdout, err.open("wb") as stderr:
         process = subprocess.Popen(
-            [sys.executable, "-m", "notify.cli", *argv],
+            [*program, *argv],
             env=env,
             cwd=tmp_path,
             stdout=stdout,
@@ -92,6 +103,25 @@ def test_a_broken_setting_stops_the_start_with_one_line_naming_it(
     assert "hunter2" not in stdout + stderr
 
 
+@pytest.mark.parametrize("path", ["celery-workers-module", "celery-app"])
+@pytest.mark.parametrize("variable", BROKEN)
+def test_celerys_own_command_refuses_a_broken_setting_as_notify_worker_does(
+    path: str, variable: str, env: dict[str, str], tmp_path: Path
+) -> None:
+    """One start path: the same checks whoever starts the worker; before it takes a message."""
+    (tmp_path / "a-file").write_text("")
+    env[variable] = BROKEN[variable].format(tmp=tmp_path)
+
+    returncode, stdout, stderr = start_and_wait(["-l", "info"], env, tmp_path, program=START_PATHS[path])
+
+    assert returncode == 2, f"it started instead:\n{stdout}{stderr}"
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith(f"error: {variable}"), stderr
+    assert stderr.count("error: ") == 1 and "Traceback" not in stderr, stderr  # as root, Celery warns first
+    assert "ready" not in stdout + stderr
+    assert "hunter2" not in stdout + stderr
+
+
 def test_the_email_channels_own_setting_stops_the_start_on_any_backend(
     env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -136,3 +166,61 @@ def test_the_pool_asked_for_is_the_pool_that_delivers(
 
     runs = wait_for(process_of_the_task, what="the worker to log the task's success")
     assert runs.startswith(runs_in), worker.output()
+
+
+@pytest.mark.parametrize("celery", [False, True], ids=["notify-worker", "celery-workers-module"])
+def test_the_channels_rate_limit_spaces_every_delivery_the_express_lanes_too(
+    celery: bool,
+    env: dict[str, str],
+    redis_url: str,
+    tmp_path: Path,
+    notifier: Callable[[], Notifier],
+    start_worker: Callable[..., Worker],
+    smtp_server: SmtpServer,
+) -> None:
+    """2/s: each delivery (not each message) waits its turn, whichever way the worker started and
+    whatever took its message (the pool, or an express lane for the high ones)."""
+    (tmp_path / "notify.toml").write_text('[channels.email]\nrate_limit = "2/s"\n')
+    env.update(NOTIFY_BROKER_URL=redis_url, NOTIFY_CONFIG=str(tmp_path / "notify.toml"))
+    start_worker("email", celery=celery).wait_ready()
+    producer = notifier()
+
+    sent = [
+        producer.send("welcome", {"email": f"u{i}@example.com"}, data={"name": "A"}, priority=priority)
+        for i, priority in enumerate(["high", "normal", "high", "low", "high", "normal"])
+    ]
+
+    ids = [r.deliveries[0].id for r in sent]
+    wait_for(lambda: len(smtp_server.delivery_ids()) == len(ids), what="every email", timeout=60)
+    arrivals = sorted(t for i in ids for t in smtp_server.attempts_of(i))
+    gaps = [later - earlier for earlier, later in itertools.pairwise(arrivals)]
+    assert min(gaps) > 0.4, gaps  # 0.5 s apart, less the network's jitter
+
+
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
+def test_two_workers_of_one_channel_run_side_by_side_and_pass_celerys_options(
+    broker: str,
+    request: pytest.FixtureRequest,
+    env: dict[str, str],
+    notifier: Callable[[], Notifier],
+    start_worker: Callable[..., Worker],
+    smtp_server: SmtpServer,
+) -> None:
+    """Each node is named <channel>-<pid>@<host> (RabbitMQ locks a pidbox queue to one node name);
+    options notify does not know go to Celery as they are."""
+    env["NOTIFY_BROKER_URL"] = request.getfixturevalue(f"{broker}_url")
+    first = start_worker("email", "-c", "2").wait_ready()
+    second = start_worker("email", "-c", "2", "-n", "second@%h", "-E").wait_ready()
+    producer = notifier()
+
+    results = [
+        producer.send("welcome", {"email": f"u{i}@example.com"}, data={"name": "A"}) for i in range(20)
+    ]
+
+    ids = {r.deliveries[0].id for r in results}
+    wait_for(lambda: set(smtp_server.delivery_ids()) == ids, what="every email, once", timeout=60)
+    assert set(smtp_server.delivery_ids().values()) == {1}
+    assert first.process.poll() is None and second.process.poll() is None
+    assert re.search(rf"email-{first.process.pid}@\S+ ready", first.output()), first.output()
+    assert re.search(r"second@\S+ ready", second.output()), second.output()
+    assert "task events: OFF" in first.output() and "task events: ON" in second.output()

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import click
 
 from notify.api import Notifier
-from notify.errors import ConfigurationError, NotifyError, ValidationError
+from notify.errors import NotifyError, ValidationError, one_line
 from notify.models import Delivery
 from notify.settings import get_settings
 
@@ -63,13 +63,6 @@ def reports_errors(command: F) -> F:
             sys.exit(2)
 
     return wrapper  # type: ignore[return-value]
-
-
-def one_line(exc: NotifyError) -> str:
-    """The error on one line, naming the setting at fault when its message does not."""
-    reason = " ".join(str(exc).split())
-    setting = exc.setting if isinstance(exc, ConfigurationError) else None
-    return reason if setting is None or setting in reason else f"{setting}: {reason}"
 
 
 def notifier() -> Notifier:

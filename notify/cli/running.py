@@ -1,9 +1,11 @@
 """`notify worker` and `notify beat`: the long-running processes.
 
-Both check every setting before they start: Celery only logs an error raised
-while it configures itself and then runs on its defaults. A worker runs its
-channel's maintenance itself; `notify beat` is the same maintenance for every
-channel in a process of its own, for those who want it apart from workers.
+A worker starts the way every notify worker does (notify.worker.app): its
+settings, templates, hook, policies and provider are checked before Celery
+takes a message, and a bad one ends the start with status 2 and one line.
+A worker runs its channel's maintenance itself; `notify beat` is the same
+maintenance for every channel in a process of its own, for those who want it
+apart from workers.
 """
 
 from __future__ import annotations
@@ -13,17 +15,14 @@ from typing import TYPE_CHECKING
 import click
 
 from notify import channels as registry
-from notify.api import Notifier
 from notify.cli.output import ChannelChoice, reports_errors
-from notify.constants import DELIVER_TASK
-from notify.errors import ConfigurationError
-from notify.settings import Settings, get_settings, load_hook
+from notify.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from celery import Celery
 
 
-@click.command()
+@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.argument("channel", type=ChannelChoice())
 @click.option(
     "--concurrency",
@@ -42,23 +41,25 @@ if TYPE_CHECKING:
     help="Celery pool; threads suit delivery, which waits on the network.",
 )
 @click.option("--loglevel", "-l", default="info", show_default=True)
+@click.argument("celery_options", nargs=-1, type=click.UNPROCESSED)
 @reports_errors
-def worker(channel: str, concurrency: int, pool: str, loglevel: str) -> None:
+def worker(channel: str, concurrency: int, pool: str, loglevel: str, celery_options: tuple[str, ...]) -> None:
     """Run a Celery worker for CHANNEL's queues, high before normal before low.
 
     It also releases CHANNEL's due deliveries and sweeps what nobody works on.
+    Options notify does not know go to Celery's worker as they are (-n NAME,
+    -E, --max-tasks-per-child N, ...); the node is named CHANNEL-<pid>@<host>
+    unless -n says otherwise.
     """
     from notify.broker.routing import consume_queues
+    from notify.worker.startup import preflight
 
-    settings = checked_settings()
-    check_provider(channel, settings)
+    settings = get_settings()
+    preflight(settings, (channel,))  # before Celery says anything: the worker's start checks it too
     app = configured_app(settings)
     # Celery reads "-P prefork" as "no -P given" and takes the configured pool
     # instead, so the choice goes into the configuration itself.
     app.conf.worker_pool = pool
-    rate = Notifier(settings).policies[channel].rate_limit
-    if rate:
-        app.conf.task_annotations = {DELIVER_TASK: {"rate_limit": rate}}
     argv = [
         "worker",
         "-Q",
@@ -67,12 +68,11 @@ def worker(channel: str, concurrency: int, pool: str, loglevel: str) -> None:
         pool,
         "-c",
         str(concurrency),
-        "-n",
-        f"{channel}@%h",
         "-l",
         loglevel,
         "--without-gossip",
         "--without-mingle",
+        *celery_options,
     ]
     app.worker_main(argv)
 
@@ -86,10 +86,13 @@ def beat(loglevel: str) -> None:
     import signal
     import threading
 
-    from notify.worker.app import start_maintenance
+    from notify.worker.services import new_maintenance
+    from notify.worker.startup import preflight
 
     logging.basicConfig(level=loglevel.upper(), format="[%(asctime)s: %(levelname)s/%(name)s] %(message)s")
-    maintenance = start_maintenance(configured_app(checked_settings()), list(registry.names()))
+    settings = get_settings()
+    preflight(settings, channels=())  # NOTIFY_HOME first: the embedded broker's file lives there
+    maintenance = new_maintenance(configured_app(settings), settings, registry.names()).start()
     stopped = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopped.set())
@@ -98,27 +101,6 @@ def beat(loglevel: str) -> None:
     )
     stopped.wait()
     maintenance.stop()
-
-
-def checked_settings() -> Settings:
-    """The settings, every one checked: values, NOTIFY_HOME, the hook, templates, policies."""
-    settings = get_settings()
-    settings.validate()
-    load_hook(settings)
-    if not settings.templates_dir.is_dir():
-        raise ConfigurationError(
-            f"NOTIFY_TEMPLATES_DIR {str(settings.templates_dir)!r} is not a directory",
-            setting="NOTIFY_TEMPLATES_DIR",
-        )
-    Notifier(settings)  # reads NOTIFY_CONFIG's policies
-    return settings
-
-
-def check_provider(channel: str, settings: Settings) -> None:
-    """Build CHANNEL's provider once, so a missing or broken setting stops the start."""
-    from notify.providers import load_provider
-
-    load_provider(channel, settings).close()
 
 
 def configured_app(settings: Settings) -> Celery:

@@ -21,6 +21,7 @@ from notify import channels as registry
 from notify.constants import RFC5321_DATA_REPLY, SMTP_LOOP_SLACK
 from notify.delivery.gate import PriorityGate
 from notify.delivery.heartbeat import Heartbeat
+from notify.delivery.pace import Pace
 from notify.errors import (
     ConfigurationError,
     CoreCode,
@@ -82,14 +83,30 @@ def longest_attempt(settings: Settings) -> float:
     return settings.delivery_timeout + RFC5321_DATA_REPLY + SMTP_LOOP_SLACK
 
 
+def new_heartbeat(store: Store, settings: Settings) -> Heartbeat:
+    """A heartbeat for the attempts of one process, renewing each claim as long as an attempt lasts."""
+    return Heartbeat(
+        store, settings.lease, settings.heartbeat_every, longest_attempt(settings) + settings.lease
+    )
+
+
 class Deliverer:
     """Attempts deliveries for a worker process; providers are built once per channel."""
 
     def __init__(
-        self, settings: Settings, *, on_permanent_failure: PermanentFailureHook | None = None
+        self,
+        settings: Settings,
+        *,
+        heartbeat: Heartbeat | None = None,
+        gate: PriorityGate | None = None,
+        rate_share: float = 1.0,
+        on_permanent_failure: PermanentFailureHook | None = None,
     ) -> None:
+        """`heartbeat`, `gate`: the process's own (a worker's services start them), else new ones.
+        `rate_share`: the part of each channel's rate limit this process may use (1 / a prefork
+        pool's size, since every pool process has a deliverer of its own)."""
         self.settings = settings
-        self.store = Store(settings.resolved_database_url)
+        self.store = heartbeat.store if heartbeat is not None else Store(settings.resolved_database_url)
         self.renderer = Renderer(settings.templates_dir)
         self.policies: dict[str, ChannelPolicy] = load_policies(
             settings.resolved_config_path, registry.default_policies()
@@ -97,9 +114,14 @@ class Deliverer:
         self.on_permanent_failure = on_permanent_failure
         self._providers: dict[str, Provider] = {}
         self._lock = threading.Lock()
-        ceiling = longest_attempt(settings) + settings.lease
-        self.heartbeat = Heartbeat(self.store, settings.lease, settings.heartbeat_every, ceiling)
-        self.gate = PriorityGate()  # a high attempt has this process to itself for a moment
+        self._owns_heartbeat = heartbeat is None  # and its store: closed with the deliverer
+        self.heartbeat = heartbeat or new_heartbeat(self.store, settings)
+        self.gate = gate or PriorityGate()  # a high attempt has this process to itself for a moment
+        self.paces = {
+            name: Pace(rate * rate_share)
+            for name, policy in self.policies.items()
+            if (rate := policy.rate_per_second) is not None
+        }
 
     def provider(self, channel: str) -> Provider:
         with self._lock:
@@ -108,13 +130,20 @@ class Deliverer:
             return self._providers[channel]
 
     def close(self) -> None:
-        self.heartbeat.stop()
-        for provider in self._providers.values():
+        """Close the providers (and the heartbeat and store, if it made them): every attempt is over."""
+        with self._lock:
+            providers, self._providers = list(self._providers.values()), {}
+        for provider in providers:
             provider.close()
-        self.store.close()
+        if self._owns_heartbeat:
+            self.heartbeat.stop()
+            self.store.close()
 
-    def attempt_burst(self, delivery_ids: Sequence[object]) -> list[Outcome]:
+    def attempt_burst(self, delivery_ids: Sequence[object], *, channel: str | None = None) -> list[Outcome]:
         """A message's deliveries, one after another, each claimed when its turn comes.
+
+        `channel`: the message's, from the queue it came from: the channel's rate
+        limit spaces each of them before its claim.
 
         The ones still waiting stay "queued" with their time renewed at every
         heartbeat, so the sweep does not take them for lost; a delivery that
@@ -137,22 +166,26 @@ class Deliverer:
             for index, delivery_id in enumerate(ids):
                 if index:
                     self.heartbeat.drop(delivery_id)
-                outcomes.append(self._attempt_or_log(delivery_id))
+                outcomes.append(self._attempt_or_log(delivery_id, channel))
         finally:
             for delivery_id in ids[len(outcomes) + 1 :]:
                 self.heartbeat.drop(delivery_id)
         return outcomes
 
-    def _attempt_or_log(self, delivery_id: str) -> Outcome:
+    def _attempt_or_log(self, delivery_id: str, channel: str | None) -> Outcome:
         try:
-            return self.attempt(delivery_id)
+            return self.attempt(delivery_id, channel=channel)
         except StoreUnavailable:
             raise
         except Exception:
             log.exception("delivery %s: unexpected error; left to the sweep, the burst goes on", delivery_id)
             return Outcome(AttemptStatus.ERROR)
 
-    def attempt(self, delivery_id: str) -> Outcome:
+    def attempt(self, delivery_id: str, *, channel: str | None = None) -> Outcome:
+        """Claim, render, deliver and record one delivery; `channel`'s rate limit first, if known."""
+        pace = self.paces.get(channel) if channel is not None else None
+        if pace is not None:
+            pace.wait()  # before the claim: a delivery waiting its turn holds nothing
         claim = self.store.claim(delivery_id, self.settings.lease)
         if isinstance(claim, Refusal):
             return self._refused(delivery_id, claim)

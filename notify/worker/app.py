@@ -1,29 +1,46 @@
-"""The Celery app workers run.
+"""The Celery app workers run, and the one path every worker starts by.
 
-Run it with `notify worker CHANNEL`, or `celery -A workers.email worker` (the
-repository's operator modules, one per channel: `serve_only`), or `celery -A
-workers.app worker -Q notify.email.high,notify.email.normal,notify.email.low`
-(on RabbitMQ the one queue `notify.email`). Settings are read when Celery first needs its
-configuration, not at import. Each worker runs its channel's maintenance
-(releases, sweeps, purges) in a thread of its own: no scheduler process is
-needed, and no backlog on the broker delays it.
+Run it with `notify worker CHANNEL`, `celery -A notify.worker.app worker`
+(every channel's queues, or those `-Q` names) or `celery -A workers.<channel>
+worker` (the repository's operator modules: `serve_only`). Whichever it is,
+Celery's signals below make the same start: the settings, templates, hook,
+policies and the served channels' providers are checked (`preflight`; a bad
+one ends the start with status 2 and one line), the node gets a name of its
+own unless `-n` gives one, and the worker's services (notify.worker.services:
+heartbeat, maintenance, gate, attempts, express lanes) start in order and
+stop in reverse. Settings are read when Celery first needs its configuration,
+not at import.
 """
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import logging
+import os
 from typing import Any
 
 from celery import Celery
-from celery.signals import after_setup_logger, celeryd_init, worker_ready, worker_shutdown
+from celery.concurrency import get_implementation
+from celery.concurrency.solo import TaskPool as SoloPool
+from celery.concurrency.thread import TaskPool as ThreadPool
+from celery.signals import (
+    after_setup_logger,
+    celeryd_init,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_shutdown,
+    worker_shutting_down,
+)
+from celery.utils.nodenames import default_nodename, nodesplit
 
 from notify import channels as registry
-from notify.broker.publisher import Publisher
 from notify.broker.routing import celery_config, consume_queues
-from notify.delivery.maintenance import Maintenance
+from notify.constants import queue_channel
+from notify.errors import NotifyError
 from notify.settings import Settings, get_settings
-from notify.store import Store
+from notify.worker import services
+from notify.worker.startup import preflight, refuse_to_start
 
 log = logging.getLogger("notify.worker")
 
@@ -35,7 +52,7 @@ CELERY_TASK_LOGGERS = ("celery.app.trace", "celery.worker.strategy")
 def worker_config(settings: Settings) -> dict[str, Any]:
     config = celery_config(settings)
     config.update(
-        imports=["notify.worker.tasks", "notify.worker.express"],  # express: the high queues' own consumer
+        imports=["notify.worker.tasks"],
         worker_pool="threads",  # delivery waits on the network, not the CPU
         worker_concurrency=16,
         # Nobody watches these per task: the store has every outcome.
@@ -46,7 +63,6 @@ def worker_config(settings: Settings) -> dict[str, Any]:
 
 
 app = Celery("notify")
-_maintenance: list[Maintenance] = []
 _served: list[str] = []  # serve_only's channels
 
 
@@ -54,34 +70,13 @@ def serve_only(channel: str) -> Celery:
     """Make a worker started in this process consume only `channel`'s queues, highest priority first.
 
     For `celery -A workers.<channel> worker`: the queues follow the configured
-    broker (notify.broker.routing.consume_queues), chosen when the worker starts, so
-    importing reads no settings. A `-Q` given on the command line still wins.
+    broker (notify.broker.routing.consume_queues), chosen when the worker
+    starts, so importing reads no settings. A `-Q` given on the command line still wins.
     """
     if channel not in registry.channels():
         raise ValueError(f"no channel {channel!r}; channels: {', '.join(registry.names())}")
     _served.append(channel)
     return app
-
-
-@celeryd_init.connect
-def _select_served_queues(instance: Any, **_: Any) -> None:
-    if _served:
-        url = instance.app.conf.broker_url
-        instance.app.amqp.queues.select([q for c in _served for q in consume_queues(url, c)])
-
-
-@after_setup_logger.connect
-def _quiet_per_message_lines(loglevel: int = logging.INFO, **_: Any) -> None:
-    # twilio logs every request's URL and headers at INFO: eleven lines a message.
-    logging.getLogger("twilio.http_client").setLevel(logging.WARNING)
-    if loglevel > logging.DEBUG:
-        for name in CELERY_TASK_LOGGERS:
-            logging.getLogger(name).setLevel(logging.WARNING)
-
-
-@app.on_configure.connect
-def _configure(sender: Celery, **_: Any) -> None:
-    sender.config_from_object(worker_config(get_settings()))
 
 
 def consumed_channels(celery: Celery) -> list[str]:
@@ -91,60 +86,94 @@ def consumed_channels(celery: Celery) -> list[str]:
     return [c for c in registry.names() if names & set(consume_queues(url, c))]
 
 
-class Backlog:
-    """Messages waiting on a channel's queues, read over one broker connection of its own."""
+def runs_tasks_here(pool: Any) -> bool:
+    """Whether the pool (its class or an instance) runs tasks in the worker's process: threads, solo.
 
-    def __init__(self, celery: Celery) -> None:
-        self.celery = celery
-        self._connection: Any = None
-
-    def __call__(self, channel: str) -> int | None:
-        """How many wait, or None if the broker cannot say (the sweep then waits longer)."""
-        queues = {q.name: q for q in self.celery.conf.task_queues}
-        try:
-            if self._connection is None:
-                self._connection = self.celery.connection_for_read()
-            bound = [queues[name](self._connection.default_channel) for name in self._names(channel)]
-            # A declare (idempotent, with the queue's own arguments) rather than a
-            # passive one: Redis calls an empty queue missing.
-            return sum(int(q.queue_declare().message_count) for q in bound)
-        except Exception as exc:
-            log.warning("cannot read the %s backlog: %s: %s", channel, type(exc).__name__, exc)
-            self.close()
-            return None
-
-    def _names(self, channel: str) -> list[str]:
-        return consume_queues(self.celery.conf.broker_url, channel)
-
-    def close(self) -> None:
-        if self._connection is not None:
-            self._connection.release()
-            self._connection = None
+    Not prefork: a deliverer built in the parent would be inherited, its SMTP
+    thread dead, by every child forked later; each child builds its own.
+    """
+    cls = pool if isinstance(pool, type) else type(pool)
+    return issubclass(cls, ThreadPool | SoloPool)
 
 
-def start_maintenance(celery: Celery, channels: list[str]) -> Maintenance:
-    settings = get_settings()
-
-    maintenance = Maintenance(
-        Store(settings.resolved_database_url),
-        settings,
-        functools.partial(Publisher(celery).publish, grouped=True),
-        channels=channels,
-        backlog=Backlog(celery),
-    )
-    _maintenance.append(maintenance.start())
-    return maintenance
+# -- the start path: Celery's signals, in the order Celery sends them ---------------------
 
 
-@worker_ready.connect
-def _start_maintenance(sender: Any, **_: Any) -> None:
-    channels = consumed_channels(sender.app)
-    if channels:
-        start_maintenance(sender.app, channels)
-        log.info("maintenance running for %s", ", ".join(channels))
+@app.on_configure.connect
+def _configure(sender: Celery, **_: Any) -> None:
+    # Celery would log a bad setting and run on its defaults; the worker's start refuses instead.
+    with contextlib.suppress(NotifyError):
+        settings = get_settings()
+        settings.validate()  # NOTIFY_HOME first: the embedded broker's file lives there
+        sender.config_from_object(worker_config(settings))
+
+
+@celeryd_init.connect
+def _select_queues_and_name(instance: Any, options: dict[str, Any], **_: Any) -> None:
+    if _served:
+        url = instance.app.conf.broker_url
+        instance.app.amqp.queues.select([q for c in _served for q in consume_queues(url, c)])
+    if instance.hostname == default_nodename(""):  # no -n given
+        instance.hostname = node_name(_served or _channels_of(options.get("queues")))
+
+
+def node_name(channels: list[str]) -> str:
+    """`<channels>-<pid>@<host>`: two workers of one channel on one host never share a name
+    (Celery warns about that on Redis, and on RabbitMQ the second one's pidbox queue is locked)."""
+    _, host = nodesplit(default_nodename(""))
+    return f"{'+'.join(channels) or 'notify'}-{os.getpid()}@{host}"
+
+
+def _channels_of(queues: str | list[str] | None) -> list[str]:
+    """The channels `-Q` names (celery's CLI gives a list, a caller may give "a,b")."""
+    names = queues.split(",") if isinstance(queues, str) else queues or []
+    return list(dict.fromkeys(c for c in map(queue_channel, names) if c is not None))
+
+
+@worker_init.connect
+def _check_and_start(sender: Any, **_: Any) -> None:
+    """Before the pool starts and a message is taken: check, then start the main process's services."""
+    celery = sender.app
+    try:
+        settings = get_settings()
+        channels = tuple(consumed_channels(celery))
+        preflight(settings, channels)
+        tasks_here = runs_tasks_here(get_implementation(sender.pool_cls))
+        processes = 1 if tasks_here else _pool_size(sender.concurrency)
+        runtime = services.Runtime(settings, celery, channels, True, tasks_here, processes)
+        running = services.boot(runtime)
+    except NotifyError as exc:
+        refuse_to_start(exc)
+    log.info("notify worker for %s, running %s", ", ".join(channels), ", ".join(running.names()))
+
+
+def _pool_size(concurrency: object) -> int:
+    return concurrency if isinstance(concurrency, int) and concurrency > 0 else 1
+
+
+@worker_process_init.connect
+def _start_in_pool_process(**_: Any) -> None:
+    """A prefork child: its own heartbeat, gate and deliverer (the solo pool sends this in the
+    worker's own process, whose services are running already)."""
+    if services.running() is None:
+        services.boot_pool_process()
+
+
+@worker_shutting_down.connect
+def _drain(**_: Any) -> None:
+    services.drain()
 
 
 @worker_shutdown.connect
-def _stop_maintenance(**_: Any) -> None:
-    while _maintenance:
-        _maintenance.pop().stop()
+@worker_process_shutdown.connect
+def _stop(**_: Any) -> None:
+    services.stop()
+
+
+@after_setup_logger.connect
+def _quiet_per_message_lines(loglevel: int = logging.INFO, **_: Any) -> None:
+    # twilio logs every request's URL and headers at INFO: eleven lines a message.
+    logging.getLogger("twilio.http_client").setLevel(logging.WARNING)
+    if loglevel > logging.DEBUG:
+        for name in CELERY_TASK_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)

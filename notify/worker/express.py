@@ -22,25 +22,28 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from celery import Celery
-from celery.concurrency.solo import TaskPool as SoloPool
-from celery.concurrency.thread import TaskPool as ThreadPool
-from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 from kombu import Connection, Queue
 from kombu.mixins import ConsumerMixin
 
 from notify.broker.routing import uses_priority_queues
-from notify.constants import DELIVER_TASK, STORE_RETRY_MAX, queue_name
+from notify.constants import DELIVER_TASK, STORE_RETRY_MAX, queue_channel, queue_name
 from notify.errors import StoreUnavailable
 from notify.models import Priority
 
 log = logging.getLogger("notify.worker")
 
-Attempt = Callable[[list[str]], object]  # Deliverer.attempt_burst
+
+class Attempt(Protocol):
+    """Deliverer.attempt_burst: a message's deliveries, and the channel its queue is for."""
+
+    def __call__(self, delivery_ids: list[str], *, channel: str | None) -> object: ...
+
+
 LANES = 2  # threads, each one message at a time: a high attempt behind a backlog takes 15-40 ms
 
 
@@ -73,10 +76,13 @@ class ExpressLane(ConsumerMixin):
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop consuming; a message not finished stays unacked and returns to its queue."""
+        """Stop consuming, and wait up to `timeout` for the attempt in flight to record its outcome
+        (a message not finished stays unacked and returns to its queue)."""
         self.stopping()
         if self._thread is not None:
             self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.error("express lane: an attempt still runs after %.0fs; leaving it", timeout)
         self.connection.release()
 
     def stopping(self) -> None:
@@ -93,16 +99,16 @@ class ExpressLane(ConsumerMixin):
             return
         if not self._wait_until(message.headers.get("eta")):
             return  # stopping: unacked, it returns to its queue
-        if self._attempt(ids):
+        if self._attempt(ids, queue_channel(str(message.delivery_info.get("routing_key") or ""))):
             message.ack()
 
-    def _attempt(self, ids: list[str]) -> bool:
+    def _attempt(self, ids: list[str], channel: str | None) -> bool:
         """The message's deliveries (Deliverer.attempt_burst), however long the store is away;
         False if the lane stopped first. Those already done are refused at their claim next time."""
         delay = 1.0
         while not self._stopped.is_set():
             try:
-                self.attempt(ids)
+                self.attempt(ids, channel=channel)
                 return True
             except StoreUnavailable as exc:  # nothing was claimed: keep the message, try again
                 log.error("deliveries %s: %s, again in %.1fs", ids, exc, delay)
@@ -137,9 +143,6 @@ def _delivery_ids(headers: dict[str, Any], body: Any) -> list[str] | None:
     return None
 
 
-_lanes: list[ExpressLane] = []
-
-
 def start_express(
     celery: Celery, channels: Sequence[str], attempt: Attempt, lanes: int = LANES
 ) -> list[ExpressLane]:
@@ -148,33 +151,5 @@ def start_express(
     if not queues:
         return []
     started = [ExpressLane(celery.connection_for_read(), queues, attempt).start() for _ in range(lanes)]
-    _lanes.extend(started)
     log.info("express lanes: %d consuming %s", lanes, ", ".join(q.name for q in queues))
     return started
-
-
-def runs_tasks_here(pool: Any) -> bool:
-    """Whether `pool` runs tasks in this process (threads, solo), where the lane can run them too.
-
-    Not prefork: a deliverer built in the parent would be inherited, its SMTP
-    thread dead, by every child forked later.
-    """
-    return isinstance(pool, ThreadPool | SoloPool)
-
-
-@worker_ready.connect
-def _start(sender: Any, **_: Any) -> None:
-    from notify.worker.app import consumed_channels
-    from notify.worker.tasks import deliverer
-
-    if runs_tasks_here(sender.pool):
-        start_express(sender.app, consumed_channels(sender.app), lambda ids: deliverer().attempt_burst(ids))
-
-
-@worker_shutting_down.connect  # before the deliverer is closed (notify.worker.tasks, at worker_shutdown)
-@worker_shutdown.connect
-def _stop(**_: Any) -> None:
-    for lane in _lanes:
-        lane.stopping()
-    while _lanes:
-        _lanes.pop().stop()

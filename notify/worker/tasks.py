@@ -1,40 +1,26 @@
-"""The task: deliver a delivery, or a burst of them."""
+"""The task: deliver a delivery, or a burst of them, with this process's deliverer."""
 
 from __future__ import annotations
 
 import logging
-import threading
-from typing import Any
 
 from celery import Task
-from celery.signals import worker_shutdown
 
-from notify.constants import DELIVER_TASK, STORE_RETRY_MAX
+from notify.constants import DELIVER_TASK, STORE_RETRY_MAX, queue_channel
 from notify.delivery.attempt import Deliverer
 from notify.errors import StoreUnavailable
-from notify.settings import get_settings, load_hook
+from notify.worker import services
 from notify.worker.app import app
 
 log = logging.getLogger("notify.worker")
 
-_deliverer: Deliverer | None = None
-_lock = threading.Lock()
-
 
 def deliverer() -> Deliverer:
-    """This worker process's deliverer, built on first use (after a prefork pool forks)."""
-    global _deliverer
-    with _lock:
-        if _deliverer is None:
-            settings = get_settings()
-            _deliverer = Deliverer(settings, on_permanent_failure=load_hook(settings))
-        return _deliverer
-
-
-@worker_shutdown.connect
-def _close(**_: Any) -> None:
-    if _deliverer is not None:
-        _deliverer.close()
+    """This process's deliverer (notify.worker.services starts it before the first task)."""
+    running = services.running() or services.boot_pool_process()
+    if running is None or running.runtime.deliverer is None:
+        raise RuntimeError("no deliverer in this process: the worker's services did not start")
+    return running.runtime.deliverer
 
 
 @app.task(name=DELIVER_TASK, bind=True, ignore_result=True)
@@ -45,10 +31,11 @@ def deliver(self: Task[[str | list[str]], str | list[str]], delivery_ids: str | 
     store (kept from the sweep while this worker lives), so a worker that
     dies mid-message leaves them to the sweep untouched, their tries uncounted.
     """
+    channel = queue_channel(str((self.request.delivery_info or {}).get("routing_key") or ""))
     try:
         if isinstance(delivery_ids, str):
-            return deliverer().attempt(delivery_ids).status
-        return [outcome.status for outcome in deliverer().attempt_burst(delivery_ids)]
+            return deliverer().attempt(delivery_ids, channel=channel).status
+        return [outcome.status for outcome in deliverer().attempt_burst(delivery_ids, channel=channel)]
     except StoreUnavailable as exc:
         # Nothing was claimed: keep a message for it and try again, backing off,
         # rather than ack it away and leave it to the sweep. The ones this

@@ -26,14 +26,20 @@ def wait_for(predicate: Callable[[], T], *, timeout: float = 30.0, what: str = "
         time.sleep(0.05)
 
 
-class Notify:
-    """A `notify ...` command as a subprocess, its log in a file."""
+NOTIFY = [sys.executable, "-m", "notify.cli"]
+CELERY = [sys.executable, "-m", "celery"]
 
-    def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
+
+class Notify:
+    """A `notify ...` command (or another `program`) as a subprocess, its log in a file."""
+
+    def __init__(
+        self, argv: list[str], env: dict[str, str], log: Path, *, program: list[str] = NOTIFY
+    ) -> None:
         self.log = log
         self._log_file = log.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "notify.cli", *argv],
+            [*program, *argv],
             env=env,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
@@ -60,10 +66,17 @@ class Notify:
 
 
 class Worker(Notify):
-    """`notify worker CHANNEL` as a subprocess."""
+    """`notify worker CHANNEL` as a subprocess; with `celery=True`, `celery -A workers.CHANNEL worker`."""
 
-    def __init__(self, channel: str, env: dict[str, str], log: Path, *args: str) -> None:
-        super().__init__(["worker", channel, "-l", "info", *args], env, log)
+    def __init__(
+        self, channel: str, env: dict[str, str], log: Path, *args: str, celery: bool = False
+    ) -> None:
+        if celery:
+            super().__init__(
+                ["-A", f"workers.{channel}", "worker", "-l", "info", *args], env, log, program=CELERY
+            )
+        else:
+            super().__init__(["worker", channel, "-l", "info", *args], env, log)
         self.channel = channel
 
     def wait_ready(self, timeout: float = 60.0) -> Worker:

@@ -1,0 +1,58 @@
+"""The checks every worker makes before it takes a message, however it was started.
+
+`notify worker CHANNEL`, `celery -A notify.worker.app worker` and `celery -A
+workers.<channel> worker` all start through Celery's `worker_init`, where
+`preflight` runs (notify.worker.app); `notify beat` runs it with no channel.
+A failed check ends the process with status 2 and one line naming the
+setting, before Celery prints its banner or takes a message: Celery itself
+would only log an error raised while it configures itself, and run on its
+defaults.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from notify import channels as registry
+from notify.errors import ConfigurationError, NotifyError, one_line
+from notify.policy import load_policies
+from notify.providers import load_provider
+from notify.settings import Settings, load_hook
+
+EXIT_CONFIGURATION = 2
+
+
+def preflight(settings: Settings, channels: Sequence[str]) -> None:
+    """Check what a process serving `channels` needs; `ConfigurationError` naming the first gap.
+
+    NOTIFY_HOME is writable, the permanent-failure hook imports, the templates
+    folder exists, the policies load, and each channel's provider builds from
+    its settings (then closes again: the worker builds its own). Checks that
+    passed once in this process (`notify worker` runs them before Celery
+    prints anything) are not run again.
+    """
+    key = (settings, tuple(channels))
+    if key in _passed:
+        return
+    settings.validate()
+    load_hook(settings)
+    if not settings.templates_dir.is_dir():
+        raise ConfigurationError(
+            f"NOTIFY_TEMPLATES_DIR {str(settings.templates_dir)!r} is not a directory",
+            setting="NOTIFY_TEMPLATES_DIR",
+        )
+    load_policies(settings.resolved_config_path, registry.default_policies())
+    for channel in channels:
+        load_provider(channel, settings).close()
+    _passed.add(key)
+
+
+_passed: set[tuple[Settings, tuple[str, ...]]] = set()
+
+
+def refuse_to_start(exc: NotifyError) -> NoReturn:
+    """Say why in one line on stderr, and exit with status 2."""
+    print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
+    raise SystemExit(EXIT_CONFIGURATION)
