@@ -50,8 +50,8 @@ def high_in_flight(gate: PriorityGate) -> Iterator[threading.Event]:
 
 def test_nothing_urgent_in_flight_means_no_wait(gate: PriorityGate) -> None:
     assert gate.wait() == 0.0
-    with gate.turn("low"):
-        pass
+    with gate.turn("low") as waited:
+        assert waited == 0.0  # the lock-free path: nothing urgent was in flight
 
 
 @pytest.mark.parametrize("priority", ["low", "normal"])
@@ -68,9 +68,9 @@ def test_a_lower_attempt_waits_until_the_high_one_is_done(
 
 
 def test_high_attempts_never_wait_for_each_other(gate: PriorityGate, high_in_flight: threading.Event) -> None:
-    with gate.turn("high"):
-        pass
-    gate.checkpoint("high")  # returns at once too
+    with gate.turn("high") as waited:
+        assert waited == 0.0
+        assert gate.checkpoint("high") == 0.0  # while two urgent attempts hold the gate
 
 
 def test_a_checkpoint_holds_a_lower_attempt_already_under_way(

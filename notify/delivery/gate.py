@@ -36,22 +36,24 @@ class PriorityGate:
         self._changed = threading.Condition()
 
     @contextmanager
-    def turn(self, priority: str) -> Iterator[None]:
-        """Around an attempt's work: urgent ones hold the gate, the others wait at it first."""
+    def turn(self, priority: str) -> Iterator[float]:
+        """Around an attempt's work: urgent ones hold the gate, the others wait at it first.
+
+        Yields how long the attempt waited (always 0.0 for an urgent one).
+        """
         if priority not in self.urgent:
-            self.wait()
-            yield
+            yield self.wait()
             return
         token = self._enter()
         try:
-            yield
+            yield 0.0
         finally:
             self._leave(token)
 
-    def checkpoint(self, priority: str) -> None:
-        """Inside a lower attempt, before its next costly step (MIME and SMTP): wait again if need be."""
-        if priority not in self.urgent:
-            self.wait()
+    def checkpoint(self, priority: str) -> float:
+        """Inside a lower attempt, before its next costly step (MIME and SMTP): wait again if need be;
+        how long that took (0.0 for an urgent attempt, which never waits)."""
+        return self.wait() if priority not in self.urgent else 0.0
 
     def wait(self) -> float:
         """Wait while an urgent attempt younger than `hold` runs, `hold` seconds at most; how long."""
