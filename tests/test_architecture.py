@@ -1,4 +1,8 @@
-"""The shape of notify/: imports point one way, and only the store speaks SQLAlchemy."""
+"""The shape of notify/: each part on its layer, imports pointing one way, and the rules the layout promises.
+
+The graph counts every import, lazy ones inside functions too, but not those
+under `if TYPE_CHECKING:`. `python -m tests.test_architecture` prints its size.
+"""
 
 from __future__ import annotations
 
@@ -129,3 +133,137 @@ def test_only_the_store_imports_sqlalchemy() -> None:
 
     assert importers, "no module imports SQLAlchemy: the check looks at the wrong files"
     assert {name for name in importers if not within(name, STORE)} == set()
+
+
+# -- the layout's rules -------------------------------------------------------------------
+#
+# Each part of notify sits on a layer; a module imports only from its own part and from
+# lower layers, so every dependency points one way: down this list.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("notify.errors",),
+    ("notify.models",),
+    ("notify.constants", "notify.policy"),
+    ("notify.settings",),
+    ("notify.channels",),
+    ("notify.rendering", "notify.providers", "notify.store"),
+    ("notify.delivery", "notify.broker"),
+    ("notify.api",),
+    ("notify.dlq", "notify.testing", "notify.worker"),
+    ("notify", "notify.cli"),
+)
+CELERY = ("celery", "kombu", "billiard", "redis", "amqp")
+PROVIDER_SDKS = ("aiosmtplib", "twilio", "pyfcm", "google", "requests", "urllib3", "certifi")
+
+
+def part_of(module: str) -> str:
+    """The part of notify `module` belongs to: the longest entry of LAYERS it is within."""
+    parts = [part for layer in LAYERS for part in layer if within(module, part)]
+    return max(parts, key=len)
+
+
+def layer_of(module: str) -> int:
+    part = part_of(module)
+    return next(i for i, layer in enumerate(LAYERS) if part in layer)
+
+
+def graph() -> dict[str, set[str]]:
+    return {name: notify_imports(name) for name in MODULES}
+
+
+def external_imports(name: str) -> set[str]:
+    """The top-level packages outside notify that module `name` imports (lazily too)."""
+    tree = ast.parse(MODULES[name].read_text(), filename=str(MODULES[name]))
+    return {i.split(".")[0] for i in imported(tree, name) if i.split(".")[0] != "notify"}
+
+
+def reachable(roots: list[str], edges: dict[str, set[str]]) -> set[str]:
+    """Every notify module `roots` import, directly or through others (lazy imports too)."""
+    seen: set[str] = set()
+    pending = list(roots)
+    while pending:
+        module = pending.pop()
+        if module not in seen:
+            seen.add(module)
+            pending.extend(edges[module])
+    return seen
+
+
+def upward_edges(edges: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """Imports from a module to one of a higher layer, or of a sibling part on its layer."""
+    return sorted(
+        (a, b)
+        for a, targets in edges.items()
+        for b in targets
+        if layer_of(b) > layer_of(a) or (layer_of(b) == layer_of(a) and part_of(b) != part_of(a))
+    )
+
+
+def test_every_module_has_a_layer() -> None:
+    for name in MODULES:
+        assert layer_of(name) >= 0, name
+
+
+def test_imports_point_down_the_layers() -> None:
+    assert upward_edges(graph()) == []
+
+
+def test_channels_never_import_providers_and_providers_may_import_their_channel() -> None:
+    edges = graph()
+    reached = reachable([m for m in MODULES if within(m, "notify.channels")], edges)
+    assert not any(within(m, "notify.providers") for m in reached), sorted(reached)
+    assert "notify.channels.webhook" in edges["notify.providers.webhook"], (
+        "the check looks at the wrong files"
+    )
+
+
+def test_the_store_names_no_channel_and_never_publishes() -> None:
+    from notify.channels import names
+
+    store = [name for name in MODULES if within(name, "notify.store")]
+    for name in store:
+        tree = ast.parse(MODULES[name].read_text())
+        literals = {
+            n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+        }
+        assert literals.isdisjoint(names()), f"{name} names a channel"
+        assert not any(within(m, "notify.broker") for m in notify_imports(name)), name
+    reached = reachable(store, graph())
+    assert not any(within(m, p) for m in reached for p in ("notify.broker", "notify.channels")), reached
+    assert not {pkg for m in reached for pkg in external_imports(m)} & set(CELERY)
+
+
+def test_one_attempt_is_celery_free() -> None:
+    """notify.delivery runs an attempt for whatever consumes messages: the Celery task, a lane, a test."""
+    reached = reachable([m for m in MODULES if within(m, "notify.delivery")], graph())
+    assert not any(within(m, "notify.worker") or within(m, "notify.broker") for m in reached), reached
+    assert not {pkg for m in reached for pkg in external_imports(m)} & set(CELERY)
+
+
+def test_producers_load_no_provider_sdk() -> None:
+    """What `import notify` and `notify.send()` can reach, lazily too: no provider, no provider's client."""
+    reached = reachable(["notify", "notify.api", "notify.dlq"], graph())
+    assert not any(within(m, "notify.providers") or within(m, "notify.delivery") for m in reached), sorted(
+        m for m in reached if within(m, "notify.providers")
+    )
+    assert not {pkg for m in reached for pkg in external_imports(m)} & set(PROVIDER_SDKS)
+
+
+def test_celery_is_imported_by_the_broker_and_worker_parts_only() -> None:
+    importers = {name for name in MODULES if external_imports(name) & {"celery", "kombu"}}
+    assert importers, "no module imports Celery: the check looks at the wrong files"
+    assert {m for m in importers if not (within(m, "notify.broker") or within(m, "notify.worker"))} == set()
+
+
+def test_notify_never_imports_the_operator_package() -> None:
+    assert not any("workers" in external_imports(name) for name in MODULES)
+
+
+def summary() -> str:
+    """The import graph's size: modules, edges between them, edges that point back up."""
+    edges = graph()
+    count = sum(len(targets) for targets in edges.values())
+    return f"{len(edges)} modules, {count} edges, {len(upward_edges(edges))} pointing back up"
+
+
+if __name__ == "__main__":
+    print(summary())
