@@ -32,7 +32,7 @@ from notify.store import BATCH, Queued, Store
 log = logging.getLogger("notify.delivery.maintenance")
 
 
-Publish = Callable[[list[Queued]], object]  # notify.broker.routing.publish, bound to an app
+Publish = Callable[[list[Queued]], object]  # a Publisher's publish (notify.broker.publisher), grouped
 Backlog = Callable[[str], int | None]  # messages waiting on a channel's queues; None: unknown
 
 
