@@ -20,8 +20,9 @@ from notify.errors import ConfigurationError, CoreCode, CoreProvider, OutcomeUnk
 from notify.models import Status, utcnow
 from notify.providers.base import Message, Receipt
 from notify.settings import Settings
-from notify.store import Job, NewDelivery
+from notify.store import Claim, NewDelivery
 from tests.conftest import REPO
+from tests.support.records import record_one
 
 
 class ScriptedProvider:
@@ -67,7 +68,7 @@ def deliverer(tmp_path: Path) -> Iterator[Deliverer]:
 def queued(deliverer: Deliverer, template: str = "welcome") -> str:
     delivery_id = str(uuid.uuid4())
     new = NewDelivery(delivery_id, "email", "ada@example.com", "normal", Status.QUEUED)
-    deliverer.store.record(str(uuid.uuid4()), template, None, '{"name": "Ada"}', [new])
+    record_one(deliverer.store, str(uuid.uuid4()), template, None, '{"name": "Ada"}', [new])
     return delivery_id
 
 
@@ -142,7 +143,7 @@ def test_a_delivery_whose_worker_dies_every_time_ends_in_the_dead_letters(
     clock = [utcnow()]
     monkeypatch.setattr(deliverer.store, "now", lambda: clock[0])
     for _ in range(deliverer.policies["email"].max_attempts):
-        assert isinstance(deliverer.store.claim(delivery_id, lease=1), Job)  # its worker "died" holding it
+        assert isinstance(deliverer.store.claim(delivery_id, lease=1), Claim)  # its worker "died" holding it
         clock[0] += timedelta(seconds=2)
 
     outcome = deliverer.attempt(delivery_id)
@@ -202,7 +203,7 @@ def test_an_address_refused_since_send_fails_for_good_with_the_address_code(deli
     """A webhook URL send() accepted under NOTIFY_WEBHOOK_ALLOW_PRIVATE=1, in a worker without it."""
     delivery_id = str(uuid.uuid4())
     new = NewDelivery(delivery_id, "webhook", "http://127.0.0.1:9/hook", "normal", Status.QUEUED)
-    deliverer.store.record(str(uuid.uuid4()), "welcome", None, '{"name": "Ada"}', [new])
+    record_one(deliverer.store, str(uuid.uuid4()), "welcome", None, '{"name": "Ada"}', [new])
 
     outcome = deliverer.attempt(delivery_id)
 

@@ -14,7 +14,8 @@ import redis
 from notify import api, dlq
 from notify.models import Status, utcnow
 from notify.settings import get_settings
-from notify.store import Job, NewDelivery, Store
+from notify.store import Claim, NewDelivery, Store
+from tests.support.records import record_one
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,11 +61,11 @@ def dead_letter(
         dedup_key=dedup_key,
         dedup_window=3600 if dedup_key else 0.0,
     )
-    store.record(str(uuid.uuid4()), "welcome", None, '{"name": "Ada"}', [delivery])
+    record_one(store, str(uuid.uuid4()), "welcome", None, '{"name": "Ada"}', [delivery])
     _advance(store, seconds=1)
-    job = store.claim(delivery.id, lease=60)
-    assert isinstance(job, Job), job
-    assert store.mark_failed(job, "550 no such user", "550")
+    claim = store.claim(delivery.id, lease=60)
+    assert isinstance(claim, Claim), claim
+    assert store.mark_failed(claim, "550 no such user", "550")
     return delivery.id
 
 
@@ -108,7 +109,7 @@ def test_letters_leaves_out_deliveries_that_did_not_fail(store: Store) -> None:
         priority="normal",
         status=Status.QUEUED,
     )
-    store.record(str(uuid.uuid4()), "welcome", None, "{}", [pending])
+    record_one(store, str(uuid.uuid4()), "welcome", None, "{}", [pending])
 
     assert [x.id for x in dlq.letters()] == [failed]
 
@@ -154,10 +155,10 @@ def test_replay_names_ids_that_are_unknown_or_not_failed(store: Store) -> None:
         priority="normal",
         status=Status.QUEUED,
     )
-    store.record(str(uuid.uuid4()), "welcome", None, "{}", [sent])
-    job = store.claim(sent.id, lease=60)
-    assert isinstance(job, Job)
-    store.mark_sent(job, "provider-1")
+    record_one(store, str(uuid.uuid4()), "welcome", None, "{}", [sent])
+    claim = store.claim(sent.id, lease=60)
+    assert isinstance(claim, Claim)
+    store.mark_sent(claim, "provider-1")
     unknown = str(uuid.uuid4())
 
     result = dlq.replay([unknown, failed, sent.id])
@@ -171,9 +172,9 @@ def test_a_replayed_delivery_can_fail_again_and_be_listed_again(store: Store) ->
     delivery_id = dead_letter(store)
     dlq.replay([delivery_id])
 
-    job = store.claim(delivery_id, lease=60)
-    assert isinstance(job, Job) and job.attempts == 1  # a fresh attempt cycle
-    store.mark_failed(job, "550 still no such user", "550")
+    claim = store.claim(delivery_id, lease=60)
+    assert isinstance(claim, Claim) and claim.attempts == 1  # a fresh attempt cycle
+    store.mark_failed(claim, "550 still no such user", "550")
 
     [letter] = dlq.letters()
     assert (letter.id, letter.reason, letter.attempts) == (delivery_id, "550 still no such user", 1)
@@ -204,7 +205,7 @@ def test_purge_deletes_every_dead_letter_and_returns_how_many(store: Store) -> N
         priority="normal",
         status=Status.QUEUED,
     )
-    store.record(str(uuid.uuid4()), "welcome", None, "{}", [kept])
+    record_one(store, str(uuid.uuid4()), "welcome", None, "{}", [kept])
 
     assert dlq.purge() == 2
 
@@ -220,7 +221,7 @@ def test_purge_frees_the_dedup_keys_the_dead_letters_held(store: Store) -> None:
         id=str(uuid.uuid4()), channel="email", address="ada@example.com", priority="normal",
         status=Status.QUEUED, dedup_key="order-7", dedup_window=3600,
     )  # fmt: skip
-    [before] = store.record(str(uuid.uuid4()), "welcome", None, "{}", [again])
+    [before] = record_one(store, str(uuid.uuid4()), "welcome", None, "{}", [again])
     assert before.status == Status.DUPLICATE  # the dead letter still holds the key
 
     assert dlq.purge() == 1
@@ -229,7 +230,7 @@ def test_purge_frees_the_dedup_keys_the_dead_letters_held(store: Store) -> None:
         id=str(uuid.uuid4()), channel="email", address="ada@example.com", priority="normal",
         status=Status.QUEUED, dedup_key="order-7", dedup_window=3600,
     )  # fmt: skip
-    [after] = store.record(str(uuid.uuid4()), "welcome", None, "{}", [retry])
+    [after] = record_one(store, str(uuid.uuid4()), "welcome", None, "{}", [retry])
     assert after.status == Status.QUEUED
 
 

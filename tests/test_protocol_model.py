@@ -35,8 +35,9 @@ from hypothesis.stateful import (
 )
 
 from notify.models import Status
-from notify.store import Job, NewDelivery, Refusal, Store
+from notify.store import Claim, NewDelivery, Refusal, Store
 from notify.store.schema import metadata
+from tests.support.records import record_one
 
 LEASE = 10.0
 WINDOW = 60.0
@@ -57,8 +58,10 @@ class Clock:
 
 
 @dataclass
-class Claim:
-    job: Job
+class Held:
+    """A claim the model knows a worker holds, and until when."""
+
+    claim: Claim
     lease_until: datetime
     done: bool = False  # its outcome was recorded (or refused)
 
@@ -73,11 +76,12 @@ class Protocol(RuleBasedStateMachine):
     def open_store(self) -> None:
         self.clock = Clock()
         self.store = Store(self.url, clock=self.clock)
+        self.store.get("none")  # the store makes its schema on first use
         with self.store.engine.begin() as conn:
             for table in reversed(metadata.sorted_tables):
                 conn.execute(table.delete())
         self.channel_of: dict[str, tuple[str, str | None]] = {}  # id -> (address, key)
-        self.current: dict[str, Claim] = {}  # delivery id -> its newest claim
+        self.current: dict[str, Held] = {}  # delivery id -> its newest claim
         self.sent: dict[str, int] = {}  # delivery id -> successful mark_sent count
         self.holder: dict[tuple[str, str], tuple[str, datetime]] = {}  # (address, key) -> (id, expires)
         self.purged: set[str] = set()
@@ -98,7 +102,7 @@ class Protocol(RuleBasedStateMachine):
         release_at = None if later is None else self.clock.now + timedelta(seconds=later)
         status = Status.QUEUED if release_at is None else Status.SCHEDULED
         new = NewDelivery(delivery_id, "email", address, "normal", status, key, WINDOW, release_at)
-        [recorded] = self.store.record(str(uuid.uuid4()), "welcome", None, "{}", [new])
+        [recorded] = record_one(self.store, str(uuid.uuid4()), "welcome", None, "{}", [new])
         self.channel_of[delivery_id] = (address, key)
         if key is not None:
             self._check_dedup(address, key, recorded.status, recorded.duplicate_of, delivery_id)
@@ -125,7 +129,7 @@ class Protocol(RuleBasedStateMachine):
             return multiple()
         assert before is not None and self._claimable(delivery_id, before.status), before
         assert self.sent.get(delivery_id, 0) == 0, "a sent delivery was claimed again"
-        claim = Claim(result, self.clock.now + timedelta(seconds=lease))
+        claim = Held(result, self.clock.now + timedelta(seconds=lease))
         self.current[delivery_id] = claim
         return claim
 
@@ -135,32 +139,32 @@ class Protocol(RuleBasedStateMachine):
         claim = self.current.get(delivery_id)
         return status == Status.SENDING and claim is not None and claim.lease_until < self.clock.now
 
-    @rule(claim=claims)
-    def heartbeat(self, claim: Claim) -> None:
-        held = self.store.renew([claim.job.claim], LEASE)
-        is_current = self.current.get(claim.job.delivery_id) is claim and not claim.done
-        assert (claim.job.claim in held) == is_current
+    @rule(held=claims)
+    def heartbeat(self, held: Held) -> None:
+        renewed = self.store.renew([held.claim.token], LEASE)
+        is_current = self.current.get(held.claim.delivery_id) is held and not held.done
+        assert (held.claim.token in renewed) == is_current
         if is_current:
-            claim.lease_until = self.clock.now + timedelta(seconds=LEASE)
+            held.lease_until = self.clock.now + timedelta(seconds=LEASE)
 
-    @rule(
-        claim=consumes(claims), outcome=st.sampled_from(["sent", "retry", "failed"]), delay=st.floats(0, 20)
-    )
-    def record_outcome(self, claim: Claim, outcome: str, delay: float) -> None:
-        delivery_id = claim.job.delivery_id
+    @rule(held=consumes(claims), outcome=st.sampled_from(["sent", "retry", "failed"]), delay=st.floats(0, 20))
+    def record_outcome(self, held: Held, outcome: str, delay: float) -> None:
+        delivery_id = held.claim.delivery_id
         before = self.store.get(delivery_id)
         if outcome == "sent":
-            won = self.store.mark_sent(claim.job, "p")
+            won = self.store.mark_sent(held.claim, "p")
         elif outcome == "retry":
-            won = self.store.mark_retrying(claim.job, "451", "451", self.clock.now + timedelta(seconds=delay))
+            won = self.store.mark_retrying(
+                held.claim, "451", "451", self.clock.now + timedelta(seconds=delay)
+            )
         else:
-            won = self.store.mark_failed(claim.job, "550", "550")
-        is_current = self.current.get(delivery_id) is claim and not claim.done
+            won = self.store.mark_failed(held.claim, "550", "550")
+        is_current = self.current.get(delivery_id) is held and not held.done
         assert won == (is_current and before is not None and before.status == Status.SENDING)
         after = self.store.get(delivery_id)
         if not won:
             assert after == before, "a stale claim changed the delivery"
-        claim.done = True
+        held.done = True
         if won and outcome == "sent":
             self.sent[delivery_id] = self.sent.get(delivery_id, 0) + 1
             assert self.sent[delivery_id] == 1, "sent twice"
@@ -231,8 +235,8 @@ class Protocol(RuleBasedStateMachine):
             assert delivery.status == Status.QUEUED, delivery
             self.current.pop(delivery_id, None)
             claim = self.store.claim(delivery_id, LEASE)
-            assert isinstance(claim, Job)
-            self.current[delivery_id] = Claim(claim, self.clock.now + timedelta(seconds=LEASE))
+            assert isinstance(claim, Claim)
+            self.current[delivery_id] = Held(claim, self.clock.now + timedelta(seconds=LEASE))
 
     # -- invariants --------------------------------------------------------------
 
@@ -245,7 +249,7 @@ class Protocol(RuleBasedStateMachine):
         for delivery_id, status, token in rows:
             assert (status == Status.SENDING) == (token is not None), (status, token)
             if token is not None:
-                assert self.current[delivery_id].job.claim == token, "the store's claim is not the newest"
+                assert self.current[delivery_id].claim.token == token, "the store's claim is not the newest"
             if self.sent.get(delivery_id):
                 assert status == Status.SENT
 

@@ -16,7 +16,8 @@ from notify.delivery.maintenance import Maintenance
 from notify.errors import StoreUnavailable
 from notify.models import Status, utcnow
 from notify.settings import Settings
-from notify.store import Job, NewDelivery, Queued, Refusal, Store
+from notify.store import Claim, NewDelivery, Queued, Refusal, Store
+from tests.support.records import record_one
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -42,21 +43,21 @@ def new(channel: str = "email", address: str = "ada@example.com", **kwargs: obje
     )
 
 
-def claimed(store: Store, delivery_id: str, lease: float = 60) -> Job:
-    job = store.claim(delivery_id, lease=lease)
-    assert isinstance(job, Job), job
-    return job
+def claimed(store: Store, delivery_id: str, lease: float = 60) -> Claim:
+    claim = store.claim(delivery_id, lease=lease)
+    assert isinstance(claim, Claim), claim
+    return claim
 
 
 def record(store: Store, *deliveries: NewDelivery) -> list[str]:
-    recorded = store.record(str(uuid.uuid4()), "welcome", None, '{"name": "Ada"}', deliveries)
+    recorded = record_one(store, str(uuid.uuid4()), "welcome", None, '{"name": "Ada"}', deliveries)
     return [d.id for d in recorded]
 
 
 def test_a_recorded_notification_reads_back_with_its_deliveries(store: Store) -> None:
     email, sms = new(), new("sms", "+14155550100")
     notification_id = str(uuid.uuid4())
-    store.record(notification_id, "welcome", "de", '{"name": "Ada"}', [email, sms])
+    record_one(store, notification_id, "welcome", "de", '{"name": "Ada"}', [email, sms])
 
     found = store.deliveries_of(notification_id)
 
@@ -69,10 +70,10 @@ def test_a_recorded_notification_reads_back_with_its_deliveries(store: Store) ->
 def test_a_claim_hands_the_worker_everything_it_needs(store: Store) -> None:
     [delivery_id] = record(store, new())
 
-    job = store.claim(delivery_id, lease=60)
+    claim = store.claim(delivery_id, lease=60)
 
-    assert isinstance(job, Job)
-    assert (job.template, job.channel, job.address, job.attempts, job.data) == (
+    assert isinstance(claim, Claim)
+    assert (claim.template, claim.channel, claim.address, claim.attempts, claim.data) == (
         "welcome",
         "email",
         "ada@example.com",
@@ -86,14 +87,14 @@ def test_only_one_of_many_concurrent_claims_wins(store: Store) -> None:
     [delivery_id] = record(store, new())
     barrier = threading.Barrier(8)
 
-    def claim(_: int) -> Job | Refusal:
+    def claim(_: int) -> Claim | Refusal:
         barrier.wait()
         return store.claim(delivery_id, lease=60)
 
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(claim, range(8)))
 
-    assert sum(isinstance(r, Job) for r in results) == 1
+    assert sum(isinstance(r, Claim) for r in results) == 1
     refusals = [r for r in results if isinstance(r, Refusal)]
     assert all(r.status == Status.SENDING for r in refusals)
 
@@ -117,17 +118,17 @@ def test_an_expired_lease_lets_another_worker_take_over(store: Store) -> None:
     [delivery_id] = record(store, new())
     store.claim(delivery_id, lease=0)  # this worker "died" holding it
 
-    job = store.claim(delivery_id, lease=60)
+    claim = store.claim(delivery_id, lease=60)
 
-    assert isinstance(job, Job) and job.attempts == 2
+    assert isinstance(claim, Claim) and claim.attempts == 2
 
 
 def test_a_stale_worker_cannot_overwrite_a_newer_outcome(store: Store) -> None:
     [delivery_id] = record(store, new())
-    job = claimed(store, delivery_id)
-    assert store.mark_sent(job, "first")
+    claim = claimed(store, delivery_id)
+    assert store.mark_sent(claim, "first")
 
-    assert not store.mark_failed(job, "late failure from a slow worker", "451")
+    assert not store.mark_failed(claim, "late failure from a slow worker", "451")
 
     assert store.get(delivery_id).status == Status.SENT  # type: ignore[union-attr]
 
@@ -151,7 +152,7 @@ def test_a_heartbeat_keeps_a_claim_and_tells_which_claims_were_lost(store: Store
     gone = claimed(store, lost, lease=0)
     claimed(store, lost)  # another worker took it over
 
-    assert store.renew([live.claim, gone.claim], lease=60) == {live.claim}
+    assert store.renew([live.token, gone.token], lease=60) == {live.token}
     assert isinstance(store.claim(kept, lease=60), Refusal)  # renewed: not claimable
 
 
@@ -238,7 +239,7 @@ def test_concurrent_producers_with_one_dedup_key_record_one_delivery(store: Stor
     def send(_: int) -> str:
         barrier.wait()
         delivery = new(dedup_key="signup-42", dedup_window=3600)
-        store.record(str(uuid.uuid4()), "welcome", None, "{}", [delivery])
+        record_one(store, str(uuid.uuid4()), "welcome", None, "{}", [delivery])
         return str(store.get(delivery.id).status)  # type: ignore[union-attr]
 
     with ThreadPoolExecutor(8) as pool:
@@ -303,8 +304,8 @@ def test_a_retry_is_held_by_the_store_until_due(store: Store) -> None:
 
     assert isinstance(store.claim(delivery_id, lease=60), Refusal)
     assert store.release_due() == [(delivery_id, "email", "normal")]
-    job = store.claim(delivery_id, lease=60)
-    assert isinstance(job, Job) and job.attempts == 2
+    claim = store.claim(delivery_id, lease=60)
+    assert isinstance(claim, Claim) and claim.attempts == 2
 
 
 def test_the_sweep_takes_back_what_a_dead_worker_held(store: Store) -> None:
@@ -453,7 +454,9 @@ def test_a_send_with_a_dedup_key_still_claims_it_in_a_transaction_on_postgresql(
     first = record(store, new(dedup_key="k", dedup_window=60))
     sent = statements_of(store)
 
-    second = store.record(str(uuid.uuid4()), "welcome", None, "{}", [new(dedup_key="k", dedup_window=60)])
+    second = record_one(
+        store, str(uuid.uuid4()), "welcome", None, "{}", [new(dedup_key="k", dedup_window=60)]
+    )
 
     assert "COMMIT" in sent and "WITH" not in sent
     assert second[0].duplicate_of == first[0]
@@ -465,9 +468,9 @@ def test_a_claim_and_its_outcome_are_one_statement_each_on_postgresql(postgres_u
     [delivery_id] = record(store, new())
     sent = statements_of(store)
 
-    job = claimed(store, delivery_id)
-    assert store.renew([job.claim], lease=60) == {job.claim}
-    assert store.mark_sent(job, "p-1")
+    claim = claimed(store, delivery_id)
+    assert store.renew([claim.token], lease=60) == {claim.token}
+    assert store.mark_sent(claim, "p-1")
 
     assert sent == ["UPDATE", "UPDATE", "UPDATE"]  # autocommitted: no BEGIN, no COMMIT round trips
     store.close()

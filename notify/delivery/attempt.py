@@ -40,7 +40,7 @@ from notify.providers import load_provider
 from notify.providers.base import Message, Provider
 from notify.rendering import Renderer
 from notify.settings import Settings
-from notify.store import Job, Refusal, Store
+from notify.store import Claim, Refusal, Store
 
 log = logging.getLogger("notify.delivery")
 
@@ -191,20 +191,22 @@ class Deliverer:
             return self._refused(delivery_id, claim)
         if claim.attempts > self.policies[claim.channel].max_attempts:
             return self._worker_lost(claim)
-        self.heartbeat.hold(claim.claim)
+        self.heartbeat.hold(claim.token)
         try:
             with self.gate.turn(claim.priority):
                 return self._attempt(claim)
         finally:
-            self.heartbeat.release(claim.claim)
+            self.heartbeat.release(claim.token)
 
-    def _worker_lost(self, job: Job) -> Outcome:
+    def _worker_lost(self, claim: Claim) -> Outcome:
         """Every try ended with its worker dead (a delivery that crashes it?): give up, unsent again."""
-        tries = job.attempts - 1
+        tries = claim.attempts - 1
         reason = f"the worker died during each of its {tries} tries; the last may have been sent"
-        return self._fail(job, OutcomeUnknownError(reason, channel=job.channel, provider=CoreProvider.NOTIFY))
+        return self._fail(
+            claim, OutcomeUnknownError(reason, channel=claim.channel, provider=CoreProvider.NOTIFY)
+        )
 
-    def _attempt(self, claim: Job) -> Outcome:
+    def _attempt(self, claim: Claim) -> Outcome:
         try:
             rendered = self.renderer.render(claim.template, claim.channel, claim.data, claim.locale)
             build = registry.channel(claim.channel).build
@@ -240,7 +242,7 @@ class Deliverer:
         self.gate.checkpoint(claim.priority)
         return self._deliver(claim, message)
 
-    def _deliver(self, claim: Job, message: Message) -> Outcome:
+    def _deliver(self, claim: Claim, message: Message) -> Outcome:
         try:
             receipt = self.provider(claim.channel).deliver(message)
         except PermanentDeliveryError as exc:  # OutcomeUnknownError too: never resent blindly
@@ -300,40 +302,40 @@ class Deliverer:
             log.info("delivery %s is %s: its message has nothing to do", delivery_id, refusal.status)
         return Outcome(AttemptStatus.SKIPPED)
 
-    def _lost(self, job: Job, outcome: AttemptStatus) -> Outcome:
+    def _lost(self, claim: Claim, outcome: AttemptStatus) -> Outcome:
         log.error(
             "delivery %s: claim lapsed and was taken over before its outcome (%s) was recorded",
-            job.delivery_id,
+            claim.delivery_id,
             outcome,
         )
         return Outcome(AttemptStatus.LOST)
 
-    def _retry(self, job: Job, exc: TransientDeliveryError) -> Outcome:
-        policy = self.policies[job.channel]
-        if job.attempts >= policy.max_attempts:
-            return self._fail(job, exc, note=f" (gave up after {job.attempts} tries)")
-        delay = policy.delay(job.attempts, retry_after=exc.retry_after)
+    def _retry(self, claim: Claim, exc: TransientDeliveryError) -> Outcome:
+        policy = self.policies[claim.channel]
+        if claim.attempts >= policy.max_attempts:
+            return self._fail(claim, exc, note=f" (gave up after {claim.attempts} tries)")
+        delay = policy.delay(claim.attempts, retry_after=exc.retry_after)
         at = self.store.now() + timedelta(seconds=delay)
-        if not self._record(lambda: self.store.mark_retrying(job, _reason(exc), exc.code, at)):
-            return self._lost(job, AttemptStatus.RETRYING)
+        if not self._record(lambda: self.store.mark_retrying(claim, _reason(exc), exc.code, at)):
+            return self._lost(claim, AttemptStatus.RETRYING)
         log.info(
             "delivery %s: try %d failed (%s), next in %.1fs",
-            job.delivery_id,
-            job.attempts,
+            claim.delivery_id,
+            claim.attempts,
             _reason(exc),
             delay,
         )
         return Outcome(AttemptStatus.RETRYING)
 
-    def _fail(self, job: Job, exc: DeliveryError, note: str = "") -> Outcome:
-        if not self._record(lambda: self.store.mark_failed(job, _reason(exc) + note, exc.code)):
-            return self._lost(job, AttemptStatus.FAILED)
-        log.warning("delivery %s failed for good: %s%s", job.delivery_id, _reason(exc), note)
+    def _fail(self, claim: Claim, exc: DeliveryError, note: str = "") -> Outcome:
+        if not self._record(lambda: self.store.mark_failed(claim, _reason(exc) + note, exc.code)):
+            return self._lost(claim, AttemptStatus.FAILED)
+        log.warning("delivery %s failed for good: %s%s", claim.delivery_id, _reason(exc), note)
         hook = self.on_permanent_failure
         # Only the address's fault is the hook's business; an unknown outcome is not.
         if isinstance(exc, PermanentDeliveryError) and not isinstance(exc, OutcomeUnknownError) and hook:
             try:
-                hook(job.channel, job.address, exc)
+                hook(claim.channel, claim.address, exc)
             except Exception:
                 log.exception("on_permanent_failure hook raised")
         return Outcome(AttemptStatus.FAILED)

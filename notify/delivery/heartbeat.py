@@ -24,16 +24,17 @@ class Heartbeat:
     def __init__(self, store: Store, lease: float, every: float, ceiling: float) -> None:
         self.store, self.lease, self.every, self.ceiling = store, lease, every, ceiling
         self._running: dict[str, float] = {}  # claim token -> monotonic start
-        self._refused: set[str] = set()  # claims the store did not renew at the last beat
+        self._refused: set[str] = set()  # tokens the store did not renew at the last beat
         # Unclaimed deliveries of bursts in hand -> (how many bursts hold it, since when).
         self._waiting: dict[str, tuple[int, float]] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def hold(self, claim: str) -> None:
+    def hold(self, token: str) -> None:
+        """Renew the claim of `token` from now on (its attempt has started)."""
         with self._lock:
-            self._running[claim] = time.monotonic()
+            self._running[token] = time.monotonic()
             self._start()
 
     def keep(self, delivery_ids: Collection[str]) -> None:
@@ -57,9 +58,10 @@ class Heartbeat:
             self._thread = threading.Thread(target=self._run, name="notify-heartbeat", daemon=True)
             self._thread.start()
 
-    def release(self, claim: str) -> None:
+    def release(self, token: str) -> None:
+        """Renew that claim no more (its attempt is over)."""
         with self._lock:
-            self._running.pop(claim, None)
+            self._running.pop(token, None)
 
     def stop(self) -> None:
         self._wake.set()
@@ -93,8 +95,8 @@ class Heartbeat:
         with self._lock:
             lost = refused & self._refused
             self._refused = refused - lost
-            for claim in lost:
-                self._running.pop(claim, None)
+            for token in lost:
+                self._running.pop(token, None)
         return lost
 
     def _run(self) -> None:

@@ -1,7 +1,7 @@
 """The store: notifications, deliveries, dedup claims and dead letters, and all the SQL there is.
 
     store.py       the Store: record, claim, renew, record outcomes, release, sweep, purge, dead letters
-    rows.py        what it takes and hands back (NewNotification, Job, Queued, Refusal)
+    rows.py        what it takes and hands back (NewNotification, Claim, Queued, Refusal)
     statements.py  the hot statements, built once per store
     schema.py      the tables
     engines.py     SQLite's and PostgreSQL's engines, tuned
@@ -11,7 +11,7 @@ Nothing outside this package imports SQLAlchemy; the driver's errors leave it as
 """
 
 from notify.store.clock import Clock
-from notify.store.rows import Job, NewDelivery, NewNotification, Queued, Refusal
+from notify.store.rows import Claim, NewDelivery, NewNotification, Queued, Refusal
 from notify.store.store import BATCH, Store
 
-__all__ = ["BATCH", "Clock", "Job", "NewDelivery", "NewNotification", "Queued", "Refusal", "Store"]
+__all__ = ["BATCH", "Claim", "Clock", "NewDelivery", "NewNotification", "Queued", "Refusal", "Store"]

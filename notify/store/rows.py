@@ -33,8 +33,12 @@ class NewNotification:
 
 
 @dataclass(frozen=True)
-class Job:
-    """What a worker needs to attempt one delivery it has claimed."""
+class Claim:
+    """A delivery a worker has claimed for one try, and what it needs to make it.
+
+    The claim lasts as long as its lease, renewed by the heartbeat; only the
+    current `token` records an outcome (`Store.mark_sent` and the like).
+    """
 
     delivery_id: str
     channel: str
@@ -44,7 +48,7 @@ class Job:
     template: str
     locale: str | None
     data: dict[str, Any]
-    claim: str  # the token that fences this attempt's outcome
+    token: str  # fences this try's outcome: a claim taken over records nothing
 
 
 class Queued(NamedTuple):

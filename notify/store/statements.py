@@ -140,6 +140,6 @@ def _outcome(**values: Any) -> sa.Update:
     d = deliveries.c
     return (
         deliveries.update()
-        .where(d.id == _param("b_id"), d.claim_token == _param("b_claim"), d.status == Status.SENDING)
+        .where(d.id == _param("b_id"), d.claim_token == _param("b_token"), d.status == Status.SENDING)
         .values(lease_until=None, claim_token=None, updated_at=_param("b_now", _UTC), **values)
     )

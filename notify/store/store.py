@@ -21,7 +21,7 @@ import enum
 import json
 import threading
 import uuid
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
@@ -34,7 +34,7 @@ from notify.errors import StoreUnavailable
 from notify.models import DeadLetter, Delivery, Priority, Status, utcnow
 from notify.store.clock import Clock, DatabaseClock
 from notify.store.engines import create_engine, write_lock
-from notify.store.rows import Job, NewDelivery, NewNotification, Queued, Refusal
+from notify.store.rows import Claim, NewDelivery, NewNotification, Queued, Refusal
 from notify.store.schema import dedup_claims, deliveries, metadata, notifications
 from notify.store.statements import Statements, record_one_statement
 
@@ -124,20 +124,6 @@ class Store:
 
     # -- producers -----------------------------------------------------------
 
-    def record(
-        self,
-        notification_id: str,
-        template: str,
-        locale: str | None,
-        data_json: str,
-        new: Iterable[NewDelivery],
-    ) -> list[Delivery]:
-        """Record a notification (its data already JSON) and its deliveries; claim dedup keys atomically."""
-        [recorded] = self.record_many(
-            [NewNotification(notification_id, template, locale, data_json, tuple(new))]
-        )
-        return recorded
-
     def record_many(self, batch: Sequence[NewNotification]) -> list[list[Delivery]]:
         """Record notifications and their deliveries in one transaction, each table in one statement.
 
@@ -215,7 +201,7 @@ class Store:
 
     # -- workers -------------------------------------------------------------
 
-    def claim(self, delivery_id: str, lease: float) -> Job | Refusal:
+    def claim(self, delivery_id: str, lease: float) -> Claim | Refusal:
         """Take `delivery_id` for one try, or say why not (done, held, claimed by a live worker)."""
         token = str(uuid.uuid4())
         params: dict[str, Any] = {"b_id": delivery_id, "b_token": token}
@@ -226,7 +212,7 @@ class Store:
             if row is None:
                 found = conn.execute(self._sql.status_of, params).scalar()
                 return Refusal(status=None if found is None else Status(found))
-        return Job(
+        return Claim(
             delivery_id=row.id,
             channel=row.channel,
             address=row.address,
@@ -235,13 +221,13 @@ class Store:
             template=row.template,
             locale=row.locale,
             data=json.loads(row.data),
-            claim=token,
+            token=token,
         )
 
-    def renew(self, claims: Collection[str], lease: float) -> set[str]:
-        """Extend these claims' leases (a heartbeat); return the ones still held."""
+    def renew(self, tokens: Collection[str], lease: float) -> set[str]:
+        """Extend the leases of the claims with these tokens (a heartbeat); return the ones still held."""
         held: set[str] = set()
-        for chunk in _chunks(list(claims)):
+        for chunk in _chunks(list(tokens)):
             with self._single() as conn:
                 params = {"b_tokens": chunk, "b_lease_until": self.now() + timedelta(seconds=lease)}
                 held.update(conn.execute(self._sql.renew, params).scalars())
@@ -253,20 +239,20 @@ class Store:
             with self._single() as conn:
                 conn.execute(self._sql.keep_queued, {"b_ids": chunk, "b_now": self.now()})
 
-    def mark_sent(self, job: Job, provider_id: str | None) -> bool:
+    def mark_sent(self, claim: Claim, provider_id: str | None) -> bool:
         """Record that the provider accepted it; False if this claim was no longer current."""
-        return self._finish(self._sql.sent, job, b_provider_id=_fit(provider_id, MAX_PROVIDER_ID))
+        return self._finish(self._sql.sent, claim, b_provider_id=_fit(provider_id, MAX_PROVIDER_ID))
 
-    def mark_retrying(self, job: Job, reason: str, code: str | None, at: datetime) -> bool:
+    def mark_retrying(self, claim: Claim, reason: str, code: str | None, at: datetime) -> bool:
         """Record a failed try; the store holds the delivery until `at`, then releases it."""
-        return self._finish(self._sql.retrying, job, b_reason=reason, b_code=_fit(code, MAX_CODE), b_at=at)
+        return self._finish(self._sql.retrying, claim, b_reason=reason, b_code=_fit(code, MAX_CODE), b_at=at)
 
-    def mark_failed(self, job: Job, reason: str, code: str | None) -> bool:
-        return self._finish(self._sql.failed, job, b_reason=reason, b_code=_fit(code, MAX_CODE))
+    def mark_failed(self, claim: Claim, reason: str, code: str | None) -> bool:
+        return self._finish(self._sql.failed, claim, b_reason=reason, b_code=_fit(code, MAX_CODE))
 
-    def _finish(self, statement: sa.Update, job: Job, **params: Any) -> bool:
+    def _finish(self, statement: sa.Update, claim: Claim, **params: Any) -> bool:
         """Record the outcome of a try and end its claim, only if the claim is still this one."""
-        params.update(b_id=job.delivery_id, b_claim=job.claim)
+        params.update(b_id=claim.delivery_id, b_token=claim.token)
         with self._single() as conn:
             done = conn.execute(statement, {**params, "b_now": self.now()})
         return bool(done.rowcount)
