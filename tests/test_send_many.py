@@ -29,6 +29,7 @@ def welcome(i: int, **options: object) -> Intent:
 
 def counts(producer: Notifier) -> tuple[int, int]:
     """Rows in the store: (notifications, deliveries)."""
+    producer.store.get("none")  # the store makes its schema on first use
     with producer.store.engine.connect() as conn:
         return tuple(  # type: ignore[return-value]
             conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one()
