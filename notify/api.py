@@ -12,9 +12,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from notify import channels as registry
-from notify.broker.publisher import Publisher
 from notify.broker.relay import Relay
-from notify.broker.routing import producer_app
 from notify.constants import MAX_DEDUP_KEY, MAX_ID
 from notify.errors import NotifyError, TemplateError, ValidationError
 from notify.models import (
@@ -37,6 +35,8 @@ from notify.store import NewDelivery, NewNotification, Queued, Store
 
 if TYPE_CHECKING:
     from celery import Celery
+
+    from notify.broker.publisher import Publisher
 
 log = logging.getLogger("notify")
 
@@ -65,10 +65,14 @@ class Notifier:
     @functools.cached_property
     def producer(self) -> Celery:
         """The Celery app this notifier publishes with (connections pooled)."""
+        from notify.broker.routing import producer_app  # Celery, imported with the first publish
+
         return producer_app(self.settings)
 
     @functools.cached_property
     def publisher(self) -> Publisher:
+        from notify.broker.publisher import Publisher
+
         return Publisher(self.producer)
 
     @functools.cached_property

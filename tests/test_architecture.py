@@ -7,7 +7,11 @@ under `if TYPE_CHECKING:`. `python -m tests.test_architecture` prints its size.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "notify"
 
@@ -198,11 +202,6 @@ def upward_edges(edges: dict[str, set[str]]) -> list[tuple[str, str]]:
     )
 
 
-def test_every_module_has_a_layer() -> None:
-    for name in MODULES:
-        assert layer_of(name) >= 0, name
-
-
 def test_imports_point_down_the_layers() -> None:
     assert upward_edges(graph()) == []
 
@@ -256,6 +255,25 @@ def test_celery_is_imported_by_the_broker_and_worker_parts_only() -> None:
 
 def test_notify_never_imports_the_operator_package() -> None:
     assert not any("workers" in external_imports(name) for name in MODULES)
+
+
+def loaded_by(module: str) -> set[str]:
+    """The top-level packages a fresh interpreter holds after `import module` (its parents' too)."""
+    code = f"import {module}, sys; print(' '.join(sorted({{m.split('.')[0] for m in sys.modules}})))"
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert completed.returncode == 0, completed.stderr
+    return set(completed.stdout.split())
+
+
+@pytest.mark.parametrize("module", ["notify.delivery.attempt", "notify.store", "notify"])
+def test_importing_an_attempt_or_the_store_loads_no_celery(module: str) -> None:
+    """Beyond the import statements: importing notify.delivery imports the notify package first."""
+    assert not loaded_by(module) & set(CELERY)
+
+
+@pytest.mark.parametrize("module", ["notify.channels.email", "notify.channels.webhook", "notify.api"])
+def test_importing_a_channel_or_the_api_loads_no_provider_sdk(module: str) -> None:
+    assert not loaded_by(module) & set(PROVIDER_SDKS)
 
 
 def summary() -> str:

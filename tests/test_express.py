@@ -18,7 +18,7 @@ from notify.broker.routing import producer_app
 from notify.errors import StoreUnavailable
 from notify.models import Status
 from notify.settings import Settings
-from notify.worker.app import runs_tasks_here
+from notify.worker.app import has_express_lanes, runs_tasks_here
 from notify.worker.express import ExpressLane, express_queues, start_express
 from tests.support.processes import Worker, wait_for
 from tests.support.smtp import SmtpServer
@@ -46,9 +46,13 @@ class Recorder:
         self.store_away = threading.Event()
         self.refused = 0
         self.channels: list[str | None] = []
+        self.urgent: list[bool] = []
 
-    def __call__(self, delivery_ids: list[str], *, channel: str | None = None) -> list[str]:
+    def __call__(
+        self, delivery_ids: list[str], *, channel: str | None = None, urgent: bool = False
+    ) -> list[str]:
         self.channels.append(channel)
+        self.urgent.append(urgent)
         if self.store_away.is_set():
             self.refused += 1
             raise StoreUnavailable("the store is away")
@@ -89,7 +93,8 @@ def test_the_lane_takes_high_messages_only_and_acks_each_after_its_attempt(
     lane(recorder)
 
     wait_for(lambda: recorder.ids == [high], what="the high delivery's attempt")
-    assert recorder.channels == ["email"]  # from its queue: the channel's rate limit applies
+    assert recorder.channels == ["email"]  # from its queue: the channel's rate limit applies,
+    assert recorder.urgent == [True]  # and the delivery goes first under it
     wait_for(lambda: broker.hlen("unacked") == 0, what="its message acked")
     assert broker.llen("notify.email.high") == 0
     assert broker.llen("notify.email.low") == 1  # Celery's, untouched
@@ -139,11 +144,11 @@ def test_a_delivery_that_raises_is_logged_and_the_lane_goes_on(
     recorder = Recorder()
     calls: list[str] = []
 
-    def attempt(delivery_ids: list[str], *, channel: str | None = None) -> list[str]:
+    def attempt(delivery_ids: list[str], *, channel: str | None = None, urgent: bool = False) -> list[str]:
         calls.extend(delivery_ids)
         if first in delivery_ids:
             raise RuntimeError("a bug")
-        return recorder(delivery_ids, channel=channel)
+        return recorder(delivery_ids, channel=channel, urgent=urgent)
 
     lane(attempt)
     wait_for(lambda: calls == [first], what="the first attempt")
@@ -213,7 +218,7 @@ def test_only_pools_that_run_tasks_in_the_worker_process_get_a_lane() -> None:
     from celery.concurrency.thread import TaskPool as ThreadPool
 
     threads = ThreadPool(limit=1)
-    assert runs_tasks_here(threads)
-    assert runs_tasks_here(SoloPool())
-    assert not runs_tasks_here(PreforkPool(limit=1))
+    assert has_express_lanes(threads) and runs_tasks_here(threads)
+    assert has_express_lanes(SoloPool()) and runs_tasks_here(SoloPool)
+    assert not has_express_lanes(PreforkPool(limit=1)) and not runs_tasks_here(PreforkPool)
     threads.on_stop()

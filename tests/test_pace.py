@@ -2,34 +2,49 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
 from notify.delivery.pace import Pace
 from notify.policy import ChannelPolicy
+from tests.support.processes import wait_for
 
 
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 100.0
-        self.slept: list[float] = []
+def test_calls_are_spaced_one_interval_apart_and_the_first_goes_at_once() -> None:
+    pace = Pace(20.0)  # 50 ms apart
 
-    def clock(self) -> float:
-        return self.now
+    waits = [pace.wait() for _ in range(4)]
+    stamps = [time.monotonic()]
+    pace.wait()
+    stamps.append(time.monotonic())
 
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
+    assert waits[0] == 0.0
+    assert all(w > 0.0 for w in waits[1:])
+    assert stamps[1] - stamps[0] >= pace.interval * 0.9  # a lower bound: a loaded machine is only slower
 
 
-def test_calls_are_spaced_one_interval_apart_and_a_pause_earns_no_burst() -> None:
-    time = FakeTime()
-    pace = Pace(4.0, clock=time.clock, sleep=time.sleep)
+def test_an_urgent_caller_takes_the_next_turn_ahead_of_those_already_waiting() -> None:
+    pace = Pace(5.0)  # 200 ms apart
+    pace.wait()
+    order: list[str] = []
 
-    waits = [pace.wait() for _ in range(3)]  # three at once: 0, 0.25 and 0.5 s later
-    time.now += 10.0  # a long pause
-    waits += [pace.wait(), pace.wait()]
+    def call(name: str, urgent: bool) -> None:
+        pace.wait(urgent=urgent)
+        order.append(name)
 
-    assert waits == [0.0, 0.25, 0.5, 0.0, 0.25]
-    assert time.slept == [0.25, 0.5, 0.25]
+    lows = [threading.Thread(target=call, args=(f"low{i}", False)) for i in range(3)]
+    for thread in lows:
+        thread.start()
+    wait_for(lambda: pace.waiting == 3, what="three low callers waiting", timeout=10)
+    urgent = threading.Thread(target=call, args=("urgent", True))
+    urgent.start()
+    for thread in [*lows, urgent]:
+        thread.join(10)
+
+    assert order[0] == "urgent", order
+    assert sorted(order[1:]) == ["low0", "low1", "low2"]
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ the worker's tasks are not imported either.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from celery import Celery
@@ -18,6 +19,7 @@ from notify.constants import (
     SQLITE_LOCK_WAIT,
     channel_queues,
     priority_queue_name,
+    queue_channel,
     queue_name,
 )
 from notify.models import Priority
@@ -130,6 +132,23 @@ def route(broker_url: str | None, channel: str, priority: str) -> dict[str, Any]
     else:
         queue, level = queue_name(channel, priority), None
     return {"queue": queue, "routing_key": queue, "priority": level}
+
+
+def message_route(delivery_info: Mapping[str, Any] | None) -> tuple[str | None, Priority | None]:
+    """The channel and priority a consumed message was routed by (`route` in reverse): its queue
+    names both on Redis and the embedded broker, its queue and message priority on RabbitMQ."""
+    info = delivery_info or {}
+    queue = str(info.get("routing_key") or "")
+    channel = queue_channel(queue)
+    named = queue.rpartition(".")[2]
+    if named in _PRIORITY_BY_NAME:
+        return channel, _PRIORITY_BY_NAME[named]
+    level = info.get("priority")
+    return channel, _PRIORITY_BY_AMQP.get(level) if isinstance(level, int) else None
+
+
+_PRIORITY_BY_NAME = {p.value: p for p in Priority}
+_PRIORITY_BY_AMQP = {p.amqp: p for p in Priority}
 
 
 def enqueue(

@@ -16,6 +16,7 @@ import click
 
 from notify import channels as registry
 from notify.cli.output import ChannelChoice, reports_errors
+from notify.errors import ValidationError
 from notify.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -52,8 +53,12 @@ def worker(channel: str, concurrency: int, pool: str, loglevel: str, celery_opti
     unless -n says otherwise.
     """
     from notify.broker.routing import consume_queues
+    from notify.worker.app import node_name
     from notify.worker.startup import preflight
 
+    if {"-D", "--detach"} & set(celery_options):
+        # Celery would start `celery worker ...` again without notify's app and queues.
+        raise ValidationError("--detach", "is not supported: run notify worker under a process supervisor")
     settings = get_settings()
     preflight(settings, (channel,))  # before Celery says anything: the worker's start checks it too
     app = configured_app(settings)
@@ -72,9 +77,16 @@ def worker(channel: str, concurrency: int, pool: str, loglevel: str, celery_opti
         loglevel,
         "--without-gossip",
         "--without-mingle",
+        *_default_node_name(celery_options, node_name([channel])),
         *celery_options,
     ]
     app.worker_main(argv)
+
+
+def _default_node_name(celery_options: tuple[str, ...], name: str) -> list[str]:
+    """`-n NAME` unless the options name the node: before Celery expands %n in --pidfile and --statedb."""
+    named = any(o in ("-n", "--hostname") or o.startswith(("-n", "--hostname=")) for o in celery_options)
+    return [] if named else ["-n", name]
 
 
 @click.command()

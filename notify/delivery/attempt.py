@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from notify import channels as registry
-from notify.constants import RFC5321_DATA_REPLY, SMTP_LOOP_SLACK
+from notify.constants import RFC5321_DATA_REPLY, SMTP_LOOP_SLACK, STORE_RETRY_PAUSE_MAX
 from notify.delivery.gate import PriorityGate
 from notify.delivery.heartbeat import Heartbeat
 from notify.delivery.pace import Pace
@@ -114,6 +114,7 @@ class Deliverer:
         self.on_permanent_failure = on_permanent_failure
         self._providers: dict[str, Provider] = {}
         self._lock = threading.Lock()
+        self._closed = False
         self._owns_heartbeat = heartbeat is None  # and its store: closed with the deliverer
         self.heartbeat = heartbeat or new_heartbeat(self.store, settings)
         self.gate = gate or PriorityGate()  # a high attempt has this process to itself for a moment
@@ -131,6 +132,7 @@ class Deliverer:
 
     def close(self) -> None:
         """Close the providers (and the heartbeat and store, if it made them): every attempt is over."""
+        self._closed = True
         with self._lock:
             providers, self._providers = list(self._providers.values()), {}
         for provider in providers:
@@ -139,11 +141,13 @@ class Deliverer:
             self.heartbeat.stop()
             self.store.close()
 
-    def attempt_burst(self, delivery_ids: Sequence[object], *, channel: str | None = None) -> list[Outcome]:
+    def attempt_burst(
+        self, delivery_ids: Sequence[object], *, channel: str | None = None, urgent: bool = False
+    ) -> list[Outcome]:
         """A message's deliveries, one after another, each claimed when its turn comes.
 
-        `channel`: the message's, from the queue it came from: the channel's rate
-        limit spaces each of them before its claim.
+        `channel`, `urgent`: the message's, from the queue it came from: the
+        channel's rate limit spaces each delivery before its claim, urgent ones first.
 
         The ones still waiting stay "queued" with their time renewed at every
         heartbeat, so the sweep does not take them for lost; a delivery that
@@ -164,29 +168,45 @@ class Deliverer:
             if waiting:
                 self.heartbeat.keep(waiting)
             for index, delivery_id in enumerate(ids):
-                if index:
-                    self.heartbeat.drop(delivery_id)
-                outcomes.append(self._attempt_or_log(delivery_id, channel))
+                outcomes.append(self._attempt_or_log(delivery_id, channel, urgent, kept=index > 0))
         finally:
             for delivery_id in ids[len(outcomes) + 1 :]:
                 self.heartbeat.drop(delivery_id)
         return outcomes
 
-    def _attempt_or_log(self, delivery_id: str, channel: str | None) -> Outcome:
+    def _attempt_or_log(self, delivery_id: str, channel: str | None, urgent: bool, kept: bool) -> Outcome:
         try:
-            return self.attempt(delivery_id, channel=channel)
+            return self.attempt(delivery_id, channel=channel, urgent=urgent, kept=kept)
         except StoreUnavailable:
             raise
         except Exception:
             log.exception("delivery %s: unexpected error; left to the sweep, the burst goes on", delivery_id)
             return Outcome(AttemptStatus.ERROR)
 
-    def attempt(self, delivery_id: str, *, channel: str | None = None) -> Outcome:
-        """Claim, render, deliver and record one delivery; `channel`'s rate limit first, if known."""
+    def attempt(
+        self, delivery_id: str, *, channel: str | None = None, urgent: bool = False, kept: bool = False
+    ) -> Outcome:
+        """Claim, render, deliver and record one delivery; `channel`'s rate limit first, if known.
+
+        `kept`: the delivery is kept from the sweep already (a burst's waiting
+        one); it is let go once claimed. One waiting for its turn under the rate
+        limit is kept too: it holds no claim, and must not look lost.
+        """
+        if self._closed:  # a thread that outlived the worker's shutdown: leave it to the next worker
+            log.warning("delivery %s: the deliverer is closed; left for the sweep", delivery_id)
+            return Outcome(AttemptStatus.SKIPPED)
         pace = self.paces.get(channel) if channel is not None else None
-        if pace is not None:
-            pace.wait()  # before the claim: a delivery waiting its turn holds nothing
-        claim = self.store.claim(delivery_id, self.settings.lease)
+        try:
+            if pace is not None:
+                if not kept:
+                    self.store.keep_queued([delivery_id])
+                    self.heartbeat.keep([delivery_id])
+                    kept = True
+                pace.wait(urgent=urgent)  # before the claim: a delivery waiting its turn holds nothing
+            claim = self.store.claim(delivery_id, self.settings.lease)
+        finally:
+            if kept:
+                self.heartbeat.drop(delivery_id)
         if isinstance(claim, Refusal):
             return self._refused(delivery_id, claim)
         if claim.attempts > self.policies[claim.channel].max_attempts:
@@ -291,7 +311,7 @@ class Deliverer:
                 if tries & (tries - 1) == 0:  # the 1st, 2nd, 4th, 8th... failure
                     log.warning("%s; recording the outcome again (try %d)", exc, tries)
                 time.sleep(delay)
-                delay = min(delay * 2, 0.5)
+                delay = min(delay * 2, STORE_RETRY_PAUSE_MAX)
 
     def _refused(self, delivery_id: str, refusal: Refusal) -> Outcome:
         # Done, held by the store, or claimed by a live worker: this message has

@@ -64,7 +64,11 @@ class Heartbeat:
             self._running.pop(token, None)
 
     def stop(self) -> None:
+        """Renew nothing more; wait for a beat under way (a renewal) to end."""
         self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=10)
 
     def beat(self) -> None:
         """Renew every running claim once (the thread calls this every `every` seconds)."""

@@ -22,7 +22,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 
 from notify.constants import PURGE_EVERY, QUEUED_GRACE
 from notify.errors import NotifyError
@@ -45,10 +45,13 @@ class Maintenance:
         *,
         channels: Collection[str],
         backlog: Backlog | None = None,
+        on_stop: Sequence[Callable[[], object]] = (),
     ) -> None:
+        """`store` is its own from then on (closed when it stops), and so is what `on_stop` closes."""
         self.store, self.settings, self.publish = store, settings, publish
         self.channels = tuple(channels)
         self.backlog = backlog or (lambda _channel: None)
+        self._on_stop = on_stop
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._swept = self._purged = 0.0
@@ -59,9 +62,15 @@ class Maintenance:
         return self
 
     def stop(self) -> None:
+        """Stop after the pass under way, then close the store and what `on_stop` names."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+            if self._thread.is_alive():
+                log.error("maintenance: a pass still runs after 10s; leaving it")
+                return  # its store and connections are still in use
+        for close in (*self._on_stop, self.store.close):
+            close()
 
     def tick(self) -> None:
         """One pass: release what is due; sweep and purge when their time has come."""

@@ -16,7 +16,7 @@ configured one with `load_provider`. Producers import none of this.
 from __future__ import annotations
 
 from notify import channels as registry
-from notify.errors import ConfigurationError
+from notify.errors import ConfigurationError, NotifyError
 from notify.providers.base import Provider
 from notify.settings import Settings, import_named
 
@@ -36,5 +36,15 @@ def load_provider(name: str, settings: Settings) -> Provider:
             f"{spec.backend_variable}={backend!r} is not a backend ({known}, or a dotted path module:Class)",
             setting=spec.backend_variable,
         )
-    provider: Provider = import_named(path, setting=spec.backend_variable).from_settings(settings)
+    cls = import_named(path, setting=spec.backend_variable)
+    try:
+        provider: Provider = cls.from_settings(settings)
+    except NotifyError:
+        raise
+    except Exception as exc:  # a provider's bug is still one line naming what to look at
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+        raise ConfigurationError(
+            f"{spec.backend_variable} {path!r} cannot be built from its settings ({reason})",
+            setting=spec.backend_variable,
+        ) from None
     return provider

@@ -21,6 +21,7 @@ from typing import Any
 
 from celery import Celery
 from celery.concurrency import get_implementation
+from celery.concurrency.prefork import TaskPool as PreforkPool
 from celery.concurrency.solo import TaskPool as SoloPool
 from celery.concurrency.thread import TaskPool as ThreadPool
 from celery.signals import (
@@ -29,6 +30,7 @@ from celery.signals import (
     worker_init,
     worker_process_init,
     worker_process_shutdown,
+    worker_ready,
     worker_shutdown,
     worker_shutting_down,
 )
@@ -37,7 +39,7 @@ from celery.utils.nodenames import default_nodename, nodesplit
 from notify import channels as registry
 from notify.broker.routing import celery_config, consume_queues
 from notify.constants import queue_channel
-from notify.errors import NotifyError
+from notify.errors import ConfigurationError, NotifyError
 from notify.settings import Settings, get_settings
 from notify.worker import services
 from notify.worker.startup import preflight, refuse_to_start
@@ -75,7 +77,8 @@ def serve_only(channel: str) -> Celery:
     """
     if channel not in registry.channels():
         raise ValueError(f"no channel {channel!r}; channels: {', '.join(registry.names())}")
-    _served.append(channel)
+    if channel not in _served:
+        _served.append(channel)
     return app
 
 
@@ -87,7 +90,14 @@ def consumed_channels(celery: Celery) -> list[str]:
 
 
 def runs_tasks_here(pool: Any) -> bool:
-    """Whether the pool (its class or an instance) runs tasks in the worker's process: threads, solo.
+    """Whether the pool (its class or an instance) runs tasks in the worker's own process:
+    every pool but prefork (threads, solo; gevent and eventlet too)."""
+    cls = pool if isinstance(pool, type) else type(pool)
+    return not issubclass(cls, PreforkPool)
+
+
+def has_express_lanes(pool: Any) -> bool:
+    """Whether the express lanes (threads of the worker's process) run beside the pool: threads, solo.
 
     Not prefork: a deliverer built in the parent would be inherited, its SMTP
     thread dead, by every child forked later; each child builds its own.
@@ -133,22 +143,43 @@ def _channels_of(queues: str | list[str] | None) -> list[str]:
 @worker_init.connect
 def _check_and_start(sender: Any, **_: Any) -> None:
     """Before the pool starts and a message is taken: check, then start the main process's services."""
-    celery = sender.app
     try:
         settings = get_settings()
-        channels = tuple(consumed_channels(celery))
+        channels = tuple(consumed_channels(sender.app))
         preflight(settings, channels)
-        tasks_here = runs_tasks_here(get_implementation(sender.pool_cls))
-        processes = 1 if tasks_here else _pool_size(sender.concurrency)
-        runtime = services.Runtime(settings, celery, channels, True, tasks_here, processes)
-        running = services.boot(runtime)
+        pool = get_implementation(sender.pool_cls)
+        tasks_here = runs_tasks_here(pool)
+        processes = 1 if tasks_here else _pool_size(sender)
+        runtime = services.Runtime(
+            settings, sender.app, channels, True, tasks_here, processes, lanes=has_express_lanes(pool)
+        )
+        services.boot(runtime)
     except NotifyError as exc:
         refuse_to_start(exc)
-    log.info("notify worker for %s, running %s", ", ".join(channels), ", ".join(running.names()))
+    except Exception as exc:  # a plugin's bug, say: Celery would log it and start with no services
+        refuse_to_start(ConfigurationError(f"the worker cannot start: {type(exc).__name__}: {exc}"))
 
 
-def _pool_size(concurrency: object) -> int:
-    return concurrency if isinstance(concurrency, int) and concurrency > 0 else 1
+def _pool_size(worker: Any) -> int:
+    """The most processes a prefork pool runs (its autoscale maximum), as each takes a share of
+    a rate limit; "auto" is resolved by Celery only after this, to the CPUs it may use."""
+    autoscale = (getattr(worker, "options", None) or {}).get("autoscale")  # "max,min" or [max, min]
+    if autoscale:
+        size = (
+            int(str(autoscale).strip("[]() ").split(",")[0]) if isinstance(autoscale, str) else autoscale[0]
+        )
+    else:
+        size = worker.concurrency
+    if not isinstance(size, int) or size < 1:
+        size = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return size
+
+
+@worker_ready.connect
+def _say_what_runs(sender: Any, **_: Any) -> None:
+    running = services.running()
+    channels = ", ".join(consumed_channels(sender.app))
+    log.info("notify worker for %s: %s", channels, ", ".join(running.names() if running else ["nothing"]))
 
 
 @worker_process_init.connect
@@ -156,7 +187,7 @@ def _start_in_pool_process(**_: Any) -> None:
     """A prefork child: its own heartbeat, gate and deliverer (the solo pool sends this in the
     worker's own process, whose services are running already)."""
     if services.running() is None:
-        services.boot_pool_process()
+        services.boot_pool_process(app)
 
 
 @worker_shutting_down.connect

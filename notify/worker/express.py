@@ -41,7 +41,7 @@ log = logging.getLogger("notify.worker")
 class Attempt(Protocol):
     """Deliverer.attempt_burst: a message's deliveries, and the channel its queue is for."""
 
-    def __call__(self, delivery_ids: list[str], *, channel: str | None) -> object: ...
+    def __call__(self, delivery_ids: list[str], *, channel: str | None, urgent: bool) -> object: ...
 
 
 LANES = 2  # threads, each one message at a time: a high attempt behind a backlog takes 15-40 ms
@@ -108,7 +108,7 @@ class ExpressLane(ConsumerMixin):
         delay = 1.0
         while not self._stopped.is_set():
             try:
-                self.attempt(ids, channel=channel)
+                self.attempt(ids, channel=channel, urgent=True)  # the lanes consume the urgent queues
                 return True
             except StoreUnavailable as exc:  # nothing was claimed: keep the message, try again
                 log.error("deliveries %s: %s, again in %.1fs", ids, exc, delay)

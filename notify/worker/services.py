@@ -57,6 +57,7 @@ class Runtime:
     main: bool  # the worker's main process (a prefork child is not)
     tasks_here: bool  # tasks run in this process
     processes: int = 1  # processes that run tasks (a prefork pool's size): they share a rate limit
+    lanes: bool = False  # express lanes may run here (threads and solo pools, in the main process)
     heartbeat: Heartbeat | None = None
     gate: PriorityGate | None = None
     deliverer: Deliverer | None = None
@@ -67,6 +68,14 @@ class Runtime:
     def for_pool_process(self) -> Runtime:
         """The runtime of a prefork child of this (main) process."""
         return Runtime(self.settings, self.celery, self.channels, False, True, self.processes)
+
+    @classmethod
+    def unbooted(cls, celery: Celery) -> Runtime:
+        """For a process that runs tasks but whose worker did not pass on its runtime (a pool
+        process started by spawn rather than fork): its own from the settings, the full rate."""
+        from notify.settings import get_settings
+
+        return cls(get_settings(), celery, (), False, True)
 
 
 class Service:
@@ -94,7 +103,7 @@ class HeartbeatService(Service):
         runtime.heartbeat = self.heartbeat = new_heartbeat(store, runtime.settings)
 
     def stop(self) -> None:
-        self.heartbeat.stop()
+        self.heartbeat.stop()  # joins its thread
         self.heartbeat.store.close()
 
 
@@ -107,7 +116,7 @@ class MaintenanceService(Service):
         self.maintenance = new_maintenance(runtime.celery, runtime.settings, runtime.channels).start()
 
     def stop(self) -> None:
-        self.maintenance.stop()
+        self.maintenance.stop()  # joins its thread, then closes its store, publisher and backlog
 
 
 class GateService(Service):
@@ -149,7 +158,7 @@ class ExpressLanesService(Service):
         self.bound = longest_attempt(runtime.settings) + runtime.settings.lease
         self.lanes = []
         deliverer = runtime.deliverer
-        if runtime.tasks_here and deliverer is not None:
+        if runtime.lanes and deliverer is not None:
             self.lanes = start_express(runtime.celery, runtime.channels, deliverer.attempt_burst)
 
     def drain(self) -> None:
@@ -193,13 +202,18 @@ class Backlog:
 
 
 def new_maintenance(celery: Celery, settings: Settings, channels: tuple[str, ...]) -> Maintenance:
-    """Maintenance for `channels`, publishing through `celery` (not started): a worker's or beat's."""
+    """Maintenance for `channels`, publishing through `celery` (not started): a worker's or beat's.
+
+    Its store, publisher and backlog connection are closed when it stops.
+    """
+    publisher, backlog = Publisher(celery), Backlog(celery)
     return Maintenance(
         Store(settings.resolved_database_url),
         settings,
-        functools.partial(Publisher(celery).publish, grouped=True),
+        functools.partial(publisher.publish, grouped=True),
         channels=channels,
-        backlog=Backlog(celery),
+        backlog=backlog,
+        on_stop=(publisher.close, backlog.close),
     )
 
 
@@ -268,9 +282,10 @@ def boot(runtime: Runtime) -> Services:
         return running
 
 
-def boot_pool_process() -> Services | None:
-    """Start the services of a prefork child, from the runtime of the worker it was forked from."""
-    return boot(_main[0].for_pool_process()) if _main else None
+def boot_pool_process(celery: Celery) -> Services:
+    """Start the services of a pool process: from the runtime of the worker it was forked from,
+    else (a process spawned, not forked) from the settings."""
+    return boot(_main[0].for_pool_process() if _main else Runtime.unbooted(celery))
 
 
 def running() -> Services | None:

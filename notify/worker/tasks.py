@@ -6,7 +6,8 @@ import logging
 
 from celery import Task
 
-from notify.constants import DELIVER_TASK, STORE_RETRY_MAX, queue_channel
+from notify.broker.routing import message_route
+from notify.constants import DELIVER_TASK, STORE_RETRY_MAX
 from notify.delivery.attempt import Deliverer
 from notify.errors import StoreUnavailable
 from notify.worker import services
@@ -17,7 +18,7 @@ log = logging.getLogger("notify.worker")
 
 def deliverer() -> Deliverer:
     """This process's deliverer (notify.worker.services starts it before the first task)."""
-    running = services.running() or services.boot_pool_process()
+    running = services.running() or services.boot_pool_process(app)
     if running is None or running.runtime.deliverer is None:
         raise RuntimeError("no deliverer in this process: the worker's services did not start")
     return running.runtime.deliverer
@@ -31,11 +32,13 @@ def deliver(self: Task[[str | list[str]], str | list[str]], delivery_ids: str | 
     store (kept from the sweep while this worker lives), so a worker that
     dies mid-message leaves them to the sweep untouched, their tries uncounted.
     """
-    channel = queue_channel(str((self.request.delivery_info or {}).get("routing_key") or ""))
+    channel, priority = message_route(self.request.delivery_info)
+    urgent = priority is not None and priority.urgent
     try:
         if isinstance(delivery_ids, str):
-            return deliverer().attempt(delivery_ids, channel=channel).status
-        return [outcome.status for outcome in deliverer().attempt_burst(delivery_ids, channel=channel)]
+            return deliverer().attempt(delivery_ids, channel=channel, urgent=urgent).status
+        outcomes = deliverer().attempt_burst(delivery_ids, channel=channel, urgent=urgent)
+        return [outcome.status for outcome in outcomes]
     except StoreUnavailable as exc:
         # Nothing was claimed: keep a message for it and try again, backing off,
         # rather than ack it away and leave it to the sweep. The ones this

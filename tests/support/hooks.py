@@ -12,3 +12,13 @@ def record(channel: str, address: str, error: PermanentDeliveryError) -> None:
     line = json.dumps({"channel": channel, "address": address, "code": error.code})
     with open(os.environ["NOTIFY_TEST_HOOK_FILE"], "a") as f:
         f.write(line + "\n")
+
+
+class BuggyProvider:
+    """A third-party provider whose from_settings fails with something other than a NotifyError."""
+
+    name = "buggy"
+
+    @classmethod
+    def from_settings(cls, settings: object) -> BuggyProvider:
+        raise KeyError("ACME_REGION")
