@@ -77,7 +77,12 @@ class Notifier:
 
     @functools.cached_property
     def relay(self) -> Relay:
-        """Publishes what send() recorded, from a thread of its own (notify.broker.relay)."""
+        """Publishes what send() recorded, from a thread of its own (notify.broker.relay).
+
+        The publisher (and Celery with it) is built here, in the caller's thread: a
+        relay's first publish may come during the interpreter's exit, too late to import.
+        """
+        self.publisher  # noqa: B018
         return Relay(self._publish_now)
 
     def send(
