@@ -29,7 +29,7 @@ from notify.errors import NotifyError
 from notify.settings import Settings
 from notify.store import BATCH, Queued, Store
 
-log = logging.getLogger("notify.delivery.maintenance")
+log = logging.getLogger("notify.maintenance")
 
 
 Publish = Callable[[list[Queued]], object]  # a Publisher's publish (notify.broker.publisher), grouped
