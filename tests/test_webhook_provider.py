@@ -739,3 +739,53 @@ def test_a_tls_error_after_the_request_was_sent_leaves_the_outcome_unknown(
             webhook.close()
 
     assert len(received) == 1
+
+
+class TricklingReceiver:
+    """Takes one request, then answers a byte at a time, each well within any socket timeout."""
+
+    ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Padding: " + b"." * 40 + b"\r\n\r\n"
+
+    def __init__(self, every: float = 0.25) -> None:
+        self.every = every
+        self.requests = 0
+        self.finished = threading.Event()  # the whole answer went out
+        self.cut = threading.Event()  # the client closed the connection mid-answer
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        conn, _ = self._server.accept()
+        with conn:
+            conn.recv(65536)
+            self.requests += 1
+            for byte in self.ANSWER:
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    self.cut.set()
+                    return
+                if self.cut.wait(self.every):
+                    return
+            self.finished.set()
+
+    def close(self) -> None:
+        self.cut.set()
+        self._server.close()
+
+
+def test_a_receiver_that_trickles_its_answer_cannot_hold_the_attempt_past_its_budget() -> None:
+    """One byte every 0.25 s takes 20 s; the attempt's 1 s budget ends it, an unknown outcome, one POST."""
+    receiver = TricklingReceiver()
+    webhook = make_provider(delivery_timeout=1.0)
+    message = WebhookMessage(delivery_id="d-1", url=f"http://127.0.0.1:{receiver.port}/hook", body=BODY)
+    try:
+        with pytest.raises(OutcomeUnknownError, match="no complete answer within the time budget"):
+            webhook.deliver(message)
+        assert not receiver.finished.is_set()  # it ended while the receiver was still trickling
+        assert receiver.cut.wait(10)  # and the connection is closed, not left to trickle on
+        assert receiver.requests == 1
+    finally:
+        receiver.close()
+        webhook.close()

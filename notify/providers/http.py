@@ -11,13 +11,15 @@ base of the providers built on requests.
 from __future__ import annotations
 
 import calendar
+import contextlib
 import enum
 import math
 import os
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from email.utils import parsedate_tz
 from typing import Any, Final, Literal
@@ -45,6 +47,7 @@ __all__ = [
     "EnvironmentOnceSession",
     "Handover",
     "Verdict",
+    "Watchdog",
     "configuration",
     "error_for",
     "handover",
@@ -329,3 +332,56 @@ class RequestsProvider:
             session.close()
         if self._adapter is not None:
             self._adapter.close()
+
+
+class Watchdog:
+    """Ends a call at its deadline whatever the peer does: at the deadline, `cut` is called.
+
+    A socket timeout bounds each read, not the call: a peer that trickles its
+    answer a byte at a time, each within the timeout, holds the thread for as
+    long as it likes. One thread per watchdog calls `cut` (closing the
+    socket, so the blocked read fails at once) for every guarded call still
+    running at its deadline.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._calls: dict[int, tuple[float, Callable[[], object]]] = {}
+        self._fired: set[int] = set()
+        self._next = 0
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    @contextmanager
+    def guard(self, deadline: float, cut: Callable[[], object]) -> Iterator[Callable[[], bool]]:
+        """Around a call that must end by `deadline` (on this watchdog's clock); yields a function
+        that says whether the deadline cut the call."""
+        with self._changed:
+            self._next += 1
+            key = self._next
+            self._calls[key] = (deadline, cut)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="notify-watchdog", daemon=True)
+                self._thread.start()
+            self._changed.notify()
+        try:
+            yield lambda: key in self._fired
+        finally:
+            with self._changed:
+                self._calls.pop(key, None)
+                self._fired.discard(key)
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                now = self._clock()
+                due = [key for key, (deadline, _) in self._calls.items() if deadline <= now]
+                if not due:
+                    soonest = min((deadline for deadline, _ in self._calls.values()), default=None)
+                    self._changed.wait(None if soonest is None else soonest - now)
+                    continue
+                cuts = [self._calls.pop(key)[1] for key in due]
+                self._fired.update(due)
+            for cut in cuts:
+                with contextlib.suppress(Exception):  # the call ends anyway, with what its read raises
+                    cut()

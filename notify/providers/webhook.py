@@ -274,22 +274,41 @@ def _send(
 ) -> BaseHTTPResponse:
     """POST on a connected `conn` and read the answer's head: from here on, the receiver may have it.
 
-    Each read waits at most what was left of the budget when the request went
-    out, so a receiver trickling its status line a byte at a time can hold the
-    thread longer than the budget; the claim's heartbeat keeps another worker
-    from taking the delivery over meanwhile, so it cannot cause a duplicate.
+    The budget ends it, whatever the receiver does: each read waits at most
+    what is left, and the watchdog closes the socket at the deadline under a
+    receiver that trickles its answer a byte at a time (each byte in time).
     """
     left = budget.left
     if left <= 0:
         conn.close()
         raise _transient("the time budget was spent before the request was sent", None)
     conn.timeout = left
-    try:
-        conn.request("POST", target.path, body=body, headers=headers, preload_content=False)
-        return conn.getresponse()
-    except (HTTPError, HTTPException, OSError) as exc:  # ssl.SSLError too: the request was written
-        conn.close()
-        raise http.network_error(exc, channel=NAME, provider=PROVIDER, table=http.URLLIB3_ERRORS) from None
+    with _WATCHDOG.guard(time.monotonic() + left, lambda: _cut(conn)) as cut:
+        try:
+            conn.request("POST", target.path, body=body, headers=headers, preload_content=False)
+            return conn.getresponse()
+        except (HTTPError, HTTPException, OSError) as exc:  # ssl.SSLError too: the request was written
+            conn.close()
+            if cut():
+                raise OutcomeUnknownError(
+                    f"no complete answer within the time budget ({type(exc).__name__}); "
+                    "it may have been accepted",
+                    channel=NAME,
+                    provider=PROVIDER,
+                ) from None
+            raise http.network_error(
+                exc, channel=NAME, provider=PROVIDER, table=http.URLLIB3_ERRORS
+            ) from None
+
+
+_WATCHDOG = http.Watchdog()  # one thread for every webhook in flight in this process
+
+
+def _cut(conn: HTTPConnection) -> None:
+    """End a call on `conn` now: a read blocked on its socket returns at once."""
+    sock = conn.sock
+    if sock is not None:
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def _drained(conn: HTTPConnection, response: BaseHTTPResponse, budget: Budget) -> bool:
