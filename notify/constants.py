@@ -54,6 +54,7 @@ MAX_ADDRESS: Final = 512
 MAX_DEDUP_KEY: Final = 200
 MAX_PROVIDER_ID: Final = 300
 MAX_CODE: Final = 64
+MAX_REASON: Final = 2000  # a provider's reason, as the store keeps it (longer ones are cut)
 
 # -- timings, in seconds --------------------------------------------------------
 
