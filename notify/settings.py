@@ -91,9 +91,9 @@ class Settings:
     delivery_timeout: float = field(
         default=30.0, metadata={"env": "NOTIFY_DELIVERY_TIMEOUT", "bounds": (1.0, 3600.0)}
     )
-    # How long a worker's claim on a delivery lives without a heartbeat. The
-    # worker renews it every lease/3 while the attempt runs; when a worker
-    # dies, another takes the delivery over within lease + sweep cadence.
+    # How long a worker's heartbeat may stand still, as the other workers see
+    # it, before they take it for dead and hand its deliveries on: it beats
+    # every lease/3, and a dead one's deliveries go on within lease + sweep.
     lease_seconds: float = field(
         default=10.0, metadata={"env": "NOTIFY_LEASE", "bounds": (LEASE_MIN, LEASE_MAX)}
     )
@@ -117,13 +117,13 @@ class Settings:
 
     @property
     def lease(self) -> float:
-        """How long a worker's claim on a delivery lasts without a heartbeat."""
+        """How long a worker's beats may stand still (as others observe them) before it counts as dead."""
         return self.lease_seconds
 
     @property
     def heartbeat_every(self) -> float:
-        """How often a worker renews its claims (and keeps its bursts' waiting deliveries from the
-        sweep): a third of the lease, HEARTBEAT_EVERY_MAX at most."""
+        """How often a worker beats (and keeps its bursts' waiting deliveries from the sweep):
+        a third of the lease, HEARTBEAT_EVERY_MAX at most."""
         return min(self.lease_seconds / 3, HEARTBEAT_EVERY_MAX)
 
     @property

@@ -9,20 +9,26 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Collection, Iterator
-from datetime import timedelta
 from pathlib import Path
 from typing import ClassVar
 
 import pytest
 
 from notify.delivery.attempt import AttemptStatus, Deliverer
-from notify.errors import ConfigurationError, CoreCode, CoreProvider, OutcomeUnknownError, StoreUnavailable
-from notify.models import Status, utcnow
+from notify.errors import (
+    ConfigurationError,
+    CoreCode,
+    CoreProvider,
+    OutcomeUnknownError,
+    PermanentDeliveryError,
+    StoreUnavailable,
+)
+from notify.models import Status
 from notify.providers.base import Message, Receipt
 from notify.settings import Settings
 from notify.store import Claim, NewDelivery
 from tests.conftest import REPO
-from tests.support.records import record_one
+from tests.support.records import a_worker, record_one
 
 
 class ScriptedProvider:
@@ -46,11 +52,8 @@ class ScriptedProvider:
         pass
 
 
-@pytest.fixture
-def deliverer(tmp_path: Path) -> Iterator[Deliverer]:
-    ScriptedProvider.delivered = []
-    ScriptedProvider.raise_after_sending = None
-    settings = Settings.from_env(
+def scripted_settings(tmp_path: Path) -> Settings:
+    return Settings.from_env(
         {
             "NOTIFY_HOME": str(tmp_path),
             "NOTIFY_TEMPLATES_DIR": str(REPO / "templates"),
@@ -60,7 +63,13 @@ def deliverer(tmp_path: Path) -> Iterator[Deliverer]:
             "NOTIFY_LEASE": "1",
         }
     )
-    built = Deliverer(settings)
+
+
+@pytest.fixture
+def deliverer(tmp_path: Path) -> Iterator[Deliverer]:
+    ScriptedProvider.delivered = []
+    ScriptedProvider.raise_after_sending = None
+    built = Deliverer(scripted_settings(tmp_path))
     yield built
     built.close()
 
@@ -117,34 +126,34 @@ def test_an_unexpected_error_from_the_provider_is_an_unknown_outcome_not_a_retry
 def test_the_heartbeat_survives_an_error_that_is_not_an_outage(
     deliverer: Deliverer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A dead heartbeat thread would let every running claim lapse mid-call."""
+    """A dead heartbeat thread would let this worker be taken for dead mid-call."""
     beats = threading.Semaphore(0)
     calls: list[int] = []
 
-    def renew(claims: object, lease: float) -> set[str]:
+    def beat(worker_id: str) -> bool:
         calls.append(1)
         beats.release()
         if len(calls) == 1:
             raise RuntimeError("cannot execute UPDATE in a read-only transaction")
-        return set()
+        return True
 
-    monkeypatch.setattr(deliverer.store, "renew", renew)
-    deliverer.heartbeat.hold("a-claim")
+    assert deliverer.heartbeat.worker_id  # registered, beating
+    monkeypatch.setattr(deliverer.store, "beat", beat)
 
     assert beats.acquire(timeout=10) and beats.acquire(timeout=10), "the heartbeat stopped beating"
-    deliverer.heartbeat.release("a-claim")
 
 
 def test_a_delivery_whose_worker_dies_every_time_ends_in_the_dead_letters(
     deliverer: Deliverer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Lapsed claims are taken over without a retry decision: attempts must still run out."""
+    """A dead worker's claims are handed on without a retry decision: attempts must still run out."""
     delivery_id = queued(deliverer)
-    clock = [utcnow()]
-    monkeypatch.setattr(deliverer.store, "now", lambda: clock[0])
+    store = deliverer.store
     for _ in range(deliverer.policies["email"].max_attempts):
-        assert isinstance(deliverer.store.claim(delivery_id, lease=1), Claim)  # its worker "died" holding it
-        clock[0] += timedelta(seconds=2)
+        dying = a_worker(store)
+        assert isinstance(store.claim(delivery_id, dying), Claim)  # its worker "died" holding it
+        assert store.declare_dead(dying, 0)
+        assert [q.id for q in store.reclaim_from_dead()] == [delivery_id]
 
     outcome = deliverer.attempt(delivery_id)
 
@@ -227,3 +236,48 @@ def test_a_provider_configuration_error_keeps_the_delivery_for_retry_with_the_co
         Status.RETRYING,
         "configuration",
     )
+
+
+@pytest.mark.parametrize(
+    "refused",
+    [
+        PermanentDeliveryError(
+            "550 5.1.1 Empf\udce4nger unbekannt", channel="email", provider="smtp", code="550"
+        ),
+        PermanentDeliveryError("400 Bad\x00Request", channel="email", provider="webhook", code="http_400"),
+    ],
+)
+def test_a_refusal_in_text_the_store_cannot_hold_as_written_fails_once_and_calls_the_hook(
+    tmp_path: Path, refused: PermanentDeliveryError
+) -> None:
+    """Latin-1 from a relay, a NUL from a receiver: one try, the hook, a readable reason."""
+    ScriptedProvider.delivered = []
+    ScriptedProvider.raise_after_sending = refused
+    calls: list[str] = []
+    deliverer = Deliverer(scripted_settings(tmp_path), on_permanent_failure=lambda c, a, e: calls.append(c))
+    delivery_id = queued(deliverer)
+
+    outcomes = [deliverer.attempt(delivery_id).status for _ in range(3)]
+
+    deliverer.close()
+    assert outcomes == [AttemptStatus.FAILED, AttemptStatus.SKIPPED, AttemptStatus.SKIPPED]
+    assert ScriptedProvider.delivered == [delivery_id] and calls == ["email"]
+
+
+def test_an_outcome_the_store_refuses_outright_is_recorded_without_the_providers_text(
+    deliverer: Deliverer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever the write fails on after the provider answered, the outcome lands: never a resend."""
+    delivery_id = queued(deliverer)
+    mark_sent = deliverer.store.mark_sent
+
+    def refuse_odd_ids(claim: Claim, provider_id: str | None) -> bool:
+        if provider_id is not None:
+            raise UnicodeEncodeError("utf-8", "x", 0, 1, "the driver says no")
+        return mark_sent(claim, provider_id)
+
+    monkeypatch.setattr(deliverer.store, "mark_sent", refuse_odd_ids)
+
+    assert deliverer.attempt(delivery_id).status is AttemptStatus.SENT
+    assert deliverer.attempt(delivery_id).status is AttemptStatus.SKIPPED
+    assert ScriptedProvider.delivered == [delivery_id]

@@ -15,7 +15,7 @@ from notify import api, dlq
 from notify.models import Status, utcnow
 from notify.settings import get_settings
 from notify.store import Claim, NewDelivery, Store
-from tests.support.records import record_one
+from tests.support.records import a_worker, record_one
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,7 +63,7 @@ def dead_letter(
     )
     record_one(store, str(uuid.uuid4()), "welcome", None, '{"name": "Ada"}', [delivery])
     _advance(store, seconds=1)
-    claim = store.claim(delivery.id, lease=60)
+    claim = store.claim(delivery.id, a_worker(store))
     assert isinstance(claim, Claim), claim
     assert store.mark_failed(claim, "550 no such user", "550")
     return delivery.id
@@ -156,7 +156,7 @@ def test_replay_names_ids_that_are_unknown_or_not_failed(store: Store) -> None:
         status=Status.QUEUED,
     )
     record_one(store, str(uuid.uuid4()), "welcome", None, "{}", [sent])
-    claim = store.claim(sent.id, lease=60)
+    claim = store.claim(sent.id, a_worker(store))
     assert isinstance(claim, Claim)
     store.mark_sent(claim, "provider-1")
     unknown = str(uuid.uuid4())
@@ -172,7 +172,7 @@ def test_a_replayed_delivery_can_fail_again_and_be_listed_again(store: Store) ->
     delivery_id = dead_letter(store)
     dlq.replay([delivery_id])
 
-    claim = store.claim(delivery_id, lease=60)
+    claim = store.claim(delivery_id, a_worker(store))
     assert isinstance(claim, Claim) and claim.attempts == 1  # a fresh attempt cycle
     store.mark_failed(claim, "550 still no such user", "550")
 

@@ -1,10 +1,12 @@
 """A model of the store's delivery protocol, checked by hypothesis on SQLite and PostgreSQL.
 
-Workers claim, renew, record outcomes late and die; leases lapse; the clock
-jumps; sweeps, releases, replays and purges run in any order. After every
-step the store must agree with what the protocol promises:
+Workers register, claim, beat, record outcomes late and are declared dead
+(with the count an observer saw, or a stale one); the clock jumps; sweeps,
+releases, give-backs, replays and purges run in any order. After every step
+the store must agree with what the protocol promises:
 
 - at most one live claim per delivery, and only the current claim records an outcome;
+- only a worker declared dead loses its claims, and a dead worker claims nothing;
 - a delivery that was sent is never claimable again, and is sent at most once;
 - an outcome from a stale claim never overwrites a newer one;
 - every delivery that is not finished becomes claimable again within its bound;
@@ -39,7 +41,6 @@ from notify.store import Claim, NewDelivery, Refusal, Store
 from notify.store.schema import metadata
 from tests.support.records import record_one
 
-LEASE = 10.0
 WINDOW = 60.0
 ADDRESSES = ["a@example.com", "b@example.com"]
 KEYS = [None, "k1", "k2"]
@@ -59,11 +60,11 @@ class Clock:
 
 @dataclass
 class Held:
-    """A claim the model knows a worker holds, and until when."""
+    """A claim the model knows a worker holds."""
 
     claim: Claim
-    lease_until: datetime
-    done: bool = False  # its outcome was recorded (or refused)
+    worker: str
+    done: bool = False  # its outcome was recorded (or refused), or it was handed on
 
 
 class Protocol(RuleBasedStateMachine):
@@ -71,6 +72,7 @@ class Protocol(RuleBasedStateMachine):
 
     claims = Bundle("claims")
     deliveries = Bundle("deliveries")
+    workers = Bundle("workers")
 
     @initialize()
     def open_store(self) -> None:
@@ -85,6 +87,8 @@ class Protocol(RuleBasedStateMachine):
         self.sent: dict[str, int] = {}  # delivery id -> successful mark_sent count
         self.holder: dict[tuple[str, str], tuple[str, datetime]] = {}  # (address, key) -> (id, expires)
         self.purged: set[str] = set()
+        self.dead: set[str] = set()
+        self.beats: dict[str, int] = {}
 
     def teardown(self) -> None:
         self.store.close()
@@ -120,32 +124,59 @@ class Protocol(RuleBasedStateMachine):
 
     # -- workers ---------------------------------------------------------------
 
-    @rule(target=claims, delivery_id=deliveries, lease=st.sampled_from([0.0, LEASE]))
-    def claim(self, delivery_id: str, lease: float) -> object:
+    @rule(target=workers)
+    def start_worker(self) -> str:
+        return self._register()
+
+    def _register(self) -> str:
+        worker_id = str(uuid.uuid4())
+        self.store.register_worker(worker_id, host="model", pid=1)
+        self.beats[worker_id] = 0
+        return worker_id
+
+    @rule(target=claims, delivery_id=deliveries, worker=workers)
+    def claim(self, delivery_id: str, worker: str) -> object:
         before = self.store.get(delivery_id)
-        result = self.store.claim(delivery_id, lease)
+        result = self.store.claim(delivery_id, worker)
+        claimable = before is not None and before.status == Status.QUEUED and worker not in self.dead
         if isinstance(result, Refusal):
-            assert before is None or not self._claimable(delivery_id, before.status)
+            assert not claimable, (before, worker in self.dead)
             return multiple()
-        assert before is not None and self._claimable(delivery_id, before.status), before
+        assert claimable, (before, worker in self.dead)
         assert self.sent.get(delivery_id, 0) == 0, "a sent delivery was claimed again"
-        claim = Held(result, self.clock.now + timedelta(seconds=lease))
-        self.current[delivery_id] = claim
-        return claim
+        held = Held(result, worker)
+        self.current[delivery_id] = held
+        return held
 
-    def _claimable(self, delivery_id: str, status: str) -> bool:
-        if status == Status.QUEUED:
-            return True
-        claim = self.current.get(delivery_id)
-        return status == Status.SENDING and claim is not None and claim.lease_until < self.clock.now
+    @rule(worker=workers)
+    def beat(self, worker: str) -> None:
+        assert self.store.beat(worker) == (worker not in self.dead)
+        if worker not in self.dead:
+            self.beats[worker] += 1
 
-    @rule(held=claims)
-    def heartbeat(self, held: Held) -> None:
-        renewed = self.store.renew([held.claim.token], LEASE)
-        is_current = self.current.get(held.claim.delivery_id) is held and not held.done
-        assert (held.claim.token in renewed) == is_current
-        if is_current:
-            held.lease_until = self.clock.now + timedelta(seconds=LEASE)
+    @rule(worker=workers, stale=st.booleans())
+    def declare_dead(self, worker: str, stale: bool) -> None:
+        """An observer that saw the worker's count stand still (or saw it an instant too early)."""
+        count = self.beats[worker] - 1 if stale else self.beats[worker]
+        won = self.store.declare_dead(worker, count)
+        assert won == (worker not in self.dead and not stale and count >= 0)
+        if won:
+            self.dead.add(worker)
+
+    @rule(held=consumes(claims))
+    def give_back(self, held: Held) -> None:
+        delivery_id = held.claim.delivery_id
+        before = self.store.get(delivery_id)
+        won = self.store.give_back(held.claim, "not sent")
+        is_current = self.current.get(delivery_id) is held and not held.done
+        assert won == is_current
+        after = self.store.get(delivery_id)
+        if won:
+            assert before is not None and after is not None
+            assert (after.status, after.attempts) == (Status.RETRYING, before.attempts - 1)
+        else:
+            assert after == before, "a stale claim changed the delivery"
+        held.done = True
 
     @rule(held=consumes(claims), outcome=st.sampled_from(["sent", "retry", "failed"]), delay=st.floats(0, 20))
     def record_outcome(self, held: Held, outcome: str, delay: float) -> None:
@@ -184,9 +215,9 @@ class Protocol(RuleBasedStateMachine):
     def time_passes(self, seconds: float) -> None:
         self.clock.now += timedelta(seconds=seconds)
 
-    @rule(seconds=st.sampled_from([0.5, 2.0]))
+    @rule(seconds=st.sampled_from([0.5, 2.0, 3600.0]))
     def clock_steps_back(self, seconds: float) -> None:
-        self.clock.now -= timedelta(seconds=seconds)  # leases are instants: a step back lengthens them
+        self.clock.now -= timedelta(seconds=seconds)  # no clock decides who is alive
 
     @rule()
     def release(self) -> None:
@@ -195,11 +226,14 @@ class Protocol(RuleBasedStateMachine):
 
     @rule()
     def sweep(self) -> None:
-        for queued in self.store.reclaim_expired():
-            claim = self.current[queued.id]
-            assert claim.lease_until < self.clock.now, "a live claim was swept"
-            claim.done = True  # its holder may still answer, but it is no longer current
+        orphaned = {i for i, h in self.current.items() if not h.done and h.worker in self.dead}
+        orphaned &= {i for i in orphaned if (d := self.store.get(i)) and d.status == Status.SENDING}
+        reclaimed = {queued.id for queued in self.store.reclaim_from_dead()}
+        assert reclaimed == orphaned, "a live worker's claim was handed on, or a dead one's kept"
+        for delivery_id in reclaimed:
+            self.current[delivery_id].done = True  # its holder may still answer: no longer current
         self.store.queued_since(5.0)
+        self.store.forget_dead_workers()
 
     @rule(delivery_id=deliveries)
     def replay(self, delivery_id: str) -> None:
@@ -217,26 +251,30 @@ class Protocol(RuleBasedStateMachine):
     def everything_recovers(self) -> None:
         """Once each delivery's bound has passed, maintenance has made it claimable.
 
-        The bound: its release time when held (send_at, retry), its lease when claimed.
+        The bound: its release time when held (send_at, retry); when claimed, its
+        worker being declared dead (every worker stops beating here).
         """
         bounds = [self.clock.now]
         for delivery_id in self.channel_of:
             delivery = self.store.get(delivery_id)
             if delivery is not None and delivery.next_attempt_at is not None:
                 bounds.append(delivery.next_attempt_at)
-        bounds += [c.lease_until for c in self.current.values() if not c.done]
         self.clock.now = max(bounds) + timedelta(milliseconds=1)
+        for worker, count in self.store.worker_beats().items():
+            assert self.store.declare_dead(worker, count)
+            self.dead.add(worker)
         self.store.release_due()
-        self.store.reclaim_expired()
+        self.store.reclaim_from_dead()
+        survivor = self._register()
         for delivery_id in self.channel_of:
             delivery = self.store.get(delivery_id)
             if delivery is None or delivery.status in FINISHED:
                 continue
             assert delivery.status == Status.QUEUED, delivery
             self.current.pop(delivery_id, None)
-            claim = self.store.claim(delivery_id, LEASE)
+            claim = self.store.claim(delivery_id, survivor)
             assert isinstance(claim, Claim)
-            self.current[delivery_id] = Held(claim, self.clock.now + timedelta(seconds=LEASE))
+            self.current[delivery_id] = Held(claim, survivor)
 
     # -- invariants --------------------------------------------------------------
 

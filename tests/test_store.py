@@ -17,17 +17,20 @@ from notify.errors import StoreUnavailable
 from notify.models import Status, utcnow
 from notify.settings import Settings
 from notify.store import Claim, NewDelivery, Queued, Refusal, Store
+from notify.store.schema import deliveries
 from tests.support.records import record_one
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    url = (
-        f"sqlite:///{tmp_path}/store.db"
-        if request.param == "sqlite"
-        else request.getfixturevalue("postgres_url")
-    )
-    store = Store(url)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/store.db"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[Store]:
+    store = Store(store_url)
     yield store
     store.close()
 
@@ -43,10 +46,22 @@ def new(channel: str = "email", address: str = "ada@example.com", **kwargs: obje
     )
 
 
-def claimed(store: Store, delivery_id: str, lease: float = 60) -> Claim:
-    claim = store.claim(delivery_id, lease=lease)
+def worker(store: Store) -> str:
+    """A worker process, registered (alive) in the store."""
+    worker_id = str(uuid.uuid4())
+    store.register_worker(worker_id, host="test-host", pid=1)
+    return worker_id
+
+
+def claimed(store: Store, delivery_id: str, worker_id: str | None = None) -> Claim:
+    claim = store.claim(delivery_id, worker_id or worker(store))
     assert isinstance(claim, Claim), claim
     return claim
+
+
+def declared_dead(store: Store, worker_id: str) -> None:
+    """What the sweep does once the worker's beats stood still for a lease."""
+    assert store.declare_dead(worker_id, store.worker_beats()[worker_id])
 
 
 def record(store: Store, *deliveries: NewDelivery) -> list[str]:
@@ -70,7 +85,7 @@ def test_a_recorded_notification_reads_back_with_its_deliveries(store: Store) ->
 def test_a_claim_hands_the_worker_everything_it_needs(store: Store) -> None:
     [delivery_id] = record(store, new())
 
-    claim = store.claim(delivery_id, lease=60)
+    claim = store.claim(delivery_id, worker(store))
 
     assert isinstance(claim, Claim)
     assert (claim.template, claim.channel, claim.address, claim.attempts, claim.data) == (
@@ -89,7 +104,7 @@ def test_only_one_of_many_concurrent_claims_wins(store: Store) -> None:
 
     def claim(_: int) -> Claim | Refusal:
         barrier.wait()
-        return store.claim(delivery_id, lease=60)
+        return store.claim(delivery_id, worker(store))
 
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(claim, range(8)))
@@ -103,7 +118,7 @@ def test_a_sent_delivery_cannot_be_claimed_again(store: Store) -> None:
     [delivery_id] = record(store, new())
     store.mark_sent(claimed(store, delivery_id), "provider-1")
 
-    refusal = store.claim(delivery_id, lease=60)
+    refusal = store.claim(delivery_id, worker(store))
 
     assert refusal == Refusal(status=Status.SENT)
     delivery = store.get(delivery_id)
@@ -114,11 +129,15 @@ def test_a_sent_delivery_cannot_be_claimed_again(store: Store) -> None:
     )
 
 
-def test_an_expired_lease_lets_another_worker_take_over(store: Store) -> None:
+def test_a_dead_workers_claim_is_handed_on_by_the_sweep_not_taken_by_a_claim(store: Store) -> None:
     [delivery_id] = record(store, new())
-    store.claim(delivery_id, lease=0)  # this worker "died" holding it
+    first = worker(store)
+    claimed(store, delivery_id, first)
+    assert isinstance(store.claim(delivery_id, worker(store)), Refusal)  # its worker lives
 
-    claim = store.claim(delivery_id, lease=60)
+    declared_dead(store, first)
+    assert store.reclaim_from_dead() == [(delivery_id, "email", "normal")]
+    claim = store.claim(delivery_id, worker(store))
 
     assert isinstance(claim, Claim) and claim.attempts == 2
 
@@ -134,9 +153,12 @@ def test_a_stale_worker_cannot_overwrite_a_newer_outcome(store: Store) -> None:
 
 
 def test_a_claim_taken_over_cannot_record_its_outcome(store: Store) -> None:
-    """Worker A's lease lapses, B claims; A's late failure must not drop B's success."""
+    """Worker A is taken for dead, B claims; A's late failure must not drop B's success."""
     [delivery_id] = record(store, new())
-    stale = claimed(store, delivery_id, lease=0)
+    first = worker(store)
+    stale = claimed(store, delivery_id, first)
+    declared_dead(store, first)
+    store.reclaim_from_dead()
     current = claimed(store, delivery_id)
 
     assert not store.mark_failed(stale, "late failure from the first worker", "451")
@@ -146,35 +168,61 @@ def test_a_claim_taken_over_cannot_record_its_outcome(store: Store) -> None:
     assert delivery is not None and (delivery.status, delivery.provider_id) == (Status.SENT, "second")
 
 
-def test_a_heartbeat_keeps_a_claim_and_tells_which_claims_were_lost(store: Store) -> None:
-    [kept, lost] = record(store, new(), new())
-    live = claimed(store, kept, lease=0)
-    gone = claimed(store, lost, lease=0)
-    claimed(store, lost)  # another worker took it over
+def test_a_worker_is_declared_dead_only_at_the_count_observed_and_then_claims_nothing(store: Store) -> None:
+    [delivery_id] = record(store, new())
+    alive = worker(store)
+    observed = store.worker_beats()[alive]
+    assert store.beat(alive)  # it beat after the observer looked
 
-    assert store.renew([live.token, gone.token], lease=60) == {live.token}
-    assert isinstance(store.claim(kept, lease=60), Refusal)  # renewed: not claimable
+    assert not store.declare_dead(alive, observed)  # the count moved on: alive
+    assert store.declare_dead(alive, observed + 1)
+    assert not store.beat(alive)  # it learns it was declared dead at its next beat
+    assert store.claim(delivery_id, alive) == Refusal(status=Status.QUEUED)
+    assert alive not in store.worker_beats()
 
 
-def test_leases_use_the_databases_clock_not_the_workers(
-    postgres_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A worker whose clock runs 80 s fast must not take over a live claim."""
-    import notify.models
-    import notify.store.store
+def test_a_retired_worker_is_forgotten_once_its_deliveries_are_handed_on(store: Store) -> None:
+    [delivery_id] = record(store, new())
+    leaving = worker(store)
+    claimed(store, delivery_id, leaving)
 
-    holder, skewed = Store(postgres_url), Store(postgres_url)
+    store.retire_worker(leaving)
+    assert store.forget_dead_workers() == 0  # it still holds a delivery
+    assert store.reclaim_from_dead() == [(delivery_id, "email", "normal")]
+    assert store.forget_dead_workers() == 1
+
+
+@pytest.mark.parametrize("seconds", [-3600, -80, 80, 86400])
+def test_no_clock_decides_that_a_worker_is_dead(store_url: str, seconds: float) -> None:
+    """A process whose clock (or the database's) steps by any amount hands on nothing of a live worker."""
+    holder, skewed = Store(store_url), Store(store_url, clock=lambda: utcnow() + timedelta(seconds=seconds))
     [delivery_id] = record(holder, new())
-    claimed(holder, delivery_id, lease=30)
-    fast = utcnow() + timedelta(seconds=80)
-    monkeypatch.setattr(notify.store.store, "utcnow", lambda: fast)
-    monkeypatch.setattr(notify.models, "utcnow", lambda: fast)
+    claimed(holder, delivery_id)
 
-    refusal = skewed.claim(delivery_id, lease=30)
+    reclaimed = skewed.reclaim_from_dead()
 
     holder.close()
     skewed.close()
-    assert refusal == Refusal(status=Status.SENDING)
+    assert reclaimed == []
+
+
+def test_a_claim_made_by_a_lease_of_notify_0_3_is_handed_on_once_its_lease_lapsed(store: Store) -> None:
+    """Upgrading with workers in flight: an older worker's claim carries a lease and no worker."""
+    [lapsed, live] = record(store, new(), new())
+    d = deliveries.c
+    for delivery_id, seconds in ((lapsed, -1), (live, 60)):
+        with store.engine.begin() as conn:
+            conn.execute(
+                deliveries.update()
+                .where(d.id == delivery_id)
+                .values(
+                    status=Status.SENDING,
+                    claim_token="old",
+                    lease_until=utcnow() + timedelta(seconds=seconds),
+                )
+            )
+
+    assert store.reclaim_from_dead() == [(lapsed, "email", "normal")]
 
 
 @pytest.mark.parametrize("offset_hours", [-5, 9, 0])
@@ -295,16 +343,16 @@ def test_a_scheduled_delivery_cannot_be_claimed_before_it_is_released(store: Sto
     held = new(status=Status.SCHEDULED, release_at=utcnow() + timedelta(hours=1))
     record(store, held)
 
-    assert isinstance(store.claim(held.id, lease=60), Refusal)
+    assert isinstance(store.claim(held.id, worker(store)), Refusal)
 
 
 def test_a_retry_is_held_by_the_store_until_due(store: Store) -> None:
     [delivery_id] = record(store, new())
     store.mark_retrying(claimed(store, delivery_id), "451 later", "451", utcnow() - timedelta(seconds=1))
 
-    assert isinstance(store.claim(delivery_id, lease=60), Refusal)
+    assert isinstance(store.claim(delivery_id, worker(store)), Refusal)
     assert store.release_due() == [(delivery_id, "email", "normal")]
-    claim = store.claim(delivery_id, lease=60)
+    claim = store.claim(delivery_id, worker(store))
     assert isinstance(claim, Claim) and claim.attempts == 2
 
 
@@ -312,10 +360,12 @@ def test_the_sweep_takes_back_what_a_dead_worker_held(store: Store) -> None:
     [queued] = record(store, new())
     [dead_worker] = record(store, new())
     [live_worker] = record(store, new())
-    store.claim(dead_worker, lease=0)
-    store.claim(live_worker, lease=60)
+    dead = worker(store)
+    claimed(store, dead_worker, dead)
+    claimed(store, live_worker)
+    declared_dead(store, dead)
 
-    assert {i for i, _, _ in store.reclaim_expired()} == {dead_worker}
+    assert {i for i, _, _ in store.reclaim_from_dead()} == {dead_worker}
     assert store.get(dead_worker).status == Status.QUEUED  # type: ignore[union-attr]
     assert store.get(live_worker).status == Status.SENDING  # type: ignore[union-attr]
     assert store.get(queued).status == Status.QUEUED  # type: ignore[union-attr]
@@ -466,11 +516,45 @@ def test_a_send_with_a_dedup_key_still_claims_it_in_a_transaction_on_postgresql(
 def test_a_claim_and_its_outcome_are_one_statement_each_on_postgresql(postgres_url: str) -> None:
     store = Store(postgres_url)
     [delivery_id] = record(store, new())
+    worker_id = worker(store)
     sent = statements_of(store)
 
-    claim = claimed(store, delivery_id)
-    assert store.renew([claim.token], lease=60) == {claim.token}
+    claim = claimed(store, delivery_id, worker_id)
+    assert store.beat(worker_id)
     assert store.mark_sent(claim, "p-1")
 
     assert sent == ["UPDATE", "UPDATE", "UPDATE"]  # autocommitted: no BEGIN, no COMMIT round trips
     store.close()
+
+
+LATIN_1_REPLY = b"5.1.1 Empf\xe4nger unbekannt".decode("utf-8", "surrogateescape")  # as aiosmtplib reads it
+
+
+@pytest.mark.parametrize(
+    ("outcome", "text", "stored"),
+    [
+        ("sent", "AB\x00CD", "AB\\x00CD"),
+        ("sent", "Q" * 1000, "Q" * 299 + "\u2026"),
+        ("failed", LATIN_1_REPLY, "5.1.1 Empf\\xe4nger unbekannt"),
+        ("failed", "400 Bad\x00Request", "400 Bad\\x00Request"),
+        ("retrying", "lone \ud800 surrogate", "lone \\ud800 surrogate"),
+        ("failed", "x" * 100_000, "x" * 1999 + "\u2026"),
+    ],
+)
+def test_text_from_a_provider_is_stored_escaped_whatever_it_holds(
+    store: Store, outcome: str, text: str, stored: str
+) -> None:
+    """An outcome the store refused for its content would be sent again: it is written escaped."""
+    [delivery_id] = record(store, new())
+    claim = claimed(store, delivery_id)
+
+    if outcome == "sent":
+        assert store.mark_sent(claim, text)
+    elif outcome == "failed":
+        assert store.mark_failed(claim, text, text[:10])
+    else:
+        assert store.mark_retrying(claim, text, None, utcnow())
+
+    delivery = store.get(delivery_id)
+    assert delivery is not None
+    assert (delivery.provider_id if outcome == "sent" else delivery.last_error) == stored

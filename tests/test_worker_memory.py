@@ -12,54 +12,69 @@ import pytest
 from notify.broker.routing import REDIS_TRANSPORT
 from notify.delivery.heartbeat import Heartbeat
 from notify.settings import Settings
-from notify.store import Store
+from notify.store import Claim, Store
 from notify.worker.app import CELERY_TASK_LOGGERS, _quiet_per_message_lines, worker_config
 
 
-class RenewingStore:
-    """Renews what it is given, except the claims in `refused`."""
+class BeatingStore:
+    """A store that takes beats (or declares the worker dead), keeps and failures, and remembers them."""
 
     def __init__(self) -> None:
-        self.refused: set[str] = set()
-        self.renewals: list[list[str]] = []
-        self.kept = []
+        self.registered: list[str] = []
+        self.beats: list[str] = []
+        self.dead: set[str] = set()
+        self.kept: list[list[str]] = []
+        self.failed: list[str] = []
+        self.retired: list[str] = []
 
-    def renew(self, claims: Collection[str], lease: float) -> set[str]:
-        self.renewals.append(list(claims))
-        return set(claims) - self.refused
+    def register_worker(self, worker_id: str, *, host: str, pid: int) -> None:
+        self.registered.append(worker_id)
 
-    kept: list[list[str]]
+    def beat(self, worker_id: str) -> bool:
+        self.beats.append(worker_id)
+        return worker_id not in self.dead
 
     def keep_queued(self, delivery_ids: Collection[str]) -> None:
         self.kept.append(list(delivery_ids))
 
+    def mark_failed(self, claim: Claim, reason: str, code: str | None) -> bool:
+        self.failed.append(claim.delivery_id)
+        return True
 
-def heartbeat(store: RenewingStore) -> Heartbeat:
-    return Heartbeat(cast(Store, store), lease=30, every=3600, ceiling=3600)
+    def retire_worker(self, worker_id: str) -> None:
+        self.retired.append(worker_id)
+
+
+def heartbeat(store: BeatingStore, ceiling: float = 3600) -> Heartbeat:
+    return Heartbeat(cast(Store, store), lease=30, every=3600, ceiling=ceiling)
+
+
+def a_claim(i: int) -> Claim:
+    return Claim(f"d-{i}", "email", "a@example.com", "normal", 1, "welcome", None, {}, f"token-{i}")
 
 
 def test_the_heartbeat_holds_nothing_once_the_attempts_end() -> None:
-    beats = heartbeat(RenewingStore())
+    beats = heartbeat(BeatingStore())
     for i in range(1000):
-        beats.hold(f"claim-{i}")
+        beats.hold(a_claim(i))
         if i % 100 == 0:
             beats.beat()
-        beats.release(f"claim-{i}")
+        beats.release(a_claim(i))
     beats.beat()
     beats.stop()
 
-    assert beats._running == {} and beats._refused == set()
+    assert beats._running == {} and beats._waiting == {}
 
 
 def test_a_bursts_waiting_deliveries_are_kept_until_their_turn_and_no_longer_than_the_ceiling() -> None:
-    store = RenewingStore()
+    store = BeatingStore()
     beats = heartbeat(store)
     beats.keep(["d1", "d2", "d3"])
     beats.drop("d1")  # its turn came
     beats.beat()
     assert store.kept == [["d2", "d3"]]
 
-    stuck = Heartbeat(cast(Store, store), lease=30, every=3600, ceiling=0)  # behind a hung attempt
+    stuck = heartbeat(store, ceiling=0)  # behind a hung attempt
     stuck.keep(["d4"])
     stuck.beat()
     assert store.kept == [["d2", "d3"]]  # not kept: the sweep may have it
@@ -67,38 +82,45 @@ def test_a_bursts_waiting_deliveries_are_kept_until_their_turn_and_no_longer_tha
     stuck.stop()
 
 
-def test_a_claim_refused_just_as_its_attempt_ends_is_not_called_taken_over(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    store = RenewingStore()
+def test_a_worker_registers_once_beats_and_is_retired_when_it_stops() -> None:
+    store = BeatingStore()
     beats = heartbeat(store)
-    beats.hold("finishing")
-    store.refused.add("finishing")  # its outcome was recorded just before the renewal
-
+    worker_id = beats.worker_id
     beats.beat()
-    beats.release("finishing")
     beats.beat()
 
-    assert "taken over" not in caplog.text
-    assert beats._refused == set()
+    assert beats.worker_id == worker_id and store.registered == [worker_id]
+    assert store.beats == [worker_id, worker_id] and beats.fresh()
+    beats.stop()
+    assert store.retired == [worker_id]
 
 
-def test_a_claim_refused_twice_is_reported_once_and_no_longer_renewed(
+def test_a_worker_declared_dead_hands_nothing_over_and_registers_anew(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    store = RenewingStore()
+    store = BeatingStore()
     beats = heartbeat(store)
-    beats.hold("kept")
-    beats.hold("lost")
-    store.refused.add("lost")  # another worker holds it now
+    first = beats.worker_id
+    store.dead.add(first)
 
-    for _ in range(4):
-        beats.beat()
+    beats.beat()
 
-    assert caplog.text.count("claim lost was taken over") == 1
-    assert store.renewals[-1] == ["kept"]
-    beats.release("lost")  # the attempt ends later, as it does
-    assert list(beats._running) == ["kept"]
+    assert not beats.fresh()  # its claims were handed on: no message leaves under them
+    assert "was declared dead" in caplog.text
+    assert beats.worker_id != first and store.registered == [first, beats.worker_id]
+    beats.stop()
+
+
+def test_an_attempt_past_the_ceiling_is_an_unknown_outcome_not_a_second_try() -> None:
+    store = BeatingStore()
+    beats = heartbeat(store, ceiling=0)
+    assert beats.worker_id
+    beats.hold(a_claim(1))
+
+    beats.beat()
+
+    assert store.failed == ["d-1"] and beats._running == {}
+    beats.stop()
 
 
 def test_celerys_per_task_lines_only_show_at_debug() -> None:

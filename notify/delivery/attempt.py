@@ -2,14 +2,15 @@
 
 Celery-free, so the rules live in one place: whatever runs an attempt (the
 Celery task in `notify.worker.tasks`, an express lane) acks its message only
-once the outcome is recorded. While a provider call
-runs, a heartbeat renews the claim; if this process dies the claim lapses
-within one lease and the sweep (notify.delivery.maintenance) hands the delivery on.
+once the outcome is recorded. A claim names this process's worker, which
+beats in the store (notify.delivery.heartbeat); if this process dies its
+beats stop, and the sweep (notify.delivery.maintenance) hands the delivery on.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import threading
 import time
@@ -45,6 +46,7 @@ from notify.store import Claim, Refusal, Store
 log = logging.getLogger("notify.delivery")
 
 PermanentFailureHook = Callable[[str, str, PermanentDeliveryError], None]
+UNSTORED = "the provider's answer could not be stored; see the worker's log"
 
 
 class AttemptStatus(enum.StrEnum):
@@ -79,12 +81,13 @@ class Outcome:
 
 def longest_attempt(settings: Settings) -> float:
     """How long one attempt may take: its budget, then SMTP's RFC 5321 wait for the reply to the
-    end of DATA, and the SMTP loop thread's slack. The heartbeat renews a claim that long."""
+    end of DATA, and the SMTP loop thread's slack. Past that (and a lease), the heartbeat calls its
+    outcome unknown."""
     return settings.delivery_timeout + RFC5321_DATA_REPLY + SMTP_LOOP_SLACK
 
 
 def new_heartbeat(store: Store, settings: Settings) -> Heartbeat:
-    """A heartbeat for the attempts of one process, renewing each claim as long as an attempt lasts."""
+    """A heartbeat for the attempts of one process, each allowed as long as an attempt may take."""
     return Heartbeat(
         store, settings.lease, settings.heartbeat_every, longest_attempt(settings) + settings.lease
     )
@@ -203,7 +206,7 @@ class Deliverer:
                     self.heartbeat.keep([delivery_id])
                     kept = True
                 pace.wait(urgent=urgent)  # before the claim: a delivery waiting its turn holds nothing
-            claim = self.store.claim(delivery_id, self.settings.lease)
+            claim = self.store.claim(delivery_id, self.heartbeat.worker_id)
         finally:
             if kept:
                 self.heartbeat.drop(delivery_id)
@@ -211,12 +214,12 @@ class Deliverer:
             return self._refused(delivery_id, claim)
         if claim.attempts > self.policies[claim.channel].max_attempts:
             return self._worker_lost(claim)
-        self.heartbeat.hold(claim.token)
+        self.heartbeat.hold(claim)
         try:
             with self.gate.turn(claim.priority):
                 return self._attempt(claim)
         finally:
-            self.heartbeat.release(claim.token)
+            self.heartbeat.release(claim)
 
     def _worker_lost(self, claim: Claim) -> Outcome:
         """Every try ended with its worker dead (a delivery that crashes it?): give up, unsent again."""
@@ -263,6 +266,8 @@ class Deliverer:
         return self._deliver(claim, message)
 
     def _deliver(self, claim: Claim, message: Message) -> Outcome:
+        if not self.heartbeat.fresh():  # cut off from the store: this worker may be declared dead
+            return self._give_back(claim)
         try:
             receipt = self.provider(claim.channel).deliver(message)
         except PermanentDeliveryError as exc:  # OutcomeUnknownError too: never resent blindly
@@ -288,19 +293,23 @@ class Deliverer:
             reason = f"{type(exc).__name__}: {exc}"
             unknown = OutcomeUnknownError(reason, channel=claim.channel, provider=CoreProvider.NOTIFY)
             return self._fail(claim, unknown)
-        if not self._record(lambda: self.store.mark_sent(claim, receipt.provider_id)):
+        sent = functools.partial(self.store.mark_sent, claim)
+        if not self._record(lambda: sent(receipt.provider_id), lambda: sent(None)):
             return self._lost(claim, AttemptStatus.SENT)
         log.info("delivery %s sent (%s, try %d)", claim.delivery_id, claim.channel, claim.attempts)
         return Outcome(AttemptStatus.SENT)
 
-    def _record(self, write: Callable[[], bool]) -> bool:
-        """Write an outcome, however long the store is away.
+    def _record(self, write: Callable[[], bool], instead: Callable[[], bool] | None = None) -> bool:
+        """Write an outcome, however long the store is away, whatever text it refuses.
 
-        The provider has answered: giving up would let the claim lapse and a
-        second worker send again what this one already sent (or resend an
-        unknown outcome). Retries come every half second at most, so the
-        outcome lands as soon as the store is back, before the sweep (every
-        2 s) can hand a lapsed claim on; the heartbeat renews it meanwhile.
+        The provider has answered: giving up would leave the claim to the sweep
+        and a second worker would send again what this one already sent (or
+        resend an unknown outcome). The sweep hands a claim on only once this
+        worker's beats stood still for a lease of the store answering, and
+        retries come every half second at most: the outcome lands first. A
+        write the store refuses for what it holds (the store escapes what it
+        can; this is for what it cannot) is made `instead` without the
+        provider's text.
         """
         delay, tries = 0.05, 0
         while True:
@@ -312,6 +321,21 @@ class Deliverer:
                     log.warning("%s; recording the outcome again (try %d)", exc, tries)
                 time.sleep(delay)
                 delay = min(delay * 2, STORE_RETRY_PAUSE_MAX)
+            except Exception:
+                if instead is None:
+                    raise
+                log.exception(
+                    "the store refused an outcome as written; recording it without the provider's text"
+                )
+                write, instead = instead, None
+
+    def _give_back(self, claim: Claim) -> Outcome:
+        """Nothing was handed over: release the delivery for another try, its try uncounted."""
+        reason = "not sent: this worker's heartbeat has not reached the store for most of a lease"
+        if not self._record(lambda: self.store.give_back(claim, reason)):
+            return self._lost(claim, AttemptStatus.RETRYING)
+        log.warning("delivery %s: %s; released for another try", claim.delivery_id, reason)
+        return Outcome(AttemptStatus.RETRYING)
 
     def _refused(self, delivery_id: str, refusal: Refusal) -> Outcome:
         # Done, held by the store, or claimed by a live worker: this message has
@@ -336,7 +360,8 @@ class Deliverer:
             return self._fail(claim, exc, note=f" (gave up after {claim.attempts} tries)")
         delay = policy.delay(claim.attempts, retry_after=exc.retry_after)
         at = self.store.now() + timedelta(seconds=delay)
-        if not self._record(lambda: self.store.mark_retrying(claim, _reason(exc), exc.code, at)):
+        retrying = functools.partial(self.store.mark_retrying, claim, at=at)
+        if not self._record(lambda: retrying(_reason(exc), exc.code), lambda: retrying(UNSTORED, None)):
             return self._lost(claim, AttemptStatus.RETRYING)
         log.info(
             "delivery %s: try %d failed (%s), next in %.1fs",
@@ -348,7 +373,9 @@ class Deliverer:
         return Outcome(AttemptStatus.RETRYING)
 
     def _fail(self, claim: Claim, exc: DeliveryError, note: str = "") -> Outcome:
-        if not self._record(lambda: self.store.mark_failed(claim, _reason(exc) + note, exc.code)):
+        failed = functools.partial(self.store.mark_failed, claim)
+        code = CoreCode.OUTCOME_UNKNOWN if isinstance(exc, OutcomeUnknownError) else None
+        if not self._record(lambda: failed(_reason(exc) + note, exc.code), lambda: failed(UNSTORED, code)):
             return self._lost(claim, AttemptStatus.FAILED)
         log.warning("delivery %s failed for good: %s%s", claim.delivery_id, _reason(exc), note)
         hook = self.on_permanent_failure

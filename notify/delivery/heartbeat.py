@@ -1,41 +1,79 @@
-"""The heartbeat: a worker process renews the claims of the attempts it runs."""
+"""The heartbeat: a worker process shows the store it is alive, and keeps its attempts honest.
+
+A process registers itself as a worker (a row in the store) before its first
+claim, and counts a beat every `every` seconds from then on. Other processes
+judge it alive while its count moves on, as they observe it on their own
+clocks (notify.delivery.liveness): no timestamp written by one process is
+compared with another's clock, so a clock step, or a store outage of any
+length, never makes a live worker look dead.
+
+Two rules keep a worker's attempts from doubling anyone's:
+
+- an attempt hands nothing to a provider unless this process's last beat
+  landed within three quarters of a lease (`fresh`): a worker cut off from
+  the store for a lease may be declared dead, and its deliveries handed on;
+- an attempt still running `ceiling` seconds after it started (a provider call
+  that never ends) is recorded as an unknown outcome, a dead letter, rather
+  than left for another worker to send again.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Collection
 
-from notify.errors import StoreUnavailable
-from notify.store import Store
+from notify.errors import OutcomeUnknownError, StoreUnavailable
+from notify.store import Claim, Store
 
 log = logging.getLogger("notify.delivery")
 
+FRESH_FOR = 0.75  # of a lease: a worker whose last beat is older hands nothing over
+
 
 class Heartbeat:
-    """Renews the claims of the attempts running in this process, every lease/3 (2 s at most).
-
-    One thread per process, started with the first claim. An attempt that
-    runs past `ceiling` seconds is no longer renewed: a hung call must not
-    hold a delivery forever.
-    """
+    """This process's beats in the store, its attempts' deadlines, and its bursts' waiting deliveries."""
 
     def __init__(self, store: Store, lease: float, every: float, ceiling: float) -> None:
         self.store, self.lease, self.every, self.ceiling = store, lease, every, ceiling
-        self._running: dict[str, float] = {}  # claim token -> monotonic start
-        self._refused: set[str] = set()  # tokens the store did not renew at the last beat
+        self._worker_id: str | None = None
+        self._last_beat: float | None = None  # monotonic time of the last beat the store took
+        self._running: dict[str, tuple[Claim, float]] = {}  # token -> (claim, monotonic start)
         # Unclaimed deliveries of bursts in hand -> (how many bursts hold it, since when).
         self._waiting: dict[str, tuple[int, float]] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def hold(self, token: str) -> None:
-        """Renew the claim of `token` from now on (its attempt has started)."""
+    @property
+    def worker_id(self) -> str:
+        """This process's id as a worker, registered in the store on first use (StoreUnavailable if not)."""
         with self._lock:
-            self._running[token] = time.monotonic()
+            if self._worker_id is None:
+                worker_id = str(uuid.uuid4())
+                self.store.register_worker(worker_id, host=socket.gethostname(), pid=os.getpid())
+                self._worker_id, self._last_beat = worker_id, time.monotonic()
             self._start()
+            return self._worker_id
+
+    def fresh(self) -> bool:
+        """Whether the store took a beat of this worker within 3/4 of a lease: safe to hand a message over."""
+        last = self._last_beat
+        return last is not None and time.monotonic() - last < self.lease * FRESH_FOR
+
+    def hold(self, claim: Claim) -> None:
+        """Watch `claim`'s attempt from now on (it has started)."""
+        with self._lock:
+            self._running[claim.token] = (claim, time.monotonic())
+
+    def release(self, claim: Claim) -> None:
+        """That attempt is over."""
+        with self._lock:
+            self._running.pop(claim.token, None)
 
     def keep(self, delivery_ids: Collection[str]) -> None:
         """Deliveries of a burst in hand, still "queued": keep the sweep from publishing them again."""
@@ -53,59 +91,83 @@ class Heartbeat:
             if held > 1:
                 self._waiting[delivery_id] = (held - 1, since)
 
+    def start(self) -> Heartbeat:
+        """Beat from now on (a worker's services start it; otherwise the first claim does)."""
+        with self._lock:
+            self._start()
+        return self
+
     def _start(self) -> None:
+        if self._wake.is_set():
+            return  # stopped
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._run, name="notify-heartbeat", daemon=True)
             self._thread.start()
 
-    def release(self, token: str) -> None:
-        """Renew that claim no more (its attempt is over)."""
-        with self._lock:
-            self._running.pop(token, None)
-
     def stop(self) -> None:
-        """Renew nothing more; wait for a beat under way (a renewal) to end."""
+        """Beat no more, and retire this worker in the store (every attempt is over)."""
         self._wake.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=10)
+        if self._worker_id is not None:
+            try:
+                self.store.retire_worker(self._worker_id)
+            except StoreUnavailable as exc:  # the sweep declares it dead in time, as if it had died
+                log.warning("heartbeat: %s; this worker was not retired", exc)
 
     def beat(self) -> None:
-        """Renew every running claim once (the thread calls this every `every` seconds)."""
+        """Count one beat, give up on attempts past the ceiling, stamp the bursts' waiting deliveries."""
+        worker_id = self._worker_id
+        if worker_id is not None:
+            try:
+                alive = self.store.beat(worker_id)
+            except StoreUnavailable as exc:
+                log.error("heartbeat: %s; this worker hands nothing over until it returns", exc)
+                return
+            if alive:
+                self._last_beat = time.monotonic()
+            else:
+                self._declared_dead(worker_id)
+            self._end_hung_attempts()
+        self._keep_waiting()
+
+    def _declared_dead(self, worker_id: str) -> None:
+        """Another worker took this one for dead (it was cut off from the store, or stalled): its
+        claims have been handed on, so their outcomes will not be recorded. It starts afresh."""
+        log.error("heartbeat: this worker (%s) was declared dead; it registers again", worker_id)
+        with self._lock:
+            if self._worker_id == worker_id:
+                self._worker_id, self._last_beat = None, None
+
+    def _end_hung_attempts(self) -> None:
         now = time.monotonic()
         with self._lock:
-            live = [c for c, since in self._running.items() if now - since < self.ceiling]
-            # A burst stuck behind a hung attempt stops being kept with the claims: the sweep has them.
+            hung = [claim for claim, since in self._running.values() if now - since >= self.ceiling]
+        for claim in hung:
+            reason = f"the attempt did not end within {self.ceiling:.0f}s; it may have been sent"
+            error = OutcomeUnknownError(reason, channel=claim.channel, provider="notify")
+            try:
+                if self.store.mark_failed(claim, reason, error.code):
+                    log.error("delivery %s: %s", claim.delivery_id, reason)
+            except StoreUnavailable:
+                return  # the next beat tries again
+            self.release(claim)
+
+    def _keep_waiting(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            # A burst stuck behind a hung attempt stops being kept: the sweep has its deliveries.
             waiting = [d for d, (_, since) in self._waiting.items() if now - since < self.ceiling]
-        try:
-            held = self.store.renew(live, self.lease)  # first: a lapsed claim can mean a second copy
-        except StoreUnavailable as exc:
-            log.error("heartbeat: %s; claims lapse in %.0fs unless it returns", exc, self.lease)
-            return
-        for lost in self._taken_over(set(live) - held):
-            log.error("heartbeat: claim %s was taken over; its outcome will not be recorded", lost)
         try:
             if waiting:
                 self.store.keep_queued(waiting)
         except StoreUnavailable as exc:  # at worst the sweep publishes them again: no second copy
             log.warning("heartbeat: %s; a burst's waiting deliveries were not kept", exc)
 
-    def _taken_over(self, refused: set[str]) -> set[str]:
-        """Claims refused at this beat and the last: taken over, so no longer renewed.
-
-        One refusal alone may be an attempt that recorded its outcome just
-        before the renewal and has not released its claim yet.
-        """
-        with self._lock:
-            lost = refused & self._refused
-            self._refused = refused - lost
-            for token in lost:
-                self._running.pop(token, None)
-        return lost
-
     def _run(self) -> None:
         while not self._wake.wait(self.every):
             try:
                 self.beat()
-            except Exception:  # a thread that dies here would let every running claim lapse
+            except Exception:  # a thread that dies here would let every claim of this worker go
                 log.exception("heartbeat failed; trying again in %.1fs", self.every)

@@ -12,8 +12,9 @@ Who moves each status on, and within how long (README "Delivery semantics"):
   sweep publishes it again once its channel's queues are empty and it has
   waited `QUEUED_GRACE`, or after `sweep_after` whatever the backlog.
 - scheduled, retrying: `release_due`, within `release_every` of `release_at`.
-- sending: the claiming worker records the outcome; if it dies its claim
-  lapses after one lease and the sweep publishes it again.
+- sending: the claiming worker records the outcome; if it dies its beats
+  stop, the sweep declares it dead once they stood still for a lease (as it
+  observed them: notify.delivery.liveness) and publishes what it held again.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ import time
 from collections.abc import Callable, Collection, Sequence
 
 from notify.constants import PURGE_EVERY, QUEUED_GRACE
-from notify.errors import NotifyError
+from notify.delivery.liveness import Liveness
+from notify.errors import NotifyError, StoreUnavailable
 from notify.settings import Settings
 from notify.store import BATCH, Queued, Store
 
@@ -53,13 +55,28 @@ class Maintenance:
         self.backlog = backlog or (lambda _channel: None)
         self._on_stop = on_stop
         self._stop = threading.Event()
+        self._ran = threading.Event()  # a whole pass went through: the store answered
         self._thread: threading.Thread | None = None
         self._swept = self._purged = 0.0
+        # A gap between two sweeps counts for two sweeps at most: a stalled observer saw nothing.
+        self.liveness = Liveness(settings.lease, 2 * settings.sweep_every)
 
     def start(self) -> Maintenance:
         self._thread = threading.Thread(target=self._run, name="notify-maintenance", daemon=True)
         self._thread.start()
         return self
+
+    def wait_until_running(self, say_every: float = 10.0) -> None:
+        """Return once a whole pass went through (the store answered); say so while it has not.
+
+        A worker is not ready until its maintenance runs: a worker that starts
+        while the store is away would otherwise take messages and never release
+        a due `send_at` or sweep a dead worker's deliveries.
+        """
+        while not self._ran.wait(say_every):
+            if self._stop.is_set():
+                return
+            log.warning("maintenance has not run yet (the store does not answer); the worker waits for it")
 
     def stop(self) -> None:
         """Stop after the pass under way, then close the store and what `on_stop` names."""
@@ -86,12 +103,31 @@ class Maintenance:
 
     def sweep(self) -> None:
         """Publish again what a dead worker held, and what a broker lost."""
-        self._publish_all(lambda: self.store.reclaim_expired(self.channels), "taken over from a lapsed claim")
+        self.judge_workers()
+        self._publish_all(
+            lambda: self.store.reclaim_from_dead(self.channels), "taken over from a dead worker"
+        )
+        self.store.forget_dead_workers()
         as_of = self.store.now()  # one snapshot: what this sweep publishes is not "lost" again in it
         for channel in self.channels:
             grace = QUEUED_GRACE if self.backlog(channel) == 0 else self.settings.sweep_after
             lost = functools.partial(self.store.queued_since, grace, [channel], as_of=as_of)
             self._publish_all(lost, "lost by the broker, published again")
+
+    def judge_workers(self) -> None:
+        """Declare dead the workers whose beats stood still for a lease, as this process observed them."""
+        try:
+            beats = self.store.worker_beats()
+        except StoreUnavailable:
+            self.liveness.missed()
+            raise
+        for worker, count in self.liveness.observe(beats):
+            if self.store.declare_dead(worker, count):
+                log.warning(
+                    "worker %s stopped beating for %.0fs: its deliveries are handed on",
+                    worker,
+                    self.settings.lease,
+                )
 
     def _publish_all(self, take: Callable[[], list[Queued]], what: str) -> None:
         """Publish batches from `take` until it returns a short one."""
@@ -102,10 +138,13 @@ class Maintenance:
                 return
 
     def _run(self) -> None:
-        while not self._stop.wait(self.settings.release_every):
+        pause = 0.0  # the first pass at once: the worker is not ready until one went through
+        while not self._stop.wait(pause):
+            pause = self.settings.release_every
             try:
                 self.tick()
+                self._ran.set()
             except NotifyError as exc:  # the store is down: try again next tick
                 log.error("maintenance: %s", exc)
-            except Exception:
+            except Exception:  # the thread goes on whatever a pass raised
                 log.exception("maintenance tick failed")

@@ -76,12 +76,29 @@ deliveries = sa.Table(
     sa.Column("updated_at", _ts, nullable=False),
     sa.Column("next_attempt_at", _ts),
     sa.Column("release_at", _ts),  # set while the store, not the broker, holds the next try
-    sa.Column("lease_until", _ts),  # while "sending": the worker's claim
+    sa.Column("lease_until", _ts),  # while "sending" by a worker of notify <= 0.3: its claim's lease
     sa.Column("claim_token", sa.String(36)),  # while "sending": which claim may record the outcome
+    sa.Column("worker_id", sa.String(MAX_ID)),  # while "sending": the worker process that claimed it
     sa.Column("sent_at", _ts),
     sa.Column("failed_at", _ts),
     sa.Index("ix_notify_deliveries_status_release", "status", "release_at"),
     sa.Index("ix_notify_deliveries_status_lease", "status", "lease_until"),
+    sa.Index("ix_notify_deliveries_status_worker", "status", "worker_id"),
+)
+
+# One row per worker process that claims deliveries. Liveness is judged by `beats` moving
+# on, as each observer sees it on its own monotonic clock (notify.delivery.liveness);
+# `beat_at` is for people reading the table, never compared with another process's clock.
+workers = sa.Table(
+    "notify_workers",
+    metadata,
+    sa.Column("id", sa.String(MAX_ID), primary_key=True),
+    sa.Column("beats", sa.BigInteger, nullable=False),
+    sa.Column("dead", sa.Boolean, nullable=False),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("started_at", _ts, nullable=False),
+    sa.Column("beat_at", _ts, nullable=False),
 )
 
 dedup_claims = sa.Table(

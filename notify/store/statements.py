@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from notify.models import Status
-from notify.store.schema import UTCDateTime, dedup_claims, deliveries, notifications
+from notify.store.schema import UTCDateTime, dedup_claims, deliveries, notifications, workers
 
 _UTC = UTCDateTime()
 
@@ -42,11 +42,11 @@ class Statements:
         )
         self.status_of = sa.select(d.status).where(d.id == _param("b_id"))
         self.claim = _claim_statement()
-        self.renew = (
-            deliveries.update()
-            .where(d.claim_token.in_(sa.bindparam("b_tokens", expanding=True)), d.status == Status.SENDING)
-            .values(lease_until=_param("b_lease_until", _UTC))
-            .returning(d.claim_token)
+        w = workers.c
+        self.beat = (
+            workers.update()
+            .where(w.id == _param("b_id"), ~w.dead)
+            .values(beats=w.beats + 1, beat_at=_param("b_now", _UTC))
         )
         self.keep_queued = (
             deliveries.update()
@@ -60,6 +60,13 @@ class Statements:
         reason, code = _param("b_reason"), _param("b_code")
         self.retrying = _outcome(
             status=Status.RETRYING, last_error=reason, error_code=code, next_attempt_at=at, release_at=at
+        )
+        self.given_back = _outcome(
+            status=Status.RETRYING,
+            attempts=d.attempts - 1,
+            last_error=reason,
+            next_attempt_at=_param("b_now", _UTC),
+            release_at=_param("b_now", _UTC),
         )
         self.failed = _outcome(
             status=Status.FAILED,
@@ -104,21 +111,23 @@ def _dedup_statements(insert: Callable[[sa.Table], Any]) -> tuple[Any, sa.Select
 
 
 def _claim_statement() -> sa.UpdateBase:
-    d, n = deliveries.c, notifications.c
+    d, n, w = deliveries.c, notifications.c, workers.c
     of_notification = n.id == d.notification_id
     now = _param("b_now", _UTC)
-    claimable = sa.or_(d.status == Status.QUEUED, sa.and_(d.status == Status.SENDING, d.lease_until < now))
+    worker = _param("b_worker")
+    alive = sa.exists(sa.select(w.id).where(w.id == worker, ~w.dead))  # a dead worker claims nothing
     # One round trip: update and read back, the notification's fields by
     # subquery (SQLite's RETURNING cannot name a joined table's columns).
     return (
         deliveries.update()
-        .where(d.id == _param("b_id"), claimable)
+        .where(d.id == _param("b_id"), d.status == Status.QUEUED, alive)
         .values(
             status=Status.SENDING,
             attempts=d.attempts + 1,
             updated_at=now,
-            lease_until=_param("b_lease_until", _UTC),
+            lease_until=None,
             claim_token=_param("b_token"),
+            worker_id=worker,
             next_attempt_at=None,
             release_at=None,
         )
@@ -141,5 +150,5 @@ def _outcome(**values: Any) -> sa.Update:
     return (
         deliveries.update()
         .where(d.id == _param("b_id"), d.claim_token == _param("b_token"), d.status == Status.SENDING)
-        .values(lease_until=None, claim_token=None, updated_at=_param("b_now", _UTC), **values)
+        .values(claim_token=None, worker_id=None, updated_at=_param("b_now", _UTC), **values)
     )

@@ -29,14 +29,15 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from notify.constants import MAX_CODE, MAX_PROVIDER_ID
+from notify.constants import MAX_CODE, MAX_PROVIDER_ID, MAX_REASON
 from notify.errors import StoreUnavailable
 from notify.models import DeadLetter, Delivery, Priority, Status, utcnow
 from notify.store.clock import Clock, DatabaseClock
 from notify.store.engines import create_engine, write_lock
 from notify.store.rows import Claim, NewDelivery, NewNotification, Queued, Refusal
-from notify.store.schema import dedup_claims, deliveries, metadata, notifications
+from notify.store.schema import dedup_claims, deliveries, metadata, notifications, workers
 from notify.store.statements import Statements, record_one_statement
+from notify.store.text import storable
 
 BATCH = 500  # rows per maintenance statement: bounded transactions, bounded IN lists
 
@@ -72,12 +73,23 @@ class Store:
     def _create_schema(self) -> None:
         try:
             metadata.create_all(self.engine)
-        except sa.exc.DatabaseError:  # another process created it at the same moment
+            self._add_missing_columns()
+        except sa.exc.DatabaseError:  # another process made the same change at the same moment
             metadata.create_all(self.engine)
-        columns = {c["name"] for c in sa.inspect(self.engine).get_columns(deliveries.name)}
-        if "claim_token" not in columns:  # a store made by notify 0.1
-            with self.engine.begin() as conn:
-                conn.execute(sa.text(f"ALTER TABLE {deliveries.name} ADD COLUMN claim_token VARCHAR(36)"))
+            self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Columns later releases added to a table an older one made (all nullable), and their indexes."""
+        present = {c["name"] for c in sa.inspect(self.engine).get_columns(deliveries.name)}
+        missing = [c for c in deliveries.c if c.name not in present]
+        if not missing:
+            return
+        with self.engine.begin() as conn:
+            for column in missing:
+                kind = column.type.compile(dialect=self.engine.dialect)
+                conn.execute(sa.text(f"ALTER TABLE {deliveries.name} ADD COLUMN {column.name} {kind}"))
+        for index in deliveries.indexes:
+            index.create(self.engine, checkfirst=True)
 
     def _database_time(self) -> datetime:
         with self._guard(), self.engine.connect() as conn:
@@ -201,13 +213,13 @@ class Store:
 
     # -- workers -------------------------------------------------------------
 
-    def claim(self, delivery_id: str, lease: float) -> Claim | Refusal:
-        """Take `delivery_id` for one try, or say why not (done, held, claimed by a live worker)."""
+    def claim(self, delivery_id: str, worker_id: str) -> Claim | Refusal:
+        """Take `delivery_id` for one try by worker `worker_id`, or say why not (done, held,
+        claimed, not in the store; a worker declared dead claims nothing)."""
         token = str(uuid.uuid4())
-        params: dict[str, Any] = {"b_id": delivery_id, "b_token": token}
+        params: dict[str, Any] = {"b_id": delivery_id, "b_token": token, "b_worker": worker_id}
         with self._single() as conn:
-            now = self.now()
-            params.update(b_now=now, b_lease_until=now + timedelta(seconds=lease))
+            params.update(b_now=self.now())
             row = conn.execute(self._sql.claim, params).first()
             if row is None:
                 found = conn.execute(self._sql.status_of, params).scalar()
@@ -224,15 +236,6 @@ class Store:
             token=token,
         )
 
-    def renew(self, tokens: Collection[str], lease: float) -> set[str]:
-        """Extend the leases of the claims with these tokens (a heartbeat); return the ones still held."""
-        held: set[str] = set()
-        for chunk in _chunks(list(tokens)):
-            with self._single() as conn:
-                params = {"b_tokens": chunk, "b_lease_until": self.now() + timedelta(seconds=lease)}
-                held.update(conn.execute(self._sql.renew, params).scalars())
-        return held
-
     def keep_queued(self, delivery_ids: Collection[str]) -> None:
         """Stamp these "queued" deliveries as published now: a worker holds their message (a burst)."""
         for chunk in _chunks(list(delivery_ids)):
@@ -241,14 +244,61 @@ class Store:
 
     def mark_sent(self, claim: Claim, provider_id: str | None) -> bool:
         """Record that the provider accepted it; False if this claim was no longer current."""
-        return self._finish(self._sql.sent, claim, b_provider_id=_fit(provider_id, MAX_PROVIDER_ID))
+        return self._finish(self._sql.sent, claim, b_provider_id=storable(provider_id, MAX_PROVIDER_ID))
 
     def mark_retrying(self, claim: Claim, reason: str, code: str | None, at: datetime) -> bool:
         """Record a failed try; the store holds the delivery until `at`, then releases it."""
-        return self._finish(self._sql.retrying, claim, b_reason=reason, b_code=_fit(code, MAX_CODE), b_at=at)
+        text = {"b_reason": storable(reason, MAX_REASON), "b_code": storable(code, MAX_CODE)}
+        return self._finish(self._sql.retrying, claim, **text, b_at=at)
 
     def mark_failed(self, claim: Claim, reason: str, code: str | None) -> bool:
-        return self._finish(self._sql.failed, claim, b_reason=reason, b_code=_fit(code, MAX_CODE))
+        text = {"b_reason": storable(reason, MAX_REASON), "b_code": storable(code, MAX_CODE)}
+        return self._finish(self._sql.failed, claim, **text)
+
+    def give_back(self, claim: Claim, reason: str) -> bool:
+        """End a claim whose try never reached the provider: its try uncounted, released at once."""
+        return self._finish(self._sql.given_back, claim, b_reason=storable(reason, MAX_REASON))
+
+    # -- workers' liveness (see notify.delivery.liveness) ----------------------------
+
+    def register_worker(self, worker_id: str, *, host: str, pid: int) -> None:
+        """A worker process that will claim deliveries, alive from now on."""
+        now = self.now()
+        row = {"id": worker_id, "beats": 0, "dead": False, "host": host[:255], "pid": pid}
+        with self._single() as conn:
+            conn.execute(workers.insert(), {**row, "started_at": now, "beat_at": now})
+
+    def beat(self, worker_id: str) -> bool:
+        """One heartbeat of worker `worker_id`; False if it was declared dead (or is unknown)."""
+        with self._single() as conn:
+            done = conn.execute(self._sql.beat, {"b_id": worker_id, "b_now": self.now()})
+        return bool(done.rowcount)
+
+    def worker_beats(self) -> dict[str, int]:
+        """Each live worker's heartbeat count, for an observer to see which ones move on."""
+        w = workers.c
+        return {row.id: row.beats for row in self._read(sa.select(w.id, w.beats).where(~w.dead), {})}
+
+    def declare_dead(self, worker_id: str, beats: int) -> bool:
+        """Mark a worker dead if its count is still `beats`: its claims are handed on (reclaim)."""
+        w = workers.c
+        with self._single() as conn:
+            done = conn.execute(
+                workers.update().where(w.id == worker_id, w.beats == beats, ~w.dead).values(dead=True)
+            )
+        return bool(done.rowcount)
+
+    def retire_worker(self, worker_id: str) -> None:
+        """A worker that stops: dead from now on; the row goes once it holds nothing."""
+        with self._single() as conn:
+            conn.execute(workers.update().where(workers.c.id == worker_id).values(dead=True))
+
+    def forget_dead_workers(self) -> int:
+        """Delete the rows of dead workers whose deliveries have all been handed on."""
+        d, w = deliveries.c, workers.c
+        holding = sa.select(d.id).where(d.status == Status.SENDING, d.worker_id == w.id)
+        with self._single() as conn:
+            return int(conn.execute(workers.delete().where(w.dead, ~sa.exists(holding))).rowcount)
 
     def _finish(self, statement: sa.Update, claim: Claim, **params: Any) -> bool:
         """Record the outcome of a try and end its claim, only if the claim is still this one."""
@@ -269,14 +319,21 @@ class Store:
 
         return self._requeue(due, channels, release_at=None)
 
-    def reclaim_expired(self, channels: Collection[str] | None = None) -> list[Queued]:
-        """Deliveries whose worker stopped renewing its claim (it died), set back to "queued"."""
-        d = deliveries.c
+    def reclaim_from_dead(self, channels: Collection[str] | None = None) -> list[Queued]:
+        """Deliveries claimed by a worker declared dead (or gone), set back to "queued".
 
-        def expired(now: datetime) -> sa.ColumnElement[bool]:
-            return sa.and_(d.status == Status.SENDING, d.lease_until < now)
+        A claim made by a worker of notify 0.3 or older carries a lease instead
+        of a worker, and is taken back once the lease has lapsed, as it was then.
+        """
+        d, w = deliveries.c, workers.c
+        alive = sa.select(w.id).where(w.id == d.worker_id, ~w.dead)
 
-        return self._requeue(expired, channels, lease_until=None, claim_token=None)
+        def orphaned(now: datetime) -> sa.ColumnElement[bool]:
+            by_worker = sa.and_(d.worker_id.is_not(None), ~sa.exists(alive))
+            by_lease = sa.and_(d.worker_id.is_(None), d.lease_until < now)
+            return sa.and_(d.status == Status.SENDING, sa.or_(by_worker, by_lease))
+
+        return self._requeue(orphaned, channels, lease_until=None, claim_token=None, worker_id=None)
 
     def queued_since(
         self, seconds: float, channels: Collection[str] | None = None, *, as_of: datetime | None = None
@@ -414,11 +471,6 @@ def _failed_among(ids: list[str]) -> Callable[[datetime], sa.ColumnElement[bool]
 
 # High first: what is released or swept in one batch is published in this order.
 _URGENCY = sa.case({p.value: p.rank for p in Priority}, value=deliveries.c.priority, else_=len(Priority))
-
-
-def _fit(value: str | None, limit: int) -> str | None:
-    """A provider's id or code cut to its column: a DataError here would lose a real outcome."""
-    return value if value is None or len(value) <= limit else value[: limit - 1] + "…"
 
 
 def _chunks(items: list[str]) -> Iterator[list[str]]:

@@ -100,10 +100,10 @@ class HeartbeatService(Service):
 
     def start(self, runtime: Runtime) -> None:
         store = Store(runtime.settings.resolved_database_url)
-        runtime.heartbeat = self.heartbeat = new_heartbeat(store, runtime.settings)
+        runtime.heartbeat = self.heartbeat = new_heartbeat(store, runtime.settings).start()
 
     def stop(self) -> None:
-        self.heartbeat.stop()  # joins its thread
+        self.heartbeat.stop()  # joins its thread, retires this worker
         self.heartbeat.store.close()
 
 
@@ -114,6 +114,7 @@ class MaintenanceService(Service):
 
     def start(self, runtime: Runtime) -> None:
         self.maintenance = new_maintenance(runtime.celery, runtime.settings, runtime.channels).start()
+        self.maintenance.wait_until_running()  # not ready until it runs: the store may be away
 
     def stop(self) -> None:
         self.maintenance.stop()  # joins its thread, then closes its store, publisher and backlog

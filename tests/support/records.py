@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable
 
 from notify.models import Delivery
@@ -21,3 +22,10 @@ def record_one(
         [NewNotification(notification_id, template, locale, data_json, tuple(new))]
     )
     return recorded
+
+
+def a_worker(store: Store) -> str:
+    """A worker process, registered (alive) in the store, as a heartbeat registers one."""
+    worker_id = str(uuid.uuid4())
+    store.register_worker(worker_id, host="test-host", pid=1)
+    return worker_id

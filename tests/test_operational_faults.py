@@ -1,0 +1,150 @@
+"""Nothing sent twice under the faults operations bring: store outages longer than a lease, clock steps.
+
+Real workers on Redis, the store on PostgreSQL (the outages) or SQLite (the
+clock steps), a real SMTP server counting every message it is handed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+
+from notify.api import Notifier
+from notify.errors import StoreUnavailable
+from notify.models import Status
+from tests.conftest import IN_CI, POSTGRES_URL
+from tests.support.processes import Worker, wait_for
+from tests.support.smtp import SmtpServer
+
+LEASE = 3.0  # seconds: the outages below last several leases
+
+
+@pytest.fixture
+def redis_postgres(env: dict[str, str], redis_url: str, postgres_url: str) -> dict[str, str]:
+    env.update(NOTIFY_BROKER_URL=redis_url, NOTIFY_DATABASE_URL=postgres_url, NOTIFY_LEASE=str(LEASE))
+    return env
+
+
+@contextmanager
+def store_outage(database_url: str) -> Iterator[None]:
+    """PostgreSQL refuses every connection to the store's database, and drops those open."""
+    database = database_url.rsplit("/", 1)[1]
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+        killing = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s"
+        admin.execute(killing, (database,))
+        try:
+            yield
+        finally:
+            admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+
+
+def worker_beats(producer: Notifier) -> int:
+    with producer.store.engine.connect() as conn:
+        return int(conn.execute(sa.text("SELECT coalesce(sum(beats), 0) FROM notify_workers")).scalar_one())
+
+
+def all_sent(producer: Notifier, ids: list[str]) -> bool:
+    """Whether every delivery is sent; False while the test's own connection finds the store away."""
+    try:
+        return all(producer.store.get(i).status == Status.SENT for i in ids)  # type: ignore[union-attr]
+    except StoreUnavailable:  # a connection the outage killed, found on the way back
+        return False
+
+
+def send(producer: Notifier, count: int) -> list[str]:
+    return [
+        producer.send("welcome", {"email": f"u{i}@example.com"}, data={"name": "U"}).deliveries[0].id
+        for i in range(count)
+    ]
+
+
+def test_a_store_outage_longer_than_a_lease_sends_nothing_twice(
+    redis_postgres: dict[str, str],
+    notifier: Callable[[], Notifier],
+    start_worker: Callable[..., Worker],
+    smtp_server: SmtpServer,
+) -> None:
+    """Every email is in flight at the server through an outage of three leases, and after it.
+
+    Before: the worker's own sweep took back every lapsed claim as the store
+    returned, and the new attempts sent each email again (8 of 8).
+    """
+    worker = start_worker("email", "-c", "16").wait_ready()
+    producer = notifier()
+    smtp_server.delay_data_reply(20.0)  # the replies come after the outage
+    ids = send(producer, 8)
+    wait_for(lambda: all(smtp_server.attempts_of(i) for i in ids), what="every email at the server")
+
+    with store_outage(redis_postgres["NOTIFY_DATABASE_URL"]):
+        failures = worker.output().count("store is unavailable")
+        wait_for(
+            lambda: worker.output().count("this worker hands nothing over") >= 3 * LEASE,
+            what="three leases of heartbeats failing on the store",
+            timeout=60,
+        )
+        assert worker.output().count("store is unavailable") > failures
+
+    wait_for(lambda: all_sent(producer, ids), what="every outcome")
+    beats = worker_beats(producer)
+    more = 3 * LEASE
+    wait_for(lambda: worker_beats(producer) >= beats + more, what="three leases more, the store answering")
+    assert smtp_server.delivery_ids() == dict.fromkeys(ids, 1)
+
+
+@pytest.fixture
+def faketime() -> str:
+    found = shutil.which("faketime")
+    if found is None:
+        message = "faketime (Debian's package faketime) is not installed"
+        if IN_CI:
+            pytest.fail(message + "; .ci/run must install it")
+        pytest.skip(message)
+    return found
+
+
+@pytest.mark.parametrize("step", ["+60s", "-60s", "+1d"])
+def test_a_worker_whose_clock_is_off_takes_over_nothing_from_a_live_one(
+    step: str,
+    faketime: str,
+    env: dict[str, str],
+    redis_url: str,
+    notifier: Callable[[], Notifier],
+    start_worker: Callable[..., Worker],
+    smtp_server: SmtpServer,
+) -> None:
+    """Two workers on one SQLite store, one of them a minute (or a day) off: every email goes once.
+
+    Before: a worker whose clock ran 60 s ahead saw every other worker's
+    leases as lapsed and sent each of their deliveries again.
+    """
+    env.update(NOTIFY_BROKER_URL=redis_url, NOTIFY_LEASE=str(LEASE))
+    start_worker("email", "-c", "4").wait_ready()
+    producer = notifier()
+    smtp_server.delay_data_reply(5 * LEASE)  # each delivery in flight for five leases
+    ids = send(producer, 4)
+    wait_for(lambda: all(smtp_server.attempts_of(i) for i in ids), what="every email in flight")
+
+    skewed = start_worker("email", "-c", "4", environ={**env, "FAKETIME": step, "LD_PRELOAD": _libfaketime()})
+    skewed.wait_ready()
+
+    wait_for(lambda: all_sent(producer, ids), what="every outcome")
+    beats = worker_beats(producer)
+    wait_for(lambda: worker_beats(producer) >= beats + 6 * LEASE, what="three leases more of both beating")
+    assert smtp_server.delivery_ids() == dict.fromkeys(ids, 1)
+
+
+def _libfaketime() -> str:
+    for candidate in (
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+    ):
+        if os.path.exists(candidate):
+            return candidate
+    pytest.skip("libfaketime.so.1 not found")
