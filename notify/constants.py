@@ -62,7 +62,8 @@ RECOVERY_BOUND: Final = 30.0
 """DESIGN: a dead worker's deliveries are delivered within this of a worker being available."""
 LEASE_MIN: Final = 1.0
 LEASE_MAX: Final = 25.0
-"""NOTIFY_LEASE's bounds: a lapsed claim is swept within LEASE_MAX + SWEEP_EVERY_MAX < RECOVERY_BOUND."""
+"""NOTIFY_LEASE's bounds: a dead worker's deliveries are handed on once its beats stood still for a
+lease as an observer saw them, within LEASE_MAX + SWEEP_EVERY_MAX < RECOVERY_BOUND."""
 HEARTBEAT_EVERY_MAX: Final = 2.0
 """A worker renews its claims every lease/3, and at least this often: its bursts' waiting
 deliveries are stamped at the same beat, well inside QUEUED_GRACE."""

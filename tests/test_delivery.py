@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Collection, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import ClassVar
 
@@ -22,6 +23,7 @@ from notify.errors import (
     OutcomeUnknownError,
     PermanentDeliveryError,
     StoreUnavailable,
+    TransientDeliveryError,
 )
 from notify.models import Status
 from notify.providers.base import Message, Receipt
@@ -52,9 +54,10 @@ class ScriptedProvider:
         pass
 
 
-def scripted_settings(tmp_path: Path) -> Settings:
+def scripted_settings(tmp_path: Path, database_url: str | None = None) -> Settings:
     return Settings.from_env(
         {
+            **({"NOTIFY_DATABASE_URL": database_url} if database_url else {}),
             "NOTIFY_HOME": str(tmp_path),
             "NOTIFY_TEMPLATES_DIR": str(REPO / "templates"),
             "NOTIFY_EMAIL_FROM": "notify@example.com",
@@ -138,7 +141,7 @@ def test_the_heartbeat_survives_an_error_that_is_not_an_outage(
         return True
 
     assert deliverer.heartbeat.worker_id  # registered, beating
-    monkeypatch.setattr(deliverer.store, "beat", beat)
+    monkeypatch.setattr(deliverer.heartbeat.store, "beat", beat)
 
     assert beats.acquire(timeout=10) and beats.acquire(timeout=10), "the heartbeat stopped beating"
 
@@ -247,14 +250,17 @@ def test_a_provider_configuration_error_keeps_the_delivery_for_retry_with_the_co
         PermanentDeliveryError("400 Bad\x00Request", channel="email", provider="webhook", code="http_400"),
     ],
 )
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
 def test_a_refusal_in_text_the_store_cannot_hold_as_written_fails_once_and_calls_the_hook(
-    tmp_path: Path, refused: PermanentDeliveryError
+    tmp_path: Path, refused: PermanentDeliveryError, store: str, request: pytest.FixtureRequest
 ) -> None:
     """Latin-1 from a relay, a NUL from a receiver: one try, the hook, a readable reason."""
     ScriptedProvider.delivered = []
     ScriptedProvider.raise_after_sending = refused
     calls: list[str] = []
-    deliverer = Deliverer(scripted_settings(tmp_path), on_permanent_failure=lambda c, a, e: calls.append(c))
+    url = request.getfixturevalue("postgres_url") if store == "postgresql" else None
+    settings = scripted_settings(tmp_path, url)
+    deliverer = Deliverer(settings, on_permanent_failure=lambda c, a, e: calls.append(c))
     delivery_id = queued(deliverer)
 
     outcomes = [deliverer.attempt(delivery_id).status for _ in range(3)]
@@ -281,3 +287,70 @@ def test_an_outcome_the_store_refuses_outright_is_recorded_without_the_providers
     assert deliverer.attempt(delivery_id).status is AttemptStatus.SENT
     assert deliverer.attempt(delivery_id).status is AttemptStatus.SKIPPED
     assert ScriptedProvider.delivered == [delivery_id]
+
+
+def test_a_claim_whose_answer_was_lost_is_given_back_by_the_heartbeat(
+    deliverer: Deliverer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim committed, then the connection dropped before its row came back: not stuck."""
+    delivery_id = queued(deliverer)
+    claim = deliverer.store.claim
+
+    def lost_answer(delivery_id: str, worker_id: str, token: str | None = None) -> object:
+        claim(delivery_id, worker_id, token)
+        raise StoreUnavailable("the store is unavailable: connection lost")
+
+    monkeypatch.setattr(deliverer.store, "claim", lost_answer)
+    with pytest.raises(StoreUnavailable):
+        deliverer.attempt(delivery_id)
+    monkeypatch.undo()
+
+    deliverer.heartbeat.beat()
+
+    delivery = deliverer.store.get(delivery_id)
+    assert delivery is not None and (delivery.status, delivery.attempts) == (Status.RETRYING, 0)
+    assert ScriptedProvider.delivered == []
+
+
+def test_an_attempt_that_raises_after_the_handover_ends_as_an_unknown_outcome(
+    deliverer: Deliverer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The provider took it, and no outcome could be written at all: a dead letter, never a resend."""
+    delivery_id = queued(deliverer)
+
+    def broken(*args: object) -> bool:
+        raise RuntimeError("a bug in the outcome write")
+
+    monkeypatch.setattr(deliverer.store, "mark_sent", broken)
+    with pytest.raises(RuntimeError):
+        deliverer.attempt(delivery_id)
+    monkeypatch.undo()
+
+    deliverer.heartbeat.beat()
+
+    delivery = deliverer.store.get(delivery_id)
+    assert delivery is not None and (delivery.status, delivery.error_code) == (
+        Status.FAILED,
+        OutcomeUnknownError.CODE,
+    )
+    assert ScriptedProvider.delivered == [delivery_id]
+
+
+def test_a_retrys_time_is_read_when_the_store_answers(
+    deliverer: Deliverer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The provider answered 4xx while the store was away: the retry is recorded once it returns."""
+    ScriptedProvider.raise_after_sending = TransientDeliveryError("451 later", channel="email", provider="s")
+    delivery_id = queued(deliverer)
+    now, calls = deliverer.store.now, [0]
+
+    def clock_away() -> datetime:  # the claim reads it, then the store is away for three reads
+        calls[0] += 1
+        if 2 <= calls[0] <= 4:
+            raise StoreUnavailable("the store is unavailable: connection lost")
+        return now()
+
+    monkeypatch.setattr(deliverer.store, "now", clock_away)
+
+    assert deliverer.attempt(delivery_id).status is AttemptStatus.RETRYING
+    assert deliverer.store.get(delivery_id).status == Status.RETRYING  # type: ignore[union-attr]

@@ -163,6 +163,24 @@ class Protocol(RuleBasedStateMachine):
         if won:
             self.dead.add(worker)
 
+    @rule(held=consumes(claims), handed_over=st.booleans())
+    def heartbeat_ends_an_abandoned_try(self, held: Held, handed_over: bool) -> None:
+        """A try left without an outcome: its worker's heartbeat ends the claim, given back or unknown."""
+        delivery_id = held.claim.delivery_id
+        before = self.store.get(delivery_id)
+        won = self.store.abandon(delivery_id, held.claim.token, "abandoned", handed_over=handed_over)
+        assert won == (self.current.get(delivery_id) is held and not held.done)
+        after = self.store.get(delivery_id)
+        if won:
+            assert before is not None and after is not None
+            expected = (
+                (Status.FAILED, before.attempts) if handed_over else (Status.RETRYING, before.attempts - 1)
+            )
+            assert (after.status, after.attempts) == expected
+        else:
+            assert after == before, "a stale claim changed the delivery"
+        held.done = True
+
     @rule(held=consumes(claims))
     def give_back(self, held: Held) -> None:
         delivery_id = held.claim.delivery_id

@@ -24,7 +24,7 @@ class BeatingStore:
         self.beats: list[str] = []
         self.dead: set[str] = set()
         self.kept: list[list[str]] = []
-        self.failed: list[str] = []
+        self.abandoned: list[tuple[str, bool]] = []  # (delivery id, handed over)
         self.retired: list[str] = []
 
     def register_worker(self, worker_id: str, *, host: str, pid: int) -> None:
@@ -37,8 +37,8 @@ class BeatingStore:
     def keep_queued(self, delivery_ids: Collection[str]) -> None:
         self.kept.append(list(delivery_ids))
 
-    def mark_failed(self, claim: Claim, reason: str, code: str | None) -> bool:
-        self.failed.append(claim.delivery_id)
+    def abandon(self, delivery_id: str, token: str, reason: str, *, handed_over: bool) -> bool:
+        self.abandoned.append((delivery_id, handed_over))
         return True
 
     def retire_worker(self, worker_id: str) -> None:
@@ -49,21 +49,23 @@ def heartbeat(store: BeatingStore, ceiling: float = 3600) -> Heartbeat:
     return Heartbeat(cast(Store, store), lease=30, every=3600, ceiling=ceiling)
 
 
-def a_claim(i: int) -> Claim:
-    return Claim(f"d-{i}", "email", "a@example.com", "normal", 1, "welcome", None, {}, f"token-{i}")
+def a_claim(i: int, worker_id: str = "w") -> Claim:
+    return Claim(
+        f"d-{i}", "email", "a@example.com", "normal", 1, "welcome", None, {}, f"token-{i}", worker_id
+    )
 
 
-def test_the_heartbeat_holds_nothing_once_the_attempts_end() -> None:
+def test_the_heartbeat_holds_nothing_once_the_tries_end() -> None:
     beats = heartbeat(BeatingStore())
     for i in range(1000):
-        beats.hold(a_claim(i))
+        beats.track(f"token-{i}", f"d-{i}")
         if i % 100 == 0:
             beats.beat()
-        beats.release(a_claim(i))
+        beats.done(f"token-{i}")
     beats.beat()
     beats.stop()
 
-    assert beats._running == {} and beats._waiting == {}
+    assert beats._tries == {} and beats._waiting == {}
 
 
 def test_a_bursts_waiting_deliveries_are_kept_until_their_turn_and_no_longer_than_the_ceiling() -> None:
@@ -90,7 +92,7 @@ def test_a_worker_registers_once_beats_and_is_retired_when_it_stops() -> None:
     beats.beat()
 
     assert beats.worker_id == worker_id and store.registered == [worker_id]
-    assert store.beats == [worker_id, worker_id] and beats.fresh()
+    assert store.beats == [worker_id, worker_id] and beats.fresh(a_claim(1, worker_id))
     beats.stop()
     assert store.retired == [worker_id]
 
@@ -105,9 +107,11 @@ def test_a_worker_declared_dead_hands_nothing_over_and_registers_anew(
 
     beats.beat()
 
-    assert not beats.fresh()  # its claims were handed on: no message leaves under them
+    assert not beats.fresh(a_claim(1, first))  # its claims were handed on: no message leaves under them
     assert "was declared dead" in caplog.text
     assert beats.worker_id != first and store.registered == [first, beats.worker_id]
+    assert not beats.fresh(a_claim(1, first))  # registered anew: still nothing under the old claims
+    assert beats.fresh(a_claim(1, beats.worker_id))
     beats.stop()
 
 
@@ -115,12 +119,40 @@ def test_an_attempt_past_the_ceiling_is_an_unknown_outcome_not_a_second_try() ->
     store = BeatingStore()
     beats = heartbeat(store, ceiling=0)
     assert beats.worker_id
-    beats.hold(a_claim(1))
+    beats.track("token-1", "d-1")
 
     beats.beat()
 
-    assert store.failed == ["d-1"] and beats._running == {}
+    assert store.abandoned == [("d-1", True)] and beats._tries == {}
     beats.stop()
+
+
+def test_an_abandoned_try_is_given_back_if_nothing_was_handed_over_else_an_unknown_outcome() -> None:
+    store = BeatingStore()
+    beats = heartbeat(store)
+    assert beats.worker_id
+    beats.track("token-1", "d-1")
+    beats.track("token-2", "d-2")
+    beats.handing_over("token-2")
+    beats.abandon("token-1", "the claim's answer was lost")
+    beats.abandon("token-2", "the attempt raised RuntimeError")
+
+    beats.beat()
+
+    assert sorted(store.abandoned) == [("d-1", False), ("d-2", True)] and beats._tries == {}
+    beats.stop()
+
+
+def test_a_worker_with_a_try_still_running_is_not_retired_when_it_stops() -> None:
+    """A cold shutdown: the sweep takes the try over once the beats stand still, not at once."""
+    store = BeatingStore()
+    beats = heartbeat(store)
+    assert beats.worker_id
+    beats.track("token-1", "d-1")
+
+    beats.stop()
+
+    assert store.retired == []
 
 
 def test_celerys_per_task_lines_only_show_at_debug() -> None:

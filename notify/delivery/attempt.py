@@ -14,6 +14,7 @@ import functools
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -109,7 +110,8 @@ class Deliverer:
         `rate_share`: the part of each channel's rate limit this process may use (1 / a prefork
         pool's size, since every pool process has a deliverer of its own)."""
         self.settings = settings
-        self.store = heartbeat.store if heartbeat is not None else Store(settings.resolved_database_url)
+        # Its own connections: the heartbeat's never wait behind the attempts' for a free one.
+        self.store = Store(settings.resolved_database_url)
         self.renderer = Renderer(settings.templates_dir)
         self.policies: dict[str, ChannelPolicy] = load_policies(
             settings.resolved_config_path, registry.default_policies()
@@ -119,7 +121,7 @@ class Deliverer:
         self._lock = threading.Lock()
         self._closed = False
         self._owns_heartbeat = heartbeat is None  # and its store: closed with the deliverer
-        self.heartbeat = heartbeat or new_heartbeat(self.store, settings)
+        self.heartbeat = heartbeat or new_heartbeat(Store(settings.resolved_database_url), settings)
         self.gate = gate or PriorityGate()  # a high attempt has this process to itself for a moment
         self.paces = {
             name: Pace(rate * rate_share)
@@ -142,7 +144,8 @@ class Deliverer:
             provider.close()
         if self._owns_heartbeat:
             self.heartbeat.stop()
-            self.store.close()
+            self.heartbeat.store.close()
+        self.store.close()
 
     def attempt_burst(
         self, delivery_ids: Sequence[object], *, channel: str | None = None, urgent: bool = False
@@ -199,6 +202,7 @@ class Deliverer:
             log.warning("delivery %s: the deliverer is closed; left for the sweep", delivery_id)
             return Outcome(AttemptStatus.SKIPPED)
         pace = self.paces.get(channel) if channel is not None else None
+        token = str(uuid.uuid4())
         try:
             if pace is not None:
                 if not kept:
@@ -206,20 +210,34 @@ class Deliverer:
                     self.heartbeat.keep([delivery_id])
                     kept = True
                 pace.wait(urgent=urgent)  # before the claim: a delivery waiting its turn holds nothing
-            claim = self.store.claim(delivery_id, self.heartbeat.worker_id)
+            claim = self._claim(delivery_id, token)
         finally:
             if kept:
                 self.heartbeat.drop(delivery_id)
         if isinstance(claim, Refusal):
+            self.heartbeat.done(token)
             return self._refused(delivery_id, claim)
-        if claim.attempts > self.policies[claim.channel].max_attempts:
-            return self._worker_lost(claim)
-        self.heartbeat.hold(claim)
         try:
-            with self.gate.turn(claim.priority):
-                return self._attempt(claim)
-        finally:
-            self.heartbeat.release(claim)
+            if claim.attempts > self.policies[claim.channel].max_attempts:
+                outcome = self._worker_lost(claim)
+            else:
+                with self.gate.turn(claim.priority):
+                    outcome = self._attempt(claim)
+        except BaseException as exc:  # no outcome recorded: the heartbeat ends the claim
+            self.heartbeat.abandon(token, f"the attempt raised {type(exc).__name__}")
+            raise
+        self.heartbeat.done(token)
+        return outcome
+
+    def _claim(self, delivery_id: str, token: str) -> Claim | Refusal:
+        """Claim with a token the heartbeat answers for from before the claim: if the answer never
+        comes back (the store went away mid-statement), the claim may exist, and is given back."""
+        self.heartbeat.track(token, delivery_id)
+        try:
+            return self.store.claim(delivery_id, self.heartbeat.worker_id, token)
+        except BaseException as exc:
+            self.heartbeat.abandon(token, f"the claim's answer was lost ({type(exc).__name__})")
+            raise
 
     def _worker_lost(self, claim: Claim) -> Outcome:
         """Every try ended with its worker dead (a delivery that crashes it?): give up, unsent again."""
@@ -266,10 +284,12 @@ class Deliverer:
         return self._deliver(claim, message)
 
     def _deliver(self, claim: Claim, message: Message) -> Outcome:
-        if not self.heartbeat.fresh():  # cut off from the store: this worker may be declared dead
+        if not self.heartbeat.fresh(claim):  # cut off from the store: this worker may be taken for dead
             return self._give_back(claim)
+        provider = self.provider(claim.channel)
+        self.heartbeat.handing_over(claim.token)
         try:
-            receipt = self.provider(claim.channel).deliver(message)
+            receipt = provider.deliver(message)
         except PermanentDeliveryError as exc:  # OutcomeUnknownError too: never resent blindly
             return self._fail(claim, exc)
         except TransientDeliveryError as exc:
@@ -359,8 +379,11 @@ class Deliverer:
         if claim.attempts >= policy.max_attempts:
             return self._fail(claim, exc, note=f" (gave up after {claim.attempts} tries)")
         delay = policy.delay(claim.attempts, retry_after=exc.retry_after)
-        at = self.store.now() + timedelta(seconds=delay)
-        retrying = functools.partial(self.store.mark_retrying, claim, at=at)
+
+        def retrying(reason: str, code: str | None) -> bool:  # the store's time, read when it answers
+            at = self.store.now() + timedelta(seconds=delay)
+            return self.store.mark_retrying(claim, reason, code, at)
+
         if not self._record(lambda: retrying(_reason(exc), exc.code), lambda: retrying(UNSTORED, None)):
             return self._lost(claim, AttemptStatus.RETRYING)
         log.info(

@@ -1,4 +1,4 @@
-"""The heartbeat: a worker process shows the store it is alive, and keeps its attempts honest.
+"""The heartbeat: a worker process shows the store it is alive, and answers for every try it makes.
 
 A process registers itself as a worker (a row in the store) before its first
 claim, and counts a beat every `every` seconds from then on. Other processes
@@ -7,14 +7,20 @@ clocks (notify.delivery.liveness): no timestamp written by one process is
 compared with another's clock, so a clock step, or a store outage of any
 length, never makes a live worker look dead.
 
-Two rules keep a worker's attempts from doubling anyone's:
+So a live worker's claims are its own to end, and the heartbeat sees that
+every one of them ends:
 
-- an attempt hands nothing to a provider unless this process's last beat
-  landed within three quarters of a lease (`fresh`): a worker cut off from
-  the store for a lease may be declared dead, and its deliveries handed on;
-- an attempt still running `ceiling` seconds after it started (a provider call
-  that never ends) is recorded as an unknown outcome, a dead letter, rather
-  than left for another worker to send again.
+- a try is tracked from before its claim (whose token it chose) until its
+  outcome is recorded; a try left without an outcome (an error, an answer
+  to the claim that never came) is `abandon`ed, and the heartbeat ends its
+  claim: given back for another try if nothing was handed over, else a dead
+  letter with an unknown outcome;
+- a try still running `ceiling` seconds after it started (a provider call
+  that never ends) is ended the same way, as an unknown outcome;
+- a try hands nothing to a provider unless the claim is this worker's current
+  registration and its last beat left within three quarters of a lease
+  (`fresh`): a worker cut off from the store for a lease may be declared
+  dead, and its deliveries handed on.
 """
 
 from __future__ import annotations
@@ -26,23 +32,34 @@ import threading
 import time
 import uuid
 from collections.abc import Collection
+from dataclasses import dataclass
 
-from notify.errors import OutcomeUnknownError, StoreUnavailable
+from notify.errors import StoreUnavailable
 from notify.store import Claim, Store
 
 log = logging.getLogger("notify.delivery")
 
-FRESH_FOR = 0.75  # of a lease: a worker whose last beat is older hands nothing over
+FRESH_FOR = 0.75  # of a lease: a worker whose last beat left earlier hands nothing over
+
+
+@dataclass
+class _Try:
+    """One try this process is making, from before its claim to its recorded outcome."""
+
+    delivery_id: str
+    since: float  # monotonic
+    handed_over: bool = False  # the provider may have the message
+    abandoned: str | None = None  # why it ended without an outcome, for the heartbeat to record
 
 
 class Heartbeat:
-    """This process's beats in the store, its attempts' deadlines, and its bursts' waiting deliveries."""
+    """This process's beats in the store, its tries, and its bursts' waiting deliveries."""
 
     def __init__(self, store: Store, lease: float, every: float, ceiling: float) -> None:
         self.store, self.lease, self.every, self.ceiling = store, lease, every, ceiling
         self._worker_id: str | None = None
-        self._last_beat: float | None = None  # monotonic time of the last beat the store took
-        self._running: dict[str, tuple[Claim, float]] = {}  # token -> (claim, monotonic start)
+        self._last_beat: float | None = None  # monotonic time the last beat the store took left
+        self._tries: dict[str, _Try] = {}  # token -> the try
         # Unclaimed deliveries of bursts in hand -> (how many bursts hold it, since when).
         self._waiting: dict[str, tuple[int, float]] = {}
         self._lock = threading.Lock()
@@ -54,26 +71,46 @@ class Heartbeat:
         """This process's id as a worker, registered in the store on first use (StoreUnavailable if not)."""
         with self._lock:
             if self._worker_id is None:
-                worker_id = str(uuid.uuid4())
+                worker_id, sent = str(uuid.uuid4()), time.monotonic()
                 self.store.register_worker(worker_id, host=socket.gethostname(), pid=os.getpid())
-                self._worker_id, self._last_beat = worker_id, time.monotonic()
+                self._worker_id, self._last_beat = worker_id, sent
             self._start()
             return self._worker_id
 
-    def fresh(self) -> bool:
-        """Whether the store took a beat of this worker within 3/4 of a lease: safe to hand a message over."""
+    def fresh(self, claim: Claim) -> bool:
+        """Whether `claim` may hand its message over: made under this worker's current registration,
+        whose last beat left within 3/4 of a lease."""
         last = self._last_beat
-        return last is not None and time.monotonic() - last < self.lease * FRESH_FOR
+        current = claim.worker_id == self._worker_id
+        return current and last is not None and time.monotonic() - last < self.lease * FRESH_FOR
 
-    def hold(self, claim: Claim) -> None:
-        """Watch `claim`'s attempt from now on (it has started)."""
-        with self._lock:
-            self._running[claim.token] = (claim, time.monotonic())
+    # -- tries ---------------------------------------------------------------
 
-    def release(self, claim: Claim) -> None:
-        """That attempt is over."""
+    def track(self, token: str, delivery_id: str) -> None:
+        """A try is about to claim `delivery_id` with `token`: answer for it from now on."""
         with self._lock:
-            self._running.pop(claim.token, None)
+            self._tries[token] = _Try(delivery_id, time.monotonic())
+
+    def handing_over(self, token: str) -> None:
+        """The try is about to hand its message to the provider: from now on it may have been sent."""
+        with self._lock:
+            found = self._tries.get(token)
+            if found is not None:
+                found.handed_over = True
+
+    def done(self, token: str) -> None:
+        """The try's outcome is recorded (or its claim was refused, or taken over): nothing to end."""
+        with self._lock:
+            self._tries.pop(token, None)
+
+    def abandon(self, token: str, why: str) -> None:
+        """The try ended without an outcome: the next beat ends its claim (if it made one)."""
+        with self._lock:
+            found = self._tries.get(token)
+            if found is not None:
+                found.abandoned = why
+
+    # -- bursts ----------------------------------------------------------------
 
     def keep(self, delivery_ids: Collection[str]) -> None:
         """Deliveries of a burst in hand, still "queued": keep the sweep from publishing them again."""
@@ -91,6 +128,8 @@ class Heartbeat:
             if held > 1:
                 self._waiting[delivery_id] = (held - 1, since)
 
+    # -- the thread ------------------------------------------------------------
+
     def start(self) -> Heartbeat:
         """Beat from now on (a worker's services start it; otherwise the first claim does)."""
         with self._lock:
@@ -105,31 +144,36 @@ class Heartbeat:
             self._thread.start()
 
     def stop(self) -> None:
-        """Beat no more, and retire this worker in the store (every attempt is over)."""
+        """Beat no more; retire this worker in the store once no try of its runs."""
         self._wake.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=10)
-        if self._worker_id is not None:
-            try:
-                self.store.retire_worker(self._worker_id)
-            except StoreUnavailable as exc:  # the sweep declares it dead in time, as if it had died
-                log.warning("heartbeat: %s; this worker was not retired", exc)
+        self._end_tries()  # the abandoned ones, one last time
+        with self._lock:
+            busy = bool(self._tries)
+        if self._worker_id is None or busy:
+            return  # a try still runs (a cold shutdown): the sweep takes it over once the beats stand still
+        try:
+            self.store.retire_worker(self._worker_id)
+        except StoreUnavailable as exc:  # the sweep declares it dead in time, as if it had died
+            log.warning("heartbeat: %s; this worker was not retired", exc)
 
     def beat(self) -> None:
-        """Count one beat, give up on attempts past the ceiling, stamp the bursts' waiting deliveries."""
+        """Count one beat; end the tries abandoned or past the ceiling; stamp the bursts' waiting."""
         worker_id = self._worker_id
         if worker_id is not None:
+            sent = time.monotonic()  # fresh counts from when the beat left, not when it came back
             try:
                 alive = self.store.beat(worker_id)
             except StoreUnavailable as exc:
                 log.error("heartbeat: %s; this worker hands nothing over until it returns", exc)
                 return
             if alive:
-                self._last_beat = time.monotonic()
+                self._last_beat = sent
             else:
                 self._declared_dead(worker_id)
-            self._end_hung_attempts()
+        self._end_tries()
         self._keep_waiting()
 
     def _declared_dead(self, worker_id: str) -> None:
@@ -140,19 +184,26 @@ class Heartbeat:
             if self._worker_id == worker_id:
                 self._worker_id, self._last_beat = None, None
 
-    def _end_hung_attempts(self) -> None:
+    def _end_tries(self) -> None:
+        """End the claims of abandoned tries, and of tries past the ceiling (unknown outcomes)."""
         now = time.monotonic()
         with self._lock:
-            hung = [claim for claim, since in self._running.values() if now - since >= self.ceiling]
-        for claim in hung:
-            reason = f"the attempt did not end within {self.ceiling:.0f}s; it may have been sent"
-            error = OutcomeUnknownError(reason, channel=claim.channel, provider="notify")
+            for found in self._tries.values():
+                if found.abandoned is None and now - found.since >= self.ceiling:
+                    found.abandoned = f"the attempt did not end within {self.ceiling:.0f}s"
+                    found.handed_over = True  # whatever it reached: never sent again blindly
+            ending = [(token, t) for token, t in self._tries.items() if t.abandoned is not None]
+        for token, found in ending:
+            reason = f"{found.abandoned}; " + (
+                "it may have been sent" if found.handed_over else "nothing was sent: another try follows"
+            )
             try:
-                if self.store.mark_failed(claim, reason, error.code):
-                    log.error("delivery %s: %s", claim.delivery_id, reason)
+                ended = self.store.abandon(found.delivery_id, token, reason, handed_over=found.handed_over)
             except StoreUnavailable:
                 return  # the next beat tries again
-            self.release(claim)
+            if ended:
+                log.error("delivery %s: %s", found.delivery_id, reason)
+            self.done(token)
 
     def _keep_waiting(self) -> None:
         now = time.monotonic()

@@ -27,7 +27,7 @@ from collections.abc import Callable, Collection, Sequence
 
 from notify.constants import PURGE_EVERY, QUEUED_GRACE
 from notify.delivery.liveness import Liveness
-from notify.errors import NotifyError, StoreUnavailable
+from notify.errors import NotifyError
 from notify.settings import Settings
 from notify.store import BATCH, Queued, Store
 
@@ -58,8 +58,9 @@ class Maintenance:
         self._ran = threading.Event()  # a whole pass went through: the store answered
         self._thread: threading.Thread | None = None
         self._swept = self._purged = 0.0
-        # A gap between two sweeps counts for two sweeps at most: a stalled observer saw nothing.
+        # A gap between two observations counts for two sweeps at most: a stalled observer saw nothing.
         self.liveness = Liveness(settings.lease, 2 * settings.sweep_every)
+        self._last_error = "it has not run yet"
 
     def start(self) -> Maintenance:
         self._thread = threading.Thread(target=self._run, name="notify-maintenance", daemon=True)
@@ -76,7 +77,10 @@ class Maintenance:
         while not self._ran.wait(say_every):
             if self._stop.is_set():
                 return
-            log.warning("maintenance has not run yet (the store does not answer); the worker waits for it")
+            if self._thread is None or not self._thread.is_alive():
+                log.error("maintenance: its thread ended; starting it again")
+                self.start()
+            log.warning("maintenance has not run yet (%s); the worker waits for it", self._last_error)
 
     def stop(self) -> None:
         """Stop after the pass under way, then close the store and what `on_stop` names."""
@@ -90,24 +94,31 @@ class Maintenance:
             close()
 
     def tick(self) -> None:
-        """One pass: release what is due; sweep and purge when their time has come."""
+        """One pass: judge the workers and sweep, release what is due, purge, each when its time has come.
+
+        Any statement failing makes the pass count for no worker's liveness: an
+        observer counts only time it saw the store take what it was asked.
+        """
         now = time.monotonic()
-        self._publish_all(lambda: self.store.release_due(self.channels), "released")
-        if now - self._swept >= self.settings.sweep_every:
-            self._swept = now
-            self.sweep()
-        if now - self._purged >= PURGE_EVERY:
-            self._purged = now
-            purged = self.store.purge_finished(older_than=self.settings.retention)
-            log.info("purged %d finished deliveries older than the retention", purged)
+        try:
+            if now - self._swept >= self.settings.sweep_every:
+                self._swept = now
+                self.judge_workers()  # first: no publishing ahead of it can stretch what it counts
+                self.sweep()
+            self._publish_all(lambda: self.store.release_due(self.channels), "released")
+            if now - self._purged >= PURGE_EVERY:
+                self._purged = now
+                purged = self.store.purge_finished(older_than=self.settings.retention)
+                self.store.forget_dead_workers()
+                log.info("purged %d finished deliveries older than the retention", purged)
+        except Exception:
+            self.liveness.missed()
+            raise
 
     def sweep(self) -> None:
         """Publish again what a dead worker held, and what a broker lost."""
-        self.judge_workers()
-        self._publish_all(
-            lambda: self.store.reclaim_from_dead(self.channels), "taken over from a dead worker"
-        )
-        self.store.forget_dead_workers()
+        reclaim = functools.partial(self.store.reclaim_from_dead, self.channels)
+        self._publish_all(reclaim, "taken over from a dead worker")
         as_of = self.store.now()  # one snapshot: what this sweep publishes is not "lost" again in it
         for channel in self.channels:
             grace = QUEUED_GRACE if self.backlog(channel) == 0 else self.settings.sweep_after
@@ -116,12 +127,7 @@ class Maintenance:
 
     def judge_workers(self) -> None:
         """Declare dead the workers whose beats stood still for a lease, as this process observed them."""
-        try:
-            beats = self.store.worker_beats()
-        except StoreUnavailable:
-            self.liveness.missed()
-            raise
-        for worker, count in self.liveness.observe(beats):
+        for worker, count in self.liveness.observe(self.store.worker_beats()):
             if self.store.declare_dead(worker, count):
                 log.warning(
                     "worker %s stopped beating for %.0fs: its deliveries are handed on",
@@ -145,6 +151,8 @@ class Maintenance:
                 self.tick()
                 self._ran.set()
             except NotifyError as exc:  # the store is down: try again next tick
+                self._last_error = str(exc)
                 log.error("maintenance: %s", exc)
-            except Exception:  # the thread goes on whatever a pass raised
+            except Exception as exc:  # the thread goes on whatever a pass raised
+                self._last_error = f"a pass raised {type(exc).__name__}: {exc}"
                 log.exception("maintenance tick failed")

@@ -334,54 +334,69 @@ class RequestsProvider:
             self._adapter.close()
 
 
+@dataclass
+class Guarded:
+    """A call under a watchdog: `cut` says whether its deadline ended it (read after it, too)."""
+
+    deadline: float
+    close: Callable[[], object]
+    cut: bool = False
+
+
 class Watchdog:
-    """Ends a call at its deadline whatever the peer does: at the deadline, `cut` is called.
+    """Ends a call at its deadline whatever the peer does: at the deadline, its `close` is called.
 
     A socket timeout bounds each read, not the call: a peer that trickles its
     answer a byte at a time, each within the timeout, holds the thread for as
-    long as it likes. One thread per watchdog calls `cut` (closing the
-    socket, so the blocked read fails at once) for every guarded call still
-    running at its deadline.
+    long as it likes. One thread per watchdog calls `close` (shutting the
+    socket down, so the blocked read fails at once) for every guarded call
+    still running at its deadline; a call that ends while its close runs waits
+    for it, so no close ever reaches a connection after its call.
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._calls: dict[int, tuple[float, Callable[[], object]]] = {}
-        self._fired: set[int] = set()
+        self._calls: dict[int, Guarded] = {}
+        self._closing: set[int] = set()
         self._next = 0
         self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
 
     @contextmanager
-    def guard(self, deadline: float, cut: Callable[[], object]) -> Iterator[Callable[[], bool]]:
-        """Around a call that must end by `deadline` (on this watchdog's clock); yields a function
-        that says whether the deadline cut the call."""
+    def guard(self, deadline: float, close: Callable[[], object]) -> Iterator[Guarded]:
+        """Around a call that must end by `deadline` (on this watchdog's clock)."""
+        call = Guarded(deadline, close)
         with self._changed:
             self._next += 1
             key = self._next
-            self._calls[key] = (deadline, cut)
+            self._calls[key] = call
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="notify-watchdog", daemon=True)
                 self._thread.start()
-            self._changed.notify()
+            self._changed.notify_all()
         try:
-            yield lambda: key in self._fired
+            yield call
         finally:
             with self._changed:
                 self._calls.pop(key, None)
-                self._fired.discard(key)
+                self._changed.wait_for(lambda: key not in self._closing)
 
     def _run(self) -> None:
         while True:
             with self._changed:
                 now = self._clock()
-                due = [key for key, (deadline, _) in self._calls.items() if deadline <= now]
+                due = {key: call for key, call in self._calls.items() if call.deadline <= now}
                 if not due:
-                    soonest = min((deadline for deadline, _ in self._calls.values()), default=None)
+                    soonest = min((call.deadline for call in self._calls.values()), default=None)
                     self._changed.wait(None if soonest is None else soonest - now)
                     continue
-                cuts = [self._calls.pop(key)[1] for key in due]
-                self._fired.update(due)
-            for cut in cuts:
+                for key, call in due.items():
+                    del self._calls[key]
+                    call.cut = True
+                self._closing.update(due)
+            for call in due.values():
                 with contextlib.suppress(Exception):  # the call ends anyway, with what its read raises
-                    cut()
+                    call.close()
+            with self._changed:
+                self._closing.difference_update(due)
+                self._changed.notify_all()

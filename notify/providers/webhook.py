@@ -283,22 +283,24 @@ def _send(
         conn.close()
         raise _transient("the time budget was spent before the request was sent", None)
     conn.timeout = left
-    with _WATCHDOG.guard(time.monotonic() + left, lambda: _cut(conn)) as cut:
+    with _WATCHDOG.guard(time.monotonic() + left, lambda: _cut(conn)) as call:
         try:
             conn.request("POST", target.path, body=body, headers=headers, preload_content=False)
-            return conn.getresponse()
-        except (HTTPError, HTTPException, OSError) as exc:  # ssl.SSLError too: the request was written
+            response = conn.getresponse()
+        except (HTTPError, HTTPException, OSError, ValueError) as exc:  # ValueError: TLS cut mid-read
             conn.close()
-            if cut():
+            if call.cut:
                 raise OutcomeUnknownError(
                     f"no complete answer within the time budget ({type(exc).__name__}); "
                     "it may have been accepted",
                     channel=NAME,
                     provider=PROVIDER,
                 ) from None
-            raise http.network_error(
-                exc, channel=NAME, provider=PROVIDER, table=http.URLLIB3_ERRORS
-            ) from None
+            table = http.URLLIB3_ERRORS
+            raise http.network_error(exc, channel=NAME, provider=PROVIDER, table=table) from None
+    if call.cut:  # the answer came just as the deadline cut the socket: read, but never reuse it
+        conn.close()
+    return response
 
 
 _WATCHDOG = http.Watchdog()  # one thread for every webhook in flight in this process

@@ -127,10 +127,25 @@ def _begin_immediate(connection: sa.Connection) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")  # once more, so the error is SQLAlchemy's
 
 
+# libpq's defaults wait forever on a peer that vanished (a failover's old address): a beat or
+# an outcome stuck on a dead connection for longer than a lease looks like a dead worker.
+# Ten seconds without an answer ends a connection; a URL's own values win.
+_CONNECTION_LIMITS = {
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,  # ms: unacknowledged writes
+}
+
+
 def _server_engine(url: str) -> sa.Engine:
     # A pool for a worker's 16 delivery threads plus the scheduler's, so
     # connections are reused instead of opened and closed per message.
-    engine = sa.create_engine(url, pool_size=20, max_overflow=10, pool_recycle=1800)
+    given = sa.make_url(url).query
+    limits = {k: v for k, v in _CONNECTION_LIMITS.items() if k not in given}
+    engine = sa.create_engine(url, pool_size=20, max_overflow=10, pool_recycle=1800, connect_args=limits)
 
     @sa.event.listens_for(engine, "checkin")
     def _idle_since(_dbapi_connection: Any, record: Any) -> None:

@@ -49,6 +49,7 @@ class Claim:
     locale: str | None
     data: dict[str, Any]
     token: str  # fences this try's outcome: a claim taken over records nothing
+    worker_id: str = ""  # the worker process that holds it
 
 
 class Queued(NamedTuple):

@@ -7,6 +7,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from notify.errors import CoreCode
 from notify.models import Status
 from notify.store.schema import UTCDateTime, dedup_claims, deliveries, notifications, workers
 
@@ -67,6 +68,13 @@ class Statements:
             last_error=reason,
             next_attempt_at=_param("b_now", _UTC),
             release_at=_param("b_now", _UTC),
+        )
+        self.unknown = _outcome(
+            status=Status.FAILED,
+            last_error=reason,
+            error_code=CoreCode.OUTCOME_UNKNOWN.value,
+            failed_at=_param("b_now", _UTC),
+            next_attempt_at=None,
         )
         self.failed = _outcome(
             status=Status.FAILED,

@@ -40,6 +40,9 @@ from notify.store.statements import Statements, record_one_statement
 from notify.store.text import storable
 
 BATCH = 500  # rows per maintenance statement: bounded transactions, bounded IN lists
+# PostgreSQL errors that say the store cannot take this now, not that the statement is wrong:
+# a read-only transaction (a failover's demoted primary), a server shutting down or starting.
+_UNAVAILABLE_STATES = frozenset({"25006", "57P01", "57P02", "57P03", "08000", "08003", "08006"})
 
 
 class Store:
@@ -105,9 +108,11 @@ class Store:
         except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
             raise StoreUnavailable(f"the store is unavailable: {type(exc.orig).__name__}") from exc
         except sa.exc.DBAPIError as exc:
-            if not exc.connection_invalidated:
-                raise
-            raise StoreUnavailable("the store is unavailable: connection lost") from exc
+            if exc.connection_invalidated or getattr(exc.orig, "sqlstate", None) in _UNAVAILABLE_STATES:
+                raise StoreUnavailable(f"the store is unavailable: {type(exc.orig).__name__}") from exc
+            raise
+        except sa.exc.TimeoutError as exc:  # every pooled connection busy for the pool's timeout
+            raise StoreUnavailable("the store is unavailable: no connection free") from exc
 
     @contextmanager
     def _tx(self) -> Iterator[sa.Connection]:
@@ -213,10 +218,14 @@ class Store:
 
     # -- workers -------------------------------------------------------------
 
-    def claim(self, delivery_id: str, worker_id: str) -> Claim | Refusal:
+    def claim(self, delivery_id: str, worker_id: str, token: str | None = None) -> Claim | Refusal:
         """Take `delivery_id` for one try by worker `worker_id`, or say why not (done, held,
-        claimed, not in the store; a worker declared dead claims nothing)."""
-        token = str(uuid.uuid4())
+        claimed, not in the store; a worker declared dead claims nothing).
+
+        `token` (default: a new one) fences the try's outcome; a caller that chose
+        it can end the claim even if the answer to this call never came (`abandon`).
+        """
+        token = token or str(uuid.uuid4())
         params: dict[str, Any] = {"b_id": delivery_id, "b_token": token, "b_worker": worker_id}
         with self._single() as conn:
             params.update(b_now=self.now())
@@ -234,6 +243,7 @@ class Store:
             locale=row.locale,
             data=json.loads(row.data),
             token=token,
+            worker_id=worker_id,
         )
 
     def keep_queued(self, delivery_ids: Collection[str]) -> None:
@@ -257,7 +267,16 @@ class Store:
 
     def give_back(self, claim: Claim, reason: str) -> bool:
         """End a claim whose try never reached the provider: its try uncounted, released at once."""
-        return self._finish(self._sql.given_back, claim, b_reason=storable(reason, MAX_REASON))
+        return self.abandon(claim.delivery_id, claim.token, reason, handed_over=False)
+
+    def abandon(self, delivery_id: str, token: str, reason: str, *, handed_over: bool) -> bool:
+        """End a claim its attempt left without an outcome: given back for another try if nothing
+        was handed over, else failed with an unknown outcome (it may have been sent)."""
+        statement = self._sql.unknown if handed_over else self._sql.given_back
+        params = {"b_id": delivery_id, "b_token": token, "b_reason": storable(reason, MAX_REASON)}
+        with self._single() as conn:
+            done = conn.execute(statement, {**params, "b_now": self.now()})
+        return bool(done.rowcount)
 
     # -- workers' liveness (see notify.delivery.liveness) ----------------------------
 
@@ -275,9 +294,18 @@ class Store:
         return bool(done.rowcount)
 
     def worker_beats(self) -> dict[str, int]:
-        """Each live worker's heartbeat count, for an observer to see which ones move on."""
+        """Each live worker's heartbeat count, for an observer to see which ones move on.
+
+        Read in a transaction that could write: a store that answers reads but
+        takes no writes (a failover's demoted primary) is unavailable here too,
+        since no worker's beat could land in it.
+        """
         w = workers.c
-        return {row.id: row.beats for row in self._read(sa.select(w.id, w.beats).where(~w.dead), {})}
+        with self._tx() as conn:
+            if self.engine.dialect.name == "postgresql":
+                conn.execute(sa.select(sa.func.txid_current()))  # refused where writes are
+            rows = conn.execute(sa.select(w.id, w.beats).where(~w.dead)).all()
+        return {row.id: row.beats for row in rows}
 
     def declare_dead(self, worker_id: str, beats: int) -> bool:
         """Mark a worker dead if its count is still `beats`: its claims are handed on (reclaim)."""
