@@ -43,8 +43,11 @@ def test_the_overridden_kombu_methods_keep_their_signatures() -> None:
     cycle = parameters(FairCycle.__init__)
     assert cycle == ["self", "fun", "resources", "predicate"], f"{UPGRADE}: FairCycle"
     assert parameters(FairCycle.get) == ["self", "callback", "kwargs"], f"{UPGRADE}: FairCycle.get"
-    for name in ("session", "queue_cls", "message_cls"):
+    for name in ("session", "queue_cls", "message_cls", "_get_or_create"):
         assert hasattr(sql_transport.Channel, name), f"{UPGRADE}: sqlalchemy Channel.{name}"
+    assert parameters(sql_transport.Channel._put)[:3] == ["self", "queue", "payload"], (
+        f"{UPGRADE}: sqlalchemy Channel._put"
+    )
 
 
 def test_routing_gives_the_engine_the_broker_lock_timeout(tmp_path: Path) -> None:

@@ -10,14 +10,15 @@ import os
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 
 import psycopg
 import pytest
 import sqlalchemy as sa
 
-from notify.api import Notifier
+from notify.api import Intent, Notifier
 from notify.errors import StoreUnavailable
-from notify.models import Status
+from notify.models import Status, utcnow
 from tests.conftest import IN_CI, POSTGRES_URL
 from tests.support.processes import Worker, wait_for
 from tests.support.smtp import SmtpServer
@@ -148,3 +149,85 @@ def _libfaketime() -> str:
         if os.path.exists(candidate):
             return candidate
     pytest.skip("libfaketime.so.1 not found")
+
+
+# -- on time behind a backlog: what maintenance publishes goes ahead of its priority's backlog --
+
+BACKLOG = 3000
+BROKERS = ["embedded", "redis", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)]
+
+
+@pytest.fixture(params=BROKERS)
+def broker_env(request: pytest.FixtureRequest, env: dict[str, str]) -> dict[str, str]:
+    if request.param != "embedded":
+        env["NOTIFY_BROKER_URL"] = request.getfixturevalue(f"{request.param}_url")
+    env["NOTIFY_LEASE"] = str(LEASE)
+    return env
+
+
+def a_backlog(producer: Notifier, priority: str) -> list[str]:
+    intents = [
+        Intent("welcome", {"email": f"bulk{i}@example.com"}, data={"name": "B"}, priority=priority)
+        for i in range(BACKLOG)
+    ]
+    return [r.deliveries[0].id for r in producer.send_many(intents)]
+
+
+def arrived_after(smtp_server: SmtpServer, ids: list[str], moment: float) -> int:
+    return sum(1 for i in ids for t in smtp_server.attempts_of(i) if t > moment)
+
+
+def test_a_due_send_at_goes_ahead_of_the_backlog_of_its_priority(
+    broker_env: dict[str, str],
+    notifier: Callable[[], Notifier],
+    start_worker: Callable[..., Worker],
+    smtp_server: SmtpServer,
+) -> None:
+    """Before: released on time, it arrived after the whole backlog of its priority (69 s late)."""
+    producer = notifier()
+    backlog = a_backlog(producer, "normal")
+    start_worker("email", "-c", "2").wait_ready()
+    due = (
+        producer.send(
+            "welcome",
+            {"email": "ada@example.com"},
+            data={"name": "A"},
+            send_at=utcnow() + timedelta(seconds=2),
+        )
+        .deliveries[0]
+        .id
+    )
+
+    wait_for(lambda: smtp_server.attempts_of(due), what="the send_at email", timeout=120)
+    [arrival] = smtp_server.attempts_of(due)
+    wait_for(lambda: len(smtp_server.delivery_ids()) == BACKLOG + 1, what="the backlog", timeout=300)
+    assert arrived_after(smtp_server, backlog, arrival) >= BACKLOG // 4  # it overtook the backlog
+
+
+def test_a_dead_workers_delivery_goes_ahead_of_the_backlog_of_its_priority(
+    broker_env: dict[str, str],
+    notifier: Callable[[], Notifier],
+    start_worker: Callable[..., Worker],
+    smtp_server: SmtpServer,
+) -> None:
+    """Before: the sweep published what a killed worker held at the tail, behind the whole backlog."""
+    producer = notifier()
+    held = [
+        producer.send("welcome", {"email": f"held{i}@example.com"}, data={"name": "H"}, priority="low")
+        .deliveries[0]
+        .id
+        for i in range(2)
+    ]
+    smtp_server.delay_data_reply(60.0)  # the first worker's two never get an answer
+    first = start_worker("email", "-c", "2").wait_ready()
+    wait_for(lambda: all(smtp_server.attempts_of(i) for i in held), what="both in flight at the server")
+    first.kill()
+    smtp_server.delay_data_reply(0)
+    backlog = a_backlog(producer, "low")
+
+    start_worker("email", "-c", "2").wait_ready()
+
+    wait_for(lambda: all(len(smtp_server.attempts_of(i)) == 2 for i in held), what="both again", timeout=120)
+    recovered = max(smtp_server.attempts_of(i)[1] for i in held)
+    wait_for(lambda: len(smtp_server.delivery_ids()) >= BACKLOG, what="the backlog", timeout=300)
+    assert arrived_after(smtp_server, backlog, recovered) >= BACKLOG // 4  # it overtook the backlog

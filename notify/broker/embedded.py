@@ -32,13 +32,16 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+from datetime import datetime
 from queue import Empty
 from typing import Any
 
 from kombu.transport import sqlalchemy as sql_transport
 from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import dumps
 from kombu.utils.scheduling import FairCycle
 
+from notify.broker.routing import FRONT_HEADER
 from notify.constants import SQLITE_LOCK_WAIT
 
 _wal_files: set[str] = set()
@@ -82,9 +85,27 @@ class Channel(sql_transport.Channel):
     def _reset_cycle(self) -> None:
         self._cycle = InOrderCycle(self._get_and_deliver, self._active_queues, Empty)
 
+    # Private override: kombu's `_put` writes no `sent_at` (the column stays NULL, and
+    # kombu orders by it, then id: FIFO); a message published to the front of its
+    # queue (a release, a recovery: FRONT_HEADER) is written with one, and `_get`
+    # takes those first.
+    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        headers = payload.get("headers") if isinstance(payload, dict) else None
+        if not headers or not headers.get(FRONT_HEADER):
+            super()._put(queue, payload, **kwargs)
+            return
+        row = self.message_cls(dumps(payload), self._get_or_create(queue))  # type: ignore[attr-defined]
+        row.sent_at = datetime.now()
+        self.session.add(row)
+        try:
+            self.session.commit()
+        except Exception:  # as kombu's: the publish fails, and can be retried
+            self.session.rollback()
+            raise
+
     # Private override: kombu's `_get` keeps a fetched row with visible=False
     # forever, and has no hook to delete it; this one deletes it in the same
-    # transaction. Order is kombu's: FIFO by (sent_at, id).
+    # transaction. Order: the front's messages first, then kombu's FIFO by id.
     def _get(self, queue: str, timeout: float | None = None) -> Any:
         session = self.session
         message, queues = self.message_cls, self.queue_cls
@@ -93,12 +114,10 @@ class Channel(sql_transport.Channel):
         session.connection().exec_driver_sql("BEGIN IMMEDIATE")
         try:
             queue_id = session.query(queues.id).filter(queues.name == queue).scalar_subquery()
+            here = session.query(message).filter(message.queue_id == queue_id)
             row = (
-                session.query(message)
-                .filter(message.queue_id == queue_id)
-                .order_by(message.sent_at, message.id)
-                .limit(1)
-                .first()
+                here.filter(message.sent_at.is_not(None)).order_by(message.sent_at, message.id).first()
+                or here.filter(message.sent_at.is_(None)).order_by(message.id).first()
             )
             if row is None:
                 raise Empty()

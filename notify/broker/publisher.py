@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from celery import Celery
 
@@ -23,31 +24,55 @@ class Publisher:
         self.app = app
         fast = app.conf.broker_transport == REDIS_TRANSPORT and _one_plain_url(str(app.conf.broker_url))
         self._redis = RedisPublisher(app) if fast else None
+        self._front: RedisPublisher | None = None  # see _kombu_redis
+        self._connection: Any = None
 
     def publish(
-        self, queued: Iterable[tuple[str, str, str]], *, batch: int = 500, grouped: bool = False
+        self,
+        queued: Iterable[tuple[str, str, str]],
+        *,
+        batch: int = 500,
+        grouped: bool = False,
+        front: bool = False,
     ) -> int:
         """Publish (delivery id, channel, priority) rows; return how many messages that took.
 
         `grouped`: rows of one channel and priority share messages (a burst:
         `send_many`, a sweep), `group_size` each. Claims, retries and
-        statuses stay per delivery whatever a message carries.
+        statuses stay per delivery whatever a message carries. `front`: each
+        message goes ahead of the backlog of its priority (what maintenance
+        releases and recovers has waited already: `send_at` is due, a dead
+        worker's delivery is late).
         """
         messages = _messages(queued, grouped=grouped)
         broker_url = self.app.conf.broker_url
-        if self._redis is not None:
+        redis = self._redis if self._redis is not None else self._kombu_redis() if front else None
+        if redis is not None:
             routed = ((route(broker_url, c, p)["queue"], ids) for c, p, ids in messages)
-            return self._redis.publish(routed, batch=batch)
+            return redis.publish(routed, batch=batch, front=front)
         count = 0
         with self.app.producer_or_acquire() as producer, producer.batch(max_size=batch):
             for channel, priority, ids in messages:
-                enqueue(self.app, ids, channel, priority, producer=producer)
+                enqueue(self.app, ids, channel, priority, producer=producer, front=front)
                 count += 1
         return count
+
+    def _kombu_redis(self) -> RedisPublisher | None:
+        """On a Redis broker not reached by the fast path (rediss, Sentinel): kombu's own client for
+        it, which alone can put a message at the head of a list. None on another broker."""
+        if self._front is None and self.app.conf.broker_transport in (REDIS_TRANSPORT, None):
+            url = str(self.app.conf.broker_url)
+            if url.split("://", 1)[0].split("+")[0] in ("redis", "rediss", "sentinel"):
+                self._connection = self.app.connection_for_write()
+                with self._connection.default_channel.conn_or_acquire() as client:  # a plain, blocking one
+                    self._front = RedisPublisher(self.app, client=client)
+        return self._front
 
     def close(self) -> None:
         if self._redis is not None:
             self._redis.close()
+        if self._connection is not None:
+            self._connection.release()
 
 
 def _one_plain_url(url: str) -> bool:

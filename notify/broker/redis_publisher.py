@@ -40,10 +40,13 @@ _RETRY = Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2)
 class RedisPublisher:
     """Publishes `notify.deliver` messages to Redis lists, a pipeline per batch. Thread-safe."""
 
-    def __init__(self, app: Celery) -> None:
+    def __init__(self, app: Celery, *, client: redis.Redis | None = None) -> None:
+        """`client`: kombu's own (a broker the fast path does not read: rediss, Sentinel), else one
+        of this publisher's from the broker URL."""
         self._amqp = app.amqp
         self._origin = f"{os.getpid()}@{socket.gethostname()}"
-        self.client = redis.Redis.from_url(
+        self._owns_client = client is None
+        self.client = client or redis.Redis.from_url(
             str(app.conf.broker_url),
             socket_timeout=BROKER_TIMEOUT,
             socket_connect_timeout=BROKER_TIMEOUT,
@@ -51,12 +54,21 @@ class RedisPublisher:
             retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         )
 
-    def publish(self, messages: Iterable[tuple[str, str | list[str]]], *, batch: int) -> int:
-        """Push (queue, delivery id or ids) messages, `batch` per round trip; return how many."""
+    def publish(
+        self, messages: Iterable[tuple[str, str | list[str]]], *, batch: int, front: bool = False
+    ) -> int:
+        """Push (queue, delivery id or ids) messages, `batch` per round trip; return how many.
+
+        kombu pushes on the left and consumers pop on the right: `front` pushes
+        on the right, so the message is the next one taken from its queue.
+        """
         count = 0
         pipe = self.client.pipeline(transaction=False)
+        push = pipe.rpush if front else pipe.lpush
+        if front:  # the first one pushed last, so they are taken in the order given
+            messages = list(messages)[::-1]
         for queue, ids in messages:
-            pipe.lpush(queue, self.envelope(queue, ids))
+            push(queue, self.envelope(queue, ids))
             count += 1
             if len(pipe) >= batch:
                 pipe.execute()
@@ -90,7 +102,8 @@ class RedisPublisher:
         )
 
     def close(self) -> None:
-        self.client.close()
+        if self._owns_client:
+            self.client.close()
 
 
 def as_list(ids: Sequence[str]) -> str | list[str]:

@@ -125,10 +125,17 @@ def producer_app(settings: Settings) -> Celery:
     return app
 
 
-def route(broker_url: str | None, channel: str, priority: str) -> dict[str, Any]:
-    """Where a delivery for `channel` at `priority` is published: queue, routing key, priority."""
+def route(broker_url: str | None, channel: str, priority: str, *, front: bool = False) -> dict[str, Any]:
+    """Where a delivery for `channel` at `priority` is published: queue, routing key, priority.
+
+    `front`: ahead of the backlog of its priority (a release, a recovery). On
+    RabbitMQ's one priority queue that is one priority up (the most urgent stays
+    itself: the queue's priorities are fixed when it is declared); elsewhere the
+    publisher puts the message at the head of its priority's queue.
+    """
     if uses_priority_queues(broker_url):
-        queue, level = priority_queue_name(channel), Priority(priority).amqp
+        level = Priority(priority).amqp + front
+        queue, level = priority_queue_name(channel), min(level, max(p.amqp for p in Priority))
     else:
         queue, level = queue_name(channel, priority), None
     return {"queue": queue, "routing_key": queue, "priority": level}
@@ -151,12 +158,25 @@ _PRIORITY_BY_NAME = {p.value: p for p in Priority}
 _PRIORITY_BY_AMQP = {p.amqp: p for p in Priority}
 
 
+FRONT_HEADER = "x-notify-front"  # the embedded broker puts such a message at the head of its queue
+
+
 def enqueue(
-    app: Celery, delivery_ids: str | list[str], channel: str, priority: str, *, producer: Any = None
+    app: Celery,
+    delivery_ids: str | list[str],
+    channel: str,
+    priority: str,
+    *,
+    producer: Any = None,
+    front: bool = False,
 ) -> None:
-    """Publish one message (a delivery, or a burst's) for `channel` at `priority`, through Celery."""
-    options = route(app.conf.broker_url, channel, priority)
-    app.send_task(DELIVER_TASK, args=[delivery_ids], producer=producer, ignore_result=True, **options)
+    """Publish one message (a delivery, or a burst's) for `channel` at `priority`, through Celery;
+    `front`: ahead of its priority's backlog (see `route`)."""
+    options = route(app.conf.broker_url, channel, priority, front=front)
+    headers = {FRONT_HEADER: "1"} if front else None
+    app.send_task(
+        DELIVER_TASK, args=[delivery_ids], producer=producer, ignore_result=True, headers=headers, **options
+    )
 
 
 MAX_GROUP = 16  # deliveries per broker message, at most

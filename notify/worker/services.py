@@ -211,7 +211,9 @@ def new_maintenance(celery: Celery, settings: Settings, channels: tuple[str, ...
     return Maintenance(
         Store(settings.resolved_database_url),
         settings,
-        functools.partial(publisher.publish, grouped=True),
+        # What maintenance publishes has waited already (a due send_at, a dead worker's, a lost
+        # message's): ahead of the backlog of its priority.
+        functools.partial(publisher.publish, grouped=True, front=True),
         channels=channels,
         backlog=backlog,
         on_stop=(publisher.close, backlog.close),
