@@ -89,6 +89,9 @@ RFC5321_DATA_REPLY: Final = 600.0
 """RFC 5321 4.5.3.2.6: a client waits this long for the reply to the end of DATA."""
 SMTP_LOOP_SLACK: Final = 60.0
 """How much longer than its own bounds a worker thread waits for the SMTP event loop."""
+BURST_PATIENCE: Final = 5.0
+"""A burst's waiting deliveries are handed to other threads once its attempt in progress has run this
+long: one slow reply holds its burst-mates no longer (a heartbeat or two later)."""
 GATE_HOLD: Final = 0.25
 """A high attempt holds lower ones back this long at most: longer than its CPU, shorter than any lease."""
 BROKER_TIMEOUT: Final = 2.0

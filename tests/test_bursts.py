@@ -93,3 +93,34 @@ def test_a_high_send_is_not_held_behind_a_burst_of_low_deliveries(
     # The express lane takes the high message at once: it waits for at most the low
     # one in progress, not for the rest of the burst.
     assert overtaken_by <= 1, f"the high email waited behind {overtaken_by} low ones"
+
+
+def test_a_slow_reply_holds_its_burst_mates_no_longer_than_a_heartbeat_or_two(
+    env: dict[str, str],
+    redis_url: str,
+    notifier: Callable[[], Notifier],
+    start_worker: Callable[..., Worker],
+    smtp_server: SmtpServer,
+) -> None:
+    """Before: a 90 s reply held its 6 burst-mates for 90 s while the other threads were idle."""
+    env["NOTIFY_BROKER_URL"] = redis_url
+    producer = notifier()
+    ids = [
+        producer.send("welcome", {"email": f"mate{i}@example.com"}, data={"name": "M"}).deliveries[0].id
+        for i in range(7)
+    ]
+    assert producer.flush(timeout=10)
+    broker = redis.Redis.from_url(redis_url)
+    broker.delete("notify.email.normal")  # their single messages: one burst instead
+    RedisPublisher(producer.producer).publish([("notify.email.normal", ids)], batch=10)
+    smtp_server.hold_replies_for("mate0@example.com")  # the first of the burst gets no answer
+
+    start_worker("email", "-c", "8").wait_ready()
+
+    wait_for(lambda: smtp_server.attempts_of(ids[0]), what="the first, its reply held")
+    wait_for(lambda: all(smtp_server.attempts_of(i) for i in ids[1:]), what="its 6 burst-mates", timeout=30)
+    assert producer.store.get(ids[0]).status == Status.SENDING  # type: ignore[union-attr]
+    smtp_server.release_replies()
+    wait_for(lambda: all(producer.store.get(i).status == Status.SENT for i in ids), what="all 7 sent")  # type: ignore[union-attr]
+    assert smtp_server.delivery_ids() == dict.fromkeys(ids, 1)
+    broker.close()

@@ -16,11 +16,11 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from notify import channels as registry
-from notify.constants import RFC5321_DATA_REPLY, SMTP_LOOP_SLACK, STORE_RETRY_PAUSE_MAX
+from notify.constants import BURST_PATIENCE, RFC5321_DATA_REPLY, SMTP_LOOP_SLACK, STORE_RETRY_PAUSE_MAX
 from notify.delivery.gate import PriorityGate
 from notify.delivery.heartbeat import Heartbeat
 from notify.delivery.pace import Pace
@@ -42,7 +42,7 @@ from notify.providers import load_provider
 from notify.providers.base import Message, Provider
 from notify.rendering import Renderer
 from notify.settings import Settings
-from notify.store import Claim, Refusal, Store
+from notify.store import Claim, Queued, Refusal, Store
 
 log = logging.getLogger("notify.delivery")
 
@@ -94,6 +94,29 @@ def new_heartbeat(store: Store, settings: Settings) -> Heartbeat:
     )
 
 
+@dataclass
+class _Burst:
+    """A message's deliveries, as one thread takes them in turn."""
+
+    waiting: list[str]  # not taken yet, in order
+    started: float = 0.0  # monotonic start of the attempt in progress
+    route: tuple[str, str] | None = None  # (channel, priority), once a claim has told
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def next(self) -> str | None:
+        with self._lock:
+            return self.waiting.pop(0) if self.waiting else None
+
+    def take(self) -> list[str]:
+        """Every waiting one, none left."""
+        with self._lock:
+            taken, self.waiting = self.waiting, []
+            return taken
+
+
+HandOn = Callable[[list[Queued]], object]  # publishes deliveries again (a Publisher's, to the front)
+
+
 class Deliverer:
     """Attempts deliveries for a worker process; providers are built once per channel."""
 
@@ -105,6 +128,7 @@ class Deliverer:
         gate: PriorityGate | None = None,
         rate_share: float = 1.0,
         on_permanent_failure: PermanentFailureHook | None = None,
+        hand_on: HandOn | None = None,
     ) -> None:
         """`heartbeat`, `gate`: the process's own (a worker's services start them), else new ones.
         `rate_share`: the part of each channel's rate limit this process may use (1 / a prefork
@@ -120,8 +144,12 @@ class Deliverer:
         self._providers: dict[str, Provider] = {}
         self._lock = threading.Lock()
         self._closed = False
+        self._bursts: list[_Burst] = []
+        self.hand_on = hand_on  # without it, a burst's deliveries wait for its slow attempt
         self._owns_heartbeat = heartbeat is None  # and its store: closed with the deliverer
         self.heartbeat = heartbeat or new_heartbeat(Store(settings.resolved_database_url), settings)
+        if hand_on is not None:
+            self.heartbeat.also_at_every_beat(self._hand_on_stuck_bursts)
         self.gate = gate or PriorityGate()  # a high attempt has this process to itself for a moment
         self.paces = {
             name: Pace(rate * rate_share)
@@ -166,23 +194,53 @@ class Deliverer:
             log.warning(
                 "a message carried %d delivery ids that are not strings", len(delivery_ids) - len(ids)
             )
-        waiting = ids[1:]  # the first is claimed at once: only the rest wait
-        if waiting:
-            self.store.keep_queued(waiting)
+        if not ids:
+            return []
+        burst = _Burst(waiting=ids[1:])  # the first is claimed at once: only the rest wait
+        if burst.waiting:
+            self.store.keep_queued(burst.waiting)
+            self.heartbeat.keep(burst.waiting)
+            with self._lock:
+                self._bursts.append(burst)
         outcomes: list[Outcome] = []
         try:
-            if waiting:
-                self.heartbeat.keep(waiting)
-            for index, delivery_id in enumerate(ids):
-                outcomes.append(self._attempt_or_log(delivery_id, channel, urgent, kept=index > 0))
+            delivery_id: str | None = ids[0]
+            while delivery_id is not None:
+                kept = bool(outcomes)
+                outcomes.append(self._attempt_or_log(delivery_id, channel, urgent, kept, burst))
+                delivery_id = burst.next()
         finally:
-            for delivery_id in ids[len(outcomes) + 1 :]:
+            with self._lock:
+                if burst in self._bursts:
+                    self._bursts.remove(burst)
+            for delivery_id in burst.take():
                 self.heartbeat.drop(delivery_id)
         return outcomes
 
-    def _attempt_or_log(self, delivery_id: str, channel: str | None, urgent: bool, kept: bool) -> Outcome:
+    def _hand_on_stuck_bursts(self) -> None:
+        """A burst whose attempt in progress is slow hands its waiting deliveries to other threads
+        (published again, ahead of their priority's backlog): one slow reply holds no burst-mate."""
+        now = time.monotonic()
+        with self._lock:
+            stuck = [b for b in self._bursts if b.route is not None and now - b.started >= BURST_PATIENCE]
+        for burst in stuck:
+            ids = burst.take()
+            if not ids or burst.route is None or self.hand_on is None:
+                continue
+            channel, priority = burst.route
+            try:
+                self.store.keep_queued(ids)  # published now: not taken for lost
+                self.hand_on([Queued(i, channel, priority) for i in ids])
+            finally:  # kept no more: published, or the sweep's to publish
+                for delivery_id in ids:
+                    self.heartbeat.drop(delivery_id)
+            log.info("%d deliveries handed on from behind a slow attempt", len(ids))
+
+    def _attempt_or_log(
+        self, delivery_id: str, channel: str | None, urgent: bool, kept: bool, burst: _Burst
+    ) -> Outcome:
         try:
-            return self.attempt(delivery_id, channel=channel, urgent=urgent, kept=kept)
+            return self.attempt(delivery_id, channel=channel, urgent=urgent, kept=kept, burst=burst)
         except StoreUnavailable:
             raise
         except Exception:
@@ -190,7 +248,13 @@ class Deliverer:
             return Outcome(AttemptStatus.ERROR)
 
     def attempt(
-        self, delivery_id: str, *, channel: str | None = None, urgent: bool = False, kept: bool = False
+        self,
+        delivery_id: str,
+        *,
+        channel: str | None = None,
+        urgent: bool = False,
+        kept: bool = False,
+        burst: _Burst | None = None,
     ) -> Outcome:
         """Claim, render, deliver and record one delivery; `channel`'s rate limit first, if known.
 
@@ -217,6 +281,8 @@ class Deliverer:
         if isinstance(claim, Refusal):
             self.heartbeat.done(token)
             return self._refused(delivery_id, claim)
+        if burst is not None:
+            burst.started, burst.route = time.monotonic(), (claim.channel, claim.priority)
         try:
             if claim.attempts > self.policies[claim.channel].max_attempts:
                 outcome = self._worker_lost(claim)

@@ -31,7 +31,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from notify.errors import StoreUnavailable
@@ -65,6 +65,11 @@ class Heartbeat:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._also: list[Callable[[], object]] = []  # what else runs at every beat
+
+    def also_at_every_beat(self, work: Callable[[], object]) -> None:
+        """Run `work` at every beat too (the deliverer hands on a stuck burst's waiting deliveries)."""
+        self._also.append(work)
 
     @property
     def worker_id(self) -> str:
@@ -175,6 +180,11 @@ class Heartbeat:
                 self._declared_dead(worker_id)
         self._end_tries()
         self._keep_waiting()
+        for work in self._also:
+            try:
+                work()
+            except Exception:  # the beats go on whatever the extra work raised
+                log.exception("heartbeat: %r failed", work)
 
     def _declared_dead(self, worker_id: str) -> None:
         """Another worker took this one for dead (it was cut off from the store, or stalled): its

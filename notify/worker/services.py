@@ -136,16 +136,20 @@ class AttemptsService(Service):
 
     def start(self, runtime: Runtime) -> None:
         settings = runtime.settings
+        # A slow attempt's burst-mates are published again, ahead of their priority's backlog.
+        self.publisher = Publisher(runtime.celery)
         runtime.deliverer = self.deliverer = Deliverer(
             settings,
             heartbeat=runtime.heartbeat,
             gate=runtime.gate,
             rate_share=1 / runtime.processes,
             on_permanent_failure=load_hook(settings),
+            hand_on=functools.partial(self.publisher.publish, grouped=True, front=True),
         )
 
     def stop(self) -> None:
         self.deliverer.close()
+        self.publisher.close()
 
 
 class ExpressLanesService(Service):

@@ -29,6 +29,7 @@ class _Handler:
         self.attempts: list[tuple[float, str]] = []  # (time.time(), delivery id) of every DATA
         self.rcpt_delay = 0.0  # seconds before answering RCPT
         self.data_reply_delay = 0.0  # seconds between receiving a message and answering it
+        self.held_for: set[str] = set()  # recipients whose messages are answered only once released
         self.drop_after_data = False  # hang up instead of answering a received message
 
     async def handle_EHLO(
@@ -49,6 +50,8 @@ class _Handler:
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         reply = self._receive(envelope.content)
         await asyncio.sleep(self.data_reply_delay)
+        while self.held_for & set(envelope.rcpt_tos):
+            await asyncio.sleep(0.05)
         if self.drop_after_data:
             server.transport.close()  # the reply below goes nowhere
         return reply
@@ -122,6 +125,13 @@ class SmtpServer:
     def delay_data_reply(self, seconds: float) -> None:
         """Answer every received message only after `seconds` (it counts as arrived at once)."""
         self.handler.data_reply_delay = seconds
+
+    def hold_replies_for(self, address: str) -> None:
+        """Answer messages to `address` only after `release_replies` (they count as arrived at once)."""
+        self.handler.held_for.add(address)
+
+    def release_replies(self) -> None:
+        self.handler.held_for.clear()
 
     def drop_after_data(self) -> None:
         """Hang up on every received message instead of answering (it counts as arrived)."""
