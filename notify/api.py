@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 from notify import channels as registry
 from notify.broker.relay import Relay
 from notify.constants import MAX_DEDUP_KEY, MAX_ID
-from notify.errors import NotifyError, TemplateError, ValidationError
+from notify.errors import NotifyError, PartiallyRecorded, StoreUnavailable, TemplateError, ValidationError
 from notify.models import (
     Delivery,
     Intent,
@@ -149,19 +149,38 @@ class Notifier:
         Raises:
             NotifyError: the error `send()` would raise, its field named
                 `intents[i].<field>`, before any intent is recorded.
+            PartiallyRecorded: the store went away after some batches were
+                recorded; it carries their results and the intents not recorded.
+            StoreUnavailable: the store went away before the first batch.
         """
-        return [result for batch in self.send_in_batches(intents, batch_size=batch_size) for result in batch]
+        results: list[SendResult] = []
+        for batch in self.send_in_batches(intents, batch_size=batch_size):
+            results += batch
+        return results
 
     def send_in_batches(
         self, intents: Iterable[Intent], /, *, batch_size: int = BATCH_SIZE
     ) -> Iterator[list[SendResult]]:
         """`send_many()` a batch at a time (for progress): every intent is validated before this returns."""
         size = _batch_size(batch_size)
-        prepared = [self._prepare_at(i, intent) for i, intent in enumerate(_intents(intents))]
-        return (
-            self._record_and_publish(prepared[i : i + size], grouped=True)
-            for i in range(0, len(prepared), size)
-        )
+        given = _intents(intents)
+        prepared = [self._prepare_at(i, intent) for i, intent in enumerate(given)]
+        return self._batches(given, prepared, size)
+
+    def _batches(
+        self, given: list[object], prepared: list[NewNotification], size: int
+    ) -> Iterator[list[SendResult]]:
+        """Each batch recorded and published in turn; a lost store after the first says what was kept."""
+        done: list[SendResult] = []
+        for start in range(0, len(prepared), size):
+            try:
+                batch = self._record_and_publish(prepared[start : start + size], grouped=True)
+            except StoreUnavailable as exc:
+                if not done:
+                    raise
+                raise PartiallyRecorded(exc, done, given[start:]) from exc  # type: ignore[arg-type]
+            done += batch
+            yield batch
 
     def _prepare_at(self, index: int, intent: object) -> NewNotification:
         """`_prepare(intent)`, its errors naming the field as `intents[index].<field>`."""

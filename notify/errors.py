@@ -3,6 +3,7 @@
     NotifyError
     ├── ConfigurationError          a setting or policy is missing or invalid
     ├── StoreUnavailable            the store (database) cannot be reached
+    │   └── PartiallyRecorded       send_many() recorded some batches before it
     ├── ValidationError             send() rejected its input; .field names it
     │   └── TemplateError           a template is missing, broken or lacks data
     └── DeliveryError               a provider refused or failed a delivery
@@ -21,6 +22,10 @@ A failure notify itself finds, not a provider, names a `CoreProvider` and a
 from __future__ import annotations
 
 import enum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from notify.models import Intent, SendResult
 
 __all__ = [
     "ConfigurationError",
@@ -29,6 +34,7 @@ __all__ = [
     "DeliveryError",
     "NotifyError",
     "OutcomeUnknownError",
+    "PartiallyRecorded",
     "PermanentDeliveryError",
     "StoreUnavailable",
     "TemplateError",
@@ -150,6 +156,27 @@ class OutcomeUnknownError(PermanentDeliveryError):
 
 class StoreUnavailable(NotifyError):
     """The store could not be reached or did not answer; nothing was recorded."""
+
+
+class PartiallyRecorded(StoreUnavailable):
+    """`send_many()` lost the store after recording some of its intents, batch by batch.
+
+    `results` are the `SendResult`s of the intents recorded (and enqueued), in
+    order: the first `len(results)` intents. `remaining` are the intents after
+    them, none of which was recorded: `send_many(exc.remaining)` records each
+    of them once. One batch is in doubt if the store went away during its
+    COMMIT (the database may have kept it without saying so); an intent with a
+    `dedup_key` comes out of such a retry as a duplicate instead of twice.
+    """
+
+    def __init__(self, cause: StoreUnavailable, results: list[SendResult], remaining: list[Intent]) -> None:
+        total = len(results) + len(remaining)
+        super().__init__(
+            f"recorded {len(results)} of {total} intents, then: {cause}; "
+            f"intents[{len(results)}:] were not recorded (retry them: .remaining)"
+        )
+        self.results = results
+        self.remaining = remaining
 
 
 def one_line(exc: NotifyError) -> str:

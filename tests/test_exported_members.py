@@ -17,6 +17,7 @@ from notify.errors import (
     DeliveryError,
     NotifyError,
     OutcomeUnknownError,
+    PartiallyRecorded,
     PermanentDeliveryError,
     StoreUnavailable,
     TemplateError,
@@ -78,6 +79,7 @@ def test_the_front_door_names_are_exported() -> None:
         "PermanentDeliveryError",
         "OutcomeUnknownError",
         "StoreUnavailable",
+        "PartiallyRecorded",
     }
     assert expected <= set(notify.__all__)
 
@@ -111,6 +113,7 @@ def test_exported_members_report_notify_as_their_home_or_a_submodule() -> None:
         (PermanentDeliveryError, DeliveryError),
         (OutcomeUnknownError, PermanentDeliveryError),
         (StoreUnavailable, NotifyError),
+        (PartiallyRecorded, StoreUnavailable),
     ],
 )
 def test_the_error_tree(error: type[Exception], parent: type[Exception]) -> None:

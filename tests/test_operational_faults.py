@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import timedelta
 
-import psycopg
 import pytest
 import sqlalchemy as sa
 
 from notify.api import Intent, Notifier
 from notify.errors import StoreUnavailable
 from notify.models import Status, utcnow
-from tests.conftest import IN_CI, POSTGRES_URL
+from tests.conftest import IN_CI
+from tests.support.outages import store_outage
 from tests.support.processes import Worker, wait_for
 from tests.support.smtp import SmtpServer
 
@@ -30,20 +29,6 @@ LEASE = 3.0  # seconds: the outages below last several leases
 def redis_postgres(env: dict[str, str], redis_url: str, postgres_url: str) -> dict[str, str]:
     env.update(NOTIFY_BROKER_URL=redis_url, NOTIFY_DATABASE_URL=postgres_url, NOTIFY_LEASE=str(LEASE))
     return env
-
-
-@contextmanager
-def store_outage(database_url: str) -> Iterator[None]:
-    """PostgreSQL refuses every connection to the store's database, and drops those open."""
-    database = database_url.rsplit("/", 1)[1]
-    with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
-        admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
-        killing = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s"
-        admin.execute(killing, (database,))
-        try:
-            yield
-        finally:
-            admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
 
 
 def worker_beats(producer: Notifier) -> int:

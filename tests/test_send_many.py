@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -18,7 +18,9 @@ from notify import Intent
 from notify.api import Notifier
 from notify.cli import main
 from notify.models import Status
+from notify.store import NewNotification, Store
 from notify.store.schema import deliveries, notifications
+from tests.support.outages import store_outage
 from tests.support.processes import Worker, wait_for
 from tests.support.smtp import SmtpServer
 
@@ -169,6 +171,69 @@ def test_the_module_function_uses_the_process_wide_notifier(
         reset()
 
 
+# -- a store lost part way ----------------------------------------------------------------
+
+
+def lose_the_store_at_batch(monkeypatch: pytest.MonkeyPatch, database_url: str, lost: int) -> None:
+    """The store goes away (for real: PostgreSQL refuses and drops connections) just before batch `lost`."""
+    record_many = Store.record_many
+    calls = 0
+
+    def recording(store: Store, batch: Sequence[NewNotification]) -> list[list[notify.Delivery]]:
+        nonlocal calls
+        calls += 1
+        if calls != lost:
+            return record_many(store, batch)
+        with store_outage(database_url):
+            return record_many(store, batch)
+
+    monkeypatch.setattr(Store, "record_many", recording)
+
+
+def test_a_store_lost_part_way_says_what_was_recorded_and_a_retry_records_nothing_twice(
+    env: dict[str, str], postgres_url: str, notifier: Callable[[], Notifier], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env["NOTIFY_DATABASE_URL"] = postgres_url
+    producer = notifier()
+    intents = [welcome(i) for i in range(2000)]
+    lose_the_store_at_batch(monkeypatch, postgres_url, lost=3)
+
+    with pytest.raises(notify.PartiallyRecorded) as lost:
+        producer.send_many(intents, batch_size=500)
+
+    assert isinstance(lost.value, notify.StoreUnavailable)
+    assert str(lost.value).startswith("recorded 1000 of 2000 intents, then: ")
+    assert len(lost.value.results) == 1000
+    assert lost.value.remaining == intents[1000:]
+    monkeypatch.undo()
+    assert counts(producer) == (1000, 1000)
+    kept = [address_of(producer, r.deliveries[0].id) for r in lost.value.results]
+    assert kept == [f"user{i}@example.com" for i in range(1000)]
+
+    retried = producer.send_many(lost.value.remaining, batch_size=500)
+
+    assert len(retried) == 1000
+    assert counts(producer) == (2000, 2000)
+    with producer.store.engine.connect() as conn:
+        copies = conn.execute(sa.select(deliveries.c.address, sa.func.count()).group_by(deliveries.c.address))
+        assert {address: n for address, n in copies} == {f"user{i}@example.com": 1 for i in range(2000)}
+
+
+def test_a_store_lost_before_the_first_batch_recorded_nothing(
+    env: dict[str, str], postgres_url: str, notifier: Callable[[], Notifier], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env["NOTIFY_DATABASE_URL"] = postgres_url
+    producer = notifier()
+    lose_the_store_at_batch(monkeypatch, postgres_url, lost=1)
+
+    with pytest.raises(notify.StoreUnavailable) as lost:
+        producer.send_many([welcome(i) for i in range(10)], batch_size=5)
+
+    assert not isinstance(lost.value, notify.PartiallyRecorded)
+    monkeypatch.undo()
+    assert counts(producer) == (0, 0)
+
+
 # -- end to end ---------------------------------------------------------------------------
 
 
@@ -314,3 +379,21 @@ def test_a_bad_row_is_named_by_its_line_and_nothing_is_recorded(
     assert code == 2
     assert err.startswith(f"error: {reason}"), err
     assert counts(cli) == (0, 0)
+
+
+def test_a_store_lost_part_way_names_the_first_row_not_recorded(
+    env: dict[str, str], postgres_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    env["NOTIFY_DATABASE_URL"] = postgres_url
+    configure(env, monkeypatch)
+    rows = tmp_path / "people.csv"
+    rows.write_text("email,data.name\n" + "".join(f"u{i}@example.com,U{i}\n" for i in range(30)))
+    lose_the_store_at_batch(monkeypatch, postgres_url, lost=3)
+    try:
+        code, _out, err = run("send-many", str(rows), "--template", "welcome", "--batch-size", "10")
+    finally:
+        reset()
+
+    assert code == 2
+    assert "20 notifications sent: 20 queued" in err
+    assert "error: the rows before line 22 were recorded; that row and those after it were not" in err, err

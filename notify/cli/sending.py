@@ -17,7 +17,7 @@ import click
 from notify import channels as registry
 from notify.api import BATCH_SIZE
 from notify.cli.output import deliveries_table, delivery_json, json_object, notifier, reports_errors
-from notify.errors import ConfigurationError, ValidationError
+from notify.errors import ConfigurationError, PartiallyRecorded, StoreUnavailable, ValidationError
 from notify.models import Intent, SendResult
 
 
@@ -143,14 +143,22 @@ def _send_with_progress(intents: list[Intent], lines: list[int], batch_size: int
     except ValidationError as exc:
         raise at_line(exc, lines) from exc
     results: list[SendResult] = []
-    if not sys.stderr.isatty():
-        for batch in batches:
-            results += batch
-        return results
-    with click.progressbar(length=len(intents), label="sending", file=sys.stderr) as bar:
-        for batch in batches:
-            results += batch
-            bar.update(len(batch))
+    try:
+        if not sys.stderr.isatty():
+            for batch in batches:
+                results += batch
+            return results
+        with click.progressbar(length=len(intents), label="sending", file=sys.stderr) as bar:
+            for batch in batches:
+                results += batch
+                bar.update(len(batch))
+    except PartiallyRecorded as exc:
+        kept = len(exc.results)
+        click.echo(summary(exc.results), err=True)
+        raise StoreUnavailable(
+            f"the rows before line {lines[kept]} were recorded; that row and those after it were not: "
+            f"send them again ({exc.__cause__})"
+        ) from exc
     return results
 
 
