@@ -461,7 +461,7 @@ def test_a_sweep_publishes_each_lost_delivery_once_however_slow_publishing_is(
         clock[0] += timedelta(seconds=6)  # longer than the 5 s grace
 
     settings = Settings.from_env({"NOTIFY_HOME": str(Path(store.engine.url.database or ".").parent)})
-    Maintenance(store, settings, slow_publish, channels=["email"], backlog=lambda _: 0).sweep()
+    Maintenance(store, settings, slow_publish, channels=["email"], backlog=lambda *_: 0).sweep()
 
     assert sorted(published) == sorted(ids)
 

@@ -9,8 +9,11 @@ so any number of workers may run it at once.
 Who moves each status on, and within how long (README "Delivery semantics"):
 
 - queued: a worker consuming its message. If the message was lost, the
-  sweep publishes it again once its channel's queues are empty and it has
-  waited `QUEUED_GRACE`, or after `sweep_after` whatever the backlog.
+  sweep publishes it again once it has waited `QUEUED_GRACE` with nothing
+  ahead of it on the broker (no message of its priority or a more urgent one:
+  a low backlog does not hold a lost high delivery), or after `sweep_after`
+  whatever is ahead of it. On RabbitMQ the channel's one priority queue counts
+  every priority: there a lost delivery behind any backlog waits `sweep_after`.
 - scheduled, retrying: `release_due`, within `release_every` of `release_at`.
 - sending: the claiming worker records the outcome; if it dies its beats
   stop, the sweep declares it dead once they stood still for a lease (as it
@@ -28,6 +31,7 @@ from collections.abc import Callable, Collection, Sequence
 from notify.constants import PURGE_EVERY, QUEUED_GRACE
 from notify.delivery.liveness import Liveness
 from notify.errors import NotifyError
+from notify.models import Priority
 from notify.settings import Settings
 from notify.store import BATCH, Queued, Store
 
@@ -35,7 +39,8 @@ log = logging.getLogger("notify.maintenance")
 
 
 Publish = Callable[[list[Queued]], object]  # a Publisher's publish (notify.broker.publisher), grouped
-Backlog = Callable[[str], int | None]  # messages waiting on a channel's queues; None: unknown
+# Messages ahead of a new one of (channel, priority) on the broker; None: the broker cannot say.
+Backlog = Callable[[str, Priority], int | None]
 
 
 class Maintenance:
@@ -52,7 +57,7 @@ class Maintenance:
         """`store` is its own from then on (closed when it stops), and so is what `on_stop` closes."""
         self.store, self.settings, self.publish = store, settings, publish
         self.channels = tuple(channels)
-        self.backlog = backlog or (lambda _channel: None)
+        self.backlog = backlog or (lambda _channel, _priority: None)
         self._on_stop = on_stop
         self._stop = threading.Event()
         self._ran = threading.Event()  # a whole pass went through: the store answered
@@ -121,9 +126,12 @@ class Maintenance:
         self._publish_all(reclaim, "taken over from a dead worker")
         as_of = self.store.now()  # one snapshot: what this sweep publishes is not "lost" again in it
         for channel in self.channels:
-            grace = QUEUED_GRACE if self.backlog(channel) == 0 else self.settings.sweep_after
-            lost = functools.partial(self.store.queued_since, grace, [channel], as_of=as_of)
-            self._publish_all(lost, "lost by the broker, published again")
+            for priority in Priority:
+                grace = QUEUED_GRACE if self.backlog(channel, priority) == 0 else self.settings.sweep_after
+                lost = functools.partial(
+                    self.store.queued_since, grace, [channel], as_of=as_of, priority=priority
+                )
+                self._publish_all(lost, "lost by the broker, published again")
 
     def judge_workers(self) -> None:
         """Declare dead the workers whose beats stood still for a lease, as this process observed them."""

@@ -364,9 +364,15 @@ class Store:
         return self._requeue(orphaned, channels, lease_until=None, claim_token=None, worker_id=None)
 
     def queued_since(
-        self, seconds: float, channels: Collection[str] | None = None, *, as_of: datetime | None = None
+        self,
+        seconds: float,
+        channels: Collection[str] | None = None,
+        *,
+        as_of: datetime | None = None,
+        priority: str | None = None,
     ) -> list[Queued]:
-        """Deliveries "queued" for `seconds` (before `as_of`, default now) that nobody claimed.
+        """Deliveries "queued" for `seconds` (before `as_of`, default now) that nobody claimed,
+        of `priority` only if given.
 
         Their message may be lost. Each is stamped as published now, so it is
         offered again only after another `seconds`; a sweep that passes one
@@ -376,7 +382,8 @@ class Store:
 
         def lost(now: datetime) -> sa.ColumnElement[bool]:
             cutoff = (as_of or now) - timedelta(seconds=seconds)
-            return sa.and_(d.status == Status.QUEUED, d.updated_at < cutoff)
+            waited = sa.and_(d.status == Status.QUEUED, d.updated_at < cutoff)
+            return waited if priority is None else sa.and_(waited, d.priority == priority)
 
         return self._requeue(lost, channels)
 

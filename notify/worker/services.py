@@ -36,6 +36,7 @@ from notify.delivery.attempt import Deliverer, longest_attempt, new_heartbeat
 from notify.delivery.gate import PriorityGate
 from notify.delivery.heartbeat import Heartbeat
 from notify.delivery.maintenance import Maintenance
+from notify.models import Priority
 from notify.settings import Settings, load_hook
 from notify.store import Store
 
@@ -182,13 +183,16 @@ class Backlog:
         self.celery = celery
         self._connection: Any = None
 
-    def __call__(self, channel: str) -> int | None:
-        """How many wait, or None if the broker cannot say (the sweep then waits longer)."""
+    def __call__(self, channel: str, priority: Priority) -> int | None:
+        """How many messages wait ahead of a new one for (`channel`, `priority`): those of its
+        priority and the more urgent ones (all of the channel's on RabbitMQ's one priority
+        queue), or None if the broker cannot say (the sweep then waits longer)."""
         queues = {q.name: q for q in self.celery.conf.task_queues}
         try:
             if self._connection is None:
                 self._connection = self.celery.connection_for_read()
-            bound = [queues[name](self._connection.default_channel) for name in self._names(channel)]
+            names = self._names(channel, priority)
+            bound = [queues[name](self._connection.default_channel) for name in names]
             # A declare (idempotent, with the queue's own arguments) rather than a
             # passive one: Redis calls an empty queue missing.
             return sum(int(q.queue_declare().message_count) for q in bound)
@@ -197,8 +201,9 @@ class Backlog:
             self.close()
             return None
 
-    def _names(self, channel: str) -> list[str]:
-        return consume_queues(self.celery.conf.broker_url, channel)
+    def _names(self, channel: str, priority: Priority) -> list[str]:
+        names = consume_queues(self.celery.conf.broker_url, channel)  # highest priority first
+        return names if len(names) == 1 else names[: priority.rank + 1]
 
     def close(self) -> None:
         if self._connection is not None:
