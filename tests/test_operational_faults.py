@@ -250,3 +250,53 @@ def test_a_lost_high_delivery_is_not_held_by_the_low_backlog(
     wait_for(lambda: len(smtp_server.delivery_ids()) == len(backlog) + 1, what="the backlog", timeout=300)
     assert arrived_after(smtp_server, backlog, arrival) >= len(backlog) // 4  # long before the backlog ended
     assert smtp_server.delivery_ids()[high.deliveries[0].id] == 1
+
+
+# -- a worker is not ready until its maintenance runs -------------------------------------
+
+
+def test_a_worker_started_while_the_store_is_away_is_ready_only_once_its_maintenance_runs(
+    redis_postgres: dict[str, str],
+    notifier: Callable[[], Notifier],
+    start_worker: Callable[..., Worker],
+    smtp_server: SmtpServer,
+) -> None:
+    """Before: 5 tracebacks, then "ready"; a `send_at` due 3 s later was still `scheduled`
+    35 s after it, the store long back. Now the worker says it waits, and is ready, and
+    releases the email, once the store answers."""
+    producer = notifier()
+    due = producer.send(
+        "welcome", {"email": "ada@example.com"}, data={"name": "A"}, send_at=utcnow() + timedelta(seconds=3)
+    )
+    with store_outage(redis_postgres["NOTIFY_DATABASE_URL"]):
+        worker = start_worker("email", "-c", "2")
+        wait_for(
+            lambda: "maintenance has not run yet" in worker.output(),
+            what="the worker to say it waits",
+            timeout=60,
+        )
+        assert " ready." not in worker.output()
+        assert worker.process.poll() is None
+
+    worker.wait_ready(timeout=60)
+    wait_for(lambda: smtp_server.delivery_ids(), what="the send_at email", timeout=30)
+    assert smtp_server.delivery_ids() == {due.deliveries[0].id: 1}
+
+
+def test_workers_starting_together_on_a_fresh_sqlite_store_all_run_their_maintenance(
+    env: dict[str, str],
+    notifier: Callable[[], Notifier],
+    start_worker: Callable[..., Worker],
+    smtp_server: SmtpServer,
+) -> None:
+    """Before: `database is locked` in one start of 12 (the schema made by all at once), and that
+    worker served without maintenance. Now each retries until its first pass goes through."""
+    workers = [start_worker("email", "-c", "1") for _ in range(4)]
+    for worker in workers:
+        worker.wait_ready(timeout=90)
+    due = notifier().send(
+        "welcome", {"email": "ada@example.com"}, data={"name": "A"}, send_at=utcnow() + timedelta(seconds=2)
+    )
+    wait_for(lambda: smtp_server.delivery_ids(), what="the send_at email", timeout=30)
+    assert smtp_server.delivery_ids() == {due.deliveries[0].id: 1}
+    assert all(worker.process.poll() is None for worker in workers)
