@@ -30,6 +30,7 @@ from notify.providers.fcm import FcmProvider, build_request, classify
 from notify.providers.http import MAX_RETRY_AFTER
 from notify.settings import Settings
 from tests.fakes.fcm import FakeFcm, FakeOAuth
+from tests.support.trickle import TricklingReceiver
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -622,3 +623,25 @@ def test_classify_reads_a_future_retry_after_date() -> None:
     assert isinstance(error, TransientDeliveryError)
     assert error.retry_after is not None
     assert error.retry_after > 3600
+
+
+@pytest.mark.timeout(20)
+def test_an_fcm_that_trickles_its_answer_cannot_hold_the_attempt_past_its_budget(
+    fcm: FakeFcm, credentials: Path
+) -> None:
+    """One byte every 0.25 s, each in time for requests' read timeout, would take 20 s; the 1 s
+    budget ends it, an unknown outcome, one request (the token from the local OAuth endpoint)."""
+    receiver = TricklingReceiver()
+    settings = settings_for(fcm, credentials, delivery_timeout=1.0)
+    provider = FcmProvider.from_settings(
+        settings.with_environ(NOTIFY_FCM_BASE_URL=f"http://127.0.0.1:{receiver.port}")
+    )
+    try:
+        with pytest.raises(OutcomeUnknownError, match="no complete answer within the time budget"):
+            provider.deliver(push())
+        assert not receiver.finished.is_set()
+        assert receiver.cut.wait(10)
+        assert receiver.requests == 1
+    finally:
+        receiver.close()
+        provider.close()

@@ -37,6 +37,7 @@ from notify.providers.twilio import (
 )
 from notify.settings import Settings
 from tests.fakes.twilio import FakeTwilio
+from tests.support.trickle import TricklingReceiver
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -622,3 +623,23 @@ def test_rebase_url(base: str, expected: str) -> None:
     url = "https://api.sydney.au1.twilio.com/2010-04-01/A/M.json?x=1"
 
     assert rebase_url(url, base) == expected
+
+
+@pytest.mark.timeout(20)
+def test_a_twilio_that_trickles_its_answer_cannot_hold_the_attempt_past_its_budget(fake: FakeTwilio) -> None:
+    """One byte every 0.25 s, each in time for requests' read timeout, would take 20 s; the 1 s
+    budget ends it, an unknown outcome, one request."""
+    receiver = TricklingReceiver()
+    provider = TwilioProvider.from_settings(
+        settings_for(fake, delivery_timeout=1.0, NOTIFY_TWILIO_BASE_URL=f"http://127.0.0.1:{receiver.port}")
+    )
+    try:
+        error = deliver_error(provider, sms())
+        assert isinstance(error, OutcomeUnknownError)
+        assert "no complete answer within the time budget" in error.reason
+        assert not receiver.finished.is_set()  # it ended while the receiver was still trickling
+        assert receiver.cut.wait(10)  # and the connection is closed, not left to trickle on
+        assert receiver.requests == 1
+    finally:
+        receiver.close()
+        provider.close()

@@ -22,7 +22,6 @@ from google.auth.exceptions import GoogleAuthError, RefreshError, TransportError
 from google.auth.transport import DEFAULT_RETRYABLE_STATUS_CODES
 from google.oauth2 import service_account
 from pyfcm import FCMNotification
-from requests.adapters import HTTPAdapter
 
 from notify.channels.push import PushMessage
 from notify.errors import ConfigurationError, DeliveryError, TransientDeliveryError
@@ -36,6 +35,7 @@ from notify.providers.http import (
     EnvironmentOnceSession,
     RequestsProvider,
     Verdict,
+    WatchedAdapter,
     configuration,
 )
 from notify.settings import Settings, check_url, masked_repr, required
@@ -101,7 +101,7 @@ class FcmProvider(RequestsProvider):
         self, credentials: service_account.Credentials, endpoint: str, *, delivery_timeout: float = 30.0
     ) -> None:
         # One pool for every thread's session; no retries, the retry policy decides.
-        adapter = HTTPAdapter(max_retries=0, pool_maxsize=_POOL_SIZE)
+        adapter = WatchedAdapter(max_retries=0, pool_maxsize=_POOL_SIZE)
         super().__init__(delivery_timeout=delivery_timeout, adapter=adapter)
         self.endpoint = endpoint
         self._payloads = FCMNotification(credentials=credentials)  # for parse_payload() only

@@ -16,6 +16,7 @@ import enum
 import math
 import os
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -308,20 +309,40 @@ class RequestsProvider:
         session: requests.Session | None = getattr(self._local, "session", None)
         if session is None:
             session = self._local.session = EnvironmentOnceSession()
-            if self._adapter is not None:
-                session.mount("http://", self._adapter)
-                session.mount("https://", self._adapter)
+            adapter = self._adapter or WatchedAdapter()  # without one, requests' own per session
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
             with self._lock:
                 self._sessions.append(session)
         return session
 
     def request(self, method: str, url: str, budget: Budget, **kwargs: Any) -> requests.Response:
         """One request within what is left of `budget`; a request that got no answer raises
-        `TransientDeliveryError` (nothing was handed over) or `OutcomeUnknownError`."""
+        `TransientDeliveryError` (nothing was handed over) or `OutcomeUnknownError`.
+
+        The budget ends it whatever the peer does: requests' timeout bounds each
+        read, so past the deadline the watchdog shuts the connection's socket
+        (a peer that trickles its answer a byte at a time cannot hold the thread).
+        """
+        timeout = budget.timeout()
+        session = self.session()
+        sending = _Sending()
+        _CALL.sending = sending
         try:
-            return self.session().request(method, url, timeout=budget.timeout(), **kwargs)
-        except requests.RequestException as exc:
-            raise network_error(exc, channel=self.channel, provider=self.name) from exc
+            with _WATCHDOG.guard(time.monotonic() + timeout[1] + WATCHDOG_SLACK, sending.cut) as call:
+                try:
+                    return session.request(method, url, timeout=timeout, **kwargs)
+                except requests.RequestException as exc:
+                    if call.cut and sending.connection is not None:
+                        raise OutcomeUnknownError(
+                            f"no complete answer within the time budget ({type(exc).__name__}); "
+                            "it may have been accepted",
+                            channel=self.channel,
+                            provider=self.name,
+                        ) from exc
+                    raise network_error(exc, channel=self.channel, provider=self.name) from exc
+        finally:
+            _CALL.sending = None
 
     def close(self) -> None:
         """Close every thread's connections; later deliveries open new ones."""
@@ -332,6 +353,71 @@ class RequestsProvider:
             session.close()
         if self._adapter is not None:
             self._adapter.close()
+
+
+WATCHDOG_SLACK: Final = 0.5
+"""The watchdog cuts a request this long after its budget: a peer silent since its last byte is
+ended by the read timeout first, as a `ReadTimeout` (what operators recognise); only a trickle
+needs the cut."""
+
+
+class _Sending:
+    """The connection a request of this thread is being sent on, once it has one."""
+
+    def __init__(self) -> None:
+        self.connection: urllib3.connection.HTTPConnection | None = None
+
+    def cut(self) -> None:
+        """End the request now: a read blocked on the connection's socket returns at once."""
+        sock = self.connection.sock if self.connection is not None else None
+        if sock is not None:
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+_CALL = threading.local()  # .sending: the _Sending of the request this thread is making
+
+
+def _sending_on(connection: urllib3.connection.HTTPConnection) -> None:
+    sending: _Sending | None = getattr(_CALL, "sending", None)
+    if sending is not None:
+        sending.connection = connection
+
+
+class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _sending_on(self)
+        super().request(*args, **kwargs)
+
+
+class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _sending_on(self)
+        super().request(*args, **kwargs)
+
+
+class _WatchedHTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+_WATCHED_POOLS: Final = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
+
+
+class WatchedAdapter(HTTPAdapter):
+    """requests' adapter, its connections known to `RequestsProvider.request`'s watchdog."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _WATCHED_POOLS
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if isinstance(manager, urllib3.PoolManager):  # a SOCKS proxy's manager keeps its own
+            manager.pool_classes_by_scheme = _WATCHED_POOLS
+        return manager
 
 
 @dataclass
@@ -400,3 +486,6 @@ class Watchdog:
             with self._changed:
                 self._closing.difference_update(due)
                 self._changed.notify_all()
+
+
+_WATCHDOG = Watchdog()  # one thread for every request in flight through a RequestsProvider
