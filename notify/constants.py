@@ -100,3 +100,8 @@ EXIT_FLUSH_TIMEOUT: Final = 5.0
 """A producer's normal exit waits this long for messages still to publish (the sweep has the rest)."""
 SQLITE_LOCK_WAIT: Final = 60.0
 """A SQLite write (the store's or the embedded broker's) waits this long for another process's lock."""
+
+MAX_RETRY_AFTER: Final = 86400.0
+"""A provider's retry-after hint is honoured in full up to this (or the channel's `backoff_max`, if
+longer): retrying before it said it would accept is never right, and a year-2499 hint still cannot
+park a delivery outside the dead letters."""

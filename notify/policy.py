@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from notify.constants import MAX_RETRY_AFTER
 from notify.errors import ConfigurationError
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -51,8 +52,10 @@ class ChannelPolicy:
     def delay(self, attempt: int, *, retry_after: float | None = None) -> float:
         """Seconds to wait after failed try number `attempt` (1-based).
 
-        A provider's `retry_after` hint wins when longer, but never beyond
-        `backoff_max`: a hint of years would park the delivery outside the DLQ.
+        A provider's `retry_after` hint wins when longer, in full: retrying
+        before the provider said it would accept is never right. Only a hint
+        past `MAX_RETRY_AFTER` (a day) and `backoff_max` is cut there, so a hint
+        of years cannot park the delivery outside the dead letters.
         """
         try:
             base = self.backoff_initial * self.backoff_multiplier ** max(attempt - 1, 0)
@@ -62,7 +65,7 @@ class ChannelPolicy:
         if self.jitter:
             delay = random.uniform(0, delay)
         if retry_after is not None and not math.isnan(retry_after):
-            delay = max(delay, min(max(retry_after, 0.0), self.backoff_max))
+            delay = max(delay, min(max(retry_after, 0.0), max(MAX_RETRY_AFTER, self.backoff_max)))
         return delay
 
     @property

@@ -10,6 +10,7 @@ import pytest
 
 from notify.api import Notifier
 from notify.channels import default_policies
+from notify.constants import MAX_RETRY_AFTER
 from notify.errors import ConfigurationError
 from notify.policy import ChannelPolicy, load_policies, parse_duration
 from notify.settings import Settings
@@ -99,24 +100,33 @@ def test_retry_after_wins_when_longer_than_the_policy_delay() -> None:
     assert policy.delay(1, retry_after=3) == 10
 
 
-def test_retry_after_beyond_backoff_max_is_capped_there() -> None:
-    policy = ChannelPolicy(backoff_initial=10, backoff_max=60, jitter=False)
-    assert policy.delay(1, retry_after=300) == 60
+def test_retry_after_beyond_backoff_max_is_honoured_in_full() -> None:
+    """Retrying before the provider said it would accept only earns another refusal (a Twilio 429
+    with Retry-After: 2 under backoff_max 1 s was retried after 1.2 s)."""
+    policy = ChannelPolicy(backoff_initial=0.2, backoff_max=1, jitter=False)
+    assert policy.delay(1, retry_after=2) == 2
+    assert policy.delay(1, retry_after=3600) == 3600
 
 
-def test_retry_after_up_to_the_cap_is_honoured_even_with_jitter() -> None:
+def test_retry_after_is_honoured_even_with_jitter() -> None:
     policy = ChannelPolicy(backoff_initial=10, backoff_max=60, jitter=True)
     assert all(policy.delay(1, retry_after=45) == 45 for _ in range(50))
-    assert all(policy.delay(4, retry_after=300) == 60 for _ in range(50))
+    assert all(policy.delay(4, retry_after=300) == 300 for _ in range(50))
 
 
 @pytest.mark.parametrize("hint", [99999999999999.0, 1e308, math.inf, 86400.0 * 365 * 475])
-def test_a_huge_retry_after_waits_backoff_max_and_no_longer(hint: float) -> None:
+def test_a_huge_retry_after_waits_a_day_and_no_longer(hint: float) -> None:
     # A delay the store can add to a datetime: no OverflowError, no parking until 2499.
     policy = DEFAULT_POLICIES["sms"]
     delay = policy.delay(1, retry_after=hint)
-    assert delay == policy.backoff_max
+    assert delay == MAX_RETRY_AFTER == 86400.0
     assert datetime.now(UTC) + timedelta(seconds=delay)
+
+
+def test_a_backoff_max_longer_than_a_day_lets_a_hint_wait_as_long() -> None:
+    policy = ChannelPolicy(backoff_initial=10, backoff_max=3 * 86400, jitter=False)
+    assert policy.delay(1, retry_after=2 * 86400) == 2 * 86400
+    assert policy.delay(1, retry_after=math.inf) == 3 * 86400
 
 
 @pytest.mark.parametrize("hint", [-5.0, -math.inf, math.nan])

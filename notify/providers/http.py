@@ -30,6 +30,7 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
+from notify.constants import MAX_RETRY_AFTER
 from notify.errors import (
     ConfigurationError,
     NotifyError,
@@ -57,9 +58,6 @@ __all__ = [
     "parse_retry_after",
 ]
 
-# Longer hints are capped, not refused: a provider asking for a day means
-# "much later", and the channel's policy caps it lower still (backoff_max).
-MAX_RETRY_AFTER: Final = 86400.0
 _DELTA_SECONDS: Final = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?|[+-]?(inf|infinity|nan)", re.I)
 
 
