@@ -61,3 +61,23 @@ def test_the_console_script_is_notify_cli_main(wheel: zipfile.ZipFile) -> None:
     entry_points = wheel.read("notify_celery_delivery-0.1.0.dist-info/entry_points.txt").decode()
 
     assert "[console_scripts]\nnotify = notify.cli:main" in entry_points
+
+
+# Security fixes notify relies on: no install may resolve to a release without them.
+SECURITY_FLOORS = {"jinja2": "3.1.6", "requests": "2.32.4", "idna": "3.7", "urllib3": "2.5"}
+
+
+def test_dependency_floors_are_at_or_past_the_security_fixes() -> None:
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    project = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"]
+    floors: dict[str, Version] = {}
+    for requirement in map(Requirement, project["dependencies"]):
+        lows = [Version(s.version) for s in requirement.specifier if s.operator in (">=", "==", "~=")]
+        floors[requirement.name.lower()] = max(lows) if lows else Version("0")
+    for name, fixed in SECURITY_FLOORS.items():
+        assert name in floors, f"{name} is not a declared dependency"
+        assert floors[name] >= Version(fixed), f"{name} may resolve below {fixed}"
