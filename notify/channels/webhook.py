@@ -21,6 +21,7 @@ from typing import ClassVar, Final, NoReturn
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from notify.channels import ChannelSpec, Message
+from notify.channels.special_addresses import special_kind
 from notify.constants import MAX_ADDRESS
 from notify.errors import TemplateError, ValidationError
 from notify.models import check_text
@@ -48,9 +49,7 @@ ALLOW_PRIVATE_VARIABLE: Final = "NOTIFY_WEBHOOK_ALLOW_PRIVATE"
 MAX_BODY_BYTES: Final = 256 * 1024
 _LABEL: Final = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
 _HEX_NUMBER: Final = re.compile(r"0x[0-9a-f]*")
-_SHARED: Final = ipaddress.ip_network("100.64.0.0/10")  # RFC 6598, carrier-grade NAT
 _NAT64: Final = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052: the last 32 bits are IPv4
-_LOCAL_NAT64: Final = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215: local use
 _COMPATIBLE: Final = ipaddress.ip_network("::/96")  # deprecated IPv4-compatible ::a.b.c.d
 _TRANSLATED: Final = ipaddress.ip_network("::ffff:0:0:0/96")  # RFC 2765 IPv4-translated
 
@@ -225,26 +224,16 @@ def _check_public_host(host: str) -> None:
 def not_public(address: IPAddress) -> str | None:
     """What kind of address `address` is if it is not a public unicast one, else None.
 
-    `is_global` alone is not enough on Python 3.11: it passes multicast,
-    site-local, and NAT64 or IPv4-translated addresses of a private IPv4 one.
+    The blocks are IANA's special-purpose registries written out
+    (`channels.special_addresses`), not the interpreter's tables, which move with
+    its patch release; an IPv6 address standing for an IPv4 one is judged as that.
     """
     if address in _COMPATIBLE and int(address) > 1:  # :: and ::1 are told apart below
         return "deprecated IPv4-compatible"
     embedded = _embedded_ipv4(address) if isinstance(address, ipaddress.IPv6Address) else None
     if embedded is not None:
         return not_public(embedded)
-    checks = (
-        (address.is_unspecified, "unspecified"),
-        (address.is_loopback, "loopback"),
-        (address.is_link_local, "link-local"),
-        (address.is_multicast, "multicast"),
-        (address.is_private, "private"),
-        (address in _SHARED, "shared (carrier-grade NAT)"),
-        (isinstance(address, ipaddress.IPv6Address) and address.is_site_local, "site-local"),
-        (address in _LOCAL_NAT64, "local NAT64"),
-        (not address.is_global, "reserved"),
-    )
-    return next((kind for failed, kind in checks if failed), None)
+    return special_kind(address)
 
 
 def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
