@@ -34,6 +34,31 @@ def _autoescape(name: str | None) -> bool:
     return name is not None and name.endswith(".html.j2")
 
 
+class RefusedValue(ValueError):
+    """A filter refused a value from `data` (the template is fine, the data is not)."""
+
+
+# What a browser drops from a URL before it reads the scheme: tab and newlines anywhere,
+# C0 controls and spaces at either end (the WHATWG URL standard). "java\tscript:" is javascript:.
+_URL_IGNORED = re.compile(r"[\t\n\r]")
+_URL_EDGES = "".join(map(chr, range(0x21)))
+
+
+def url(value: object) -> str:
+    """The `url` filter: `value` if it is an absolute http(s) URL, else `RefusedValue`.
+
+    Autoescape keeps data inside an attribute; it cannot stop a `javascript:` or `data:` URL
+    from being one. Write `href="{{ link | url }}"` for every link built from data.
+    """
+    if not isinstance(value, str):
+        raise RefusedValue(f"url: must be a string, not {type(value).__name__}")
+    cleaned = _URL_IGNORED.sub("", value).strip(_URL_EDGES)
+    scheme, _, rest = cleaned.partition(":")
+    if scheme.lower() not in ("http", "https") or not rest.startswith("//") or len(rest) <= 2:
+        raise RefusedValue(f"url: not an absolute http(s) URL: {shown(value)}")
+    return cleaned
+
+
 class Renderer:
     """Renders one template's parts for one channel; compiled templates are cached."""
 
@@ -47,6 +72,7 @@ class Renderer:
             lstrip_blocks=True,
             auto_reload=False,  # templates change with a deploy, which restarts the process
         )
+        self.env.filters["url"] = url
         self._found: dict[str, list[str]] = {}  # template -> its channels, for the same reason
 
     def names(self) -> list[str]:
@@ -128,6 +154,8 @@ class Renderer:
             raise TemplateError(field, f"{template.name} needs it: {exc}") from None
         except jinja2.TemplateSyntaxError as exc:
             raise TemplateError("template", f"{exc.name}:{exc.lineno}: {exc.message}") from None
+        except RefusedValue as exc:
+            raise TemplateError("data", f"{template.name}: {exc}") from None
         except jinja2.TemplateError as exc:  # includes the sandbox's SecurityError
             raise TemplateError("template", f"{template.name}: {exc}") from None
         except Exception as exc:  # a filter or test raising on the given data

@@ -490,3 +490,21 @@ def test_the_welcome_template_speaks_german_with_an_english_html_fallback() -> N
         assert "Hello Jonas" in rendered["html"]  # no German HTML: the default one
     assert renderer.render("welcome", "sms", {"name": "Jonas"}, "de")["body"].startswith("Willkommen")
     assert renderer.render("welcome", "sms", {"name": "Jonas"}, "fr")["body"].startswith("Welcome")
+
+
+def test_the_url_filter_passes_http_links_escaped_and_refuses_others(tmp_path: Path) -> None:
+    (tmp_path / "linked").mkdir()
+    (tmp_path / "linked" / "email.subject.j2").write_text("Hi")
+    (tmp_path / "linked" / "email.txt.j2").write_text("{{ link | url }}")
+    (tmp_path / "linked" / "email.html.j2").write_text('<a href="{{ link | url }}">go</a>')
+    renderer = Renderer(tmp_path)
+
+    rendered = renderer.render("linked", "email", {"link": ' https://example.com/?a=1&b="2" '})
+    assert rendered["html"] == '<a href="https://example.com/?a=1&amp;b=&#34;2&#34;">go</a>'
+    assert rendered["text"] == 'https://example.com/?a=1&b="2"'
+    with pytest.raises(
+        TemplateError, match=r"^data: linked/email.txt.j2: url: not an absolute http\(s\) URL"
+    ):
+        renderer.render("linked", "email", {"link": "java\tscript:alert(1)"})
+    with pytest.raises(TemplateError, match="url: must be a string, not int"):
+        renderer.render("linked", "email", {"link": 7})

@@ -728,3 +728,44 @@ def test_whether_send_at_is_held_is_the_stores_clock_not_the_producers(
     result = producer.send("welcome", {"email": "ada@example.com"}, data={"name": "Ada"}, send_at=send_at)
 
     assert [d.status for d in result.deliveries] == ["scheduled"]
+
+
+# -- links built from data: only absolute http(s) URLs ----------------------------------------
+
+HOSTILE_LINKS = [
+    "javascript:alert(document.cookie)",
+    "JaVaScRiPt:alert(1)",
+    " javascript:alert(1)",
+    "java\tscript:alert(1)",
+    "java\nscript:alert(1)",
+    "\x01javascript:alert(1)",
+    "data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==",
+    "vbscript:msgbox(1)",
+    "//evil.example/reset",
+    "/reset?t=abc",
+    "https:evil.example",
+    "https://",
+]
+
+
+@pytest.mark.parametrize("link", HOSTILE_LINKS)
+def test_a_link_that_is_not_an_http_url_is_refused_with_nothing_recorded(
+    producer: Producer, link: str
+) -> None:
+    """The sample `password_reset` email puts `reset_url` in an `href`: autoescape alone let
+    `javascript:` and `data:` links through."""
+    data = {"name": "Ada", "reset_url": link, "expires_minutes": 30, "code": "123456"}
+    with pytest.raises(notify.TemplateError) as caught:
+        producer.send("password_reset", {"email": "ada@example.com"}, data=data)
+    assert caught.value.field == "data"
+    assert "not an absolute http(s) URL" in str(caught.value)
+    producer.assert_nothing_recorded_or_enqueued()
+
+
+@pytest.mark.parametrize(
+    "link", ["https://example.com/reset?t=abc&u=ada", "HTTP://example.com/r", "http://[2001:db8::1]/r"]
+)
+def test_an_http_link_is_kept_and_escaped_in_the_html(producer: Producer, link: str) -> None:
+    data = {"name": "Ada", "reset_url": link, "expires_minutes": 30, "code": "123456"}
+    result = producer.send("password_reset", {"email": "ada@example.com"}, data=data)
+    assert result.deliveries[0].status == notify.Status.QUEUED
