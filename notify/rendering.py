@@ -95,9 +95,10 @@ class Renderer:
         self.check_name(name)
         check_locale(locale)
         spec = registry.channel(channel)
+        folder = self._folder(name, channel, locale)
         rendered: Rendered = {}
         for part, filename in spec.parts.items():
-            template = self._select(name, filename, locale, optional=part in spec.optional_parts)
+            template = self._load(folder, filename, optional=part in spec.optional_parts)
             if template is None:
                 continue
             text = self._render(template, data)
@@ -125,21 +126,27 @@ class Renderer:
             if all((folder / f).is_file() for f in spec.required_parts.values())
         ]
 
-    def _select(
-        self, name: str, filename: str, locale: str | None, *, optional: bool
-    ) -> jinja2.Template | None:
-        candidates = [
-            f"{name}/{spelling}/{filename}"
-            for loc in _locale_chain(locale)
-            for spelling in dict.fromkeys((loc, loc.replace("-", "_")))
-        ]
-        candidates.append(f"{name}/{filename}")
+    def _folder(self, name: str, channel: str, locale: str | None) -> str:
+        """Where every part of `channel`'s message comes from: the most specific folder of
+        `locale`'s chain ("de-AT", then "de") that has all of the channel's required parts,
+        else the template's own. Never a mix: a German subject and text with an English
+        HTML part reads as a broken message."""
+        required = registry.channel(channel).required_parts.values()
+        for loc in _locale_chain(locale):
+            for spelling in dict.fromkeys((loc, loc.replace("-", "_"))):
+                folder = f"{name}/{spelling}"
+                if all((self.root / folder / filename).is_file() for filename in required):
+                    return folder
+        return name
+
+    def _load(self, folder: str, filename: str, *, optional: bool) -> jinja2.Template | None:
+        path = f"{folder}/{filename}"
+        if optional and not (self.root / path).is_file():
+            return None
         try:
-            return self.env.select_template(candidates)
-        except jinja2.TemplatesNotFound:
-            if optional:
-                return None
-            raise TemplateError("template", f"template {name!r} has no {filename}") from None
+            return self.env.get_template(path)
+        except jinja2.TemplateNotFound:
+            raise TemplateError("template", f"template {folder!r} has no {filename}") from None
         except jinja2.TemplateSyntaxError as exc:
             raise TemplateError("template", f"{exc.name}:{exc.lineno}: {exc.message}") from None
 
@@ -201,6 +208,15 @@ def check_template(renderer: Renderer, name: str) -> list[str]:
                 f"{name}/: has {', '.join(present)} but lacks {', '.join(missing)}, "
                 f"so it has no {channel} channel"
             )
+        for locale in sorted(p for p in folder.iterdir() if p.is_dir()):
+            here = [f for f in spec.parts.values() if (locale / f).is_file()]
+            lacking = [f for f in required if f not in here]
+            if here and lacking:
+                problems.append(
+                    f"{name}/{locale.name}/: has {', '.join(here)} but lacks {', '.join(lacking)}, "
+                    f"so its {channel} message is not in {locale.name}: each channel's parts "
+                    "come from one folder"
+                )
     return problems
 
 

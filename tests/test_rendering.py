@@ -156,6 +156,7 @@ LOCALIZED = {
     "greet/push.title.j2": "Hello",
     "greet/push.body.j2": "Body {{ name }}",
     "greet/de/push.title.j2": "Hallo",
+    "greet/de/push.body.j2": "Text {{ name }}",
 }
 
 
@@ -171,9 +172,12 @@ def test_a_locale_without_files_falls_back_to_the_default(tmp_path: Path, locale
     assert renderer.render("greet", "sms", {"name": "Ada"}, locale) == {"body": "Hello Ada"}
 
 
-def test_a_locale_folder_falls_back_per_file(tmp_path: Path) -> None:
-    renderer = make_templates(tmp_path, LOCALIZED)
-    assert renderer.render("greet", "push", {"name": "Ada"}, "de") == {"title": "Hallo", "body": "Body Ada"}
+def test_a_locale_folder_lacking_a_part_of_the_channel_is_not_used_for_it(tmp_path: Path) -> None:
+    """Not a German title over an English body: the channel's parts come from one folder."""
+    half = {path: text for path, text in LOCALIZED.items() if path != "greet/de/push.body.j2"}
+    renderer = make_templates(tmp_path, half)
+    assert renderer.render("greet", "push", {"name": "Ada"}, "de") == {"title": "Hello", "body": "Body Ada"}
+    assert renderer.render("greet", "sms", {"name": "Ada"}, "de") == {"body": "Hallo Ada"}
 
 
 def test_a_regional_locale_folder_wins_over_its_language(tmp_path: Path) -> None:
@@ -480,16 +484,39 @@ def test_the_order_shipped_items_are_optional() -> None:
     assert "A-1001" in rendered["text"]
 
 
-def test_the_welcome_template_speaks_german_with_an_english_html_fallback() -> None:
+def test_the_welcome_template_speaks_german_in_every_part() -> None:
     renderer = Renderer(REPO_TEMPLATES)
     for locale in ("de", "de-AT", "de_CH"):
         rendered = renderer.render("welcome", "email", {"name": "Jonas"}, locale)
         assert rendered["subject"] == "Willkommen, Jonas!"
         assert "Hallo Jonas" in rendered["text"]
         assert "Konto bei uns" in rendered["text"]
-        assert "Hello Jonas" in rendered["html"]  # no German HTML: the default one
+        assert "Hallo Jonas" in rendered["html"] and "Hello" not in rendered["html"]
     assert renderer.render("welcome", "sms", {"name": "Jonas"}, "de")["body"].startswith("Willkommen")
     assert renderer.render("welcome", "sms", {"name": "Jonas"}, "fr")["body"].startswith("Welcome")
+
+
+def test_a_channels_parts_come_from_one_locale_folder_never_a_mix(tmp_path: Path) -> None:
+    """Before: a German subject and text with the English HTML part (issue 17 item 14)."""
+    (tmp_path / "hello" / "de").mkdir(parents=True)
+    for part, text in {"subject": "Hi", "txt": "Hello", "html": "<p>Hello</p>"}.items():
+        (tmp_path / "hello" / f"email.{part}.j2").write_text(text)
+    (tmp_path / "hello" / "de" / "email.subject.j2").write_text("Hallo")
+    (tmp_path / "hello" / "de" / "email.txt.j2").write_text("Hallo Welt")
+    (tmp_path / "hello" / "fr").mkdir()
+    (tmp_path / "hello" / "fr" / "email.subject.j2").write_text("Salut")  # half a channel
+    renderer = Renderer(tmp_path)
+
+    assert renderer.render("hello", "email", {}, "de-AT") == {"subject": "Hallo", "text": "Hallo Welt"}
+    assert renderer.render("hello", "email", {}, "fr") == {
+        "subject": "Hi",
+        "text": "Hello",
+        "html": "<p>Hello</p>",
+    }
+    assert check_template(renderer, "hello") == [
+        "hello/fr/: has email.subject.j2 but lacks email.txt.j2, so its email message is not in fr: "
+        "each channel's parts come from one folder"
+    ]
 
 
 def test_the_url_filter_passes_http_links_escaped_and_refuses_others(tmp_path: Path) -> None:
