@@ -52,6 +52,9 @@ MAX_TEMPLATE: Final = 200
 MAX_LOCALE: Final = 35
 MAX_ADDRESS: Final = 512
 MAX_DEDUP_KEY: Final = 200
+MAX_DEDUP_INDEX_BYTES: Final = 2560
+"""A dedup key and its address together, in UTF-8: the store indexes them in one btree row, which
+PostgreSQL caps at 2,704 bytes with its headers (tests/test_send_validation.py holds one at this)."""
 MAX_PROVIDER_ID: Final = 300
 MAX_CODE: Final = 64
 MAX_REASON: Final = 2000  # a provider's reason, as the store keeps it (longer ones are cut)

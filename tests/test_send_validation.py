@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import closing
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -769,3 +771,45 @@ def test_an_http_link_is_kept_and_escaped_in_the_html(producer: Producer, link: 
     data = {"name": "Ada", "reset_url": link, "expires_minutes": 30, "code": "123456"}
     result = producer.send("password_reset", {"email": "ada@example.com"}, data=data)
     assert result.deliveries[0].status == notify.Status.QUEUED
+
+
+# -- what the store indexes fits its index ------------------------------------------------------
+
+
+def astral(count: int, seed: int) -> str:
+    """`count` characters of 4 bytes each in UTF-8, varied so that no compression shrinks them."""
+    rng = random.Random(seed)
+    return "".join(chr(rng.randrange(0x10000, 0x1FFFF)) for _ in range(count))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_store(request: pytest.FixtureRequest, env: dict[str, str]) -> Notifier:
+    if request.param == "postgresql":
+        env["NOTIFY_DATABASE_URL"] = request.getfixturevalue("postgres_url")
+    return Notifier(Settings.from_env(env))
+
+
+def test_a_dedup_key_too_long_to_index_with_its_address_is_refused_naming_it(any_store: Notifier) -> None:
+    """Before: a 512-character astral push token with a 200-character astral key overflowed the
+    dedup index on PostgreSQL: `StoreUnavailable: ProgramLimitExceeded`, no field named."""
+    token, key = astral(512, 1), astral(200, 2)
+    data = {"name": "Ada"}
+    with pytest.raises(notify.ValidationError, match=r"^dedup_key: with its address, 2848 bytes in UTF-8"):
+        any_store.send("welcome", {"push_token": token}, data=data, dedup_key=key)
+    with pytest.raises(notify.ValidationError, match=r"^intents\[0\].dedup_key: "):
+        any_store.send_many([notify.Intent("welcome", {"push_token": token}, data=data, dedup_key=key)])
+    assert stored_deliveries(any_store) == 0
+
+    # 2,048 + 512 bytes: the limit, which PostgreSQL's index holds.
+    at_limit = any_store.send("welcome", {"push_token": token}, data=data, dedup_key=astral(128, 3))
+    again = any_store.send("welcome", {"push_token": token}, data=data, dedup_key=astral(128, 3))
+    assert at_limit.deliveries[0].status == notify.Status.QUEUED
+    assert again.deliveries[0].duplicate_of == at_limit.deliveries[0].id
+    assert stored_deliveries(any_store) == 2
+    any_store.close()
+
+
+def stored_deliveries(notifier: Notifier) -> int:
+    notifier.store.get("none")  # the store makes its schema on first use
+    with notifier.store.engine.connect() as conn:
+        return int(conn.execute(sa.text("SELECT count(*) FROM notify_deliveries")).scalar_one())
