@@ -298,6 +298,8 @@ def utc_send_at(send_at: object) -> datetime | None:
         offset = send_at.utcoffset()
     except ValueError as exc:  # a tzinfo whose offset is a day or more
         raise ValidationError("send_at", f"has an impossible UTC offset: {exc}") from None
+    except TypeError as exc:  # a tzinfo whose offset is not a timedelta
+        raise ValidationError("send_at", f"has no usable UTC offset: {exc}") from None
     if send_at.tzinfo is None or offset is None:
         raise ValidationError(
             "send_at", "must be timezone-aware (e.g. datetime.now(UTC)); a naive datetime is ambiguous"
@@ -308,3 +310,5 @@ def utc_send_at(send_at: object) -> datetime | None:
         raise ValidationError(
             "send_at", f"{send_at.isoformat()} is outside the years 1 to 9999 in UTC"
         ) from None
+    except (TypeError, ValueError) as exc:  # a tzinfo whose offset changed since it was asked
+        raise ValidationError("send_at", f"has no usable UTC offset: {exc}") from None
