@@ -55,6 +55,7 @@ MAX_DEDUP_KEY: Final = 200
 MAX_PROVIDER_ID: Final = 300
 MAX_CODE: Final = 64
 MAX_REASON: Final = 2000  # a provider's reason, as the store keeps it (longer ones are cut)
+MAX_LISTED: Final = 100_000  # dead letters one call lists, all held in memory at once
 
 # -- timings, in seconds --------------------------------------------------------
 

@@ -232,6 +232,24 @@ def check_text(field: str, value: object, limit: int) -> str:
     return value
 
 
+def check_ids(field: str, values: object, limit: int) -> list[str]:
+    """`values` as a list, if it is a collection (not one string) of ids each passing `check_text`."""
+    if isinstance(values, str | bytes) or not isinstance(values, Iterable):
+        raise ValidationError(field, f"must be a list of ids, not {type(values).__name__}")
+    return [check_text(f"{field}[{i}]", value, limit) for i, value in enumerate(values)]
+
+
+def check_count(field: str, value: object, low: int, high: int) -> int:
+    """`value`, if it is an int (not a bool) from `low` to `high`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(field, f"must be an integer, not {type(value).__name__}")
+    if value < low:
+        raise ValidationError(field, f"must be at least {low}")
+    if value > high:  # not shown: a huge int has no str()
+        raise ValidationError(field, f"must be at most {high}")
+    return value
+
+
 def data_from(data: object, limit: int) -> tuple[dict[str, Any], str]:
     """The data as the worker will see it, and as strict JSON for the store."""
     if data is None:
