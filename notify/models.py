@@ -7,7 +7,7 @@ import json
 import re
 import reprlib
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import KW_ONLY, dataclass
+from dataclasses import KW_ONLY, dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -99,10 +99,7 @@ class Recipient:
         return hash(tuple(sorted((k, repr(v)) for k, v in self._addresses.items())))
 
     def __repr__(self) -> str:  # masked: a repr ends up in logs, and a webhook URL may carry a token
-        shown = (
-            f"{k}={mask(v) if isinstance(v, str) else type(v).__name__!r}" for k, v in self._addresses.items()
-        )
-        return f"Recipient({', '.join(shown)})"
+        return f"Recipient({masked_addresses(self._addresses)})"
 
     def __reduce__(self) -> tuple[Any, ...]:  # pickle and copy, which would set the slot
         return (_recipient, (self._addresses,))
@@ -110,6 +107,13 @@ class Recipient:
 
 def _recipient(addresses: dict[str, object]) -> Recipient:
     return Recipient(**addresses)
+
+
+def masked_addresses(addresses: Mapping[Any, object]) -> str:
+    """`kind=address, ...`, each address masked (`mask`), anything not a string by its type only."""
+    return ", ".join(
+        f"{k}={mask(v) if isinstance(v, str) else type(v).__name__!r}" for k, v in addresses.items()
+    )
 
 
 @dataclass(frozen=True)
@@ -125,6 +129,12 @@ class Intent:
     dedup_key: str | None = None
     send_at: datetime | None = None
     locale: str | None = None
+
+    def __repr__(self) -> str:  # the recipient masked, as Recipient's own repr does
+        to = self.to
+        if isinstance(to, Mapping):
+            return _repr_with(self, to="{" + masked_addresses(to) + "}")
+        return _repr_with(self, to=repr(to) if isinstance(to, Recipient) else f"<{type(to).__name__}>")
 
 
 @dataclass(frozen=True)
@@ -162,6 +172,9 @@ class DeadLetter:
     def masked_address(self) -> str:
         return mask(self.address)
 
+    def __repr__(self) -> str:  # a webhook URL's path may carry a token
+        return _repr_with(self, address=repr(self.masked_address))
+
     @property
     def age_seconds(self) -> float:
         return (utcnow() - self.failed_at).total_seconds()
@@ -173,6 +186,12 @@ class Replayed:
 
     replayed: list[str]
     not_found: list[str]  # unknown ids, or deliveries that are not failed
+
+
+def _repr_with(instance: Any, **shown: str) -> str:
+    """The dataclass `instance`'s repr, with the fields named in `shown` shown as given."""
+    parts = (f"{f.name}={shown.get(f.name) or repr(getattr(instance, f.name))}" for f in fields(instance))
+    return f"{type(instance).__name__}({', '.join(parts)})"
 
 
 def mask(address: str) -> str:

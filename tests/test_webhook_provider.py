@@ -48,7 +48,7 @@ from tests.support.trickle import TricklingReceiver
 
 SECRET = "whsec-test-1234567890"
 BODY = '{"event": "welcome", "name": "Ada"}'
-PRIVATE_OK = Settings(environ=(("NOTIFY_WEBHOOK_ALLOW_PRIVATE", "1"),))
+PRIVATE_OK = Settings().with_environ(NOTIFY_WEBHOOK_ALLOW_PRIVATE="1")
 HINT = "NOTIFY_WEBHOOK_ALLOW_PRIVATE=1 allows it"
 
 
@@ -302,9 +302,8 @@ def test_from_settings_refuses_to_start_without_the_secret() -> None:
 
 
 def test_settings_and_provider_never_show_the_secret() -> None:
-    settings = Settings(
-        environ=(("NOTIFY_WEBHOOK_ALLOW_PRIVATE", "true"), ("NOTIFY_WEBHOOK_SECRET", SECRET)),
-        delivery_timeout=7.0,
+    settings = Settings(delivery_timeout=7.0).with_environ(
+        NOTIFY_WEBHOOK_ALLOW_PRIVATE="true", NOTIFY_WEBHOOK_SECRET=SECRET
     )
 
     own = settings.provider_settings(WebhookProviderSettings)
