@@ -23,6 +23,7 @@ from notify.models import (
     Replayed,
     SendResult,
     Status,
+    check_ids,
     check_text,
     data_from,
     shown,
@@ -270,7 +271,11 @@ class Notifier:
         Args:
             ids: the deliveries to replay, or None for every failed one; ids
                 unknown or not failed come back in `Replayed.not_found`.
+
+        Raises:
+            ValidationError: `ids` is not a list of ids; its `field` names the one at fault (`ids[2]`).
         """
+        ids = None if ids is None else check_ids("ids", ids, MAX_ID)
         reset = self.store.replay(ids)
         self._publish(reset, grouped=True)
         # An operator's command: on the broker when it returns.

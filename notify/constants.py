@@ -58,6 +58,7 @@ PostgreSQL caps at 2,704 bytes with its headers (tests/test_send_validation.py h
 MAX_PROVIDER_ID: Final = 300
 MAX_CODE: Final = 64
 MAX_REASON: Final = 2000  # a provider's reason, as the store keeps it (longer ones are cut)
+MAX_LISTED: Final = 100_000  # dead letters one call lists, all held in memory at once
 
 # -- timings, in seconds --------------------------------------------------------
 

@@ -7,7 +7,7 @@ import json
 import re
 import reprlib
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import KW_ONLY, dataclass
+from dataclasses import KW_ONLY, dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -99,10 +99,7 @@ class Recipient:
         return hash(tuple(sorted((k, repr(v)) for k, v in self._addresses.items())))
 
     def __repr__(self) -> str:  # masked: a repr ends up in logs, and a webhook URL may carry a token
-        shown = (
-            f"{k}={mask(v) if isinstance(v, str) else type(v).__name__!r}" for k, v in self._addresses.items()
-        )
-        return f"Recipient({', '.join(shown)})"
+        return f"Recipient({masked_addresses(self._addresses)})"
 
     def __reduce__(self) -> tuple[Any, ...]:  # pickle and copy, which would set the slot
         return (_recipient, (self._addresses,))
@@ -110,6 +107,13 @@ class Recipient:
 
 def _recipient(addresses: dict[str, object]) -> Recipient:
     return Recipient(**addresses)
+
+
+def masked_addresses(addresses: Mapping[Any, object]) -> str:
+    """`kind=address, ...`, each address masked (`mask`), anything not a string by its type only."""
+    return ", ".join(
+        f"{k}={mask(v) if isinstance(v, str) else type(v).__name__!r}" for k, v in addresses.items()
+    )
 
 
 @dataclass(frozen=True)
@@ -125,6 +129,12 @@ class Intent:
     dedup_key: str | None = None
     send_at: datetime | None = None
     locale: str | None = None
+
+    def __repr__(self) -> str:  # the recipient masked, as Recipient's own repr does
+        to = self.to
+        if isinstance(to, Mapping):
+            return _repr_with(self, to="{" + masked_addresses(to) + "}")
+        return _repr_with(self, to=repr(to) if isinstance(to, Recipient) else f"<{type(to).__name__}>")
 
 
 @dataclass(frozen=True)
@@ -162,6 +172,9 @@ class DeadLetter:
     def masked_address(self) -> str:
         return mask(self.address)
 
+    def __repr__(self) -> str:  # a webhook URL's path may carry a token
+        return _repr_with(self, address=repr(self.masked_address))
+
     @property
     def age_seconds(self) -> float:
         return (utcnow() - self.failed_at).total_seconds()
@@ -173,6 +186,12 @@ class Replayed:
 
     replayed: list[str]
     not_found: list[str]  # unknown ids, or deliveries that are not failed
+
+
+def _repr_with(instance: Any, **shown: str) -> str:
+    """The dataclass `instance`'s repr, with the fields named in `shown` shown as given."""
+    parts = (f"{f.name}={shown.get(f.name) or repr(getattr(instance, f.name))}" for f in fields(instance))
+    return f"{type(instance).__name__}({', '.join(parts)})"
 
 
 def mask(address: str) -> str:
@@ -229,6 +248,24 @@ def check_text(field: str, value: object, limit: int) -> str:
         raise ValidationError(field, f"is {len(value)} characters, over the limit of {limit}")
     if _CONTROL.search(value):
         raise ValidationError(field, "must not contain control characters, line breaks or lone surrogates")
+    return value
+
+
+def check_ids(field: str, values: object, limit: int) -> list[str]:
+    """`values` as a list, if it is a collection (not one string) of ids each passing `check_text`."""
+    if isinstance(values, str | bytes) or not isinstance(values, Iterable):
+        raise ValidationError(field, f"must be a list of ids, not {type(values).__name__}")
+    return [check_text(f"{field}[{i}]", value, limit) for i, value in enumerate(values)]
+
+
+def check_count(field: str, value: object, low: int, high: int) -> int:
+    """`value`, if it is an int (not a bool) from `low` to `high`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(field, f"must be an integer, not {type(value).__name__}")
+    if value < low:
+        raise ValidationError(field, f"must be at least {low}")
+    if value > high:  # not shown: a huge int has no str()
+        raise ValidationError(field, f"must be at most {high}")
     return value
 
 
@@ -298,6 +335,8 @@ def utc_send_at(send_at: object) -> datetime | None:
         offset = send_at.utcoffset()
     except ValueError as exc:  # a tzinfo whose offset is a day or more
         raise ValidationError("send_at", f"has an impossible UTC offset: {exc}") from None
+    except TypeError as exc:  # a tzinfo whose offset is not a timedelta
+        raise ValidationError("send_at", f"has no usable UTC offset: {exc}") from None
     if send_at.tzinfo is None or offset is None:
         raise ValidationError(
             "send_at", "must be timezone-aware (e.g. datetime.now(UTC)); a naive datetime is ambiguous"
@@ -308,3 +347,5 @@ def utc_send_at(send_at: object) -> datetime | None:
         raise ValidationError(
             "send_at", f"{send_at.isoformat()} is outside the years 1 to 9999 in UTC"
         ) from None
+    except (TypeError, ValueError) as exc:  # a tzinfo whose offset changed since it was asked
+        raise ValidationError("send_at", f"has no usable UTC offset: {exc}") from None

@@ -70,8 +70,9 @@ class Settings:
     """
 
     home: Path = field(default=Path(".notify"), metadata={"env": "NOTIFY_HOME"})
-    broker_url: str | None = field(default=None, metadata={"env": "NOTIFY_BROKER_URL"})
-    database_url: str | None = field(default=None, metadata={"env": "NOTIFY_DATABASE_URL"})
+    # Secrets (a URL may hold a password): neither repr nor dataclasses.asdict() shows them in clear.
+    broker_url: Secret | None = field(default=None, metadata={"env": "NOTIFY_BROKER_URL"})
+    database_url: Secret | None = field(default=None, metadata={"env": "NOTIFY_DATABASE_URL"})
     templates_dir: Path = field(default=Path("templates"), metadata={"env": "NOTIFY_TEMPLATES_DIR"})
     config_path: Path | None = field(default=None, metadata={"env": "NOTIFY_CONFIG"})
     max_data_bytes: int = field(
@@ -111,7 +112,8 @@ class Settings:
     on_permanent_failure: str | None = field(default=None, metadata={"env": "NOTIFY_ON_PERMANENT_FAILURE"})
     # Every NOTIFY_* variable as read, for the settings each provider declares
     # for itself (`provider_settings`); sorted pairs, so that Settings hashes.
-    environ: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    # Each value a Secret: some are passwords, and asdict() would show them.
+    environ: tuple[tuple[str, Secret], ...] = field(default=(), repr=False)
     # Backends chosen in code (channel, backend), over NOTIFY_<CHANNEL>_BACKEND: notify.testing's.
     backends: tuple[tuple[str, str], ...] = ()
 
@@ -138,8 +140,8 @@ class Settings:
 
     def __post_init__(self) -> None:
         check_bounds(self)
-        check_url("NOTIFY_BROKER_URL", self.broker_url, BROKER_SCHEMES)
-        check_url("NOTIFY_DATABASE_URL", self.database_url, DATABASE_SCHEMES)
+        check_url("NOTIFY_BROKER_URL", revealed(self.broker_url), BROKER_SCHEMES)
+        check_url("NOTIFY_DATABASE_URL", revealed(self.database_url), DATABASE_SCHEMES)
         _check_hook_name(self.on_permanent_failure)
 
     def __repr__(self) -> str:
@@ -147,8 +149,12 @@ class Settings:
 
     def backend(self, channel: str) -> str | None:
         """The backend NOTIFY_<CHANNEL>_BACKEND (or `backends`) names for `channel`; None: its default."""
-        chosen = dict(self.backends).get(channel) or dict(self.environ).get(backend_variable(channel))
+        chosen = dict(self.backends).get(channel) or self.variable(backend_variable(channel))
         return chosen or None
+
+    def variable(self, name: str) -> str | None:
+        """The NOTIFY_* variable `name` as read, or None if it was not set."""
+        return revealed(dict(self.environ).get(name))
 
     def provider_settings(self, cls: type[T]) -> T:
         """A provider's own settings: the dataclass `cls`, each field read from the
@@ -162,7 +168,7 @@ class Settings:
     def with_environ(self, **variables: str | None) -> Settings:
         """These settings with NOTIFY_* `variables` set (None: unset), as `provider_settings` reads them."""
         environ = dict(self.environ)
-        environ.update({k: v for k, v in variables.items() if v is not None})
+        environ.update({k: Secret(v) for k, v in variables.items() if v is not None})
         for name in (k for k, v in variables.items() if v is None):
             environ.pop(name, None)
         return replace(self, environ=tuple(sorted(environ.items())))
@@ -185,20 +191,22 @@ class Settings:
             environ = {k: v for k, v in dotenv_values(".env").items() if v is not None}
             environ.update(os.environ)
         return read_env(
-            cls, environ, environ=tuple(sorted((k, v) for k, v in environ.items() if k.startswith("NOTIFY_")))
+            cls,
+            environ,
+            environ=tuple(sorted((k, Secret(v)) for k, v in environ.items() if k.startswith("NOTIFY_"))),
         )
 
     @property
     def resolved_database_url(self) -> str:
-        return self.database_url or f"sqlite:///{(self.home / 'notify.db').resolve()}"
+        return revealed(self.database_url) or f"sqlite:///{(self.home / 'notify.db').resolve()}"
 
     @property
     def uses_embedded_broker(self) -> bool:
-        return self.broker_url is None or _scheme(self.broker_url) == "sqlite"
+        return self.broker_url is None or _scheme(self.broker_url.reveal()) == "sqlite"
 
     @property
     def resolved_broker_url(self) -> str:
-        return self.broker_url or f"sqlite:///{(self.home / 'broker.db').resolve()}"
+        return revealed(self.broker_url) or f"sqlite:///{(self.home / 'broker.db').resolve()}"
 
     @property
     def resolved_config_path(self) -> Path | None:
@@ -208,6 +216,11 @@ class Settings:
         return default if default.exists() else None
 
 
+def revealed(secret: Secret | None) -> str | None:
+    """The value of `secret`, or None."""
+    return None if secret is None else secret.reveal()
+
+
 def backend_variable(channel: str) -> str:
     """The variable that picks `channel`'s backend: NOTIFY_<CHANNEL>_BACKEND."""
     return f"NOTIFY_{channel.upper()}_BACKEND"
@@ -215,7 +228,7 @@ def backend_variable(channel: str) -> str:
 
 @functools.lru_cache(maxsize=64)
 def _provider_settings(settings: Settings, cls: Any) -> Any:
-    return read_env(cls, dict(settings.environ))
+    return read_env(cls, {name: value.reveal() for name, value in settings.environ})
 
 
 def read_env(cls: type[T], variables: Mapping[str, str], /, **given: Any) -> T:
@@ -292,6 +305,8 @@ _HOOK_NAME = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 
 
 def _masked(name: str, value: object) -> object:
+    if isinstance(value, Secret) and name.endswith("_url"):
+        value = value.reveal()  # a URL says where it points; mask_url hides its password
     return mask_url(value) if name.endswith("_url") and isinstance(value, str) else value
 
 

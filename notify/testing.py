@@ -30,7 +30,7 @@ from notify.api import Notifier
 from notify.delivery.attempt import Deliverer
 from notify.errors import DeliveryError
 from notify.providers.base import Message, Receipt
-from notify.settings import Settings, get_settings
+from notify.settings import Secret, Settings, get_settings
 from notify.store import Queued
 
 __all__ = ["MemoryProvider", "Outbox", "capture"]
@@ -119,10 +119,10 @@ def capture(settings: Settings | None = None) -> Iterator[Outbox]:
             base,
             home=Path(home),
             broker_url=None,
-            database_url=f"sqlite:///{home}/notify.db",
+            database_url=Secret(f"sqlite:///{home}/notify.db"),
             backends=tuple((name, MEMORY_BACKEND) for name in registry.names()),
         )
-        if not dict(base.environ).get("NOTIFY_EMAIL_FROM"):
+        if not base.variable("NOTIFY_EMAIL_FROM"):
             settings = settings.with_environ(NOTIFY_EMAIL_FROM="notify@example.com")
         inline = _InlineNotifier(settings)
         outbox = Outbox()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import sqlite3
 import subprocess
@@ -262,6 +263,15 @@ def test_dlq_replay_of_an_unknown_id_fails_naming_it(run: Run) -> None:
     completed = run("dlq", "replay", "00000000-0000-0000-0000-00000000dead")
     assert completed.returncode != 0
     assert "00000000-0000-0000-0000-00000000dead" in completed.stderr
+
+
+def test_dlq_replay_of_an_id_that_is_not_text_is_one_line_naming_it(run: Run, home: Path) -> None:
+    undecodable = os.fsdecode(b"dead\xff")  # as Python reads a byte that is not UTF-8 from argv
+
+    completed = run("dlq", "replay", "00000000-0000-0000-0000-00000000dead", undecodable)
+
+    assert completed.returncode == 2
+    assert_one_line_error(completed, "ids[1]: ", "lone surrogates")
 
 
 # -- workers refuse to start without their settings ---------------------------------------------

@@ -8,7 +8,7 @@ from notify import constants as c
 from notify.broker.routing import route, task_queues
 from notify.delivery.gate import PriorityGate
 from notify.models import Priority
-from notify.settings import Settings
+from notify.settings import Secret, Settings
 
 AMQP = "amqp://guest:guest@127.0.0.1:5672//"
 LEASES = [c.LEASE_MIN, 3.0, 6.0, 10.0, c.LEASE_MAX]
@@ -64,7 +64,7 @@ def test_the_gate_holds_lower_attempts_far_shorter_than_any_lease() -> None:
 def test_the_heartbeat_keeps_renewing_while_smtp_waits_its_rfc_5321_reply() -> None:
     from notify.delivery.attempt import Deliverer
 
-    settings = Settings(delivery_timeout=30.0, database_url="sqlite://")
+    settings = Settings(delivery_timeout=30.0, database_url=Secret("sqlite://"))
     deliverer = Deliverer(settings)
     try:
         assert deliverer.heartbeat.ceiling > settings.delivery_timeout + c.RFC5321_DATA_REPLY

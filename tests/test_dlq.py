@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
-from notify import api, dlq
+from notify import ValidationError, api, dlq
 from notify.models import Status, utcnow
 from notify.settings import get_settings
 from notify.store import Claim, NewDelivery, Store
@@ -166,6 +167,71 @@ def test_replay_names_ids_that_are_unknown_or_not_failed(store: Store) -> None:
     assert result.replayed == [failed]
     assert result.not_found == [unknown, sent.id]
     assert store.get(sent.id).status == Status.SENT  # type: ignore[union-attr]
+
+
+# Hostile ids: PostgreSQL answered a raw DataError (NUL) or ProgrammingError (an int), SQLite and
+# PostgreSQL a UnicodeEncodeError (a lone surrogate), and a bare string replayed its characters.
+HOSTILE_IDS: dict[str, tuple[Callable[[str], Any], str, str]] = {
+    "a bare string": (lambda good: good, "ids", "must be a list of ids, not str"),
+    "an int": (lambda good: 42, "ids", "must be a list of ids, not int"),
+    "an id with a NUL": (lambda good: [good, "x\0y"], "ids[1]", "control characters"),
+    "an id that is an int": (lambda good: [good, 1], "ids[1]", "must be a string, not int"),
+    "an id that is None": (lambda good: [None, good], "ids[0]", "must be a string, not NoneType"),
+    "an id with a lone surrogate": (lambda good: [good, "\ud800"], "ids[1]", "lone surrogates"),
+    "an id over 36 characters": (lambda good: [good, "x" * 37], "ids[1]", "over the limit of 36"),
+    "an empty id": (lambda good: [good, good, ""], "ids[2]", "must not be empty"),
+}
+
+
+@pytest.mark.parametrize(("ids", "field", "phrase"), HOSTILE_IDS.values(), ids=HOSTILE_IDS.keys())
+def test_replay_refuses_what_is_not_a_list_of_ids_naming_it_and_replays_nothing(
+    store: Store, redis_url: str, ids: Callable[[str], Any], field: str, phrase: str
+) -> None:
+    failed = dead_letter(store)
+
+    with pytest.raises(ValidationError) as raised:
+        dlq.replay(ids(failed))
+
+    assert raised.value.field == field
+    assert str(raised.value).startswith(f"{field}: ") and phrase in str(raised.value)
+    assert [x.id for x in dlq.letters()] == [failed]  # still failed, and not published
+    assert failed not in published(redis_url)
+
+
+@pytest.mark.parametrize(
+    ("limit", "phrase"),
+    [
+        (-1, "must be at least 1"),
+        (0, "must be at least 1"),
+        (2**63, "must be at most 100000"),
+        (True, "must be an integer, not bool"),
+        ("5", "must be an integer, not str"),
+        (2.5, "must be an integer, not float"),
+    ],
+)
+def test_letters_refuses_a_limit_out_of_bounds_naming_it(store: Store, limit: Any, phrase: str) -> None:
+    dead_letter(store)
+
+    with pytest.raises(ValidationError) as raised:
+        dlq.letters(limit=limit)
+
+    assert (raised.value.field, str(raised.value)) == ("limit", f"limit: {phrase}")
+
+
+def test_letters_refuses_a_channel_no_one_registered_naming_it(store: Store) -> None:
+    dead_letter(store)
+
+    with pytest.raises(ValidationError) as raised:
+        dlq.letters(channel="e\0mail")
+
+    assert raised.value.field == "channel" and "not a registered channel" in str(raised.value)
+
+
+def test_letters_accepts_a_limit_at_its_bounds(store: Store) -> None:
+    ids = [dead_letter(store) for _ in range(2)]
+
+    assert [x.id for x in dlq.letters(limit=1)] == ids[-1:]
+    assert [x.id for x in dlq.letters(limit=100_000)] == ids[::-1]
 
 
 def test_a_replayed_delivery_can_fail_again_and_be_listed_again(store: Store) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib
 import subprocess
 import sys
@@ -228,3 +229,50 @@ def test_settings_repr_never_shows_secrets() -> None:
     assert smtp.password.reveal() == "hunter2-smtp"
     assert twilio.auth_token is not None
     assert twilio.auth_token.reveal() == "tw-auth-s3cret"
+
+
+TOKEN = "t0ken-s3cret"
+HOOK = f"https://hooks.example.com/in/{TOKEN}?sig={TOKEN}"
+
+
+@pytest.mark.parametrize(
+    "to",
+    [{"webhook": HOOK, "email": "ada@example.com"}, notify.Recipient(webhook=HOOK)],
+    ids=["dict", "Recipient"],
+)
+def test_an_intent_shows_its_webhook_url_masked(to: object) -> None:
+    intent = notify.Intent("welcome", to, data={"name": "Ada"})  # type: ignore[arg-type]
+
+    for text in (repr(intent), str(intent), f"{[intent]}"):
+        assert TOKEN not in text
+        assert "https://hooks.example.com/…" in text and "'welcome'" in text
+
+
+def test_a_dead_letter_shows_its_address_masked() -> None:
+    from notify.dlq import DeadLetter
+    from notify.models import utcnow
+
+    letter = DeadLetter("dlv-1", "ntf-1", "webhook", HOOK, "welcome", "410 Gone", "http_410", 1, utcnow())
+
+    for text in (repr(letter), str(letter)):
+        assert TOKEN not in text
+        assert "address='https://hooks.example.com/…'" in text
+    assert letter.address == HOOK  # the value itself is intact
+
+
+def test_settings_hold_secrets_masked_through_asdict_and_environ() -> None:
+    secrets = {
+        "NOTIFY_SMTP_PASSWORD": "hunter2-smtp",
+        "NOTIFY_TWILIO_AUTH_TOKEN": "tw-auth-s3cret",
+        "NOTIFY_WEBHOOK_SECRET": "whsec-s3cret",
+        "NOTIFY_DATABASE_URL": "postgresql://notify:db-s3cret@db.example/notify",
+        "NOTIFY_BROKER_URL": "redis://:broker-s3cret@redis.example:6379/0",
+    }
+    settings = Settings.from_env(secrets)
+
+    shown = (repr(dataclasses.asdict(settings)), str(dataclasses.astuple(settings)), repr(settings.environ))
+    for text in shown:
+        for secret in ("hunter2-smtp", "tw-auth-s3cret", "whsec-s3cret", "db-s3cret", "broker-s3cret"):
+            assert secret not in text
+    assert settings.resolved_database_url == secrets["NOTIFY_DATABASE_URL"]
+    assert settings.resolved_broker_url == secrets["NOTIFY_BROKER_URL"]

@@ -11,7 +11,7 @@ from celery import Celery
 
 from notify.broker.publisher import Publisher
 from notify.broker.routing import producer_app, route
-from notify.settings import Settings
+from notify.settings import Secret, Settings
 from notify.store import Queued
 
 BROKERS = ["embedded", "redis", "rediss-path", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)]
@@ -26,7 +26,7 @@ def app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Celery]:
             url += "?heartbeat=10"  # kombu accepts it; redis-py refuses it
     elif request.param == "rabbitmq":
         url = request.getfixturevalue("rabbitmq_url")
-    built = producer_app(Settings(home=tmp_path, broker_url=url))
+    built = producer_app(Settings(home=tmp_path, broker_url=None if url is None else Secret(url)))
     yield built
     built.close()
 

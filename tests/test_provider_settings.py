@@ -127,6 +127,55 @@ def test_a_bad_email_setting_is_refused_by_the_provider_not_by_the_producers_set
     assert str(raised.value).startswith(variable)
 
 
+@pytest.mark.parametrize(
+    "login",
+    [
+        {"NOTIFY_SMTP_USERNAME": "mailer", "NOTIFY_SMTP_PASSWORD": "hunter2"},
+        {"NOTIFY_SMTP_PASSWORD": "hunter2"},
+        {"NOTIFY_SMTP_USERNAME": "mailer"},  # AUTH with an empty password: still in clear
+    ],
+)
+@pytest.mark.parametrize("host", ["mail.example", "10.0.0.25", "127.0.0.1.example", "::2"])
+def test_a_login_without_tls_to_a_host_off_this_machine_is_refused_naming_the_setting(
+    login: dict[str, str], host: str
+) -> None:
+    settings = Settings.from_env(
+        {"NOTIFY_EMAIL_FROM": SENDER, "NOTIFY_SMTP_HOST": host, "NOTIFY_SMTP_TLS": "none", **login}
+    )
+
+    with pytest.raises(ConfigurationError) as raised:
+        SmtpProvider.from_settings(settings)  # what a worker does at start
+
+    assert raised.value.setting == "NOTIFY_SMTP_TLS"
+    assert str(raised.value).startswith(f"NOTIFY_SMTP_TLS=none would send the SMTP login in clear to {host}")
+    assert "hunter2" not in str(raised.value)
+
+
+@pytest.mark.parametrize("host", ["localhost", "LocalHost", "127.0.0.1", "127.42.0.9", "::1", "[::1]"])
+def test_a_login_without_tls_to_a_loopback_host_is_allowed(host: str) -> None:
+    settings = Settings.from_env(
+        {
+            "NOTIFY_EMAIL_FROM": SENDER,
+            "NOTIFY_SMTP_HOST": host,
+            "NOTIFY_SMTP_TLS": "none",
+            "NOTIFY_SMTP_USERNAME": "mailer",
+            "NOTIFY_SMTP_PASSWORD": "hunter2",
+        }
+    )
+
+    provider = SmtpProvider.from_settings(settings)
+    provider.close()
+
+    assert (provider.config.tls, provider.config.password) == ("none", Secret("hunter2"))
+
+
+@pytest.mark.parametrize("tls", ["starttls", "tls"])
+def test_a_login_with_tls_to_any_host_is_allowed(tls: str) -> None:
+    environ = {"NOTIFY_SMTP_HOST": "mail.example", "NOTIFY_SMTP_TLS": tls, "NOTIFY_SMTP_PASSWORD": "hunter2"}
+
+    assert Settings.from_env(environ).provider_settings(SmtpSettings).tls == tls
+
+
 def test_an_smtp_provider_without_a_sender_names_it() -> None:
     with pytest.raises(ConfigurationError, match=r"^NOTIFY_EMAIL_FROM is required but not set$"):
         SmtpProvider.from_settings(Settings.from_env({}))

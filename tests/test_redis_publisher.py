@@ -193,9 +193,9 @@ def _kombu_db(url: str) -> object:
     ids=["failover list", "tls option", "kombu option"],
 )
 def test_a_url_redis_py_would_read_otherwise_than_kombu_goes_through_celery(tmp_path: Path, url: str) -> None:
-    from notify.settings import Settings
+    from notify.settings import Secret, Settings
 
-    app = producer_app(Settings(home=tmp_path / ".notify", broker_url=url))
+    app = producer_app(Settings(home=tmp_path / ".notify", broker_url=Secret(url)))
     assert app.conf.broker_transport == REDIS_TRANSPORT  # the workers' transport, as before
 
     assert Publisher(app)._redis is None
@@ -205,9 +205,9 @@ def test_a_url_redis_py_would_read_otherwise_than_kombu_goes_through_celery(tmp_
     "url", ["redis://:secret@127.0.0.1:6379/15", "redis://127.0.0.1/15", "redis://127.0.0.1:6379"]
 )
 def test_a_plain_url_takes_the_fast_path_to_the_database_kombu_reads(tmp_path: Path, url: str) -> None:
-    from notify.settings import Settings
+    from notify.settings import Secret, Settings
 
-    app = producer_app(Settings(home=tmp_path / ".notify", broker_url=url))
+    app = producer_app(Settings(home=tmp_path / ".notify", broker_url=Secret(url)))
     publisher = Publisher(app)
 
     assert publisher._redis is not None

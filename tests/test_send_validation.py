@@ -392,6 +392,30 @@ def bad_data(phrase: str, **data: Any) -> Bad:
     return Bad("data", phrase, options={"data": {"name": "Ada", **data}})
 
 
+class _TextOffsetZone(tzinfo):
+    """A hostile tzinfo: its offset is a string, and datetime.utcoffset() raises TypeError for it."""
+
+    def utcoffset(self, dt: datetime | None) -> Any:
+        return "+05:00"
+
+    def dst(self, dt: datetime | None) -> timedelta:
+        return timedelta(0)
+
+    def tzname(self, dt: datetime | None) -> str:
+        return "text"
+
+
+class _FlippingZone(_TextOffsetZone):
+    """A hostile tzinfo whose offset is a timedelta when first asked, then a string (and so on)."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    def utcoffset(self, dt: datetime | None) -> Any:
+        self.asked += 1
+        return timedelta(hours=1) if self.asked % 2 else "+01:00"
+
+
 HOSTILE = {
     # Values longer than the store's columns, NUL and other control characters, and
     # send_at past year 9999 in UTC: PostgreSQL refused them with a DataError.
@@ -420,6 +444,16 @@ HOSTILE = {
         "send_at",
         "outside the years 1 to 9999",
         options=with_data(send_at=datetime(1, 1, 1, 1, tzinfo=UTC_PLUS_5)),
+    ),
+    "send_at whose tzinfo gives a string offset": Bad(
+        "send_at",
+        "no usable UTC offset",
+        options=with_data(send_at=datetime(2030, 1, 1, tzinfo=_TextOffsetZone())),
+    ),
+    "send_at whose tzinfo changes its offset to a string": Bad(
+        "send_at",
+        "no usable UTC offset",
+        options=with_data(send_at=datetime(2030, 1, 1, tzinfo=_FlippingZone())),
     ),
     # Wrong types and shapes raised RecursionError, TypeError or OSError.
     "data nested 100000 deep": Bad("data", "nested more than 32", options={"data": nested(100_000)}),

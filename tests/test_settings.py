@@ -26,7 +26,7 @@ def test_a_dotenv_file_is_read_and_the_environment_wins(
     settings = Settings.from_env()
 
     assert (settings.templates_dir, settings.max_data_bytes) == (Path("dotenv-templates"), 2048)
-    assert dict(settings.environ)["NOTIFY_SMTP_PORT"] == "587"  # what providers read their own from
+    assert settings.variable("NOTIFY_SMTP_PORT") == "587"  # what providers read their own from
 
 
 def test_durations_accept_seconds_or_units() -> None:
@@ -125,7 +125,7 @@ def test_a_url_notify_cannot_use_is_refused_without_showing_its_password(variabl
     ],
 )
 def test_the_brokers_notify_configures_are_accepted(url: str) -> None:
-    assert Settings.from_env({"NOTIFY_BROKER_URL": url}).broker_url == url
+    assert Settings.from_env({"NOTIFY_BROKER_URL": url}).resolved_broker_url == url
 
 
 def test_a_sqlite_broker_url_is_the_embedded_broker_at_that_path(tmp_path: Path) -> None:
@@ -154,8 +154,11 @@ def test_with_environ_sets_and_unsets_variables_for_provider_settings() -> None:
 
     changed = settings.with_environ(NOTIFY_SMTP_PORT="587", NOTIFY_SMTP_HOST=None)
 
-    assert dict(changed.environ) == {"NOTIFY_SMTP_PORT": "587"}
-    assert dict(settings.environ) == {"NOTIFY_SMTP_HOST": "mail.example", "NOTIFY_SMTP_PORT": "2525"}
+    assert {k: v.reveal() for k, v in changed.environ} == {"NOTIFY_SMTP_PORT": "587"}
+    assert {k: v.reveal() for k, v in settings.environ} == {
+        "NOTIFY_SMTP_HOST": "mail.example",
+        "NOTIFY_SMTP_PORT": "2525",
+    }
 
 
 def test_the_environment_snapshot_stays_out_of_repr() -> None:
@@ -176,7 +179,7 @@ def test_passwords_in_urls_are_masked_in_repr_and_str() -> None:
         assert "broker-pw" not in shown and "db-pw" not in shown and "ssl-pw" not in shown
         assert "amqp://notify:****@mq.example:5672//" in shown
         assert "postgresql://notify:****@db.example/notify?sslpassword=****&connect_timeout=5" in shown
-    assert settings.broker_url == "amqp://notify:broker-pw@mq.example:5672//"  # the value itself is intact
+    assert settings.resolved_broker_url == "amqp://notify:broker-pw@mq.example:5672//"  # intact
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import pytest
 
 from notify.broker.routing import REDIS_TRANSPORT
 from notify.delivery.heartbeat import Heartbeat
-from notify.settings import Settings
+from notify.settings import Secret, Settings
 from notify.store import Claim, Store
 from notify.worker.app import CELERY_TASK_LOGGERS, _quiet_per_message_lines, worker_config
 
@@ -182,7 +182,7 @@ def test_celerys_per_task_lines_only_show_at_debug() -> None:
 def test_workers_use_the_shared_client_transport_on_plain_redis_only(
     tmp_path: Path, url: str, transport: str | None
 ) -> None:
-    settings = Settings(home=tmp_path, broker_url=url)
+    settings = Settings(home=tmp_path, broker_url=Secret(url))
 
     assert worker_config(settings)["broker_transport"] == transport
 

@@ -23,7 +23,7 @@ from notify.constants import (
     queue_name,
 )
 from notify.models import Priority
-from notify.settings import Settings
+from notify.settings import Settings, revealed
 
 EMBEDDED_TRANSPORT = "notify.broker.embedded:Transport"
 REDIS_TRANSPORT = "notify.broker.redis_transport:Transport"
@@ -91,7 +91,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "interval_max": 0.5,
         },
         "broker_connection_timeout": BROKER_TIMEOUT,
-        "task_queues": task_queues(settings.broker_url),
+        "task_queues": task_queues(revealed(settings.broker_url)),
         "task_default_queue": queue_name(registry.names()[0], Priority.NORMAL),  # every task names its own
         "task_serializer": "json",
         "result_serializer": "json",
@@ -115,7 +115,7 @@ def _transport(settings: Settings) -> str | None:
     if settings.uses_embedded_broker:
         return EMBEDDED_TRANSPORT
     # Only plain redis://: kombu derives TLS (rediss) and Sentinel from the scheme.
-    return REDIS_TRANSPORT if (settings.broker_url or "").split("://", 1)[0] == "redis" else None
+    return REDIS_TRANSPORT if (revealed(settings.broker_url) or "").split("://", 1)[0] == "redis" else None
 
 
 def producer_app(settings: Settings) -> Celery:

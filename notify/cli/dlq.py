@@ -8,6 +8,7 @@ import sys
 import click
 
 from notify.cli.output import ChannelChoice, notifier, reports_errors, table
+from notify.constants import MAX_LISTED
 from notify.errors import ValidationError
 
 
@@ -18,7 +19,7 @@ def dlq() -> None:
 
 @dlq.command("list")
 @click.option("--channel", type=ChannelChoice())
-@click.option("--limit", type=click.IntRange(1), default=100, show_default=True)
+@click.option("--limit", type=click.IntRange(1, MAX_LISTED), default=100, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (addresses unmasked).")
 @reports_errors
 def list_(channel: str | None, limit: int, as_json: bool) -> None:

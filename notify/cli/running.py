@@ -17,7 +17,7 @@ import click
 from notify import channels as registry
 from notify.cli.output import ChannelChoice, reports_errors
 from notify.errors import ValidationError
-from notify.settings import Settings, get_settings
+from notify.settings import Settings, get_settings, revealed
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -68,7 +68,7 @@ def worker(channel: str, concurrency: int, pool: str, loglevel: str, celery_opti
     argv = [
         "worker",
         "-Q",
-        ",".join(consume_queues(settings.broker_url, channel)),
+        ",".join(consume_queues(revealed(settings.broker_url), channel)),
         "-P",
         pool,
         "-c",

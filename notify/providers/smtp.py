@@ -9,6 +9,7 @@ The message itself is built in `notify.providers.mime`.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import re
 import threading
 import time
@@ -56,9 +57,25 @@ class SmtpSettings:
             raise ConfigurationError(
                 f"NOTIFY_SMTP_TLS must be none, starttls or tls, not {self.tls!r}", setting="NOTIFY_SMTP_TLS"
             )
+        if self.tls == "none" and (self.username or self.password) and not _loopback(self.host):
+            raise ConfigurationError(
+                f"NOTIFY_SMTP_TLS=none would send the SMTP login in clear to {self.host}; "
+                "use starttls or tls (none with a login is for a loopback host only)",
+                setting="NOTIFY_SMTP_TLS",
+            )
 
     def __repr__(self) -> str:
         return masked_repr(self)
+
+
+def _loopback(host: str) -> bool:
+    """Whether `host` is this machine by its spelling alone (no lookup): localhost, 127.0.0.0/8, ::1."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.removeprefix("[").removesuffix("]")).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)

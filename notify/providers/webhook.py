@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import logging
 import socket
 import threading
 import time
@@ -30,6 +31,7 @@ from urllib3.util.ssl_match_hostname import CertificateError
 from notify.channels.webhook import ALLOW_PRIVATE_VARIABLE, NAME, WebhookMessage, WebhookSettings, not_public
 from notify.errors import (
     ConfigurationError,
+    DeliveryError,
     OutcomeUnknownError,
     PermanentDeliveryError,
     TransientDeliveryError,
@@ -54,6 +56,8 @@ _DRAIN_LIMIT: Final = 64 * 1024  # an answer's body read to keep its connection 
 # a live host answers a SYN within a round trip (well under a second), and 5 s still
 # covers one lost SYN (Linux resends it after 1 s, then 3 s) and the TLS handshake.
 CONNECT_TIMEOUT_PER_ADDRESS: Final = 5.0
+
+log = logging.getLogger(__name__)
 
 _Key = tuple[str, str, int, str]  # address, scheme, port, host
 Resolve = Callable[[str, int], Sequence[str]]
@@ -180,23 +184,23 @@ class WebhookProvider:
         return f"WebhookProvider({shown})"
 
     def _checked_addresses(self, target: _Target) -> list[str]:
-        """The host's addresses, once; `PermanentDeliveryError` if one is not public."""
+        """The host's addresses, once: a transient error if there are none, permanent if one is not public.
+
+        Both read the same to the sender (`_refused`): the addresses and the lookup's error go to
+        the worker's log only, or a sender could map the names the worker's DNS knows.
+        """
         try:
             addresses = list(self._resolve(target.host.strip("[]"), target.port))
         except OSError as exc:  # socket.gaierror: nothing was sent
-            raise _transient(f"cannot resolve {target.host}: {exc}", "dns") from None
+            detail = f"cannot resolve {target.host}: {exc}"
+            raise _refused(target, TransientDeliveryError, "dns", detail) from None
         if not addresses:
-            raise _transient(f"{target.host} has no address", "dns")
+            raise _refused(target, TransientDeliveryError, "dns", f"{target.host} has no address")
         for address in addresses:
             kind = self._refused_kind(address)
             if kind is not None:
-                raise PermanentDeliveryError(
-                    f"{target.host} resolves to {address}, a {kind} address, not a public one; "
-                    f"{ALLOW_PRIVATE_VARIABLE}=1 allows it",
-                    channel=NAME,
-                    provider=PROVIDER,
-                    code="private_address",
-                )
+                detail = f"{target.host} resolves to {address}, a {kind} address, not a public one"
+                raise _refused(target, PermanentDeliveryError, "private_address", detail)
         return addresses
 
     def _refused_kind(self, address: str) -> str | None:
@@ -355,6 +359,16 @@ def _answer_error(response: BaseHTTPResponse) -> Exception:
         status, f"http_{status}", reason, http.parse_retry_after(response.headers.get("Retry-After"))
     )
     return http.error_for(http.judge(answer, {}, {}), answer, channel=NAME, provider=PROVIDER)
+
+
+def _refused(target: _Target, error: type[DeliveryError], code: str, detail: str) -> DeliveryError:
+    """The one text a sender reads for any refusal after the DNS lookup; `detail` only in the log."""
+    log.warning("webhook refused: %s", detail)
+    reason = (
+        f"{target.host} has no public address that this worker may call "
+        f"(the worker's log says why); {ALLOW_PRIVATE_VARIABLE}=1 allows it for private ones"
+    )
+    return error(reason, channel=NAME, provider=PROVIDER, code=code)
 
 
 def _transient(reason: str, code: str | None) -> TransientDeliveryError:
