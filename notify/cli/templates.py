@@ -10,6 +10,7 @@ import click
 from notify.cli.output import ChannelChoice, json_object, reports_errors, table
 from notify.rendering import Renderer, check_template, variables
 from notify.settings import get_settings
+from notify.text import printable
 
 
 def _renderer() -> Renderer:
@@ -53,7 +54,7 @@ def check() -> None:
     names = renderer.names()
     problems = [p for name in names for p in check_template(renderer, name)]
     for problem in problems:
-        click.echo(problem, err=True)
+        click.echo(printable(problem), err=True)
     if problems:
         sys.exit(1)
     click.echo(f"{len(names)} templates OK")
@@ -73,4 +74,4 @@ def preview(name: str, channel: str, data: str, locale: str | None) -> None:
         raise click.UsageError(f"template {name!r} has no {channel} channel")
     for part, text in renderer.render(name, channel, json_object("--data", data), locale).items():
         click.echo(f"--- {part}")
-        click.echo(text)
+        click.echo(printable(text, lines=True))
