@@ -182,7 +182,7 @@ class Settings:
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         """Build settings from `environ` (default: `.env` overlaid by os.environ)."""
         if environ is None:
-            environ = {k: v for k, v in dotenv_values(".env").items() if v is not None}
+            environ = {k: v for k, v in _dotenv().items() if v is not None}
             environ.update(os.environ)
         return read_env(
             cls, environ, environ=tuple(sorted((k, v) for k, v in environ.items() if k.startswith("NOTIFY_")))
@@ -206,6 +206,18 @@ class Settings:
             return self.config_path
         default = Path("notify.toml")
         return default if default.exists() else None
+
+
+def _dotenv() -> dict[str, str | None]:
+    """The variables of `.env`, if there is one; a `ConfigurationError` if it cannot be read."""
+    try:
+        return dotenv_values(".env", encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigurationError(
+            f".env is not UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})", setting=".env"
+        ) from None
+    except OSError as exc:
+        raise ConfigurationError(f".env cannot be read: {exc.strerror or exc}", setting=".env") from None
 
 
 def backend_variable(channel: str) -> str:

@@ -113,10 +113,21 @@ def outcome(d: Delivery) -> str | None:
 
 
 def json_object(option: str, text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValidationError(option, f"not JSON: {exc}") from None
+    value = parse_json(option, text)
     if not isinstance(value, dict):
         raise ValidationError(option, "must be a JSON object")
     return value
+
+
+def parse_json(field: str, text: str) -> Any:
+    """`text` as JSON, or a `ValidationError` naming `field`: for text not JSON, nested too deep
+    for the parser, or holding an integer over Python's digit limit."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValidationError(field, f"not JSON: {exc}") from None
+    except RecursionError:
+        raise ValidationError(field, "JSON nested too deeply") from None
+    except ValueError:  # the only other: an integer over Python's limit of digits
+        limit = sys.get_int_max_str_digits()
+        raise ValidationError(field, f"JSON with an integer of more than {limit} digits") from None

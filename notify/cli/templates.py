@@ -24,6 +24,7 @@ def templates() -> None:
 
 @templates.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@reports_errors
 def list_(as_json: bool) -> None:
     """Each template, its channels, locales and the variables it needs."""
     renderer = _renderer()
@@ -48,6 +49,7 @@ def list_(as_json: bool) -> None:
 
 
 @templates.command()
+@reports_errors
 def check() -> None:
     """Parse every template; exit 1 if any is broken or has half a channel."""
     renderer = _renderer()
