@@ -61,6 +61,8 @@ class Notifier:
 
     @functools.cached_property
     def store(self) -> Store:
+        if self.settings.database_url is None or self.settings.uses_embedded_broker:
+            self.settings.validate()  # a NOTIFY_HOME it cannot write: one error naming it, before any record
         return Store(self.settings.resolved_database_url)
 
     @functools.cached_property

@@ -149,6 +149,8 @@ class Renderer:
             raise TemplateError("template", f"template {folder!r} has no {filename}") from None
         except jinja2.TemplateSyntaxError as exc:
             raise TemplateError("template", f"{exc.name}:{exc.lineno}: {exc.message}") from None
+        except (UnicodeDecodeError, OSError) as exc:
+            raise TemplateError("template", f"{path} {_unreadable(exc)}") from None
 
     def _render(self, template: jinja2.Template, data: Mapping[str, Any]) -> str:
         try:
@@ -196,9 +198,9 @@ def check_template(renderer: Renderer, name: str) -> list[str]:
     for path in sorted(folder.rglob("*.j2")):
         relative = path.relative_to(renderer.root).as_posix()
         try:
-            renderer.env.parse(path.read_text(), name=relative, filename=str(path))
-        except jinja2.TemplateSyntaxError as exc:
-            problems.append(f"{relative}:{exc.lineno}: {exc.message}")
+            _parse(renderer, relative)
+        except TemplateError as exc:
+            problems.append(str(exc).removeprefix("template: "))
     for channel, spec in registry.channels().items():
         present = [f for f in spec.parts.values() if (folder / f).is_file()]
         required = list(spec.required_parts.values())
@@ -230,7 +232,25 @@ def variables(renderer: Renderer, name: str, channel: str) -> set[str]:
         if template in seen or not (renderer.root / template).is_file():
             continue
         seen.add(template)
-        ast = renderer.env.parse((renderer.root / template).read_text())
+        ast = _parse(renderer, template)
         found |= jinja2.meta.find_undeclared_variables(ast)
         pending += [t for t in jinja2.meta.find_referenced_templates(ast) if t]
     return found
+
+
+def _parse(renderer: Renderer, template: str) -> jinja2.nodes.Template:
+    """The parsed template file `template` (a path under the root), or a `TemplateError` naming it."""
+    path = renderer.root / template
+    try:
+        return renderer.env.parse(path.read_text(encoding="utf-8"), name=template, filename=str(path))
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError("template", f"{template}:{exc.lineno}: {exc.message}") from None
+    except (UnicodeDecodeError, OSError) as exc:
+        raise TemplateError("template", f"{template} {_unreadable(exc)}") from None
+
+
+def _unreadable(exc: UnicodeDecodeError | OSError) -> str:
+    """Why a template file could not be read, to follow its name."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"is not UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
+    return f"cannot be read: {exc.strerror or exc}"

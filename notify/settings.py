@@ -188,7 +188,7 @@ class Settings:
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         """Build settings from `environ` (default: `.env` overlaid by os.environ)."""
         if environ is None:
-            environ = {k: v for k, v in dotenv_values(".env").items() if v is not None}
+            environ = {k: v for k, v in _dotenv().items() if v is not None}
             environ.update(os.environ)
         return read_env(
             cls,
@@ -219,6 +219,18 @@ class Settings:
 def revealed(secret: Secret | None) -> str | None:
     """The value of `secret`, or None."""
     return None if secret is None else secret.reveal()
+
+
+def _dotenv() -> dict[str, str | None]:
+    """The variables of `.env`, if there is one; a `ConfigurationError` if it cannot be read."""
+    try:
+        return dotenv_values(".env", encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigurationError(
+            f".env is not UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})", setting=".env"
+        ) from None
+    except OSError as exc:
+        raise ConfigurationError(f".env cannot be read: {exc.strerror or exc}", setting=".env") from None
 
 
 def backend_variable(channel: str) -> str:

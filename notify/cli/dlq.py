@@ -10,6 +10,7 @@ import click
 from notify.cli.output import ChannelChoice, notifier, reports_errors, table
 from notify.constants import MAX_LISTED
 from notify.errors import ValidationError
+from notify.text import printable
 
 
 @click.group()
@@ -75,9 +76,9 @@ def replay(ids: tuple[str, ...], everything: bool) -> None:
         raise ValidationError("ids", "give delivery IDs or --all, not both or neither")
     result = notifier().replay(None if everything else list(ids))
     for delivery_id in result.replayed:
-        click.echo(f"replayed {delivery_id}")
+        click.echo(f"replayed {printable(delivery_id)}")
     for delivery_id in result.not_found:
-        click.echo(f"not a dead letter: {delivery_id}", err=True)
+        click.echo(f"not a dead letter: {printable(delivery_id)}", err=True)
     if result.not_found:
         raise SystemExit(1)
 

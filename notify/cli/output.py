@@ -6,7 +6,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from functools import wraps
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -14,6 +14,7 @@ from notify.api import Notifier
 from notify.errors import NotifyError, ValidationError, one_line
 from notify.models import Delivery
 from notify.settings import get_settings
+from notify.text import printable
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -47,8 +48,7 @@ class NotifyGroup(click.Group):
             channels.names()  # a broken channel plugin: one line, before any command parses
             return super().invoke(ctx)
         except NotifyError as exc:
-            click.echo(f"error: {one_line(exc)}", err=True)
-            sys.exit(2)
+            fail(exc)
 
 
 def reports_errors(command: F) -> F:
@@ -59,10 +59,15 @@ def reports_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except NotifyError as exc:
-            click.echo(f"error: {one_line(exc)}", err=True)
-            sys.exit(2)
+            fail(exc)
 
     return wrapper  # type: ignore[return-value]
+
+
+def fail(exc: NotifyError) -> NoReturn:
+    """Print `exc` as one line, its control characters escaped (it may quote a file or a peer), and exit 2."""
+    click.echo(f"error: {printable(one_line(exc))}", err=True)
+    sys.exit(2)
 
 
 def notifier() -> Notifier:
@@ -70,8 +75,9 @@ def notifier() -> Notifier:
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A plain text table; nothing is shortened (operators paste IDs)."""
-    cells = [[("" if v is None else str(v)) for v in row] for row in rows]
+    """A plain text table; nothing is shortened (operators paste IDs), control characters are escaped
+    (a provider's reason may hold ESC sequences and a bare CR)."""
+    cells = [[("" if v is None else printable(str(v))) for v in row] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
     lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
@@ -107,10 +113,21 @@ def outcome(d: Delivery) -> str | None:
 
 
 def json_object(option: str, text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValidationError(option, f"not JSON: {exc}") from None
+    value = parse_json(option, text)
     if not isinstance(value, dict):
         raise ValidationError(option, "must be a JSON object")
     return value
+
+
+def parse_json(field: str, text: str) -> Any:
+    """`text` as JSON, or a `ValidationError` naming `field`: for text not JSON, nested too deep
+    for the parser, or holding an integer over Python's digit limit."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValidationError(field, f"not JSON: {exc}") from None
+    except RecursionError:
+        raise ValidationError(field, "JSON nested too deeply") from None
+    except ValueError:  # the only other: an integer over Python's limit of digits
+        limit = sys.get_int_max_str_digits()
+        raise ValidationError(field, f"JSON with an integer of more than {limit} digits") from None

@@ -98,10 +98,12 @@ def beat(loglevel: str) -> None:
     import signal
     import threading
 
+    from notify.text import escape_logs
     from notify.worker.services import new_maintenance
     from notify.worker.startup import preflight
 
     logging.basicConfig(level=loglevel.upper(), format="[%(asctime)s: %(levelname)s/%(name)s] %(message)s")
+    escape_logs(logging.getLogger())
     settings = get_settings()
     preflight(settings, channels=())  # NOTIFY_HOME first: the embedded broker's file lives there
     maintenance = new_maintenance(configured_app(settings), settings, registry.names()).start()

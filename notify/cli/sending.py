@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import json
 import sys
 from collections import Counter
@@ -16,7 +18,14 @@ import click
 
 from notify import channels as registry
 from notify.api import BATCH_SIZE
-from notify.cli.output import deliveries_table, delivery_json, json_object, notifier, reports_errors
+from notify.cli.output import (
+    deliveries_table,
+    delivery_json,
+    json_object,
+    notifier,
+    parse_json,
+    reports_errors,
+)
 from notify.errors import ConfigurationError, PartiallyRecorded, StoreUnavailable, ValidationError
 from notify.models import Intent, SendResult
 
@@ -190,10 +199,25 @@ class Defaults:
 
 def read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
     """Each row of the file with the line it starts on: send()'s keyword arguments, unchecked."""
-    with path.open(newline="", encoding="utf-8") as file:
-        if path.suffix.lower() == ".csv":
-            return list(_csv_rows(file))
-        return list(_json_rows(file))
+    file = io.StringIO(_text_of(path), newline="")
+    if path.suffix.lower() == ".csv":
+        return list(_csv_rows(file))
+    return list(_json_rows(file))
+
+
+def _text_of(path: Path) -> str:
+    """The file as UTF-8 text, without the byte order mark Excel writes; an error naming the line
+    of the first byte that is not UTF-8."""
+    data = path.read_bytes()
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise ValidationError("line 1", "the file is UTF-16: save it as UTF-8 (Excel: CSV UTF-8)")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ValidationError(
+            f"line {line}", f"not UTF-8 (byte 0x{data[exc.start]:02x}): save the file as UTF-8"
+        ) from None
 
 
 def _csv_rows(file: Any) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -224,10 +248,7 @@ def _json_rows(file: Any) -> Iterator[tuple[int, dict[str, Any]]]:
     for number, text in enumerate(file, start=1):
         if not text.strip():
             continue
-        try:
-            row = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValidationError(f"line {number}", f"not JSON: {exc}") from None
+        row = parse_json(f"line {number}", text)
         if not isinstance(row, dict):
             raise ValidationError(f"line {number}", "must be a JSON object of send()'s keyword arguments")
         yield number, row

@@ -10,6 +10,7 @@ import click
 from notify.cli.output import ChannelChoice, json_object, reports_errors, table
 from notify.rendering import Renderer, check_template, variables
 from notify.settings import get_settings
+from notify.text import printable
 
 
 def _renderer() -> Renderer:
@@ -23,6 +24,7 @@ def templates() -> None:
 
 @templates.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@reports_errors
 def list_(as_json: bool) -> None:
     """Each template, its channels, locales and the variables it needs."""
     renderer = _renderer()
@@ -47,13 +49,14 @@ def list_(as_json: bool) -> None:
 
 
 @templates.command()
+@reports_errors
 def check() -> None:
     """Parse every template; exit 1 if any is broken or has half a channel."""
     renderer = _renderer()
     names = renderer.names()
     problems = [p for name in names for p in check_template(renderer, name)]
     for problem in problems:
-        click.echo(problem, err=True)
+        click.echo(printable(problem), err=True)
     if problems:
         sys.exit(1)
     click.echo(f"{len(names)} templates OK")
@@ -73,4 +76,4 @@ def preview(name: str, channel: str, data: str, locale: str | None) -> None:
         raise click.UsageError(f"template {name!r} has no {channel} channel")
     for part, text in renderer.render(name, channel, json_object("--data", data), locale).items():
         click.echo(f"--- {part}")
-        click.echo(text)
+        click.echo(printable(text, lines=True))

@@ -26,6 +26,7 @@ from celery.concurrency.solo import TaskPool as SoloPool
 from celery.concurrency.thread import TaskPool as ThreadPool
 from celery.signals import (
     after_setup_logger,
+    after_setup_task_logger,
     celeryd_init,
     worker_init,
     worker_process_init,
@@ -41,6 +42,7 @@ from notify.broker.routing import celery_config, consume_queues
 from notify.constants import queue_channel
 from notify.errors import ConfigurationError, NotifyError
 from notify.settings import Settings, get_settings
+from notify.text import escape_logs
 from notify.worker import services
 from notify.worker.startup import preflight, refuse_to_start
 
@@ -199,6 +201,13 @@ def _drain(**_: Any) -> None:
 @worker_process_shutdown.connect
 def _stop(**_: Any) -> None:
     services.stop()
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _escape_control_characters(logger: logging.Logger, **_: Any) -> None:
+    # A provider's reason phrase may hold ESC sequences and a bare CR: the log shows them escaped.
+    escape_logs(logger)
 
 
 @after_setup_logger.connect
