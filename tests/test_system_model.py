@@ -123,13 +123,15 @@ class Handover:
     number: int
     delivery_id: str
     proc: Process
-    cuts: int  # its process's cut-offs when it was made
+    worker: str | None  # its process's registration as a worker when it was made
     at: float
     result: str = "pending"  # accepted, refused, unknown
 
-    def may_have_counted(self) -> bool:
-        """Whether a second handover would be a second copy the system should have prevented."""
-        excused = self.proc.killed or self.proc.cuts != self.cuts
+    def may_have_counted(self, dead: set[str]) -> bool:
+        """Whether a second handover would be a second copy the system should have prevented:
+        not if it was refused, or its process was killed or declared dead since (the check
+        `declared_dead_only_when_cut_off_or_killed` says when that may happen)."""
+        excused = self.proc.killed or self.worker is None or self.worker in dead
         return self.result != "refused" and not excused
 
 
@@ -154,7 +156,9 @@ class Process:
     mono_offset: float
     killed: bool = False
     cut_off: bool = False
-    cuts: int = 0
+    cut_ended: float = -1e9  # when it last got the store back (a cut-off's or an outage's end)
+    worker_ids: set[str] = field(default_factory=set)
+    known_dead: set[str] = field(default_factory=set)  # its registrations declared dead, and why was checked
     late_beat: bool = False
     next_beat: float = 0.0
     redeliver_on_death: bool = True
@@ -216,7 +220,9 @@ class Broker:
             for q in queued:
                 for ids, at in self.messages:
                     waited = q.id in ids and now - at < QUEUED_GRACE and self.taken.get(q.id, -1e9) < at
-                    if waited and self.model.clock_stepped_at < at:
+                    # A step lingers: each store's DatabaseClock takes the new time within a minute.
+                    stepped = self.model.clock_stepped_at > at - DatabaseClock.RESYNC_EVERY - QUEUED_GRACE
+                    if waited and not stepped:
                         raise Violation(
                             f"delivery {q.id} published again {now - at:.1f}s after its message, still on "
                             "the broker and taken by no worker"
@@ -335,11 +341,16 @@ class Model:
     def deliver(self, message: Message) -> Receipt:
         proc: Process = _here.proc
         run: Run = _here.run
+        assert proc.heartbeat is not None
+        worker = proc.heartbeat._worker_id  # read only: which registration hands this over
+        if worker is not None:
+            proc.worker_ids.add(worker)
+        dead = self.dead_workers()
         with self.lock:
             earlier = self.handovers.setdefault(message.delivery_id, [])
             number = sum(len(h) for h in self.handovers.values()) + 1
-            handover = Handover(number, message.delivery_id, proc, proc.cuts, self.t)
-            counted = [h for h in earlier if h.may_have_counted()]
+            handover = Handover(number, message.delivery_id, proc, worker, self.t)
+            counted = [h for h in earlier if h.may_have_counted(dead)]
             earlier.append(handover)
         if counted:
             self.violations.append(
@@ -466,6 +477,8 @@ class Model:
             if what == "beat":
                 assert proc.heartbeat is not None
                 proc.heartbeat.beat()  # logs and returns when the store is away
+                if proc.heartbeat._worker_id is not None:  # read only: its registration now
+                    proc.worker_ids.add(proc.heartbeat._worker_id)
                 return
             assert proc.maintenance is not None
             _here.maintenance = True
@@ -481,6 +494,8 @@ class Model:
     def fail_statement(self, conn: sa.Connection, statement: str, parameters: Any) -> None:
         """Every statement of the model's processes passes here (a SQLAlchemy event)."""
         proc: Process | None = getattr(_here, "proc", None)
+        if getattr(_here, "model", False):  # the model's own reads, from a worker's thread
+            return
         if self.sqlite_outage or (proc is not None and proc.cut_off):
             raise conn.dialect.loaded_dbapi.OperationalError("the model: the store is away")
         if self.race_armed and getattr(_here, "maintenance", False):
@@ -511,10 +526,38 @@ class Model:
 
     def again(self, call: Callable[[], T]) -> T:
         """The model's own call, once more if it met a connection a past outage killed."""
+        before = getattr(_here, "model", False)
+        _here.model = True
         try:
+            for _ in range(3):
+                with contextlib.suppress(StoreUnavailable, sa.exc.OperationalError):
+                    return call()
             return call()
-        except StoreUnavailable:
-            return call()
+        finally:
+            _here.model = before
+
+    def dead_workers(self) -> set[str]:
+        """The registrations the model saw that are dead now (or forgotten, which only the dead are)."""
+
+        def read() -> set[str]:
+            with self.producer.engine.connect() as conn:
+                rows = conn.execute(sa.text("SELECT id FROM notify_workers WHERE NOT dead")).scalars()
+                return set(rows)
+
+        live = self.again(read)
+        return {w for p in self.procs for w in p.worker_ids} - live
+
+    def declared_dead_only_when_cut_off_or_killed(self) -> None:
+        """A worker whose beats reach the store is not declared dead: only a killed one, or one
+        whose beats failed (cut off, or its connections lost in an outage) within the last lease
+        and two sweeps, as an observer may count them."""
+        dead = self.dead_workers()
+        window = LEASE + 2 * self.settings.sweep_every + 2 * HALF
+        for proc in self.procs:
+            newly = (proc.worker_ids & dead) - proc.known_dead
+            if newly and not proc.killed and not proc.cut_off and self.t - proc.cut_ended > window:
+                raise Violation(f"{proc.name}, beating, declared dead ({sorted(newly)[0]})")
+            proc.known_dead |= newly
 
     def send(self, *, later: float | None = None, legacy: bool = False) -> None:
         delivery_id = str(uuid.uuid4())
@@ -604,16 +647,17 @@ class Model:
                 self.outage = None
         else:
             self.sqlite_outage = not self.sqlite_outage
+        for proc in self.procs:
+            proc.cut_ended = self.t
         self.settle()
 
     def toggle_cut(self) -> None:
         cut = [p for p in self.procs if p.cut_off]
         if cut:
             for proc in cut:
-                proc.cut_off = False
+                proc.cut_off, proc.cut_ended = False, self.t
         elif self.live():
-            proc = self.rng.choice(self.live())
-            proc.cut_off, proc.cuts = True, proc.cuts + 1
+            self.rng.choice(self.live()).cut_off = True
         self.settle()
 
     def step_clock(self) -> None:
@@ -625,6 +669,8 @@ class Model:
         self.db_step += self.rng.choice([-30.0, -2.0, 2.0, 30.0, 86400.0])
 
     def check(self) -> None:
+        if self.outage is None and not self.sqlite_outage:
+            self.declared_dead_only_when_cut_off_or_killed()
         if self.violations:
             raise Violation(self.violations[0])
         errors = [r.error for r in self.runs if r.error is not None]
@@ -637,7 +683,7 @@ class Model:
         if self.outage is not None or self.sqlite_outage:
             self.toggle_outage()
         for proc in self.procs:
-            proc.cut_off = False
+            proc.cut_off, proc.cut_ended = False, self.t
         self.settle()
         if not self.live():
             self.start_worker()
