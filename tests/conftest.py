@@ -16,6 +16,11 @@ from notify.settings import Settings
 from tests.support.processes import Notify, Worker
 from tests.support.smtp import SmtpServer
 
+if os.environ.get("NOTIFY_MUTANT"):  # tests/test_system_model.py's mutants, each in a subprocess
+    from tests.support import mutants
+
+    mutants.apply(os.environ["NOTIFY_MUTANT"])
+
 REPO = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI", "").lower() == "true"
 REDIS_URL = os.environ.get("NOTIFY_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")

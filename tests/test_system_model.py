@@ -1,0 +1,805 @@
+"""A model of the system: real workers' parts against the real store, the faults around them.
+
+Each simulated worker process has the real `Deliverer` (its real `Heartbeat`)
+and the real `Maintenance`, each with stores of its own, on SQLite (a file) or
+PostgreSQL. A seeded schedule of steps drives them from the test thread:
+maintenance passes and heartbeats are called as their threads would call
+them, and each message a worker takes runs the real `attempt_burst` in a
+thread of its own (as a Celery task would), so a provider call can be held
+while the rest of the system moves on. Only the edges are fakes:
+
+- the provider (tests/support/fake_provider.py, loaded as NOTIFY_PUSH_BACKEND)
+  counts every handover and answers at once, late (held while time passes),
+  never (until the provider's own deadline, then an unknown outcome), with a
+  transient or permanent failure, an unknown outcome, a bug, or hostile text
+  (NUL, a lone surrogate, a 1 MB reason);
+- the broker is a list: a message is taken by a worker (acked when its attempt
+  returns, put back when the store was away), lost, or delivered twice.
+
+Time is virtual: each process's monotonic clock (a fixed offset of its own)
+and the store's clock (each SQLite process's wall clock, or the database's
+clock behind each store's real `DatabaseClock` on PostgreSQL) move only when
+the model says so; the clocks step forward and back. Faults: store outages
+(a real one on PostgreSQL, the driver failing every statement on SQLite), one
+process cut off from the store, workers killed (idle, holding a message,
+after the provider accepted, while recording), a heartbeat late by one beat,
+rows an older release left (`release_at` NULL), and on PostgreSQL a claim
+landing between a maintenance statement's SELECT and its UPDATE.
+
+Invariants:
+
+- a delivery is handed over again only after every earlier handover was
+  refused, or its process was killed or cut off from the store meanwhile
+  (a worker cut off for a lease may be taken for dead: at-least-once);
+- a message still on the broker is not published again within QUEUED_GRACE
+  unless a worker took it meanwhile or a clock stepped;
+- once the faults stop and time passes, every delivery is final; one a
+  provider accepted is `sent` (or failed as `outcome_unknown`), one recorded
+  `sent` was accepted.
+
+Each violation raises an AssertionError starting with "INVARIANT"; the
+mutants (tests/support/mutants.py) are checked against that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+import types
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import sqlalchemy as sa
+
+import notify.delivery.attempt
+import notify.delivery.heartbeat
+import notify.delivery.maintenance
+import notify.store.clock
+from notify.constants import QUEUED_GRACE
+from notify.delivery.attempt import Deliverer, Outcome, longest_attempt
+from notify.delivery.heartbeat import Heartbeat
+from notify.delivery.liveness import Liveness
+from notify.delivery.maintenance import Maintenance
+from notify.errors import (
+    NotifyError,
+    OutcomeUnknownError,
+    PermanentDeliveryError,
+    StoreUnavailable,
+    TransientDeliveryError,
+)
+from notify.models import Delivery, Status
+from notify.providers.base import Message, Receipt
+from notify.settings import Settings
+from notify.store import NewDelivery, Queued, Store
+from notify.store.clock import Clock, DatabaseClock
+from tests.conftest import REPO
+from tests.support import fake_provider
+from tests.support.outages import store_outage
+from tests.support.processes import wait_for
+from tests.support.records import record_one
+
+T = TypeVar("T")
+LEASE = 3.0
+HALF = 0.5  # the model's time step: maintenance's release cadence
+PROVIDER_DEADLINE = 10.0  # NOTIFY_DELIVERY_TIMEOUT: a call that never answers ends as unknown then
+END_BOUND = 240.0  # virtual seconds after the faults stop by which every delivery is final
+BASE = datetime(2026, 1, 1, tzinfo=UTC)
+FINAL = {Status.SENT, Status.FAILED, Status.DUPLICATE}
+POLICY = """
+[channels.push]
+max_attempts = 4
+backoff_initial = 5.0
+backoff_max = 10.0
+jitter = false
+"""
+HOSTILE = "\x00 \udce4 " + "é" * 1_000_000
+
+
+class Killed(BaseException):
+    """The process died here: nothing after this point of it runs."""
+
+
+class Violation(AssertionError):
+    def __init__(self, what: str) -> None:
+        super().__init__(f"INVARIANT: {what}")
+
+
+_here = threading.local()  # .proc: the simulated process this thread belongs to; .run: its attempt
+
+
+@dataclass(eq=False)
+class Handover:
+    number: int
+    delivery_id: str
+    proc: Process
+    worker: str | None  # its process's registration as a worker when it was made
+    at: float
+    result: str = "pending"  # accepted, refused, unknown
+
+    def may_have_counted(self, dead: set[str]) -> bool:
+        """Whether a second handover would be a second copy the system should have prevented:
+        not if it was refused, or its process was killed or declared dead since (the check
+        `declared_dead_only_when_cut_off_or_killed` says when that may happen)."""
+        excused = self.proc.killed or self.worker is None or self.worker in dead
+        return self.result != "refused" and not excused
+
+
+@dataclass(eq=False)
+class Run:
+    """One message a worker took: `attempt_burst` in a thread of its own."""
+
+    proc: Process
+    ids: list[str]
+    plan: str
+    started: float
+    state: str = "running"  # parked (in the provider), sleeping (recording again), done
+    answer: str | None = None
+    wake: threading.Event = field(default_factory=threading.Event)
+    outcomes: list[Outcome] | None = None
+    error: BaseException | None = None
+
+
+@dataclass(eq=False)
+class Process:
+    name: str
+    mono_offset: float
+    killed: bool = False
+    cut_off: bool = False
+    cut_ended: float = -1e9  # when it last got the store back (a cut-off's or an outage's end)
+    worker_ids: set[str] = field(default_factory=set)
+    known_dead: set[str] = field(default_factory=set)  # its registrations declared dead, and why was checked
+    late_beat: bool = False
+    next_beat: float = 0.0
+    redeliver_on_death: bool = True
+    deliverer: Deliverer | None = None
+    heartbeat: Heartbeat | None = None
+    maintenance: Maintenance | None = None
+    stores: list[Store] = field(default_factory=list)
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        previous = getattr(_here, "proc", None)
+        _here.proc = self
+        try:
+            yield
+        finally:
+            _here.proc = previous
+
+
+class VirtualTime(types.SimpleNamespace):
+    """The `time` of notify's delivery modules: each process's monotonic clock, moved by the model."""
+
+    def __init__(self, model: Model) -> None:
+        super().__init__()
+        self._model = model
+
+    def monotonic(self) -> float:
+        proc: Process | None = getattr(_here, "proc", None)
+        return self._model.t + (proc.mono_offset if proc is not None else 0.0)
+
+    def sleep(self, seconds: float) -> None:  # notify's own retry pauses: a killed process ends here
+        proc: Process | None = getattr(_here, "proc", None)
+        run: Run | None = getattr(_here, "run", None)
+        if proc is not None and proc.killed:
+            raise Killed
+        if run is not None:
+            run.state = "sleeping"
+        time.sleep(min(seconds, 0.01))
+        if proc is not None and proc.killed:
+            raise Killed
+        if run is not None:
+            run.state = "running"
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+class Broker:
+    """Maintenance's `publish`, and the workers' queue: the model takes, loses and redelivers."""
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self.messages: list[tuple[list[str], float]] = []  # ids, when published (true time)
+        self.taken: dict[str, float] = {}  # delivery id -> when a worker last took a message of it
+        self.lock = threading.Lock()
+
+    def publish(self, queued: list[Queued]) -> None:
+        now = self.model.t
+        with self.lock:
+            for q in queued:
+                for ids, at in self.messages:
+                    waited = q.id in ids and now - at < QUEUED_GRACE and self.taken.get(q.id, -1e9) < at
+                    # A step lingers: each store's DatabaseClock takes the new time within a minute.
+                    stepped = self.model.clock_stepped_at > at - DatabaseClock.RESYNC_EVERY - QUEUED_GRACE
+                    if waited and not stepped:
+                        raise Violation(
+                            f"delivery {q.id} published again {now - at:.1f}s after its message, still on "
+                            "the broker and taken by no worker"
+                        )
+                self.messages.append(([q.id], now))
+
+    def put_back(self, ids: list[str]) -> None:
+        with self.lock:
+            self.messages.append((ids, self.model.t))
+
+    def backlog(self, _channel: str, _priority: str) -> int:
+        with self.lock:
+            return len(self.messages)
+
+    def take(self, index: int, *, keep: bool = False) -> list[str]:
+        with self.lock:
+            ids, _at = self.messages[index] if keep else self.messages.pop(index)
+            for i in ids:
+                self.taken[i] = self.model.t
+            return ids
+
+
+class Model:
+    def __init__(self, url: str, home: Path, seed: int) -> None:
+        self.url, self.home, self.rng = url, home, random.Random(seed)
+        self.postgres = url.startswith("postgresql")
+        self.t = 0.0
+        self.db_step = 0.0
+        self.clock_stepped_at = -1e9
+        self.outage: contextlib.ExitStack | None = None
+        self.sqlite_outage = False
+        self.procs: list[Process] = []
+        self.runs: list[Run] = []
+        self.handovers: dict[str, list[Handover]] = {}
+        self.ids: list[str] = []
+        self.broker = Broker(self)
+        self.lock = threading.Lock()
+        self.race_armed = False
+        self.violations: list[str] = []
+        config = home / "notify.toml"
+        config.write_text(POLICY)
+        self.settings = Settings(
+            home=home,
+            database_url=url,
+            templates_dir=REPO / "templates",
+            config_path=config,
+            lease_seconds=LEASE,
+            delivery_timeout=PROVIDER_DEADLINE,
+            backends=(("push", fake_provider.PATH),),
+        )
+        self.producer = Store(url, clock=self.db_time)
+        self.producer.get("none")  # the schema
+
+    # -- clocks ------------------------------------------------------------------
+
+    def db_time(self) -> datetime:
+        return BASE + timedelta(seconds=self.t + self.db_step)
+
+    def store_clock(self, proc: Process) -> Clock:
+        if self.postgres:  # each store reads the database's time, carried on by its process's clock
+            return DatabaseClock(self.db_time)
+        return self.db_time  # SQLite: the host's clock, which every process shares
+
+    # -- processes -----------------------------------------------------------------
+
+    def start_worker(self) -> Process:
+        proc = Process(f"w{len(self.procs)}", mono_offset=self.rng.uniform(0, 1e6), next_beat=self.t)
+        with proc.running():
+            heartbeat_store = Store(self.url, clock=self.store_clock(proc))
+            heartbeat = Heartbeat(
+                heartbeat_store,
+                self.settings.lease,
+                self.settings.heartbeat_every,
+                longest_attempt(self.settings) + self.settings.lease,
+            )
+            heartbeat.stop()  # no thread: the model beats it, as its thread would
+            deliverer = Deliverer(self.settings, heartbeat=heartbeat)
+            deliverer.store.now = self.store_clock(proc)
+            maintenance_store = Store(self.url, clock=self.store_clock(proc))
+            proc.maintenance = Maintenance(
+                maintenance_store,
+                self.settings,
+                self.broker.publish,
+                channels=["push"],
+                backlog=self.broker.backlog,
+            )
+        proc.deliverer, proc.heartbeat = deliverer, heartbeat
+        proc.stores = [heartbeat_store, deliverer.store, maintenance_store]
+        self.procs.append(proc)
+        return proc
+
+    def another_worker(self) -> None:
+        self.start_worker()
+
+    def live(self) -> list[Process]:
+        return [p for p in self.procs if not p.killed]
+
+    def close(self) -> None:
+        for run in self.runs:
+            if run.state == "parked":
+                run.answer = "accept"
+                run.wake.set()
+        for proc in self.procs:
+            proc.killed = True  # threads still recording end at their next pause
+        for run in self.runs:
+            if run.state == "parked":
+                run.wake.set()
+        if self.outage is not None:
+            self.outage.close()
+        self.sqlite_outage = False
+        wait_for(lambda: all(r.state == "done" for r in self.runs), timeout=30, what="every attempt to end")
+        for proc in self.procs:
+            for store in proc.stores:
+                store.close()
+        self.producer.close()
+
+    # -- the provider's edge ---------------------------------------------------------
+
+    def deliver(self, message: Message) -> Receipt:
+        proc: Process = _here.proc
+        run: Run = _here.run
+        assert proc.heartbeat is not None
+        worker = proc.heartbeat._worker_id  # read only: which registration hands this over
+        if worker is not None:
+            proc.worker_ids.add(worker)
+        dead = self.dead_workers()
+        with self.lock:
+            earlier = self.handovers.setdefault(message.delivery_id, [])
+            number = sum(len(h) for h in self.handovers.values()) + 1
+            handover = Handover(number, message.delivery_id, proc, worker, self.t)
+            counted = [h for h in earlier if h.may_have_counted(dead)]
+            earlier.append(handover)
+        if counted:
+            self.violations.append(
+                f"delivery {message.delivery_id} handed over again by {proc.name} after "
+                + ", ".join(f"{h.proc.name}'s handover ({h.result})" for h in counted)
+            )
+        answer = run.plan
+        if answer in ("late", "never"):
+            run.state = "parked"
+            if not run.wake.wait(60):
+                raise AssertionError("a held provider call was never answered by the model")
+            run.state = "running"
+            answer = run.answer or "accept"
+        return self.answer(handover, answer, proc)
+
+    def answer(self, handover: Handover, answer: str, proc: Process) -> Receipt:
+        channel, provider = "push", "fake"
+        if answer == "killed" or proc.killed:
+            raise Killed
+        if answer in ("accept", "hostile_accept", "accept_then_die"):
+            handover.result = "accepted"
+            if answer == "accept_then_die":
+                self.kill(proc, settle=False)
+                raise Killed
+            return Receipt(f"h{handover.number}" if answer == "accept" else HOSTILE)
+        if answer in ("transient", "hostile_transient"):
+            handover.result = "refused"
+            hostile = answer == "hostile_transient"
+            raise TransientDeliveryError(
+                HOSTILE if hostile else "busy",
+                channel=channel,
+                provider=provider,
+                code="\x00\udce4" if hostile else "503",
+            )
+        if answer == "permanent":
+            handover.result = "refused"
+            raise PermanentDeliveryError("unregistered \x00\udce4", channel=channel, provider=provider)
+        handover.result = "unknown"
+        if answer == "bug":
+            raise ValueError("the answer does not parse: \udce4")
+        raise OutcomeUnknownError("no answer in time", channel=channel, provider=provider)
+
+    # -- attempts ----------------------------------------------------------------------
+
+    def take(self, proc: Process, index: int, plan: str, *, keep: bool = False) -> Run:
+        ids = self.broker.take(index, keep=keep)
+        return self.attempt(proc, ids, plan)
+
+    def attempt(self, proc: Process, ids: list[str], plan: str) -> Run:
+        run = Run(proc, ids, plan, self.t)
+        self.runs.append(run)
+        deliverer = proc.deliverer
+        assert deliverer is not None
+
+        def work() -> None:
+            _here.proc, _here.run = proc, run
+            try:
+                run.outcomes = deliverer.attempt_burst(ids, channel="push")
+            except StoreUnavailable:  # the task is retried: its message goes back on the broker
+                self.broker.put_back(ids)
+            except Killed:
+                if proc.redeliver_on_death:  # unacked: the broker hands it out again
+                    self.broker.put_back(ids)
+            except BaseException as exc:  # a bug: reported at the end
+                run.error = exc
+            finally:
+                run.state = "done"
+
+        threading.Thread(target=work, name=f"attempt-{proc.name}", daemon=True).start()
+        self.settle()
+        return run
+
+    def settle(self) -> None:
+        """Wait until every attempt is done, held by the provider, or recording through a fault."""
+
+        def blocked(run: Run) -> bool:
+            away = self.outage is not None or self.sqlite_outage or run.proc.cut_off
+            return run.state in ("done", "parked") or (run.state == "sleeping" and away)
+
+        wait_for(lambda: all(blocked(r) for r in self.runs), timeout=30, what="the attempts to settle")
+
+    def resolve(self, run: Run, answer: str) -> None:
+        run.answer = answer
+        run.wake.set()
+        wait_for(lambda: run.state != "parked", timeout=10, what="a held call to resume")
+        self.settle()
+
+    def kill(self, proc: Process, *, settle: bool = True) -> None:
+        proc.killed = True
+        proc.redeliver_on_death = self.rng.random() < 0.6
+        for run in self.runs:
+            if run.proc is proc and run.state == "parked":
+                run.answer = "killed"
+                run.wake.set()
+        if settle:
+            self.settle()
+
+    # -- time ----------------------------------------------------------------------------
+
+    def advance(self, steps: int) -> None:
+        """Time passes: each live process beats and runs maintenance as its threads would."""
+        for _ in range(steps):
+            self.t += HALF
+            work: list[tuple[Process, str]] = []
+            for proc in self.live():
+                if self.t >= proc.next_beat:
+                    proc.next_beat += self.settings.heartbeat_every
+                    if proc.late_beat:  # this beat comes one interval late
+                        proc.late_beat = False
+                    else:
+                        work.append((proc, "beat"))
+                work.append((proc, "tick"))
+            self.rng.shuffle(work)
+            for proc, what in work:
+                self.step_of(proc, what)
+            for run in self.runs:
+                overdue = run.state == "parked" and self.t - run.started >= PROVIDER_DEADLINE
+                if overdue and run.plan == "never":
+                    self.resolve(run, "unknown")
+            self.settle()
+
+    def step_of(self, proc: Process, what: str) -> None:
+        with proc.running():
+            if what == "beat":
+                assert proc.heartbeat is not None
+                proc.heartbeat.beat()  # logs and returns when the store is away
+                if proc.heartbeat._worker_id is not None:  # read only: its registration now
+                    proc.worker_ids.add(proc.heartbeat._worker_id)
+                return
+            assert proc.maintenance is not None
+            _here.maintenance = True
+            try:
+                proc.maintenance.tick()
+            except NotifyError:  # the store is away: the thread tries again next time
+                pass
+            finally:
+                _here.maintenance = False
+
+    # -- the store's side ------------------------------------------------------------------
+
+    def fail_statement(self, conn: sa.Connection, statement: str, parameters: Any) -> None:
+        """Every statement of the model's processes passes here (a SQLAlchemy event)."""
+        proc: Process | None = getattr(_here, "proc", None)
+        if getattr(_here, "model", False):  # the model's own reads, from a worker's thread
+            return
+        if self.sqlite_outage or (proc is not None and proc.cut_off):
+            raise conn.dialect.loaded_dbapi.OperationalError("the model: the store is away")
+        requeue = statement.lstrip().upper().startswith("UPDATE NOTIFY_DELIVERIES SET STATUS")
+        if self.race_armed and getattr(_here, "maintenance", False) and requeue:
+            self.race(parameters)
+
+    def race(self, parameters: Any) -> None:
+        """A worker claims one of the deliveries a maintenance statement chose, before its UPDATE."""
+        values = parameters.values() if isinstance(parameters, dict) else parameters
+        chosen = [v for v in values if isinstance(v, str) and v in self.ids]
+        queued = [i for i in chosen if self.status(i) == Status.QUEUED]
+        others = [p for p in self.live() if not p.cut_off and p is not getattr(_here, "proc", None)]
+        if not queued or not others:
+            return
+        self.race_armed = False
+        _here.maintenance = False
+        try:
+            self.attempt(self.rng.choice(others), [queued[0]], "late")
+        finally:
+            _here.maintenance = True
+
+    def status(self, delivery_id: str) -> Status | None:
+        found = self.get(delivery_id)
+        return None if found is None else found.status
+
+    def get(self, delivery_id: str) -> Delivery | None:
+        return self.again(lambda: self.producer.get(delivery_id))
+
+    def again(self, call: Callable[[], T]) -> T:
+        """The model's own call, once more if it met a connection a past outage killed."""
+        before = getattr(_here, "model", False)
+        _here.model = True
+        try:
+            for _ in range(3):
+                with contextlib.suppress(StoreUnavailable, sa.exc.OperationalError):
+                    return call()
+            return call()
+        finally:
+            _here.model = before
+
+    def dead_workers(self) -> set[str]:
+        """The registrations the model saw that are dead now (or forgotten, which only the dead are)."""
+
+        def read() -> set[str]:
+            with self.producer.engine.connect() as conn:
+                rows = conn.execute(sa.text("SELECT id FROM notify_workers WHERE NOT dead")).scalars()
+                return set(rows)
+
+        live = self.again(read)
+        return {w for p in self.procs for w in p.worker_ids} - live
+
+    def declared_dead_only_when_cut_off_or_killed(self) -> None:
+        """A worker whose beats reach the store is not declared dead: only a killed one, or one
+        whose beats failed (cut off, or its connections lost in an outage) within the last lease
+        and two sweeps, as an observer may count them."""
+        dead = self.dead_workers()
+        window = LEASE + 2 * self.settings.sweep_every + 2 * HALF
+        for proc in self.procs:
+            newly = (proc.worker_ids & dead) - proc.known_dead
+            if newly and not proc.killed and not proc.cut_off and self.t - proc.cut_ended > window:
+                raise Violation(f"{proc.name}, beating, declared dead ({sorted(newly)[0]})")
+            proc.known_dead |= newly
+
+    def send(self, *, later: float | None = None, legacy: bool = False) -> None:
+        delivery_id = str(uuid.uuid4())
+        release_at = None if later is None else self.db_time() + timedelta(seconds=later)
+        status = Status.QUEUED if release_at is None else Status.SCHEDULED
+        new = NewDelivery(
+            delivery_id, "push", f"token-{len(self.ids)}", "normal", status, None, 0.0, release_at
+        )
+        notification = str(uuid.uuid4())
+        self.again(lambda: record_one(self.producer, notification, "welcome", None, '{"name": "Ada"}', [new]))
+        self.ids.append(delivery_id)
+        if legacy:  # a retry as notify 0.3 left it: its time in next_attempt_at only
+            with self.producer.engine.begin() as conn:
+                conn.execute(
+                    sa.text(
+                        "UPDATE notify_deliveries SET status = 'retrying', release_at = NULL, "
+                        "attempts = 1, next_attempt_at = :at WHERE id = :id"
+                    ),
+                    {"at": self.db_time(), "id": delivery_id},
+                )
+        elif release_at is None:
+            self.broker.publish([Queued(delivery_id, "push", "normal")])
+
+    # -- the schedule -----------------------------------------------------------------------
+
+    PLANS = (
+        ["accept"] * 6
+        + ["late"] * 3
+        + ["never", "transient", "transient", "hostile_transient", "hostile_accept", "permanent"]
+        + ["bug", "accept_then_die"]
+    )
+
+    def run(self, steps: int) -> None:
+        self.send(legacy=True)
+        self.start_worker()
+        self.start_worker()
+        for _ in range(3):
+            self.send()
+        for _ in range(steps):
+            self.one_step()
+        self.everything_ends()
+
+    def one_step(self) -> None:
+        rng = self.rng
+        live = [p for p in self.live() if not p.cut_off]
+        away = self.outage is not None or self.sqlite_outage
+        choices: list[tuple[int, Callable[[], None]]] = [(6, lambda: self.advance(rng.randint(1, 4)))]
+        if not away and len(self.ids) < 12:
+            choices += [(3, self.send), (1, lambda: self.send(later=rng.choice([0.0, 2.0, 7.0])))]
+        if self.broker.messages and live:
+
+            def take(keep: bool = False) -> None:
+                index = rng.randrange(len(self.broker.messages))
+                self.take(rng.choice(live), index, rng.choice(self.PLANS), keep=keep)
+
+            choices += [(8, take), (1, lambda: take(keep=True)), (1, self.lose)]
+        parked = [r for r in self.runs if r.state == "parked" and r.plan == "late" and not r.proc.killed]
+        if parked:
+            answers = ["accept", "accept", "transient", "hostile_transient", "permanent", "unknown"]
+            choices.append((4, lambda: self.resolve(rng.choice(parked), rng.choice(answers))))
+        if len(self.live()) > 1:
+            choices.append((1, lambda: self.kill(rng.choice(self.live()))))
+        if len(self.live()) < 3:
+            choices.append((1, self.another_worker))
+        choices += [(1, self.toggle_outage), (1, self.toggle_cut), (1, self.step_clock)]
+        if live:
+            choices.append((1, lambda: setattr(rng.choice(live), "late_beat", True)))
+        if self.postgres and not away:
+            choices.append((1, lambda: setattr(self, "race_armed", True)))
+        weights = [w for w, _ in choices]
+        chosen = rng.choices([c for _, c in choices], weights)[0]
+        if os.environ.get("NOTIFY_MODEL_TRACE"):
+            cut = [p.name for p in self.procs if p.cut_off]
+            print(f"t={self.t} {getattr(chosen, '__name__', '?')} cut={cut} outage={away}")
+        chosen()
+        self.check()
+
+    def lose(self) -> None:
+        with self.broker.lock:
+            self.broker.messages.pop(self.rng.randrange(len(self.broker.messages)))
+
+    def toggle_outage(self) -> None:
+        if self.postgres:
+            if self.outage is None:
+                self.outage = contextlib.ExitStack()
+                self.outage.enter_context(store_outage(self.url))
+            else:
+                self.outage.close()
+                self.outage = None
+        else:
+            self.sqlite_outage = not self.sqlite_outage
+        for proc in self.procs:
+            proc.cut_ended = self.t
+        self.settle()
+
+    def toggle_cut(self) -> None:
+        cut = [p for p in self.procs if p.cut_off]
+        if cut:
+            for proc in cut:
+                proc.cut_off, proc.cut_ended = False, self.t
+        elif self.live():
+            self.rng.choice(self.live()).cut_off = True
+        self.settle()
+
+    def step_clock(self) -> None:
+        """The database's clock (PostgreSQL) or the host's (SQLite, every process's) steps.
+
+        Back by at most 30 s: a held retry waits out a step back (its time is the store's).
+        """
+        self.clock_stepped_at = self.t
+        self.db_step += self.rng.choice([-30.0, -2.0, 2.0, 30.0, 86400.0])
+
+    def check(self) -> None:
+        if self.outage is None and not self.sqlite_outage:
+            self.declared_dead_only_when_cut_off_or_killed()
+        if self.violations:
+            raise Violation(self.violations[0])
+        errors = [r.error for r in self.runs if r.error is not None]
+        if errors:
+            raise errors[0]
+
+    # -- the end: the faults stop, time passes -----------------------------------------------
+
+    def everything_ends(self) -> None:
+        if self.outage is not None or self.sqlite_outage:
+            self.toggle_outage()
+        for proc in self.procs:
+            proc.cut_off, proc.cut_ended = False, self.t
+        self.settle()
+        if not self.live():
+            self.start_worker()
+        for run in self.runs:
+            if run.state == "parked" and run.plan == "late" and not run.proc.killed:
+                self.resolve(run, "accept")
+        until = self.t + END_BOUND
+        while self.t < until:
+            while self.broker.messages:
+                self.take(self.rng.choice(self.live()), 0, self.rng.choice(["accept", "accept", "transient"]))
+            self.check()
+            statuses = {i: self.status(i) for i in self.ids}
+            if all(s in FINAL for s in statuses.values()):
+                break
+            self.advance(4)
+        stuck = {i: s for i, s in statuses.items() if s not in FINAL}
+        if stuck:
+            raise Violation(f"deliveries not final {END_BOUND:.0f}s after the faults stopped: {stuck}")
+        self.outcomes_kept()
+
+    def outcomes_kept(self) -> None:
+        for delivery_id in self.ids:
+            found = self.get(delivery_id)
+            assert found is not None
+            handed = self.handovers.get(delivery_id, [])
+            accepted = [h for h in handed if h.result == "accepted"]
+            kept = [h for h in accepted if not h.proc.killed]
+            if found.status == Status.SENT and not accepted:
+                raise Violation(f"delivery {delivery_id} recorded sent, never accepted")
+            unknown = found.status == Status.FAILED and found.error_code == "outcome_unknown"
+            if kept and found.status != Status.SENT and not unknown:
+                raise Violation(f"delivery {delivery_id} accepted, recorded {found.status}: an outcome lost")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/model.db"
+    else:
+        yield request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def virtual_time(monkeypatch: pytest.MonkeyPatch) -> Callable[[Model], None]:
+    """The model's clocks for notify's delivery modules (as libfaketime would give each process)."""
+
+    def install(model: Model) -> None:
+        fake = VirtualTime(model)
+        for module in (notify.delivery.attempt, notify.delivery.heartbeat, notify.delivery.maintenance):
+            monkeypatch.setattr(module, "time", fake)
+        monkeypatch.setattr(notify.store.clock, "time", fake)
+        liveness = functools.partial(Liveness, clock=fake.monotonic)
+        monkeypatch.setattr(notify.delivery.maintenance, "Liveness", liveness)
+
+    return install
+
+
+SEEDS = [int(s) for s in os.environ.get("NOTIFY_MODEL_SEEDS", "1,2,3,4,5,6").split(",")]
+STEPS = 70
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_the_system_keeps_its_promises(
+    store_url: str, seed: int, tmp_path: Path, virtual_time: Callable[[Model], None]
+) -> None:
+    home = tmp_path / f"home-{seed}"
+    home.mkdir()
+    model = Model(store_url, home, seed)
+    virtual_time(model)
+    listener = model.fail_statement
+
+    def on_execute(conn: sa.Connection, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        listener(conn, statement, parameters)
+
+    fake_provider.RUNNING.append(model)
+    sa.event.listen(sa.Engine, "before_cursor_execute", on_execute)
+    try:
+        model.run(STEPS)
+    finally:
+        sa.event.remove(sa.Engine, "before_cursor_execute", on_execute)
+        fake_provider.RUNNING.remove(model)
+        model.close()
+
+
+# -- the mutants: each must make the model fail, on each store where it can change anything --
+
+from tests.support.mutants import MUTANTS  # noqa: E402
+
+# Mutants that cannot change what a store does: no test can catch them there.
+EQUIVALENT = {
+    (
+        "requeue_unchecked",
+        "sqlite",
+    ): "SQLite's BEGIN IMMEDIATE: no other writer between its SELECT and UPDATE",
+    ("frozen_database_clock", "sqlite"): "SQLite's store reads the host's clock, not a DatabaseClock",
+}
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("mutant", sorted(MUTANTS))
+def test_each_mutant_is_caught(mutant: str, store: str) -> None:
+    if (mutant, store) in EQUIVALENT:
+        pytest.skip(f"equivalent on {store}: {EQUIVALENT[(mutant, store)]}")
+    if os.environ.get("NOTIFY_MUTANT"):
+        pytest.skip("already inside a mutant's run")
+    env = {**os.environ, "NOTIFY_MUTANT": mutant, "PYTHONPATH": str(REPO)}
+    selected = f"test_the_system_keeps_its_promises and {store}"
+    argv = [sys.executable, "-m", "pytest", __file__, "-k", selected, "-x", "-q", "-p", "no:cacheprovider"]
+    done = subprocess.run(
+        argv, env=env, cwd=REPO, capture_output=True, text=True, errors="replace", timeout=600, check=False
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, f"mutant {mutant} survived on {store}:\n{output[-3000:]}"
+    assert "INVARIANT:" in output, f"mutant {mutant} failed otherwise on {store}:\n{output[-3000:]}"
