@@ -342,7 +342,10 @@ def signed_headers(
     return {"Webhook-Id": webhook_id, "Webhook-Timestamp": str(timestamp), "Webhook-Signature": signature}
 
 
-@pytest.mark.parametrize("secret", [OLD, DEFAULT], ids=["whsec", "raw"])
+UNPADDED = "whsec_" + base64.b64encode(b"sixteen-byte-key!").decode().rstrip("=")
+
+
+@pytest.mark.parametrize("secret", [OLD, UNPADDED, DEFAULT], ids=["whsec", "whsec-unpadded", "raw"])
 def test_readmes_verify_accepts_notifys_requests(
     secret: str, providers: Callable[..., WebhookProvider]
 ) -> None:
