@@ -360,12 +360,9 @@ def check_url(variable: str, url: str | None, schemes: tuple[str, ...]) -> None:
         raise ConfigurationError(f"{variable} has an invalid host or port", setting=variable) from None
 
 
-def _check_hook_name(name: str | None) -> None:
+def _check_hook_name(name: str | None, setting: str = "NOTIFY_ON_PERMANENT_FAILURE") -> None:
     if name is not None and not _HOOK_NAME.fullmatch(name):
-        raise ConfigurationError(
-            f"NOTIFY_ON_PERMANENT_FAILURE must be 'module:function', not {name!r}",
-            setting="NOTIFY_ON_PERMANENT_FAILURE",
-        )
+        raise ConfigurationError(f"{setting} must be 'module:function', not {name!r}", setting=setting)
 
 
 def import_named(path: str, *, setting: str) -> Any:
@@ -381,17 +378,21 @@ def import_named(path: str, *, setting: str) -> Any:
         raise ConfigurationError(f"{setting} {path!r} does not import ({reason})", setting=setting) from None
 
 
+def import_hook(path: str, *, setting: str) -> Callable[..., Any]:
+    """The function a "module:function" `path` names, imported now, so a bad one stops a worker's start;
+    `ConfigurationError` naming `setting` if it is not that."""
+    _check_hook_name(path, setting)
+    hook = import_named(path, setting=setting)
+    if not callable(hook):
+        raise ConfigurationError(f"{setting} {path!r} is not callable", setting=setting)
+    return cast(Callable[..., Any], hook)
+
+
 def load_hook(settings: Settings) -> PermanentFailureHook | None:
     """Import the NOTIFY_ON_PERMANENT_FAILURE hook now, so a bad one stops the worker's start."""
     if settings.on_permanent_failure is None:
         return None
-    hook = import_named(settings.on_permanent_failure, setting="NOTIFY_ON_PERMANENT_FAILURE")
-    if not callable(hook):
-        raise ConfigurationError(
-            f"NOTIFY_ON_PERMANENT_FAILURE {settings.on_permanent_failure!r} is not callable",
-            setting="NOTIFY_ON_PERMANENT_FAILURE",
-        )
-    return hook  # type: ignore[no-any-return]
+    return import_hook(settings.on_permanent_failure, setting="NOTIFY_ON_PERMANENT_FAILURE")
 
 
 @functools.lru_cache(maxsize=1)

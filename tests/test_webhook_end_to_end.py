@@ -8,17 +8,22 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import urllib3
 
 import notify
 from notify.api import Notifier
 from notify.models import FINAL_STATUSES, Delivery, Status
 from notify.settings import Settings
-from tests.fakes.webhook import FakeWebhook, Received
+from tests.fakes.webhook import FakeWebhook, Received, verifies
+from tests.support import webhook_secrets
 from tests.support.processes import Worker, wait_for
 from tests.test_send_validation import count_rows
 from tests.test_worker_start import start_and_wait
 
 SECRET = "whsec-end-to-end"
+# Receivers' own secrets, in the Standard Webhooks format (whsec_ and base64).
+SECRET_A, SECRET_B = "whsec_" + "QUFB" * 8, "whsec_" + "QkJC" * 8
+OLD, NEW = SECRET_A, "whsec_" + "TmV3" * 8
 ORDER = {
     "name": "Ada",
     "order_id": "A-1042",
@@ -98,7 +103,7 @@ def wait_finished(producer: Notifier, delivery_id: str, what: str) -> Delivery:
 
 def assert_signed_for(request: Received, delivery_id: str) -> None:
     assert request.signature_ok, request.headers
-    assert request.headers["x-notify-delivery-id"] == delivery_id
+    assert request.headers["webhook-id"] == request.headers["x-notify-delivery-id"] == delivery_id
     assert request.headers["content-type"].startswith("application/json")
     assert json.loads(request.body) == BODY
 
@@ -304,3 +309,114 @@ def test_a_worker_killed_while_its_post_is_held_is_taken_over_and_sent_again(
     for posted in requests:
         assert_signed_for(posted, delivery_id)
     assert held.headers["x-notify-delivery-id"] == delivery_id
+
+
+# each receiver its own secret (NOTIFY_WEBHOOK_SECRETS)
+
+
+@pytest.fixture
+def secrets_file(webhook_env: dict[str, str], tmp_path: Path) -> Path:
+    """The test hook's answers (`tests.support.webhook_secrets`), set as NOTIFY_WEBHOOK_SECRETS."""
+    path = tmp_path / "webhook-secrets.json"
+    webhook_secrets.write(path, {})
+    webhook_env["NOTIFY_WEBHOOK_SECRETS"] = "tests.support.webhook_secrets:secrets_for"
+    webhook_env["NOTIFY_TEST_WEBHOOK_SECRETS"] = str(path)
+    return path
+
+
+def signatures_of(request: Received) -> list[str]:
+    return request.headers["webhook-signature"].split(" ")
+
+
+def test_two_receivers_are_each_signed_with_their_own_secret_and_refuse_the_others(
+    webhook_env: dict[str, str],
+    secrets_file: Path,
+    producers: Callable[[dict[str, str]], Notifier],
+    start_worker: Callable[..., Worker],
+    fake: FakeWebhook,
+) -> None:
+    """A and B hold their own secrets only; `fake`, a URL the hook does not know, the default one."""
+    with (
+        FakeWebhook(SECRET_A, refuse_unverified=True) as receiver_a,
+        FakeWebhook(SECRET_B, refuse_unverified=True) as receiver_b,
+    ):
+        webhook_secrets.write(secrets_file, {receiver_a.url: SECRET_A, receiver_b.url: SECRET_B})
+        start_worker("webhook", "-c", "2")
+        producer = producers(webhook_env)
+
+        sent = {url: send(producer, url) for url in (receiver_a.url, receiver_b.url, fake.url)}
+
+        for url, delivery_id in sent.items():
+            delivery = wait_finished(producer, delivery_id, f"the webhook to {url}")
+            assert (delivery.status, delivery.attempts) == (Status.SENT, 1), delivery
+        [to_a], [to_b], [to_default] = (r.wait_for_requests(1, WAIT) for r in (receiver_a, receiver_b, fake))
+        assert_signed_for(to_a, sent[receiver_a.url])
+        assert_signed_for(to_b, sent[receiver_b.url])
+        assert_signed_for(to_default, sent[fake.url])
+        for request, others in (
+            (to_a, (SECRET_B, SECRET)),
+            (to_b, (SECRET_A, SECRET)),
+            (to_default, (SECRET_A,)),
+        ):
+            assert len(signatures_of(request)) == 1
+            assert not any(verifies(other, request.headers, request.body) for other in others)
+
+        replayed = urllib3.request("POST", receiver_b.url, body=to_a.body, headers=dict(to_a.headers))
+        assert replayed.status == 401  # B refuses A's request
+        assert [r.signature_ok for r in receiver_b.requests] == [True, False]
+
+
+def test_a_secret_rotated_while_deliveries_are_in_flight_verifies_with_the_old_and_the_new(
+    webhook_env: dict[str, str],
+    secrets_file: Path,
+    producers: Callable[[dict[str, str]], Notifier],
+    start_worker: Callable[..., Worker],
+) -> None:
+    """The hook's answer goes from OLD to [NEW, OLD] while a delivery waits for its retry,
+    then to NEW once the receiver holds it: each attempt is signed with what the hook says then."""
+    with FakeWebhook(OLD, refuse_unverified=True) as receiver:  # holds the old secret only
+        webhook_secrets.write(secrets_file, {receiver.url: OLD})
+        receiver.answer_next(503, headers={"Retry-After": "2"})
+        start_worker("webhook", "-c", "2")
+        producer = producers(webhook_env)
+        waiting = send(producer, receiver.url)
+        [first_try] = receiver.wait_for_requests(1, WAIT)
+
+        webhook_secrets.write(secrets_file, {receiver.url: [NEW, OLD]})  # the rotation starts
+        after = send(producer, receiver.url)
+        for delivery_id in (waiting, after):
+            delivery = wait_finished(producer, delivery_id, "the webhooks during the rotation")
+            assert delivery.status == Status.SENT, delivery
+        during = receiver.requests[1:]
+
+        receiver.secret = NEW  # the receiver now holds the new secret only
+        webhook_secrets.write(secrets_file, {receiver.url: NEW})  # the rotation ends
+        last = send(producer, receiver.url)
+        assert wait_finished(producer, last, "the webhook after the rotation").status == Status.SENT
+        [ended] = receiver.requests[3:]
+
+    assert delivery_of(producer, waiting).attempts == 2
+    assert sorted(r.headers["webhook-id"] for r in during) == sorted([waiting, after])
+    assert_signed_for(first_try, waiting)
+    assert len(signatures_of(first_try)) == 1 and not verifies(NEW, first_try.headers, first_try.body)
+    for request in during:  # the in-flight one's retry, and the one sent after the change
+        assert request.signature_ok  # verified with OLD, by the receiver that holds only it
+        assert verifies(NEW, request.headers, request.body)
+        assert len(signatures_of(request)) == 2
+    assert_signed_for(ended, last)
+    assert len(signatures_of(ended)) == 1 and not verifies(OLD, ended.headers, ended.body)
+
+
+def test_a_worker_whose_secrets_hook_does_not_import_refuses_to_start_naming_it(
+    webhook_env: dict[str, str], tmp_path: Path
+) -> None:
+    webhook_env["NOTIFY_WEBHOOK_SECRETS"] = "tests.support.no_such_module:secrets_for"
+
+    returncode, stdout, stderr = start_and_wait(["worker", "webhook", "-l", "info"], webhook_env, tmp_path)
+
+    assert returncode == 2, f"it started instead:\n{stdout}{stderr}"
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    hook = "'tests.support.no_such_module:secrets_for'"
+    assert lines[0].startswith(f"error: NOTIFY_WEBHOOK_SECRETS {hook} does not import"), stderr
+    assert "ready" not in stdout + stderr

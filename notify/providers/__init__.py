@@ -6,7 +6,8 @@
     smtp.py     email over SMTP (aiosmtplib); mime.py builds the message it carries
     twilio.py   SMS through Twilio
     fcm.py      push through FCM HTTP v1
-    webhook.py  signed webhook POSTs (urllib3, the address pinned after its check)
+    webhook.py  signed webhook POSTs (urllib3, the address pinned after its check);
+                webhook_signing.py signs them the Standard Webhooks way, with each URL's secrets
     outbox.py   the development backend: files instead of sends
 
 A channel's spec names its providers by dotted path; the worker loads the

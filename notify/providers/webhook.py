@@ -8,8 +8,6 @@ differently (DNS rebinding).
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import ipaddress
 import logging
 import socket
@@ -39,12 +37,18 @@ from notify.errors import (
 from notify.providers import http
 from notify.providers.base import Message, Receipt
 from notify.providers.http import Budget
-from notify.settings import Secret, Settings
+from notify.providers.webhook_signing import (
+    SECRET_VARIABLE,
+    SECRETS_VARIABLE,
+    SecretsHook,
+    WebhookSecrets,
+    sign,
+)
+from notify.settings import Secret, Settings, import_hook
 
-__all__ = ["WebhookProvider", "WebhookProviderSettings", "resolve", "sign"]
+__all__ = ["WebhookProvider", "WebhookProviderSettings", "resolve"]
 
 PROVIDER: Final = "webhook"
-SECRET_VARIABLE: Final = "NOTIFY_WEBHOOK_SECRET"
 _MAX_WARM_ADDRESSES: Final = 64  # addresses with warm connections; the least recently used are closed
 _IDLE_PER_ADDRESS: Final = 4
 # An idle connection older than this is closed, not reused: receivers close idle keep-alive
@@ -66,20 +70,10 @@ Resolve = Callable[[str, int], Sequence[str]]
 
 @dataclass(frozen=True)
 class WebhookProviderSettings:
-    """The webhook provider's own settings, from NOTIFY_WEBHOOK_SECRET."""
+    """The webhook provider's own settings, from NOTIFY_WEBHOOK_SECRET and NOTIFY_WEBHOOK_SECRETS."""
 
     secret: Secret | None = field(default=None, metadata={"env": SECRET_VARIABLE})
-
-
-def sign(secret: Secret, delivery_id: str, timestamp: int, body: bytes) -> str:
-    """The X-Notify-Signature value: HMAC-SHA256 over "<delivery id>.<timestamp>." and the body.
-
-    The id is signed (as Standard Webhooks does) so that a captured request
-    cannot be replayed under a fresh id past the receiver's deduplication.
-    """
-    signed = f"{delivery_id}.{timestamp}.".encode() + body
-    digest = hmac.new(secret.reveal().encode(), signed, hashlib.sha256)
-    return f"sha256={digest.hexdigest()}"
+    secrets_hook: str | None = field(default=None, metadata={"env": SECRETS_VARIABLE})  # "module:function"
 
 
 def resolve(host: str, port: int) -> list[str]:
@@ -107,10 +101,12 @@ def _target(url: str) -> _Target:
 class WebhookProvider:
     """Signed webhook POSTs, to the address each host was checked to have, with warm connections.
 
-    Not behind a proxy: the connection goes to the pinned address itself. It
-    holds its own urllib3 connections rather than a pool, so that connecting
-    (nothing sent: try the next address, or retry) is a step apart from
-    sending (the receiver may have the POST: never resend blindly).
+    Each URL is signed with `secret`, or with what `secrets_for(url)` answers
+    (`notify.providers.webhook_signing`). Not behind a proxy: the connection
+    goes to the pinned address itself. It holds its own urllib3 connections
+    rather than a pool, so that connecting (nothing sent: try the next
+    address, or retry) is a step apart from sending (the receiver may have
+    the POST: never resend blindly).
     """
 
     name = "webhook"
@@ -119,6 +115,7 @@ class WebhookProvider:
         self,
         secret: Secret,
         *,
+        secrets_for: SecretsHook | None = None,
         allow_private: bool = False,
         delivery_timeout: float = 30.0,
         resolver: Resolve = resolve,
@@ -126,7 +123,7 @@ class WebhookProvider:
     ) -> None:
         self.allow_private = allow_private
         self.delivery_timeout = delivery_timeout
-        self._secret = secret
+        self._secrets = WebhookSecrets(secret, secrets_for)
         self._resolve = resolver
         self._ca_certs = ca_certs
         self._lock = threading.Lock()
@@ -136,18 +133,25 @@ class WebhookProvider:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WebhookProvider:
-        """A provider from NOTIFY_WEBHOOK_*; `ConfigurationError` if the secret is not set."""
+        """A provider from NOTIFY_WEBHOOK_*; `ConfigurationError` if the secret is not set or not
+        usable, or the secrets hook does not import."""
         own = settings.provider_settings(WebhookProviderSettings)
         if own.secret is None:
             raise ConfigurationError(f"{SECRET_VARIABLE} is required but not set", setting=SECRET_VARIABLE)
-        allow_private = settings.provider_settings(WebhookSettings).allow_private
-        return cls(own.secret, allow_private=allow_private, delivery_timeout=settings.delivery_timeout)
+        hook = None if own.secrets_hook is None else import_hook(own.secrets_hook, setting=SECRETS_VARIABLE)
+        return cls(
+            own.secret,
+            secrets_for=hook,
+            allow_private=settings.provider_settings(WebhookSettings).allow_private,
+            delivery_timeout=settings.delivery_timeout,
+        )
 
     def deliver(self, message: Message) -> Receipt:
         """POST `message` within `delivery_timeout`; raise a classified error if it is not accepted."""
         if not isinstance(message, WebhookMessage):
             raise TypeError(f"WebhookProvider sends webhooks, not {type(message).__name__}")
         budget = Budget(self.delivery_timeout)
+        keys = self._secrets.keys_for(message.url)
         target = _target(message.url)
         addresses = self._checked_addresses(target)
         body = message.body.encode()
@@ -156,9 +160,10 @@ class WebhookProvider:
             "Host": target.netloc,
             "Content-Type": "application/json",
             "User-Agent": "notify-webhook",
-            "X-Notify-Delivery-Id": message.delivery_id,
-            "X-Notify-Timestamp": str(timestamp),
-            "X-Notify-Signature": sign(self._secret, message.delivery_id, timestamp, body),
+            "webhook-id": message.delivery_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": sign(keys, message.delivery_id, timestamp, body),
+            "X-Notify-Delivery-Id": message.delivery_id,  # as notify's emails carry it
         }
         key, conn, response = self._post(addresses, target, body, headers, budget)
         if response.status < 200:

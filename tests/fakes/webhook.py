@@ -7,13 +7,14 @@
         fake.connection_count   # TCP connections accepted (shows connection reuse)
 
     FakeWebhook(secret, tls=context)    # HTTPS, with the server-side ssl.SSLContext given
+    FakeWebhook(secret, refuse_unverified=True)   # 401 to a request the secret does not verify
 
 It is served by tests.fakes._http's JsonServer, and has its hold_answers(),
 drop_answers(), request_count and the rest too.
 
-Every POST is recorded, with `signature_ok` saying whether X-Notify-Signature
-is HMAC-SHA256(secret, "<X-Notify-Delivery-Id>.<X-Notify-Timestamp>." + body),
-as a receiver checks it, then answered 200
+Every POST is recorded, with `signature_ok` saying whether the standardwebhooks
+library, as a receiver uses it, verifies its webhook-* headers with the secret
+(`verifies(secret, headers, body)` checks another one), then answered 200
 unless scripted:
 
     fake.answer_next(429, headers={"Retry-After": "2"})   # the next answers, in order
@@ -25,8 +26,6 @@ unless scripted:
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import ssl
 import threading
 import time
@@ -34,9 +33,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from email.message import Message
 
+from standardwebhooks import Webhook, WebhookVerificationError
+
 from tests.fakes._http import HOLD_LIMIT, Answer, JsonFake, JsonServer
 
-__all__ = ["STALL_LIMIT", "FakeWebhook", "Received", "Reply"]
+__all__ = ["STALL_LIMIT", "FakeWebhook", "Received", "Reply", "verifies"]
 
 STALL_LIMIT = HOLD_LIMIT  # seconds a stalled answer waits at most, so no test thread leaks
 
@@ -65,8 +66,15 @@ class Reply:
 class FakeWebhook(JsonFake):
     """A webhook receiver on 127.0.0.1; see the module docstring."""
 
-    def __init__(self, secret: str = "webhook-test-secret", *, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        secret: str = "webhook-test-secret",
+        *,
+        tls: ssl.SSLContext | None = None,
+        refuse_unverified: bool = False,
+    ) -> None:
         self.secret = secret
+        self.refuse_unverified = refuse_unverified
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
         self._script: deque[Reply] = deque()
@@ -108,16 +116,22 @@ class FakeWebhook(JsonFake):
     def _answer(self, method: str, path: str, message: Message, body: bytes) -> Answer:
         """Record one POST and pick its answer."""
         headers = {name.lower(): value for name, value in message.items()}
-        received = Received(path, headers, body, self._signature_ok(headers, body), time.monotonic())
+        received = Received(path, headers, body, verifies(self.secret, headers, body), time.monotonic())
         with self._lock:
             self._requests.append(received)
             self._arrived.notify_all()
+            if self.refuse_unverified and not received.signature_ok:
+                return Answer(401, {"error": "signature"}, {})
             reply = self._script.popleft() if self._script else Reply()
         return Answer(reply.status, {"ok": True}, reply.headers, hold=reply.stall, drop=reply.drop)
 
-    def _signature_ok(self, headers: dict[str, str], body: bytes) -> bool:
-        timestamp = headers.get("x-notify-timestamp", "")
-        delivery_id = headers.get("x-notify-delivery-id", "")
-        signed = f"{delivery_id}.{timestamp}.".encode() + body
-        expected = "sha256=" + hmac.new(self.secret.encode(), signed, hashlib.sha256).hexdigest()
-        return timestamp.isdigit() and hmac.compare_digest(headers.get("x-notify-signature", ""), expected)
+
+def verifies(secret: str, headers: dict[str, str], body: bytes) -> bool:
+    """Whether the standardwebhooks library verifies a request with `secret`, as a receiver calls it:
+    a `whsec_` secret as it is, any other as its bytes (the library would take a str for base64)."""
+    key: str | bytes = secret if secret.startswith("whsec_") else secret.encode()
+    try:
+        Webhook(key).verify(body, headers, json_parse=False)
+    except WebhookVerificationError:
+        return False
+    return True
