@@ -132,6 +132,31 @@ def test_a_webhook_is_posted_once_signed_with_the_rendered_body(
     assert len(fake.requests) == 1
 
 
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_a_webhook_url_outside_ascii_is_posted_once_percent_encoded(
+    store: str,
+    request: pytest.FixtureRequest,
+    webhook_env: dict[str, str],
+    producers: Callable[[dict[str, str]], Notifier],
+    start_worker: Callable[..., Worker],
+    fake: FakeWebhook,
+) -> None:
+    """Before: the worker could not write "/hook/café" on the request line: outcome_unknown, 0 POSTs."""
+    if store == "postgresql":
+        webhook_env["NOTIFY_DATABASE_URL"] = request.getfixturevalue("postgres_url")
+    start_worker("webhook", "-c", "1")
+    producer = producers(webhook_env)
+
+    delivery_id = send(producer, f"{fake.url}/café?name=Jürgen")
+
+    delivery = wait_finished(producer, delivery_id, "the webhook")
+    assert (delivery.status, delivery.attempts) == (Status.SENT, 1), delivery
+    [posted] = fake.wait_for_requests(1, timeout=WAIT)
+    assert posted.path == "/hook/caf%C3%A9?name=J%C3%BCrgen"
+    assert_signed_for(posted, delivery_id)
+    assert len(fake.requests) == 1
+
+
 def test_a_429_waits_for_its_retry_after_then_is_sent(
     webhook_env: dict[str, str],
     producers: Callable[[dict[str, str]], Notifier],

@@ -143,14 +143,30 @@ def read_request(connection: socket.socket) -> bytes:
         ("https://straße.de/", "https://xn--strae-oqa.de/"),  # IDNA 2008, not 2003's strasse.de
         ("https://faß.de/", "https://xn--fa-hia.de/"),
         ("https://[::ffff:0:8.8.8.8]/", "https://[::ffff:0:808:808]/"),
+        # Path and query percent-encoded as browsers do (WHATWG URL), existing escapes kept as they are.
+        ("https://hooks.example.com/webhooks/café", "https://hooks.example.com/webhooks/caf%C3%A9"),
+        ("https://hooks.example.com/in?name=Jürgen", "https://hooks.example.com/in?name=J%C3%BCrgen"),
+        (
+            "https://hooks.example.com/caf%C3%A9?n=J%c3%bcrgen",
+            "https://hooks.example.com/caf%C3%A9?n=J%c3%bcrgen",
+        ),
+        ("https://hooks.example.com/%zz%?q=%", "https://hooks.example.com/%zz%?q=%"),
+        ("https://hooks.example.com/😀", "https://hooks.example.com/%F0%9F%98%80"),
+        ('https://hooks.example.com/a"<>^`{}|', "https://hooks.example.com/a%22%3C%3E%5E%60%7B%7D|"),
+        ("https://hooks.example.com/a?b='\"<>?^`{}/", "https://hooks.example.com/a?b=%27%22%3C%3E?^`{}/"),
     ],
 )
 def test_check_url_accepts_public_http_urls_in_the_form_they_are_posted(url: str, expected: str) -> None:
     assert check_url(url, Settings()) == expected
+    assert check_url(expected, Settings()) == expected  # the worker checks the stored form again
 
 
 def _not_public(host: str, kind: str) -> str:
     return f"to.webhook: host {host} is a {kind} address, not a public one; {HINT}"
+
+
+def _grown(length: int) -> str:
+    return f"to.webhook: is {length} characters once normalised, over the limit of 512"
 
 
 REFUSED = [
@@ -194,6 +210,11 @@ REFUSED = [
     ("http://localhost:8080/", f"to.webhook: host localhost is this machine; {HINT}"),
     ("http://foo.localhost./", f"to.webhook: host foo.localhost. is this machine; {HINT}"),
     ("https://hooks.example.com/" + "a" * 600, "to.webhook: is 626 characters, over the limit of 512"),
+    # Each under the limit as given, over it once normalised: the store keeps the normalised form.
+    ("http://1.1/" + "a" * 501, _grown(516)),
+    ("https://bücher.example/" + "a" * 489, _grown(519)),
+    ("https://hooks.example.com?" + "q" * 486, _grown(513)),
+    ("https://hooks.example.com/é" + "a" * 485, _grown(517)),
     (42, "to.webhook: must be a string, not int"),
     (None, "to.webhook: must be a string, not NoneType"),
     ("", "to.webhook: must not be empty"),

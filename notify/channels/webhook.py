@@ -18,7 +18,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar, Final, NoReturn
-from urllib.parse import SplitResult, urlsplit, urlunsplit
+from urllib.parse import SplitResult, quote, urlsplit, urlunsplit
 
 from notify.channels import ChannelSpec, Message
 from notify.channels.special_addresses import special_kind
@@ -53,6 +53,12 @@ _NAT64: Final = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052: the last 32 bi
 _COMPATIBLE: Final = ipaddress.ip_network("::/96")  # deprecated IPv4-compatible ::a.b.c.d
 _TRANSLATED: Final = ipaddress.ip_network("::ffff:0:0:0/96")  # RFC 2765 IPv4-translated
 
+# The WHATWG URL standard's path and (special-scheme) query percent-encode sets, as browsers
+# encode them: everything outside printable ASCII, and the ASCII that would end or break the part.
+# "%" is not in them: an escape already made is kept as it is, never encoded twice.
+_PATH_ESCAPED: Final = re.compile(r'[^\x21-\x7e]|["#<>?^`{}]')
+_QUERY_ESCAPED: Final = re.compile(r"[^\x21-\x7e]|[\"#<>']")
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
@@ -74,7 +80,9 @@ class WebhookSettings:
 def check_url(value: object, settings: Settings) -> str:
     """`value` as it will be POSTed, if it is an http(s) URL a worker may call; else `ValidationError`.
 
-    Messages never echo the URL (a webhook URL often carries a token), only its host.
+    As it will be POSTed: the host in its canonical or IDNA ASCII form, the path and query
+    percent-encoded as browsers do, no fragment; and that form within `MAX_ADDRESS`, which the
+    store keeps. Messages never echo the URL (a webhook URL often carries a token), only its host.
     """
     url = check_text(FIELD, value, MAX_ADDRESS)
     if any(c.isspace() for c in url):
@@ -93,7 +101,13 @@ def check_url(value: object, settings: Settings) -> str:
     if not allow_private:
         _check_public_host(host)
     netloc = host if port is None else f"{host}:{port}"
-    return urlunsplit((parts.scheme.lower(), netloc, parts.path or "/", parts.query, ""))
+    path, query = _PATH_ESCAPED.sub(_escape, parts.path or "/"), _QUERY_ESCAPED.sub(_escape, parts.query)
+    normalised = urlunsplit((parts.scheme.lower(), netloc, path, query, ""))
+    if len(normalised) > MAX_ADDRESS:  # a longer host, an added "/", escapes: the store keeps this form
+        raise ValidationError(
+            FIELD, f"is {len(normalised)} characters once normalised, over the limit of {MAX_ADDRESS}"
+        )
+    return normalised
 
 
 def check_body(rendered: Mapping[str, str]) -> str | None:
@@ -123,6 +137,10 @@ def build_message(
     if problem is not None:
         raise TemplateError("template", f"webhook.json.j2 {problem}")
     return WebhookMessage(delivery_id=delivery_id, url=url, body=rendered["body"])
+
+
+def _escape(match: re.Match[str]) -> str:
+    return quote(match.group(), safe="")  # its UTF-8 bytes, as %XX in upper case
 
 
 def _refuse_constant(name: str) -> NoReturn:
