@@ -7,18 +7,20 @@ import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from notify.delivery.maintenance import Maintenance
 from notify.errors import StoreUnavailable
 from notify.models import Status, utcnow
 from notify.settings import Settings
 from notify.store import Claim, NewDelivery, Queued, Refusal, Store
+from notify.store.clock import DatabaseClock
 from notify.store.schema import deliveries
-from tests.support.records import record_one
+from tests.support.records import a_worker, record_one
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -558,3 +560,63 @@ def test_text_from_a_provider_is_stored_escaped_whatever_it_holds(
     delivery = store.get(delivery_id)
     assert delivery is not None
     assert (delivery.provider_id if outcome == "sent" else delivery.last_error) == stored
+
+
+def test_a_delivery_released_and_claimed_by_another_process_mid_release_keeps_its_claim(
+    postgres_url: str,
+) -> None:
+    """Between a release's SELECT and its UPDATE, another process releases the same delivery and a
+    worker claims it: the UPDATE re-checks its condition and leaves the claim alone. (PostgreSQL:
+    SQLite's BEGIN IMMEDIATE lets no other writer in between.)"""
+    store, other = Store(postgres_url), Store(postgres_url)
+    try:
+        [due] = record(store, new(status=Status.SCHEDULED, release_at=utcnow() - timedelta(seconds=1)))
+        worker = a_worker(other)
+        raced: list[object] = []
+
+        def meanwhile(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+            if statement.startswith("UPDATE notify_deliveries") and not raced:
+                raced.append(other.release_due())
+                raced.append(other.claim(due, worker))
+
+        sa.event.listen(store.engine, "before_cursor_execute", meanwhile)
+        try:
+            assert store.release_due() == []  # the other process won the race
+        finally:
+            sa.event.remove(store.engine, "before_cursor_execute", meanwhile)
+        assert isinstance(raced[1], Claim)
+        held = store.get(due)
+        assert held is not None and held.status == Status.SENDING
+    finally:
+        store.close()
+        other.close()
+
+
+def test_the_database_clock_moves_on_between_reads_and_reads_the_database_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """PostgreSQL's store time: read from the server, carried on by this host's monotonic clock."""
+    import types
+
+    import notify.store.clock
+
+    ticks = [500.0]
+    monkeypatch.setattr(notify.store.clock, "time", types.SimpleNamespace(monotonic=lambda: ticks[0]))
+    served = iter([datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 6, 1, tzinfo=UTC)])
+    clock = DatabaseClock(lambda: next(served))
+
+    assert clock() == datetime(2026, 1, 1, tzinfo=UTC)
+    ticks[0] += 30
+    assert clock() == datetime(2026, 1, 1, 0, 0, 30, tzinfo=UTC)
+    ticks[0] += DatabaseClock.RESYNC_EVERY
+    assert clock() == datetime(2026, 6, 1, tzinfo=UTC)  # the server's time again, a step included
+
+
+def test_a_held_delivery_without_a_release_time_is_released(store: Store) -> None:
+    """A `retrying` row an older release left with no `release_at` is not held for ever."""
+    [held] = record(store, new(status=Status.RETRYING, release_at=utcnow() + timedelta(hours=1)))
+    store.get("none")
+    with store.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE notify_deliveries SET release_at = NULL WHERE id = :id"), {"id": held})
+
+    assert [q.id for q in store.release_due()] == [held]
