@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import ClassVar
@@ -28,7 +28,7 @@ from notify.errors import (
 from notify.models import Status
 from notify.providers.base import Message, Receipt
 from notify.settings import Settings
-from notify.store import Claim, NewDelivery
+from notify.store import Claim, NewDelivery, Refusal
 from tests.conftest import REPO
 from tests.support.records import a_worker, record_one
 
@@ -39,6 +39,7 @@ class ScriptedProvider:
     name = "scripted"
     delivered: ClassVar[list[str]] = []
     raise_after_sending: ClassVar[BaseException | None] = None
+    meanwhile: ClassVar[Callable[[], None] | None] = None  # what happens while the provider has it
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ScriptedProvider:
@@ -46,6 +47,8 @@ class ScriptedProvider:
 
     def deliver(self, message: Message) -> Receipt:
         ScriptedProvider.delivered.append(message.delivery_id)
+        if ScriptedProvider.meanwhile is not None:
+            ScriptedProvider.meanwhile()
         if ScriptedProvider.raise_after_sending is not None:
             raise ScriptedProvider.raise_after_sending
         return Receipt(provider_id="p-" + message.delivery_id)
@@ -72,6 +75,7 @@ def scripted_settings(tmp_path: Path, database_url: str | None = None) -> Settin
 def deliverer(tmp_path: Path) -> Iterator[Deliverer]:
     ScriptedProvider.delivered = []
     ScriptedProvider.raise_after_sending = None
+    ScriptedProvider.meanwhile = None
     built = Deliverer(scripted_settings(tmp_path))
     yield built
     built.close()
@@ -167,6 +171,77 @@ def test_a_delivery_whose_worker_dies_every_time_ends_in_the_dead_letters(
         OutcomeUnknownError.CODE,
     )
     assert ScriptedProvider.delivered == []
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_a_worker_taken_for_dead_mid_handover_has_nothing_handed_on_and_its_outcome_lands(
+    database: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Cut off from the store while the provider has the message, a worker looks dead to the
+    others: the store knows the handover began, so the sweep ends the claim as an unknown
+    outcome rather than hand it to another worker, and the answer, once it comes back, wins."""
+    url = request.getfixturevalue("postgres_url") if database == "postgresql" else None
+    deliverer = (
+        request.getfixturevalue("deliverer") if url is None else Deliverer(scripted_settings(tmp_path, url))
+    )
+    delivery_id = queued(deliverer)
+    store = deliverer.store
+    other = Deliverer(scripted_settings(tmp_path, url))
+    swept: list[object] = []
+
+    def taken_for_dead() -> None:  # another worker's sweep, while this one waits for the answer
+        worker = deliverer.heartbeat.worker_id
+        assert store.declare_dead(worker, store.worker_beats()[worker])
+        swept.append(store.reclaim_from_dead())
+        swept.append(store.end_unknown_from_dead())
+        swept.append(other.attempt(delivery_id).status)
+        delivery = store.get(delivery_id)
+        assert delivery is not None
+        swept.append((delivery.status, delivery.error_code))
+
+    ScriptedProvider.delivered, ScriptedProvider.meanwhile = [], taken_for_dead
+    try:
+        outcome = deliverer.attempt(delivery_id)
+        delivery = store.get(delivery_id)
+    finally:
+        other.close()
+        if url is not None:
+            deliverer.close()
+
+    assert swept == [
+        [],
+        [delivery_id],
+        AttemptStatus.SKIPPED,
+        (Status.FAILED, OutcomeUnknownError.CODE),
+    ]
+    assert ScriptedProvider.delivered == [delivery_id]  # once
+    assert outcome.status is AttemptStatus.SENT
+    assert delivery is not None and (delivery.status, delivery.provider_id) == (
+        Status.SENT,
+        f"p-{delivery_id}",
+    )
+
+
+def test_a_worker_declared_dead_before_its_handover_hands_nothing_over(deliverer: Deliverer) -> None:
+    delivery_id = queued(deliverer)
+    store = deliverer.store
+    real_claim = store.claim
+
+    def claimed_then_taken_for_dead(
+        delivery_id: str, worker_id: str, token: str | None = None
+    ) -> Claim | Refusal:
+        claim = real_claim(delivery_id, worker_id, token)
+        worker = deliverer.heartbeat.worker_id
+        assert store.declare_dead(worker, store.worker_beats()[worker])
+        return claim
+
+    store.claim = claimed_then_taken_for_dead  # type: ignore[method-assign]
+    outcome = deliverer.attempt(delivery_id)
+    store.claim = real_claim  # type: ignore[method-assign]
+
+    assert outcome.status is AttemptStatus.LOST
+    assert ScriptedProvider.delivered == []
+    assert [q.id for q in store.reclaim_from_dead()] == [delivery_id]  # for another worker to send
 
 
 def test_a_burst_stamps_only_the_deliveries_that_wait_and_delivers_each_in_turn(

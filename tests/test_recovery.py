@@ -59,13 +59,16 @@ def queue_emails(producer: Notifier, how: str) -> list[str]:
 
 
 @pytest.mark.parametrize("how", ["send", "send_many"])
-def test_what_a_killed_worker_held_is_delivered_once_within_30_seconds(
+def test_what_a_killed_worker_held_ends_within_30_seconds_and_nothing_arrives_twice(
     broker_env: dict[str, str],
     notifier: Callable[[], Notifier],
     start_worker: Callable[..., Worker],
     smtp_server: SmtpServer,
     how: str,
 ) -> None:
+    """Killed with emails at the SMTP server, waiting for its answer: the server may have
+    accepted them, so they end as unknown outcomes in the dead letters, never sent again
+    blindly; every other delivery, its burst-mates and what it had taken included, is sent."""
     smtp_server.delay_data_reply(0.5)  # every delivery spends a while in flight
     producer = notifier()
     ids = queue_emails(producer, how)
@@ -74,25 +77,25 @@ def test_what_a_killed_worker_held_is_delivered_once_within_30_seconds(
     wait_for(lambda: Status.SENDING in statuses(producer, ids), what="deliveries in flight")
 
     first.kill()
-    accepted_before_kill = set(smtp_server.delivery_ids())
     in_flight = {i for i, s in zip(ids, statuses(producer, ids), strict=True) if s == Status.SENDING}
     smtp_server.delay_data_reply(0)
     start_worker("email", "-c", "8").wait_ready()
     ready = time.monotonic()
 
     wait_for(
-        lambda: set(statuses(producer, ids)) == {Status.SENT},
+        lambda: set(statuses(producer, ids)) <= {Status.SENT, Status.FAILED},
         timeout=RECOVERY_BOUND,
         what="every delivery, the dead worker's included",
     )
-    print(f"\nrecovered {len(in_flight)} in flight in {time.monotonic() - ready:.1f}s after the restart")
+    took = time.monotonic() - ready
+    print(f"\n{len(in_flight)} in flight at the kill; all final {took:.1f}s after the restart")
+    found = {i: producer.store.get(i) for i in ids}
+    unknown = {i for i, d in found.items() if d is not None and d.status == Status.FAILED}
+    assert unknown and unknown <= in_flight  # only what the server had when the worker died
+    assert {found[i].error_code for i in unknown} == {"outcome_unknown"}  # type: ignore[union-attr]
     counts = smtp_server.delivery_ids()
-    assert set(counts) == set(ids)  # nothing lost
-    twice = {i for i, n in counts.items() if n > 1}
-    # The window no store can close: the server accepted it, the worker died
-    # before recording that. Nothing else may arrive twice.
-    assert twice <= in_flight & accepted_before_kill
-    assert max(counts.values()) <= 2
+    assert set(counts) >= set(ids) - unknown  # nothing lost
+    assert max(counts.values()) == 1  # nothing twice
 
 
 def test_a_retry_survives_the_worker_that_scheduled_it(

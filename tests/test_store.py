@@ -170,6 +170,59 @@ def test_a_claim_taken_over_cannot_record_its_outcome(store: Store) -> None:
     assert delivery is not None and (delivery.status, delivery.provider_id) == (Status.SENT, "second")
 
 
+def test_a_dead_workers_claim_it_was_handing_over_ends_unknown_until_its_outcome_comes_back(
+    store: Store,
+) -> None:
+    """Handed on, it could be sent twice (its worker may be alive, cut off, waiting for the answer)."""
+    [delivery_id] = record(store, new())
+    first = worker(store)
+    handing = claimed(store, delivery_id, first)
+    assert store.handing_over(handing)
+    declared_dead(store, first)
+
+    assert store.reclaim_from_dead() == []  # not for another worker
+    assert store.end_unknown_from_dead() == [delivery_id]
+    assert store.end_unknown_from_dead() == []
+    found = store.get(delivery_id)
+    assert found is not None and (found.status, found.error_code) == (Status.FAILED, "outcome_unknown")
+    assert "while handing it over" in (found.last_error or "")
+    assert [d.id for d in store.dead_letters()] == [delivery_id]
+    assert store.claim(delivery_id, worker(store)) == Refusal(status=Status.FAILED)
+
+    assert store.mark_sent(handing, "late")  # the worker reached the store again: the truth wins
+    found = store.get(delivery_id)
+    assert found is not None and (found.status, found.provider_id) == (Status.SENT, "late")
+    assert store.dead_letters() == []
+    assert not store.mark_failed(handing, "twice", "x")  # once only
+
+
+def test_a_replayed_unknown_outcome_is_no_longer_its_old_claims_to_record(store: Store) -> None:
+    [delivery_id] = record(store, new())
+    first = worker(store)
+    handing = claimed(store, delivery_id, first)
+    assert store.handing_over(handing)
+    declared_dead(store, first)
+    assert store.end_unknown_from_dead() == [delivery_id]
+    assert [q.id for q in store.replay([delivery_id])] == [delivery_id]
+
+    assert not store.mark_sent(handing, "late")
+    current = claimed(store, delivery_id)
+    assert not store.mark_failed(handing, "late", "x")
+    assert store.mark_sent(current, "replayed")
+
+
+def test_a_worker_declared_dead_cannot_begin_a_handover_and_its_claim_is_handed_on(store: Store) -> None:
+    [delivery_id] = record(store, new())
+    first = worker(store)
+    stale = claimed(store, delivery_id, first)
+    declared_dead(store, first)
+
+    assert not store.handing_over(stale)
+    assert store.end_unknown_from_dead() == []
+    assert store.reclaim_from_dead() == [(delivery_id, "email", "normal")]
+    assert not store.handing_over(stale)  # nor once the claim is another's
+
+
 def test_a_worker_is_declared_dead_only_at_the_count_observed_and_then_claims_nothing(store: Store) -> None:
     [delivery_id] = record(store, new())
     alive = worker(store)

@@ -48,6 +48,7 @@ log = logging.getLogger("notify.delivery")
 
 PermanentFailureHook = Callable[[str, str, PermanentDeliveryError], None]
 UNSTORED = "the provider's answer could not be stored; see the worker's log"
+CUT_OFF = "not sent: this worker's heartbeat has not reached the store for most of a lease"
 
 
 class AttemptStatus(enum.StrEnum):
@@ -353,6 +354,15 @@ class Deliverer:
         if not self.heartbeat.fresh(claim):  # cut off from the store: this worker may be taken for dead
             return self._give_back(claim)
         provider = self.provider(claim.channel)
+        try:  # recorded first: if this worker is taken for dead from here on, it is not sent again
+            handing_over = self.store.handing_over(claim)
+        except StoreUnavailable:  # it may have been recorded; either way nothing was handed over
+            return self._give_back(claim, "not sent: the store did not answer before the handover")
+        if not handing_over:  # this worker was declared dead, its claim handed on: not sent
+            log.error(
+                "delivery %s: not sent: its claim was taken over before the handover", claim.delivery_id
+            )
+            return Outcome(AttemptStatus.LOST)
         self.heartbeat.handing_over(claim.token)
         try:
             receipt = provider.deliver(message)
@@ -415,9 +425,8 @@ class Deliverer:
                 )
                 write, instead = instead, None
 
-    def _give_back(self, claim: Claim) -> Outcome:
+    def _give_back(self, claim: Claim, reason: str = CUT_OFF) -> Outcome:
         """Nothing was handed over: release the delivery for another try, its try uncounted."""
-        reason = "not sent: this worker's heartbeat has not reached the store for most of a lease"
         if not self._record(lambda: self.store.give_back(claim, reason)):
             return self._lost(claim, AttemptStatus.RETRYING)
         log.warning("delivery %s: %s; released for another try", claim.delivery_id, reason)

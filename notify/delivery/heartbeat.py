@@ -20,7 +20,12 @@ every one of them ends:
 - a try hands nothing to a provider unless the claim is this worker's current
   registration and its last beat left within three quarters of a lease
   (`fresh`): a worker cut off from the store for a lease may be declared
-  dead, and its deliveries handed on.
+  dead, and its deliveries handed on;
+- and unless the store took the news first (`Store.handing_over`, fenced by
+  the claim and by its worker being alive): from then on, a claim whose worker
+  is taken for dead (killed, or cut off from the store while the provider has
+  the message) ends as an unknown outcome, never handed to another worker;
+  the outcome its worker brings back once it reaches the store again wins.
 """
 
 from __future__ import annotations

@@ -124,6 +124,12 @@ class Maintenance:
         """Publish again what a dead worker held, and what a broker lost."""
         reclaim = functools.partial(self.store.reclaim_from_dead, self.channels)
         self._publish_all(reclaim, "taken over from a dead worker")
+        for delivery_id in self.store.end_unknown_from_dead(self.channels):
+            log.error(
+                "delivery %s: its worker was taken for dead while handing it over; "
+                "failed as outcome_unknown (it may have been sent)",
+                delivery_id,
+            )
         as_of = self.store.now()  # one snapshot: what this sweep publishes is not "lost" again in it
         for channel in self.channels:
             for priority in Priority:

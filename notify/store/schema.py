@@ -79,6 +79,9 @@ deliveries = sa.Table(
     sa.Column("lease_until", _ts),  # while "sending" by a worker of notify <= 0.3: its claim's lease
     sa.Column("claim_token", sa.String(36)),  # while "sending": which claim may record the outcome
     sa.Column("worker_id", sa.String(MAX_ID)),  # while "sending": the worker process that claimed it
+    # set by the claim's worker just before it hands the message to the provider: a claim
+    # whose worker dies after that is an unknown outcome, never handed over again blindly
+    sa.Column("handed_over_at", _ts),
     sa.Column("sent_at", _ts),
     sa.Column("failed_at", _ts),
     sa.Index("ix_notify_deliveries_status_release", "status", "release_at"),

@@ -49,22 +49,41 @@ class Statements:
             .where(w.id == _param("b_id"), ~w.dead)
             .values(beats=w.beats + 1, beat_at=_param("b_now", _UTC))
         )
+        self.handing_over = (
+            deliveries.update()
+            .where(
+                d.id == _param("b_id"),
+                d.claim_token == _param("b_token"),
+                d.status == Status.SENDING,
+                sa.exists(sa.select(w.id).where(w.id == d.worker_id, ~w.dead)),
+            )
+            .values(handed_over_at=_param("b_now", _UTC))
+        )
         self.keep_queued = (
             deliveries.update()
             .where(d.id.in_(sa.bindparam("b_ids", expanding=True)), d.status == Status.QUEUED)
             .values(updated_at=_param("b_now", _UTC))
         )
         self.sent = _outcome(
-            status=Status.SENT, provider_id=_param("b_provider_id"), sent_at=_param("b_now", _UTC)
+            status=Status.SENT,
+            provider_id=_param("b_provider_id"),
+            sent_at=_param("b_now", _UTC),
+            failed_at=None,  # an unknown outcome the sweep recorded, corrected
         )
         at = _param("b_at", _UTC)
         reason, code = _param("b_reason"), _param("b_code")
         self.retrying = _outcome(
-            status=Status.RETRYING, last_error=reason, error_code=code, next_attempt_at=at, release_at=at
+            status=Status.RETRYING,
+            last_error=reason,
+            error_code=code,
+            next_attempt_at=at,
+            release_at=at,
+            failed_at=None,
         )
         self.given_back = _outcome(
             status=Status.RETRYING,
             attempts=d.attempts - 1,
+            handed_over_at=None,
             last_error=reason,
             next_attempt_at=_param("b_now", _UTC),
             release_at=_param("b_now", _UTC),
@@ -136,6 +155,7 @@ def _claim_statement() -> sa.UpdateBase:
             lease_until=None,
             claim_token=_param("b_token"),
             worker_id=worker,
+            handed_over_at=None,
             next_attempt_at=None,
             release_at=None,
         )
@@ -153,10 +173,20 @@ def _claim_statement() -> sa.UpdateBase:
 
 
 def _outcome(**values: Any) -> sa.Update:
-    """The outcome of a try, recorded only by the claim that made it (the fence)."""
+    """The outcome of a try, recorded only by the claim that made it (the fence).
+
+    Its claim may have been ended already as an unknown outcome, by the sweep
+    (its worker was taken for dead mid-handover: cut off from the store, not
+    killed); the outcome it brings back is the truth, and replaces that.
+    """
     d = deliveries.c
+    ended_unknown = sa.and_(d.status == Status.FAILED, d.error_code == CoreCode.OUTCOME_UNKNOWN.value)
     return (
         deliveries.update()
-        .where(d.id == _param("b_id"), d.claim_token == _param("b_token"), d.status == Status.SENDING)
+        .where(
+            d.id == _param("b_id"),
+            d.claim_token == _param("b_token"),
+            sa.or_(d.status == Status.SENDING, ended_unknown),
+        )
         .values(claim_token=None, worker_id=None, updated_at=_param("b_now", _UTC), **values)
     )

@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from notify.constants import MAX_CODE, MAX_PROVIDER_ID, MAX_REASON
-from notify.errors import StoreUnavailable
+from notify.errors import CoreCode, StoreUnavailable
 from notify.models import DeadLetter, Delivery, Priority, Status, utcnow
 from notify.store.clock import Clock, DatabaseClock
 from notify.store.engines import create_engine, write_lock
@@ -252,6 +252,19 @@ class Store:
             with self._single() as conn:
                 conn.execute(self._sql.keep_queued, {"b_ids": chunk, "b_now": self.now()})
 
+    def handing_over(self, claim: Claim) -> bool:
+        """Record that this claim's worker hands the message to the provider now; False (hand
+        nothing over) if the claim is no longer current or its worker was declared dead.
+
+        From here on, if the worker is taken for dead (killed, or cut off from
+        the store), the sweep ends the claim as an unknown outcome instead of
+        handing the delivery to another worker (`end_unknown_from_dead`).
+        """
+        params = {"b_id": claim.delivery_id, "b_token": claim.token}
+        with self._single() as conn:
+            done = conn.execute(self._sql.handing_over, {**params, "b_now": self.now()})
+        return bool(done.rowcount)
+
     def mark_sent(self, claim: Claim, provider_id: str | None) -> bool:
         """Record that the provider accepted it; False if this claim was no longer current."""
         return self._finish(self._sql.sent, claim, b_provider_id=storable(provider_id, MAX_PROVIDER_ID))
@@ -348,20 +361,55 @@ class Store:
         return self._requeue(due, channels, release_at=None)
 
     def reclaim_from_dead(self, channels: Collection[str] | None = None) -> list[Queued]:
-        """Deliveries claimed by a worker declared dead (or gone), set back to "queued".
+        """Deliveries claimed by a worker declared dead (or gone) that it had not started to
+        hand over, set back to "queued".
 
         A claim made by a worker of notify 0.3 or older carries a lease instead
         of a worker, and is taken back once the lease has lapsed, as it was then.
         """
-        d, w = deliveries.c, workers.c
-        alive = sa.select(w.id).where(w.id == d.worker_id, ~w.dead)
+        d = deliveries.c
 
         def orphaned(now: datetime) -> sa.ColumnElement[bool]:
-            by_worker = sa.and_(d.worker_id.is_not(None), ~sa.exists(alive))
+            by_worker = sa.and_(_of_dead_worker(), d.handed_over_at.is_(None))
             by_lease = sa.and_(d.worker_id.is_(None), d.lease_until < now)
             return sa.and_(d.status == Status.SENDING, sa.or_(by_worker, by_lease))
 
         return self._requeue(orphaned, channels, lease_until=None, claim_token=None, worker_id=None)
+
+    def end_unknown_from_dead(self, channels: Collection[str] | None = None) -> list[str]:
+        """Deliveries a worker declared dead was handing over: failed, `outcome_unknown`.
+
+        Its worker may have been killed after the provider accepted, or cut off
+        from the store and still waiting for the answer: handed to another
+        worker, either would be a second copy. The claim's token is kept, so an
+        outcome its worker brings back once it reaches the store again replaces
+        the unknown one.
+        """
+        d = deliveries.c
+        reason = (
+            "its worker stopped beating while handing it over (killed, or cut off from the store): "
+            "it may have been sent"
+        )
+        with self._tx() as conn:
+            now = self.now()
+            condition = sa.and_(d.status == Status.SENDING, _of_dead_worker(), d.handed_over_at.is_not(None))
+            if channels is not None:
+                condition = sa.and_(condition, d.channel.in_(channels))
+            ended = conn.execute(
+                deliveries.update()
+                .where(condition)
+                .values(
+                    status=Status.FAILED,
+                    last_error=reason,
+                    error_code=CoreCode.OUTCOME_UNKNOWN.value,
+                    failed_at=now,
+                    updated_at=now,
+                    next_attempt_at=None,
+                    worker_id=None,
+                )
+                .returning(d.id)
+            )
+            return list(ended.scalars().all())
 
     def queued_since(
         self,
@@ -479,7 +527,13 @@ class Store:
     def replay(self, ids: Sequence[str] | None) -> list[Queued]:
         """Put failed deliveries (these, or all) back to "queued" for a fresh attempt cycle."""
         d = deliveries.c
-        fresh = {"attempts": 0, "failed_at": None, "next_attempt_at": None, "release_at": None}
+        fresh = {
+            "attempts": 0,
+            "failed_at": None,
+            "next_attempt_at": None,
+            "release_at": None,
+            "claim_token": None,  # an unknown outcome's, kept for its worker: replayed, it is no one's
+        }
         replayed: list[Queued] = []
         if ids is None:
             while batch := self._requeue(lambda _: d.status == Status.FAILED, None, **fresh):
@@ -498,6 +552,12 @@ class Store:
             removed = conn.execute(deliveries.delete().where(d.status == Status.FAILED)).rowcount
             self._delete_orphan_notifications(conn, created_before=self.now() + timedelta(days=1))
         return int(removed)
+
+
+def _of_dead_worker() -> sa.ColumnElement[bool]:
+    """A delivery claimed by a worker that is declared dead, retired, or forgotten."""
+    d, w = deliveries.c, workers.c
+    return sa.and_(d.worker_id.is_not(None), ~sa.exists(sa.select(w.id).where(w.id == d.worker_id, ~w.dead)))
 
 
 def _failed_among(ids: list[str]) -> Callable[[datetime], sa.ColumnElement[bool]]:

@@ -69,6 +69,20 @@ MUTANTS: dict[str, Mutant] = {
         (('d.claim_token == _param("b_token")', '_param("b_token") == _param("b_token")'),),
         "an outcome written without checking its claim's token",
     ),
+    "handover_unrecorded": Mutant(
+        "notify.delivery.attempt",
+        "Deliverer",
+        "_deliver",
+        (("handing_over = self.store.handing_over(claim)", "handing_over = True"),),
+        "a worker handing a message over without recording that in the store first",
+    ),
+    "reclaim_handed_over": Mutant(
+        "notify.store.store",
+        "Store",
+        "reclaim_from_dead",
+        (("sa.and_(_of_dead_worker(), d.handed_over_at.is_(None))", "_of_dead_worker()"),),
+        "the sweep handing on a dead worker's claim it was handing over",
+    ),
 }
 
 
