@@ -222,6 +222,30 @@ def test_a_worker_taken_for_dead_mid_handover_has_nothing_handed_on_and_its_outc
     )
 
 
+def test_an_answer_that_comes_after_the_heartbeat_gave_up_on_it_replaces_the_unknown_outcome(
+    deliverer: Deliverer,
+) -> None:
+    """Cut off past the heartbeat's ceiling: the heartbeat ends the try as unknown (after the
+    sweep did, or not); the provider's answer, recorded once the store is back, wins."""
+    delivery_id = queued(deliverer)
+    store = deliverer.store
+
+    def cut_off_past_the_ceiling() -> None:
+        worker = deliverer.heartbeat.worker_id
+        assert store.declare_dead(worker, store.worker_beats()[worker])
+        assert store.end_unknown_from_dead() == [delivery_id]
+        deliverer.heartbeat.ceiling = 0.0  # the store is back only after longest_attempt + lease
+        deliverer.heartbeat.beat()  # the heartbeat's beat lands before the outcome
+
+    ScriptedProvider.meanwhile = cut_off_past_the_ceiling
+    outcome = deliverer.attempt(delivery_id)
+
+    assert outcome.status is AttemptStatus.SENT
+    assert ScriptedProvider.delivered == [delivery_id]
+    found = store.get(delivery_id)
+    assert found is not None and (found.status, found.error_code) == (Status.SENT, None)
+
+
 def test_a_worker_declared_dead_before_its_handover_hands_nothing_over(deliverer: Deliverer) -> None:
     delivery_id = queued(deliverer)
     store = deliverer.store

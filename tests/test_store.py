@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -209,6 +210,76 @@ def test_a_replayed_unknown_outcome_is_no_longer_its_old_claims_to_record(store:
     current = claimed(store, delivery_id)
     assert not store.mark_failed(handing, "late", "x")
     assert store.mark_sent(current, "replayed")
+
+
+def test_a_handover_mark_lasts_only_as_long_as_its_claim(store: Store) -> None:
+    """Left on the row, it would make a later claim's death look like a handover (a false unknown)."""
+
+    def mark(delivery_id: str) -> object:
+        with store.engine.connect() as conn:
+            return conn.execute(
+                sa.select(deliveries.c.handed_over_at).where(deliveries.c.id == delivery_id)
+            ).scalar()
+
+    [delivery_id] = record(store, new())
+    first = claimed(store, delivery_id)
+    assert store.handing_over(first) and mark(delivery_id) is not None
+    assert store.mark_retrying(first, "busy", "451", utcnow())
+    assert mark(delivery_id) is None
+    assert [q.id for q in store.release_due()] == [delivery_id]
+    dying = worker(store)
+    assert isinstance(store.claim(delivery_id, dying), Claim)  # and its worker dies before the handover
+    declared_dead(store, dying)
+    assert store.end_unknown_from_dead() == []
+    assert [q.id for q in store.reclaim_from_dead()] == [delivery_id]
+
+
+def test_a_purge_racing_a_late_outcome_leaves_the_sent_delivery_its_dedup_claim(postgres_url: str) -> None:
+    """An unknown outcome's worker comes back with `sent` while an operator purges the dead
+    letters: the delivery stays, and so must its dedup claim (else the next send repeats it)."""
+    store = Store(postgres_url)
+    try:
+        key = str(uuid.uuid4())
+        [delivery_id] = record(store, new(dedup_key=key, dedup_window=3600))
+        first = worker(store)
+        handing = claimed(store, delivery_id, first)
+        assert store.handing_over(handing)
+        declared_dead(store, first)
+        assert store.end_unknown_from_dead() == [delivery_id]
+        results: dict[str, object] = {}
+        with store.engine.connect() as locker:  # another writer holds the row a moment
+            locker.execute(sa.select(deliveries.c.id).where(deliveries.c.id == delivery_id).with_for_update())
+            late = threading.Thread(target=lambda: results.update(sent=store.mark_sent(handing, "late")))
+            late.start()
+            wait_until_blocked(store, 1)
+            purge = threading.Thread(target=lambda: results.update(purged=store.purge_dead_letters()))
+            purge.start()
+            wait_until_blocked(store, 2)
+            locker.rollback()
+        late.join(10)
+        purge.join(10)
+
+        assert results == {"sent": True, "purged": 0}
+        again = new(dedup_key=key, dedup_window=3600)
+        [repeat] = record(store, again)
+        assert store.get(repeat).status == Status.DUPLICATE  # type: ignore[union-attr]
+    finally:
+        store.close()
+
+
+def wait_until_blocked(store: Store, count: int) -> None:
+    """Until `count` sessions of this database wait on a lock (PostgreSQL's own view)."""
+    query = sa.text(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with store.engine.connect() as conn:
+            if conn.execute(query).scalar_one() >= count:
+                return
+        time.sleep(0.02)
+    raise AssertionError(f"{count} sessions never waited on the row lock")
 
 
 def test_a_worker_declared_dead_cannot_begin_a_handover_and_its_claim_is_handed_on(store: Store) -> None:

@@ -136,7 +136,7 @@ class Deliverer:
         pool's size, since every pool process has a deliverer of its own)."""
         self.settings = settings
         # Its own connections: the heartbeat's never wait behind the attempts' for a free one.
-        self.store = Store(settings.resolved_database_url)
+        self.store = Store(settings.resolved_database_url, require_current=True)
         self.renderer = Renderer(settings.templates_dir)
         self.policies: dict[str, ChannelPolicy] = load_policies(
             settings.resolved_config_path, registry.default_policies()
@@ -148,7 +148,9 @@ class Deliverer:
         self._bursts: list[_Burst] = []
         self.hand_on = hand_on  # without it, a burst's deliveries wait for its slow attempt
         self._owns_heartbeat = heartbeat is None  # and its store: closed with the deliverer
-        self.heartbeat = heartbeat or new_heartbeat(Store(settings.resolved_database_url), settings)
+        self.heartbeat = heartbeat or new_heartbeat(
+            Store(settings.resolved_database_url, require_current=True), settings
+        )
         if hand_on is not None:
             self.heartbeat.also_at_every_beat(self._hand_on_stuck_bursts)
         self.gate = gate or PriorityGate()  # a high attempt has this process to itself for a moment
@@ -365,7 +367,10 @@ class Deliverer:
             return Outcome(AttemptStatus.LOST)
         self.heartbeat.handing_over(claim.token)
         try:
-            receipt = provider.deliver(message)
+            try:
+                receipt = provider.deliver(message)
+            finally:
+                self.heartbeat.answered(claim.token)
         except PermanentDeliveryError as exc:  # OutcomeUnknownError too: never resent blindly
             return self._fail(claim, exc)
         except TransientDeliveryError as exc:

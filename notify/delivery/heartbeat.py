@@ -54,6 +54,7 @@ class _Try:
     delivery_id: str
     since: float  # monotonic
     handed_over: bool = False  # the provider may have the message
+    answered: bool = False  # the provider's call returned: its outcome is known, being recorded
     abandoned: str | None = None  # why it ended without an outcome, for the heartbeat to record
 
 
@@ -107,6 +108,14 @@ class Heartbeat:
             found = self._tries.get(token)
             if found is not None:
                 found.handed_over = True
+
+    def answered(self, token: str) -> None:
+        """The provider's call returned: the try knows its outcome, and records it whatever the
+        wait (no ceiling ends it as unknown)."""
+        with self._lock:
+            found = self._tries.get(token)
+            if found is not None:
+                found.answered = True
 
     def done(self, token: str) -> None:
         """The try's outcome is recorded (or its claim was refused, or taken over): nothing to end."""
@@ -204,7 +213,7 @@ class Heartbeat:
         now = time.monotonic()
         with self._lock:
             for found in self._tries.values():
-                if found.abandoned is None and now - found.since >= self.ceiling:
+                if found.abandoned is None and not found.answered and now - found.since >= self.ceiling:
                     found.abandoned = f"the attempt did not end within {self.ceiling:.0f}s"
                     found.handed_over = True  # whatever it reached: never sent again blindly
             ending = [(token, t) for token, t in self._tries.items() if t.abandoned is not None]

@@ -37,10 +37,13 @@ class Statements:
         self.add_notification = notifications.insert()
         self.add_delivery = deliveries.insert()
         self.claim_key, self.key_holder = _dedup_statements(insert)
-        self.get = sa.select(deliveries).where(d.id == _param("b_id"))
-        self.deliveries_of = (
-            sa.select(deliveries).where(d.notification_id == _param("b_id")).order_by(d.channel)
-        )
+        # What a Delivery shows, named: a producer on a store one revision behind still reads it.
+        shown = (
+            d.id, d.notification_id, d.channel, d.status, d.attempts, d.last_error, d.error_code,
+            d.provider_id, d.next_attempt_at, d.sent_at, d.duplicate_of,
+        )  # fmt: skip
+        self.get = sa.select(*shown).where(d.id == _param("b_id"))
+        self.deliveries_of = sa.select(*shown).where(d.notification_id == _param("b_id")).order_by(d.channel)
         self.status_of = sa.select(d.status).where(d.id == _param("b_id"))
         self.claim = _claim_statement()
         w = workers.c
@@ -64,11 +67,14 @@ class Statements:
             .where(d.id.in_(sa.bindparam("b_ids", expanding=True)), d.status == Status.QUEUED)
             .values(updated_at=_param("b_now", _UTC))
         )
+        corrected = d.status == Status.FAILED  # an unknown outcome, replaced by what its worker learnt
         self.sent = _outcome(
             status=Status.SENT,
             provider_id=_param("b_provider_id"),
             sent_at=_param("b_now", _UTC),
-            failed_at=None,  # an unknown outcome the sweep recorded, corrected
+            failed_at=None,
+            error_code=sa.case((corrected, None), else_=d.error_code),
+            last_error=sa.case((corrected, None), else_=d.last_error),
         )
         at = _param("b_at", _UTC)
         reason, code = _param("b_reason"), _param("b_code")
@@ -83,12 +89,14 @@ class Statements:
         self.given_back = _outcome(
             status=Status.RETRYING,
             attempts=d.attempts - 1,
-            handed_over_at=None,
             last_error=reason,
+            error_code=sa.case((corrected, None), else_=d.error_code),
+            failed_at=None,
             next_attempt_at=_param("b_now", _UTC),
             release_at=_param("b_now", _UTC),
         )
-        self.unknown = _outcome(
+        self.unknown = _outcome(  # its claim's token kept: an answer that comes after all replaces it
+            claim_token=_param("b_token"),
             status=Status.FAILED,
             last_error=reason,
             error_code=CoreCode.OUTCOME_UNKNOWN.value,
@@ -188,5 +196,13 @@ def _outcome(**values: Any) -> sa.Update:
             d.claim_token == _param("b_token"),
             sa.or_(d.status == Status.SENDING, ended_unknown),
         )
-        .values(claim_token=None, worker_id=None, updated_at=_param("b_now", _UTC), **values)
+        .values(
+            **{
+                "claim_token": None,
+                "worker_id": None,
+                "handed_over_at": None,  # the claim is over
+                "updated_at": _param("b_now", _UTC),
+                **values,
+            }
+        )
     )

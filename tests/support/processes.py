@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -10,6 +11,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
+
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 T = TypeVar("T")
 
@@ -44,6 +47,7 @@ class Notify:
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_die_with_the_tests,
         )
 
     def output(self) -> str:
@@ -87,3 +91,10 @@ class Worker(Notify):
 
         wait_for(ready, timeout=timeout, what=f"the {self.channel} worker to be ready")
         return self
+
+
+def _die_with_the_tests() -> None:
+    """In the child, before exec: SIGKILL it when the test process dies (killed, say), so no
+    worker outlives its test to take the next test's messages from the shared brokers."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
