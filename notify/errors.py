@@ -85,6 +85,27 @@ class ConfigurationError(NotifyError):
         self.setting = setting
 
 
+class SchemaOutdated(ConfigurationError):
+    """The store's schema is not at this release's revision: `notify db upgrade` brings it there.
+
+    `revision`: the store's (None: made by a release before revisions were kept);
+    `required`: this release's.
+    """
+
+    def __init__(self, revision: str | None, required: str) -> None:
+        self.revision, self.required = revision, required
+        if revision is not None and revision > required:
+            message = (
+                f"the store's schema is at revision {revision}, newer than this release's {required}: "
+                "upgrade notify"
+            )
+        else:
+            at = "was made before revisions were kept" if revision is None else f"is at revision {revision}"
+            message = f"the store's schema {at}; this release needs revision {required}: "
+            message += "run `notify db upgrade`"
+        super().__init__(message, setting="NOTIFY_DATABASE_URL")
+
+
 class ValidationError(NotifyError, ValueError):
     """`send()` rejected its input; `field` names the offending argument."""
 

@@ -47,6 +47,9 @@ def test_the_wheel_holds_only_the_notify_package(wheel: zipfile.ZipFile) -> None
     assert top == {"notify", "notify_celery_delivery-0.1.0.dist-info"}
     assert "notify/worker/app.py" in wheel.namelist()
     assert "notify/cli/__init__.py" in wheel.namelist()
+    # `notify db upgrade` runs from an installed wheel: Alembic's environment and every revision
+    for name in ("env.py", "script.py.mako", "versions/0001_baseline.py", "versions/0002_handed_over_at.py"):
+        assert f"notify/store/migrations/{name}" in wheel.namelist()
 
 
 @pytest.mark.timeout(60)

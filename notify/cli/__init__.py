@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from notify.cli.db import db
 from notify.cli.demo import demo
 from notify.cli.dlq import dlq
 from notify.cli.output import NotifyGroup
@@ -17,5 +18,5 @@ def main() -> None:
     """notify: deliver notifications over email, SMS, push, webhooks and the channels you add."""
 
 
-for command in (worker, beat, send, send_many, status, dlq, templates, demo):
+for command in (worker, beat, send, send_many, status, dlq, templates, db, demo):
     main.add_command(command)

@@ -80,6 +80,12 @@ def demo(timeout: float) -> None:
 
     base = get_settings()
     home = base.home.resolve()
+    if base.database_url is None:  # the embedded store is the demo's own: an older one is upgraded
+        from notify.store import migrate
+
+        before, after = migrate.upgrade(base.resolved_database_url)
+        if before not in ("no schema", f"revision {after}"):
+            click.echo(f"the embedded store's schema: {before} -> revision {after}")
     with MailCatcher(home / "mail") as catcher:
         env = _demo_env(catcher.port)
         notifier = Notifier(Settings.from_env(env))

@@ -45,6 +45,17 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
 metadata = sa.MetaData()
 _ts = UTCDateTime()
 
+# The schema's revision (notify/store/migrations/versions): a store made here is made at it,
+# and one at an older revision is brought to it by `notify db upgrade`.
+REVISION = "0002"
+VERSION_TABLE = "notify_schema_version"  # Alembic's version table, named apart from an app's own
+schema_version = sa.Table(
+    VERSION_TABLE,
+    sa.MetaData(),
+    sa.Column("version_num", sa.String(32), nullable=False),
+    sa.PrimaryKeyConstraint("version_num", name=f"{VERSION_TABLE}_pkc"),
+)
+
 notifications = sa.Table(
     "notify_notifications",
     metadata,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import json
+import logging
 import threading
 import uuid
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -30,15 +31,26 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from notify.constants import MAX_CODE, MAX_PROVIDER_ID, MAX_REASON
-from notify.errors import CoreCode, StoreUnavailable
+from notify.errors import CoreCode, SchemaOutdated, StoreUnavailable
 from notify.models import DeadLetter, Delivery, Priority, Status, utcnow
 from notify.store.clock import Clock, DatabaseClock
 from notify.store.engines import create_engine, write_lock
 from notify.store.rows import Claim, NewDelivery, NewNotification, Queued, Refusal
-from notify.store.schema import dedup_claims, deliveries, metadata, notifications, workers
+from notify.store.schema import (
+    REVISION,
+    dedup_claims,
+    deliveries,
+    metadata,
+    notifications,
+    schema_version,
+    workers,
+)
 from notify.store.statements import Statements, record_one_statement
 from notify.store.text import storable
 
+log = logging.getLogger("notify.store")
+
+_SCHEMA_LOCK = 0x6E6F74696679  # "notify": the advisory lock PostgreSQL processes make the schema under
 BATCH = 500  # rows per maintenance statement: bounded transactions, bounded IN lists
 # PostgreSQL errors that say the store cannot take this now, not that the statement is wrong:
 # a read-only transaction (a failover's demoted primary), a server shutting down or starting.
@@ -46,8 +58,14 @@ _UNAVAILABLE_STATES = frozenset({"25006", "57P01", "57P02", "57P03", "08000", "0
 
 
 class Store:
-    def __init__(self, url: str, *, clock: Clock | None = None) -> None:
+    """`require_current`: refuse to work (SchemaOutdated) on a store whose schema is not this
+    release's revision, as workers and `notify web` do; a producer's store takes any and never
+    changes an existing schema (it only makes a new one)."""
+
+    def __init__(self, url: str, *, clock: Clock | None = None, require_current: bool = False) -> None:
         self.engine = create_engine(url)
+        self.require_current = require_current
+        self.revision: str | None = None  # the schema's, once seen; None: made before revisions
         postgres = self.engine.dialect.name == "postgresql"
         # SQLite writes go through an engine of their own (BEGIN IMMEDIATE, short
         # retries, one writer per process); on PostgreSQL one engine does both.
@@ -64,35 +82,50 @@ class Store:
         # starts (its attempts and maintenance wait the outage out), as a producer does.
         self._schema_ready = False
         self._schema_lock = threading.Lock()
+        self._warned = False
 
     def _ensure_schema(self) -> None:
         if self._schema_ready:
             return
         with self._schema_lock:
             if not self._schema_ready:
-                self._create_schema()
+                self.revision = self._create_schema()
                 self._schema_ready = True
+        self.check_revision()
 
-    def _create_schema(self) -> None:
-        try:
-            metadata.create_all(self.engine)
-            self._add_missing_columns()
-        except sa.exc.DatabaseError:  # another process made the same change at the same moment
-            metadata.create_all(self.engine)
-            self._add_missing_columns()
-
-    def _add_missing_columns(self) -> None:
-        """Columns later releases added to a table an older one made (all nullable), and their indexes."""
-        present = {c["name"] for c in sa.inspect(self.engine).get_columns(deliveries.name)}
-        missing = [c for c in deliveries.c if c.name not in present]
-        if not missing:
+    def check_revision(self) -> None:
+        """SchemaOutdated if this store must be current and is not; a producer's is only warned about."""
+        if self.revision == REVISION:
             return
-        with self.engine.begin() as conn:
-            for column in missing:
-                kind = column.type.compile(dialect=self.engine.dialect)
-                conn.execute(sa.text(f"ALTER TABLE {deliveries.name} ADD COLUMN {column.name} {kind}"))
-        for index in deliveries.indexes:
-            index.create(self.engine, checkfirst=True)
+        outdated = SchemaOutdated(self.revision, REVISION)
+        if self.require_current:
+            raise outdated
+        if not self._warned:
+            self._warned = True
+            log.warning("%s (producers go on; workers refuse to start)", outdated)
+
+    def schema_revision(self) -> str | None:
+        """The schema's revision, making the schema first if the database has none (StoreUnavailable
+        if it does not answer; SchemaOutdated if this store must be current and is not)."""
+        with self._guard():
+            return self.revision
+
+    def _create_schema(self) -> str | None:
+        """Make the tables at this release's revision if the database has none; the revision found."""
+        # Not under this process's write lock: the caller may hold it (a write's first statement).
+        with self._writer.begin() as conn:
+            if conn.dialect.name == "postgresql":  # one process makes it; the others wait, then see it
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_SCHEMA_LOCK)))
+            tables = set(sa.inspect(conn).get_table_names())
+            if deliveries.name not in tables:
+                metadata.create_all(conn)
+                schema_version.create(conn, checkfirst=True)
+                conn.execute(schema_version.delete())
+                conn.execute(schema_version.insert().values(version_num=REVISION))
+                return REVISION
+            if schema_version.name not in tables:
+                return None  # made by a release before revisions were kept
+            return conn.execute(sa.select(schema_version.c.version_num)).scalar()
 
     def _database_time(self) -> datetime:
         with self._guard(), self.engine.connect() as conn:
@@ -374,7 +407,9 @@ class Store:
             by_lease = sa.and_(d.worker_id.is_(None), d.lease_until < now)
             return sa.and_(d.status == Status.SENDING, sa.or_(by_worker, by_lease))
 
-        return self._requeue(orphaned, channels, lease_until=None, claim_token=None, worker_id=None)
+        return self._requeue(
+            orphaned, channels, lease_until=None, claim_token=None, worker_id=None, handed_over_at=None
+        )
 
     def end_unknown_from_dead(self, channels: Collection[str] | None = None) -> list[str]:
         """Deliveries a worker declared dead was handing over: failed, `outcome_unknown`.
@@ -406,6 +441,7 @@ class Store:
                     updated_at=now,
                     next_attempt_at=None,
                     worker_id=None,
+                    handed_over_at=None,
                 )
                 .returning(d.id)
             )
@@ -533,6 +569,7 @@ class Store:
             "next_attempt_at": None,
             "release_at": None,
             "claim_token": None,  # an unknown outcome's, kept for its worker: replayed, it is no one's
+            "handed_over_at": None,
         }
         replayed: list[Queued] = []
         if ids is None:
@@ -546,12 +583,15 @@ class Store:
     def purge_dead_letters(self) -> int:
         """Delete every failed delivery, the dedup claims they held, and notifications left empty."""
         d = deliveries.c
-        failed = sa.select(d.id).where(d.status == Status.FAILED)
         with self._tx() as conn:
-            conn.execute(dedup_claims.delete().where(dedup_claims.c.delivery_id.in_(failed)))
-            removed = conn.execute(deliveries.delete().where(d.status == Status.FAILED)).rowcount
+            # The deliveries first, then exactly their claims: a late outcome may turn an unknown
+            # one into `sent` meanwhile (its worker came back), and keeps its claim then.
+            removed = conn.execute(deliveries.delete().where(d.status == Status.FAILED).returning(d.id))
+            ids = list(removed.scalars().all())
+            for chunk in _chunks(ids):
+                conn.execute(dedup_claims.delete().where(dedup_claims.c.delivery_id.in_(chunk)))
             self._delete_orphan_notifications(conn, created_before=self.now() + timedelta(days=1))
-        return int(removed)
+        return len(ids)
 
 
 def _of_dead_worker() -> sa.ColumnElement[bool]:

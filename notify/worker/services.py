@@ -100,7 +100,7 @@ class HeartbeatService(Service):
     where = Where.PER_PROCESS
 
     def start(self, runtime: Runtime) -> None:
-        store = Store(runtime.settings.resolved_database_url)
+        store = Store(runtime.settings.resolved_database_url, require_current=True)
         runtime.heartbeat = self.heartbeat = new_heartbeat(store, runtime.settings).start()
 
     def stop(self) -> None:
@@ -218,7 +218,7 @@ def new_maintenance(celery: Celery, settings: Settings, channels: tuple[str, ...
     """
     publisher, backlog = Publisher(celery), Backlog(celery)
     return Maintenance(
-        Store(settings.resolved_database_url),
+        Store(settings.resolved_database_url, require_current=True),
         settings,
         # What maintenance publishes has waited already (a due send_at, a dead worker's, a lost
         # message's): ahead of the backlog of its priority.

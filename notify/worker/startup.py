@@ -11,15 +11,19 @@ defaults.
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
 from notify import channels as registry
-from notify.errors import ConfigurationError, NotifyError, one_line
+from notify.errors import ConfigurationError, NotifyError, StoreUnavailable, one_line
 from notify.policy import load_policies
 from notify.providers import load_provider
 from notify.settings import Settings, load_hook
+from notify.store import Store
+
+log = logging.getLogger("notify.worker")
 
 EXIT_CONFIGURATION = 2
 
@@ -46,7 +50,23 @@ def preflight(settings: Settings, channels: Sequence[str]) -> None:
     load_policies(settings.resolved_config_path, registry.default_policies())
     for channel in channels:
         load_provider(channel, settings).close()
+    check_schema(settings)
     _passed.add(key)
+
+
+def check_schema(settings: Settings) -> None:
+    """SchemaOutdated if the store's schema is not this release's (a new store is made at it).
+
+    A store that does not answer passes: the worker starts and waits for it,
+    not ready until its maintenance has run, which makes the same check.
+    """
+    store = Store(settings.resolved_database_url, require_current=True)
+    try:
+        store.schema_revision()
+    except StoreUnavailable as exc:
+        log.warning("%s; its schema is checked once it answers", exc)
+    finally:
+        store.close()
 
 
 _passed: set[tuple[Settings, tuple[str, ...]]] = set()

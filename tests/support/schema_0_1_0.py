@@ -1,0 +1,112 @@
+"""The store's tables, and the one column type they share (an aware UTC datetime)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+
+from notify.constants import (
+    MAX_ADDRESS,
+    MAX_CODE,
+    MAX_DEDUP_KEY,
+    MAX_ID,
+    MAX_LOCALE,
+    MAX_PROVIDER_ID,
+    MAX_TEMPLATE,
+)
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """An aware datetime kept in UTC on every database.
+
+    SQLite has no time zone type: SQLAlchemy writes an aware value's local
+    wall time and drops its offset. Converting to UTC on the way in (and
+    marking UTC on the way out) makes 10:00-05:00 and 15:00Z the same instant.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; it keeps UTC instants only")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = sa.MetaData()
+_ts = UTCDateTime()
+
+notifications = sa.Table(
+    "notify_notifications",
+    metadata,
+    sa.Column("id", sa.String(MAX_ID), primary_key=True),
+    sa.Column("template", sa.String(MAX_TEMPLATE), nullable=False),
+    sa.Column("locale", sa.String(MAX_LOCALE)),
+    sa.Column("data", sa.Text, nullable=False),  # JSON
+    sa.Column("created_at", _ts, nullable=False),
+)
+
+deliveries = sa.Table(
+    "notify_deliveries",
+    metadata,
+    sa.Column("id", sa.String(MAX_ID), primary_key=True),
+    sa.Column(
+        "notification_id", sa.String(36), sa.ForeignKey(notifications.c.id), nullable=False, index=True
+    ),
+    sa.Column("channel", sa.String(16), nullable=False),
+    sa.Column("address", sa.String(MAX_ADDRESS), nullable=False),
+    sa.Column("priority", sa.String(16), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("dedup_key", sa.String(MAX_DEDUP_KEY)),
+    sa.Column("duplicate_of", sa.String(36)),
+    sa.Column("provider_id", sa.String(MAX_PROVIDER_ID)),
+    sa.Column("last_error", sa.Text),
+    sa.Column("error_code", sa.String(MAX_CODE)),
+    sa.Column("created_at", _ts, nullable=False),
+    sa.Column("updated_at", _ts, nullable=False),
+    sa.Column("next_attempt_at", _ts),
+    sa.Column("release_at", _ts),  # set while the store, not the broker, holds the next try
+    sa.Column("lease_until", _ts),  # while "sending" by a worker of notify <= 0.3: its claim's lease
+    sa.Column("claim_token", sa.String(36)),  # while "sending": which claim may record the outcome
+    sa.Column("worker_id", sa.String(MAX_ID)),  # while "sending": the worker process that claimed it
+    sa.Column("sent_at", _ts),
+    sa.Column("failed_at", _ts),
+    sa.Index("ix_notify_deliveries_status_release", "status", "release_at"),
+    sa.Index("ix_notify_deliveries_status_lease", "status", "lease_until"),
+    sa.Index("ix_notify_deliveries_status_worker", "status", "worker_id"),
+)
+
+# One row per worker process that claims deliveries. Liveness is judged by `beats` moving
+# on, as each observer sees it on its own monotonic clock (notify.delivery.liveness);
+# `beat_at` is for people reading the table, never compared with another process's clock.
+workers = sa.Table(
+    "notify_workers",
+    metadata,
+    sa.Column("id", sa.String(MAX_ID), primary_key=True),
+    sa.Column("beats", sa.BigInteger, nullable=False),
+    sa.Column("dead", sa.Boolean, nullable=False),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("started_at", _ts, nullable=False),
+    sa.Column("beat_at", _ts, nullable=False),
+)
+
+dedup_claims = sa.Table(
+    "notify_dedup_claims",
+    metadata,
+    sa.Column("channel", sa.String(16), primary_key=True),
+    sa.Column("address", sa.String(MAX_ADDRESS), primary_key=True),
+    sa.Column("dedup_key", sa.String(MAX_DEDUP_KEY), primary_key=True),
+    sa.Column("delivery_id", sa.String(36), nullable=False),
+    sa.Column("expires_at", _ts, nullable=False),
+)
