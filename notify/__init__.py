@@ -6,7 +6,7 @@ notify.status(result.id)
 notify.send_many([notify.Intent("welcome", to={"email": "bob@example.com"}, data={"name": "Bob"})])
 """
 
-from notify.api import send, send_many, status
+from notify.api import send, send_many, status, suppress, suppressions, unsuppress
 from notify.errors import (
     ConfigurationError,
     DeliveryError,
@@ -19,7 +19,16 @@ from notify.errors import (
     TransientDeliveryError,
     ValidationError,
 )
-from notify.models import Delivery, Intent, Priority, Recipient, SendResult, Status
+from notify.models import (
+    Delivery,
+    Intent,
+    Priority,
+    Recipient,
+    SendResult,
+    Status,
+    Suppression,
+    SuppressionReason,
+)
 
 __all__ = [
     "ConfigurationError",
@@ -35,10 +44,15 @@ __all__ = [
     "SendResult",
     "Status",
     "StoreUnavailable",
+    "Suppression",
+    "SuppressionReason",
     "TemplateError",
     "TransientDeliveryError",
     "ValidationError",
     "send",
     "send_many",
     "status",
+    "suppress",
+    "suppressions",
+    "unsuppress",
 ]

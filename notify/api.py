@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from notify import channels as registry
 from notify.broker.relay import Relay
-from notify.constants import MAX_DEDUP_INDEX_BYTES, MAX_DEDUP_KEY, MAX_ID
+from notify.constants import MAX_DEDUP_INDEX_BYTES, MAX_DEDUP_KEY, MAX_ID, MAX_LISTED
 from notify.errors import NotifyError, PartiallyRecorded, StoreUnavailable, TemplateError, ValidationError
 from notify.models import (
     Delivery,
@@ -23,6 +23,9 @@ from notify.models import (
     Replayed,
     SendResult,
     Status,
+    Suppression,
+    SuppressionReason,
+    check_count,
     check_ids,
     check_text,
     data_from,
@@ -286,8 +289,54 @@ class Notifier:
                 "replay: the broker did not take every message in %.0fs; the sweep will", REPLAY_FLUSH_TIMEOUT
             )
         done = [delivery_id for delivery_id, _, _ in reset]
-        found = set(done)
-        return Replayed(replayed=done, not_found=[i for i in ids or [] if i not in found])
+        left = self.store.failed_and_suppressed(ids)
+        found = set(done) | set(left)
+        return Replayed(replayed=done, not_found=[i for i in ids or [] if i not in found], suppressed=left)
+
+    def suppress(self, channel: str, address: str, reason: str = "manual") -> bool:
+        """Send nothing more to `address` on `channel`: later sends to it are recorded `suppressed`.
+
+        Args:
+            channel: a registered channel's name ("email", "sms", ...).
+            address: as `send()` takes it for that channel; kept in the form it sends to.
+            reason: a `SuppressionReason` value; "manual" when a person decides.
+
+        Returns:
+            False if it was on the list already (its first reason is kept).
+
+        Raises:
+            ValidationError: the channel, address or reason is not one of these.
+        """
+        spec, normal = self._suppression_target(channel, address)
+        if not isinstance(reason, str) or reason not in set(SuppressionReason):
+            choices = ", ".join(SuppressionReason)
+            raise ValidationError("reason", f"{shown(reason)} is not a suppression reason ({choices})")
+        return self.store.suppress(spec.name, normal, reason, "by hand")
+
+    def unsuppress(self, channel: str, address: str) -> bool:
+        """Take `address` off `channel`'s suppression list (every category); False if it was not on it.
+
+        Raises:
+            ValidationError: the channel or address is not one `send()` would take.
+        """
+        spec, normal = self._suppression_target(channel, address)
+        return self.store.unsuppress(spec.name, normal) > 0
+
+    def suppressions(self, *, channel: str | None = None, limit: int = 100) -> list[Suppression]:
+        """The suppression list, newest first: `channel`'s only, if given; at most `limit`."""
+        if channel is not None and channel not in registry.names():
+            raise ValidationError("channel", f"{shown(channel)} is not a registered channel")
+        return self.store.suppressions(channel=channel, limit=check_count("limit", limit, 1, MAX_LISTED))
+
+    def _suppression_target(self, channel: object, address: object) -> tuple[registry.ChannelSpec, str]:
+        if not isinstance(channel, str) or channel not in registry.names():
+            raise ValidationError("channel", f"{shown(channel)} is not a registered channel")
+        spec = registry.channel(channel)
+        try:
+            return spec, _checked(spec, address, self.settings)
+        except ValidationError as exc:
+            message = str(exc).split(": ", 1)[-1]
+            raise ValidationError("address", message) from None
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until what this notifier recorded has been handed to the broker; False on timeout.
@@ -456,6 +505,19 @@ def _on_default_notifier(method: Callable[Concatenate[Notifier, P], R]) -> Calla
 send = _on_default_notifier(Notifier.send)
 send_many = _on_default_notifier(Notifier.send_many)
 status = _on_default_notifier(Notifier.status)
+suppress = _on_default_notifier(Notifier.suppress)
+unsuppress = _on_default_notifier(Notifier.unsuppress)
+suppressions = _on_default_notifier(Notifier.suppressions)
 
 
-__all__ = ["Intent", "Notifier", "NotifyError", "send", "send_many", "status"]
+__all__ = [
+    "Intent",
+    "Notifier",
+    "NotifyError",
+    "send",
+    "send_many",
+    "status",
+    "suppress",
+    "suppressions",
+    "unsuppress",
+]

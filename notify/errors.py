@@ -157,7 +157,24 @@ class TransientDeliveryError(DeliveryError):
 
 
 class PermanentDeliveryError(DeliveryError):
-    """A failure that retrying cannot fix (bad address, unregistered token)."""
+    """A failure that retrying cannot fix (bad address, unregistered token).
+
+    `suppress`: the address is gone for good, and why (a `SuppressionReason`
+    value: "bounced", "opted_out", "unregistered"): the worker puts it on the
+    suppression list, and later sends to it are recorded `suppressed`.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        channel: str,
+        provider: str,
+        code: str | None = None,
+        suppress: str | None = None,
+    ) -> None:
+        super().__init__(reason, channel=channel, provider=provider, code=code)
+        self.suppress = suppress
 
 
 class OutcomeUnknownError(PermanentDeliveryError):

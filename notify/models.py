@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import re
@@ -57,9 +58,20 @@ class Status(enum.StrEnum):
     SENT = "sent"
     FAILED = "failed"
     DUPLICATE = "duplicate"
+    SUPPRESSED = "suppressed"  # its address is on the suppression list: recorded, never sent
 
 
-FINAL_STATUSES = frozenset({Status.SENT, Status.FAILED, Status.DUPLICATE})
+FINAL_STATUSES = frozenset({Status.SENT, Status.FAILED, Status.DUPLICATE, Status.SUPPRESSED})
+
+
+class SuppressionReason(enum.StrEnum):
+    """Why an address is on the suppression list."""
+
+    BOUNCED = "bounced"  # a hard bounce: the mailbox does not exist (SMTP 5.1.1, 550 no such user)
+    OPTED_OUT = "opted_out"  # the number replied STOP (Twilio 21610)
+    UNREGISTERED = "unregistered"  # the push token is gone (FCM UNREGISTERED), the webhook answered 410
+    UNSUBSCRIBED = "unsubscribed"  # a one-click unsubscribe, from one template category
+    MANUAL = "manual"  # an operator or the application put it there
 
 
 class Recipient:
@@ -181,11 +193,31 @@ class DeadLetter:
 
 
 @dataclass(frozen=True)
+class Suppression:
+    """An address notify sends nothing more to on a channel (`notify suppressions list`)."""
+
+    channel: str
+    address: str
+    category: str | None  # None: every category; else the template category unsubscribed from
+    reason: SuppressionReason
+    detail: str | None  # what the provider said, or the operator wrote
+    created_at: datetime
+
+    @property
+    def masked_address(self) -> str:
+        return mask(self.address)
+
+    def __repr__(self) -> str:
+        return _repr_with(self, address=repr(self.masked_address))
+
+
+@dataclass(frozen=True)
 class Replayed:
     """What a replay did: the ids put back to "queued", and the ids it could not replay."""
 
     replayed: list[str]
     not_found: list[str]  # unknown ids, or deliveries that are not failed
+    suppressed: list[str] = dataclasses.field(default_factory=list)  # left failed: the address is suppressed
 
 
 def _repr_with(instance: Any, **shown: str) -> str:

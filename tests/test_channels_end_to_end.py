@@ -296,3 +296,35 @@ def test_the_push_worker_fetches_one_token_for_many_deliveries(
     wait_for(lambda: all(finished(producer, i) for i in ids), what="40 pushes")
     assert len(push.messages) == 40
     assert oauth.request_count == 1
+
+
+def test_an_sms_opt_out_and_an_unregistered_push_token_are_suppressed(
+    providers: dict[str, str],
+    notifier: Callable[[], Notifier],
+    start_worker: Callable[..., Worker],
+    twilio: FakeTwilio,
+    fcm: tuple[FakeOAuth, FakeFcm],
+) -> None:
+    """Twilio 21610 (a STOP) and FCM UNREGISTERED put the address on the suppression list; an
+    invalid number (21211) fails as well, and is not taken for an opt-out."""
+    _, push = fcm
+    twilio.fail_for("+14155550100", code=21610, message="Attempt to send to unsubscribed recipient")
+    twilio.fail_for("+14155550101", code=21211, message="Invalid 'To' Phone Number")
+    push.fail_for("token-ada", status=404, error_code="UNREGISTERED")
+    start_worker("sms", "-c", "2").wait_ready()
+    start_worker("push", "-c", "2").wait_ready()
+    producer = notifier()
+
+    sent = [
+        producer.send("welcome", {"phone": "+14155550100", "push_token": "token-ada"}, data={"name": "A"}),
+        producer.send("welcome", {"phone": "+14155550101"}, data={"name": "B"}),
+    ]
+    wait_for(lambda: all(finished(producer, r.id) for r in sent), what="the sends to fail")
+
+    assert {(s.channel, s.address): s.reason for s in producer.suppressions()} == {
+        ("sms", "+14155550100"): "opted_out",
+        ("push", "token-ada"): "unregistered",
+    }
+    later = producer.send("welcome", {"phone": "+14155550100", "push_token": "token-ada"}, data={"name": "A"})
+    assert {d.status for d in later.deliveries} == {Status.SUPPRESSED}
+    assert twilio.messages == []

@@ -10,6 +10,7 @@ from notify.cli.dlq import dlq
 from notify.cli.output import NotifyGroup
 from notify.cli.running import beat, worker
 from notify.cli.sending import send, send_many, status
+from notify.cli.suppressions import suppressions
 from notify.cli.templates import templates
 
 
@@ -18,5 +19,5 @@ def main() -> None:
     """notify: deliver notifications over email, SMS, push, webhooks and the channels you add."""
 
 
-for command in (worker, beat, send, send_many, status, dlq, templates, db, demo):
+for command in (worker, beat, send, send_many, status, dlq, suppressions, templates, db, demo):
     main.add_command(command)

@@ -77,6 +77,12 @@ def replay(ids: tuple[str, ...], everything: bool) -> None:
     result = notifier().replay(None if everything else list(ids))
     for delivery_id in result.replayed:
         click.echo(f"replayed {printable(delivery_id)}")
+    for delivery_id in result.suppressed:
+        click.echo(
+            f"left failed: {printable(delivery_id)}'s address is suppressed "
+            "(notify suppressions list; remove it to replay)",
+            err=True,
+        )
     for delivery_id in result.not_found:
         click.echo(f"not a dead letter: {printable(delivery_id)}", err=True)
     if result.not_found:

@@ -437,6 +437,20 @@ class Deliverer:
         log.warning("delivery %s: %s; released for another try", claim.delivery_id, reason)
         return Outcome(AttemptStatus.RETRYING)
 
+    def _suppress(self, claim: Claim, exc: PermanentDeliveryError) -> None:
+        """The provider says the address is gone for good: nothing more is sent to it."""
+        reason = str(exc.suppress)
+        try:  # waits out a store outage, as an outcome does
+            self._record(
+                lambda: self.store.suppress(claim.channel, claim.address, reason, _detail(exc)) or True
+            )
+        except Exception:  # the outcome is recorded; the next failure to this address tries again
+            log.exception("delivery %s: its address could not be suppressed", claim.delivery_id)
+            return
+        log.info(
+            "delivery %s: its address is suppressed on %s (%s)", claim.delivery_id, claim.channel, reason
+        )
+
     def _refused(self, delivery_id: str, refusal: Refusal) -> Outcome:
         # Done, held by the store, or claimed by a live worker: this message has
         # nothing to do. A claim that lapses is the sweep's to hand on.
@@ -481,6 +495,8 @@ class Deliverer:
         if not self._record(lambda: failed(_reason(exc) + note, exc.code), lambda: failed(UNSTORED, code)):
             return self._lost(claim, AttemptStatus.FAILED)
         log.warning("delivery %s failed for good: %s%s", claim.delivery_id, _reason(exc), note)
+        if isinstance(exc, PermanentDeliveryError) and exc.suppress:
+            self._suppress(claim, exc)
         hook = self.on_permanent_failure
         # Only the address's fault is the hook's business; an unknown outcome is not.
         if isinstance(exc, PermanentDeliveryError) and not isinstance(exc, OutcomeUnknownError) and hook:
@@ -489,6 +505,10 @@ class Deliverer:
             except Exception:
                 log.exception("on_permanent_failure hook raised")
         return Outcome(AttemptStatus.FAILED)
+
+
+def _detail(exc: DeliveryError) -> str:
+    return f"{exc.provider} {exc.code + ' ' if exc.code else ''}{exc.reason}"
 
 
 def _reason(exc: NotifyError) -> str:

@@ -37,6 +37,7 @@ from notify.providers.http import (
     Verdict,
     WatchedAdapter,
     configuration,
+    gone,
 )
 from notify.settings import Settings, check_url, masked_repr, required
 
@@ -60,7 +61,7 @@ _RETRYABLE_OAUTH: Final = frozenset({"internal_failure", "server_error", "tempor
 # (firebase.google.com/docs/reference/fcm/rest/v1/ErrorCode). Only the
 # first two blame the device token; the sender's problems fail every push.
 BY_CODE: Final[dict[str, Verdict]] = {
-    "UNREGISTERED": PERMANENT,  # the app was uninstalled or the token expired
+    "UNREGISTERED": gone("unregistered"),  # the app was uninstalled or the token expired: never again
     "INVALID_ARGUMENT": PERMANENT,  # the token (or this message) is malformed
     "SENDER_ID_MISMATCH": configuration(_PROJECT),  # the token belongs to another project
     "THIRD_PARTY_AUTH_ERROR": configuration(

@@ -182,11 +182,19 @@ class Verdict:
     kind: Literal["transient", "permanent", "configuration", "unknown"]
     setting: str | None = None
     hint: str | None = None  # what to check, when more than the setting
+    suppress: str | None = None  # permanent, and the address gone for good: why (a SuppressionReason)
 
 
 TRANSIENT: Final = Verdict("transient")
 PERMANENT: Final = Verdict("permanent")
 UNKNOWN: Final = Verdict("unknown")  # the provider may have taken it: not retried
+
+
+def gone(reason: str) -> Verdict:
+    """Permanent, and the address is gone for good: put it on the suppression list for `reason`."""
+    return Verdict("permanent", suppress=reason)
+
+
 # A gateway that gave up on (502) or timed out waiting for (504) the provider
 # behind it, after our POST went through: the message may exist.
 GATEWAY_GAVE_UP: Final = (502, 504)
@@ -237,7 +245,9 @@ def error_for(verdict: Verdict, answer: Answer, *, channel: str, provider: str) 
         return TransientDeliveryError(
             answer.reason, channel=channel, provider=provider, code=code, retry_after=answer.retry_after
         )
-    return PermanentDeliveryError(answer.reason, channel=channel, provider=provider, code=code)
+    return PermanentDeliveryError(
+        answer.reason, channel=channel, provider=provider, code=code, suppress=verdict.suppress
+    )
 
 
 class EnvironmentOnceSession(requests.Session):

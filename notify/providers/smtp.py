@@ -152,7 +152,28 @@ def _classify_reply(code: int, text: str, *, at_mail_from: bool = False) -> Noti
     args = {"channel": "email", "provider": "smtp", "code": str(code)}
     if 400 <= code < 500:
         return TransientDeliveryError(text, retry_after=_retry_hint(text), **args)
-    return PermanentDeliveryError(text, **args)
+    return PermanentDeliveryError(text, suppress="bounced" if _no_such_mailbox(code, text) else None, **args)
+
+
+# RFC 3463's bad destination address (5.1.1 no such mailbox, 5.1.0, 5.1.2 no such domain, 5.1.3
+# bad syntax; not 5.1.6 "moved"); any other enhanced code decides alone; a bare 550/551/553
+# decides by its words.
+_GONE_STATUS = re.compile(r"^\s*5\.1\.[0-3]\b")
+_ENHANCED_STATUS = re.compile(r"^\s*[245]\.\d{1,3}\.\d{1,3}\b")
+_NO_SUCH_USER = re.compile(
+    r"no such (user|mailbox|recipient)|user unknown|unknown (user|recipient)|does not exist|"
+    r"recipient address rejected",
+    re.IGNORECASE,
+)
+
+
+def _no_such_mailbox(code: int, text: str) -> bool:
+    """Whether a 5xx reply says the mailbox is gone for good: a hard bounce, suppressed."""
+    if _GONE_STATUS.match(text):
+        return True
+    if _ENHANCED_STATUS.match(text):
+        return False
+    return code in (550, 551, 553) and _NO_SUCH_USER.search(text) is not None
 
 
 def _setting_at_fault(code: int, text: str) -> str | None:

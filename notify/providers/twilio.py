@@ -52,6 +52,7 @@ _BASE_URL: Final = "NOTIFY_TWILIO_BASE_URL"
 # recipient's fault. A sender or account problem fails every message alike:
 # it must not fail them one by one and blame each good address.
 BY_CODE: Final[dict[str, Verdict]] = {
+    "21610": http.gone("opted_out"),  # the number replied STOP: nothing more to it until it says START
     "20003": configuration(_TOKEN),  # authentication failed
     "20404": configuration(_SID),  # no such account (or Messaging Service) at this URL
     "21408": configuration(_SID),  # the account may not send to this region (geo permissions)

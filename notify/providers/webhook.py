@@ -363,7 +363,10 @@ def _answer_error(response: BaseHTTPResponse) -> Exception:
     answer = http.Answer(
         status, f"http_{status}", reason, http.parse_retry_after(response.headers.get("Retry-After"))
     )
-    return http.error_for(http.judge(answer, {}, {}), answer, channel=NAME, provider=PROVIDER)
+    return http.error_for(http.judge(answer, {}, _BY_STATUS), answer, channel=NAME, provider=PROVIDER)
+
+
+_BY_STATUS = {410: http.gone("unregistered")}  # the receiver says this URL is gone for good
 
 
 def _refused(target: _Target, error: type[DeliveryError], code: str, detail: str) -> DeliveryError:

@@ -47,7 +47,8 @@ _ts = UTCDateTime()
 
 # The schema's revision (notify/store/migrations/versions): a store made here is made at it,
 # and one at an older revision is brought to it by `notify db upgrade`.
-REVISION = "0002"
+REVISION = "0003"
+SUPPRESSIONS_SINCE = "0003"  # a producer on an older schema records without the suppression list
 VERSION_TABLE = "notify_schema_version"  # Alembic's version table, named apart from an app's own
 schema_version = sa.Table(
     VERSION_TABLE,
@@ -123,4 +124,18 @@ dedup_claims = sa.Table(
     sa.Column("dedup_key", sa.String(MAX_DEDUP_KEY), primary_key=True),
     sa.Column("delivery_id", sa.String(36), nullable=False),
     sa.Column("expires_at", _ts, nullable=False),
+)
+
+# The suppression list: an address notify sends nothing more to on a channel. `address` is in
+# the form deliveries keep (each channel's normal form, as dedup compares them).
+suppressions = sa.Table(
+    "notify_suppressions",
+    metadata,
+    sa.Column("channel", sa.String(16), primary_key=True),
+    sa.Column("address", sa.String(MAX_ADDRESS), primary_key=True),
+    # '' for every category; else the template category an unsubscribe came from
+    sa.Column("category", sa.String(64), primary_key=True),
+    sa.Column("reason", sa.String(16), nullable=False),
+    sa.Column("detail", sa.Text),
+    sa.Column("created_at", _ts, nullable=False),
 )

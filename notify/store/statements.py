@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from notify.errors import CoreCode
 from notify.models import Status
-from notify.store.schema import UTCDateTime, dedup_claims, deliveries, notifications, workers
+from notify.store.schema import UTCDateTime, dedup_claims, deliveries, notifications, suppressions, workers
 
 _UTC = UTCDateTime()
 
@@ -112,7 +112,7 @@ class Statements:
         )
 
 
-def record_one_statement(deliveries_count: int) -> sa.Insert:
+def record_one_statement(deliveries_count: int, *, suppressions: bool = True) -> sa.Insert:
     """A notification and its deliveries, in one INSERT with a data-modifying CTE (PostgreSQL)."""
     notification = (
         notifications.insert()
@@ -120,8 +120,24 @@ def record_one_statement(deliveries_count: int) -> sa.Insert:
         .cte("new_notification")
     )
     columns = [c for c in deliveries.c if c.name in DELIVERY_ROW_KEYS]
-    rows = [{c.name: _param(f"d{i}_{c.name}", c.type) for c in columns} for i in range(deliveries_count)]
-    return deliveries.insert().values(rows).add_cte(notification)
+    rows: list[dict[str, Any]] = [
+        {c.name: _param(f"d{i}_{c.name}", c.type) for c in columns} for i in range(deliveries_count)
+    ]
+    for i, row in enumerate(rows if suppressions else []):  # one to a suppressed address: so recorded
+        listed = suppressed(_param(f"d{i}_channel"), _param(f"d{i}_address"))
+        # Constants written out: the statement runs compiled, its parameters bound by name.
+        row["status"] = sa.case(
+            (listed, sa.literal_column(f"'{Status.SUPPRESSED.value}'")), else_=row["status"]
+        )
+    d = deliveries.c
+    return deliveries.insert().values(rows).add_cte(notification).returning(d.id, d.status)
+
+
+def suppressed(channel: sa.ColumnElement[Any], address: sa.ColumnElement[Any]) -> sa.Exists:
+    """Whether (channel, address) is on the suppression list for every category."""
+    s = suppressions.c
+    every = s.category == sa.literal_column("''")  # written out: record_one_statement runs compiled
+    return sa.exists(sa.select(s.channel).where(s.channel == channel, s.address == address, every))
 
 
 def _dedup_statements(insert: Callable[[sa.Table], Any]) -> tuple[Any, sa.Select[Any]]:

@@ -17,6 +17,7 @@ Nothing outside this package speaks SQL; the driver's errors leave it as
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import logging
@@ -32,20 +33,22 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from notify.constants import MAX_CODE, MAX_PROVIDER_ID, MAX_REASON
 from notify.errors import CoreCode, SchemaOutdated, StoreUnavailable
-from notify.models import DeadLetter, Delivery, Priority, Status, utcnow
+from notify.models import DeadLetter, Delivery, Priority, Status, Suppression, SuppressionReason, utcnow
 from notify.store.clock import Clock, DatabaseClock
 from notify.store.engines import create_engine, write_lock
 from notify.store.rows import Claim, NewDelivery, NewNotification, Queued, Refusal
 from notify.store.schema import (
     REVISION,
+    SUPPRESSIONS_SINCE,
     dedup_claims,
     deliveries,
     metadata,
     notifications,
     schema_version,
+    suppressions,
     workers,
 )
-from notify.store.statements import Statements, record_one_statement
+from notify.store.statements import Statements, record_one_statement, suppressed
 from notify.store.text import storable
 
 log = logging.getLogger("notify.store")
@@ -74,7 +77,7 @@ class Store:
         self.now: Clock = clock or (DatabaseClock(self._database_time) if postgres else utcnow)
         self._sql = Statements(postgresql.insert if postgres else sqlite.insert)
         # PostgreSQL records a send() in one autocommitted statement (_record_in_one_statement).
-        self._compiled: dict[int, str] = {}  # that statement's SQL, by number of deliveries
+        self._compiled: dict[tuple[int, bool], str] = {}  # that statement's SQL, by number of deliveries
         self._one_statement = (
             self.engine.execution_options(isolation_level="AUTOCOMMIT") if postgres else None
         )
@@ -185,6 +188,10 @@ class Store:
             return [self._record_in_one_statement(batch[0], now)]
         rows = [_notification_row(n, now) for n in batch]
         with self._tx() as conn:
+            listed = self._suppressed_among(
+                conn, {(d.channel, d.address) for n in batch for d in n.deliveries}
+            )
+            batch = [_suppressing(n, listed) for n in batch]
             holders = self._claim_dedup_keys(conn, batch, now)
             recorded = [[_recorded(n.id, d, holders.get(d.id, d.id)) for d in n.deliveries] for n in batch]
             conn.execute(self._sql.add_notification, rows)
@@ -208,15 +215,86 @@ class Store:
         for i, (d, r) in enumerate(zip(n.deliveries, recorded, strict=True)):
             params.update({f"d{i}_{k}": _plain(v) for k, v in _delivery_row(d, r, now).items()})
         with self._single() as conn:
-            conn.exec_driver_sql(self._record_one_sql(len(n.deliveries)), params)
-        return recorded
+            statuses: dict[str, str] = dict(
+                conn.exec_driver_sql(self._record_one_sql(len(n.deliveries)), params).all()
+            )
+        return [dataclasses.replace(r, status=Status(statuses[r.id])) for r in recorded]
+
+    @property
+    def _has_suppressions(self) -> bool:
+        """Whether the schema has the suppression list (a producer goes on with an older one)."""
+        return self.revision is not None and self.revision >= SUPPRESSIONS_SINCE
+
+    def _suppressed_among(
+        self, conn: sa.Connection, pairs: Collection[tuple[str, str]]
+    ) -> set[tuple[str, str]]:
+        """Which of these (channel, address) are on the suppression list: one query per BATCH."""
+        s, found = suppressions.c, set[tuple[str, str]]()
+        if not self._has_suppressions:
+            return found
+        ordered = sorted(pairs)
+        for start in range(0, len(ordered), BATCH):
+            chunk = ordered[start : start + BATCH]
+            query = sa.select(s.channel, s.address).where(
+                s.category == "", sa.tuple_(s.channel, s.address).in_(chunk)
+            )
+            found.update((row.channel, row.address) for row in conn.execute(query))
+        return found
+
+    # -- the suppression list -------------------------------------------------
+
+    def suppress(self, channel: str, address: str, reason: str, detail: str | None = None) -> bool:
+        """Put (channel, address) on the suppression list for every category; False if it was there
+        (its first reason is kept)."""
+        s = suppressions.c
+        row = {
+            "channel": channel,
+            "address": address,
+            "category": "",
+            "reason": reason,
+            "detail": storable(detail, MAX_REASON),
+        }
+        insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
+        with self._single() as conn:
+            done = conn.execute(
+                insert(suppressions)
+                .values(**row, created_at=self.now())
+                .on_conflict_do_nothing(index_elements=[s.channel, s.address, s.category])
+            )
+        return bool(done.rowcount)
+
+    def unsuppress(self, channel: str, address: str) -> int:
+        """Take (channel, address) off the suppression list, every category; how many entries went."""
+        s = suppressions.c
+        with self._single() as conn:
+            done = conn.execute(suppressions.delete().where(s.channel == channel, s.address == address))
+        return int(done.rowcount)
+
+    def suppressions(self, *, channel: str | None = None, limit: int = 100) -> list[Suppression]:
+        """The suppression list, newest first."""
+        s = suppressions.c
+        query = sa.select(suppressions).order_by(s.created_at.desc(), s.channel, s.address).limit(limit)
+        if channel is not None:
+            query = query.where(s.channel == channel)
+        return [
+            Suppression(
+                channel=r.channel,
+                address=r.address,
+                category=r.category or None,
+                reason=SuppressionReason(r.reason),
+                detail=r.detail,
+                created_at=r.created_at,
+            )
+            for r in self._read(query, {})
+        ]
 
     def _record_one_sql(self, deliveries_count: int) -> str:
         """The statement compiled once: a multi-row INSERT with a CTE has no SQLAlchemy cache key."""
-        sql = self._compiled.get(deliveries_count)
+        key = (deliveries_count, self._has_suppressions)
+        sql = self._compiled.get(key)
         if sql is None:
-            statement = record_one_statement(deliveries_count)
-            sql = self._compiled[deliveries_count] = str(statement.compile(dialect=self.engine.dialect))
+            statement = record_one_statement(deliveries_count, suppressions=self._has_suppressions)
+            sql = self._compiled[key] = str(statement.compile(dialect=self.engine.dialect))
         return sql
 
     def _claim_dedup_keys(
@@ -498,14 +576,14 @@ class Store:
         return sorted((Queued(*row) for row in rows), key=lambda q: Priority(q.priority).rank)
 
     def purge_finished(self, older_than: float) -> int:
-        """Delete sent and duplicate deliveries older than that, and expired dedup claims."""
+        """Delete sent, duplicate and suppressed deliveries older than that, and expired dedup claims."""
         d = deliveries.c
         with self._tx() as conn:
             now = self.now()
             cutoff = now - timedelta(seconds=older_than)
             removed = conn.execute(
                 deliveries.delete().where(
-                    d.status.in_([Status.SENT, Status.DUPLICATE]), d.updated_at < cutoff
+                    d.status.in_([Status.SENT, Status.DUPLICATE, Status.SUPPRESSED]), d.updated_at < cutoff
                 )
             ).rowcount
             conn.execute(dedup_claims.delete().where(dedup_claims.c.expires_at < now))
@@ -572,13 +650,31 @@ class Store:
             "handed_over_at": None,
         }
         replayed: list[Queued] = []
+        self.schema_revision()  # known: an older schema has no suppression list to consult
+        replayable = d.status == Status.FAILED
+        if self._has_suppressions:
+            replayable = sa.and_(replayable, ~suppressed(d.channel, d.address))
         if ids is None:
-            while batch := self._requeue(lambda _: d.status == Status.FAILED, None, **fresh):
+            while batch := self._requeue(lambda _: replayable, None, **fresh):
                 replayed += batch
             return replayed
         for chunk in _chunks(list(dict.fromkeys(ids))):
-            replayed += self._requeue(_failed_among(chunk), None, **fresh)
+            replayed += self._requeue(_among(replayable, chunk), None, **fresh)
         return replayed
+
+    def failed_and_suppressed(self, ids: Sequence[str] | None) -> list[str]:
+        """The dead letters among `ids` (all if None) whose address is suppressed: not replayed."""
+        d = deliveries.c
+        self.schema_revision()
+        if not self._has_suppressions:
+            return []
+        query = sa.select(d.id).where(d.status == Status.FAILED, suppressed(d.channel, d.address))
+        if ids is None:
+            return [row.id for row in self._read(query.order_by(d.id), {})]
+        found: list[str] = []
+        for chunk in _chunks(list(dict.fromkeys(ids))):
+            found += [row.id for row in self._read(query.where(d.id.in_(chunk)), {})]
+        return found
 
     def purge_dead_letters(self) -> int:
         """Delete every failed delivery, the dedup claims they held, and notifications left empty."""
@@ -594,14 +690,14 @@ class Store:
         return len(ids)
 
 
+def _among(condition: sa.ColumnElement[bool], ids: list[str]) -> Callable[[datetime], sa.ColumnElement[bool]]:
+    return lambda _now: sa.and_(condition, deliveries.c.id.in_(ids))
+
+
 def _of_dead_worker() -> sa.ColumnElement[bool]:
     """A delivery claimed by a worker that is declared dead, retired, or forgotten."""
     d, w = deliveries.c, workers.c
     return sa.and_(d.worker_id.is_not(None), ~sa.exists(sa.select(w.id).where(w.id == d.worker_id, ~w.dead)))
-
-
-def _failed_among(ids: list[str]) -> Callable[[datetime], sa.ColumnElement[bool]]:
-    return lambda _now: sa.and_(deliveries.c.status == Status.FAILED, deliveries.c.id.in_(ids))
 
 
 # High first: what is released or swept in one batch is published in this order.
@@ -640,6 +736,19 @@ def _has_dedup_keys(n: NewNotification) -> bool:
 
 def _notification_row(n: NewNotification, now: datetime) -> dict[str, Any]:
     return {"id": n.id, "template": n.template, "locale": n.locale, "data": n.data_json, "created_at": now}
+
+
+def _suppressing(n: NewNotification, listed: set[tuple[str, str]]) -> NewNotification:
+    """`n`, its deliveries to a suppressed address recorded `suppressed` (and claiming no dedup key)."""
+    if not listed or not any((d.channel, d.address) in listed for d in n.deliveries):
+        return n
+    deliveries = tuple(
+        dataclasses.replace(d, status=Status.SUPPRESSED, dedup_key=None)
+        if (d.channel, d.address) in listed
+        else d
+        for d in n.deliveries
+    )
+    return dataclasses.replace(n, deliveries=deliveries)
 
 
 def _recorded(notification_id: str, d: NewDelivery, holder: str) -> Delivery:
