@@ -239,3 +239,27 @@ def test_a_worker_refuses_a_store_at_an_older_or_a_newer_revision(store_url: str
         assert producer_store.get(str(uuid.uuid4())) is None
         assert producer_store.schema_revision() == revision
         producer_store.close()
+
+
+def test_upgrades_and_first_uses_at_once_end_with_one_schema_and_no_error(store_url: str) -> None:
+    """Several `notify db upgrade` (an init container per pod) and several processes touching a
+    fresh store at once: one makes it, the others wait and see it (no crash, no deadlock)."""
+    import time
+
+    at = time.time() + 4  # every process imported and waiting: they start together
+    ready = f"import time; from notify.store import Store, migrate; time.sleep(max(0, {at} - time.time())); "
+    upgrade = ready + f"print(migrate.upgrade({store_url!r}))"
+    first_use = ready + f"print(Store({store_url!r}, require_current=True).schema_revision())"
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for code in [upgrade, first_use, upgrade, first_use, upgrade, first_use]
+    ]
+    results = [(p.wait(timeout=120), *p.communicate()) for p in processes]
+
+    assert [code for code, _, _ in results] == [0] * 6, [err[-2000:] for _, _, err in results]
+    engine = create_engine(store_url)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all() == [REVISION]
+    engine.dispose()

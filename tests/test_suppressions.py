@@ -22,7 +22,7 @@ import notify
 from notify.api import Intent, Notifier
 from notify.errors import ValidationError
 from notify.models import Status, SuppressionReason
-from notify.store import Claim
+from notify.store import Claim, Refusal
 from notify.store.schema import suppressions
 from tests.conftest import REPO
 from tests.support.processes import Worker, wait_for
@@ -262,3 +262,88 @@ def test_the_list_is_a_table_of_its_own_in_the_store(notifier: Callable[[], Noti
     producer.suppress("push", "token-" + uuid.uuid4().hex)
     with producer.store.engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(suppressions)).scalar() == 1
+
+
+@pytest.mark.parametrize(
+    ("code", "text", "bounced"),
+    [
+        (
+            550,
+            "5.1.1 <x@example.com>: Recipient address rejected: User unknown in virtual mailbox table",
+            True,
+        ),
+        (550, "User unknown", True),
+        (550, "5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup", True),
+        (554, "delivery error: dd This user doesn't have a yahoo.com account (x@yahoo.com) [0]", True),
+        (550, "sorry, no mailbox here by that name. (#5.1.1)", True),
+        (511, "sorry, no mailbox here by that name (#5.1.1 - chkuser)", True),
+        (550, "Mailbox not found", True),
+        (553, "5.1.3 bad address syntax", True),
+        (550, "5.1.2 no such domain", True),
+        (550, "5.1.0 <x@example.com>: Recipient address rejected: User unknown", True),
+        (550, "5.1.0 Address rejected", False),  # "other address status": the words must say it
+        (550, "5.1.0 <noreply@ours>: Sender address rejected: User unknown in local recipient table", False),
+        (550, "<noreply@ours>: Sender address rejected: Domain does not exist", False),
+        (550, "Recipient address rejected: Access denied", False),  # a policy, not a missing mailbox
+        (550, "Requested action not taken: mailbox unavailable", False),
+        (552, "5.2.2 Mailbox full", False),
+        (550, "5.7.1 Message rejected as spam", False),
+        (550, "5.1.6 Mailbox has moved", False),
+        (550, "Empf\udce4nger unbekannt", False),  # Latin-1 we cannot read: no guess
+    ],
+)
+def test_a_hard_bounce_is_told_from_every_other_refusal(code: int, text: str, bounced: bool) -> None:
+    import aiosmtplib
+
+    from notify.providers.smtp import classify
+
+    error = classify(aiosmtplib.SMTPRecipientRefused(code, text, "x@example.com"))
+
+    assert getattr(error, "suppress", None) == ("bounced" if bounced else None), error
+
+
+def test_a_producer_started_before_the_upgrade_consults_the_list_once_it_exists(
+    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from notify.store import migrate
+    from notify.store import store as store_module
+    from tests.test_migrations import a_store_of_the_previous_release
+
+    url = f"sqlite:///{tmp_path}/old.db"
+    a_store_of_the_previous_release(url)
+    env["NOTIFY_DATABASE_URL"] = url
+    from notify.settings import Settings
+
+    producer = Notifier(Settings.from_env(env))
+    try:
+        first = producer.send("welcome", {"email": "ada@example.com"}, data={"name": "A"})
+        assert first.deliveries[0].status == Status.QUEUED
+        migrate.upgrade(url)
+        Notifier(Settings.from_env(env)).suppress("email", "ada@example.com")
+        monkeypatch.setattr(store_module, "REVISION_RECHECK", 0.0)  # its next look: at once
+
+        later = producer.send("welcome", {"email": "ada@example.com"}, data={"name": "A"})
+
+        assert later.deliveries[0].status == Status.SUPPRESSED
+    finally:
+        producer.close()
+
+
+def test_what_was_queued_or_scheduled_before_the_suppression_is_not_sent(
+    on_store: dict[str, str], notifier: Callable[[], Notifier]
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    producer = notifier()
+    queued = producer.send("welcome", {"email": "ada@example.com"}, data={"name": "A"}).deliveries[0].id
+    soon = datetime.now(UTC) + timedelta(seconds=1)
+    scheduled = producer.send("welcome", {"email": "ada@example.com"}, data={"name": "A"}, send_at=soon)
+    scheduled_id = scheduled.deliveries[0].id
+    producer.suppress("email", "ada@example.com", "bounced")
+    worker = a_worker(producer.store)
+
+    assert producer.store.claim(queued, worker) == Refusal(status=Status.SUPPRESSED)
+    wait_for(lambda: producer.store.release_due(), timeout=10, what="the send_at")
+    assert producer.store.claim(scheduled_id, worker) == Refusal(status=Status.SUPPRESSED)
+    found = {producer.store.get(i).status for i in (queued, scheduled_id)}  # type: ignore[union-attr]
+    assert found == {Status.SUPPRESSED}

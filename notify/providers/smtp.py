@@ -155,25 +155,34 @@ def _classify_reply(code: int, text: str, *, at_mail_from: bool = False) -> Noti
     return PermanentDeliveryError(text, suppress="bounced" if _no_such_mailbox(code, text) else None, **args)
 
 
-# RFC 3463's bad destination address (5.1.1 no such mailbox, 5.1.0, 5.1.2 no such domain, 5.1.3
-# bad syntax; not 5.1.6 "moved"); any other enhanced code decides alone; a bare 550/551/553
-# decides by its words.
-_GONE_STATUS = re.compile(r"^\s*5\.1\.[0-3]\b")
-_ENHANCED_STATUS = re.compile(r"^\s*[245]\.\d{1,3}\.\d{1,3}\b")
+# A hard bounce: the recipient's mailbox is gone for good. An RFC 3463 code decides where the
+# reply has one (anywhere in it: qmail writes "(#5.1.1)"): 5.1.1 bad mailbox and 5.1.10
+# (Microsoft's RecipientNotFound), 5.1.2 no such domain, 5.1.3 bad address syntax; 5.1.0 only
+# with words that say so; anything else (5.1.6 moved, 5.2.2 full, 5.7.x policy) is no bounce.
+# Without a code, a 550/551/553/554 whose words say the user is unknown. Never a reply about
+# the sender (a server that refuses our sender at RCPT would suppress every recipient).
+_ENHANCED = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
 _NO_SUCH_USER = re.compile(
-    r"no such (user|mailbox|recipient)|user unknown|unknown (user|recipient)|does not exist|"
-    r"recipient address rejected",
+    r"no such (user|mailbox|recipient|address)|user unknown|unknown (user|recipient|mailbox)|"
+    r"(user|mailbox|recipient|address) (not found|does not exist|doesn't exist)|recipientnotfound|"
+    r"no mailbox|invalid (recipient|mailbox)|doesn't have an? [\w.-]{1,60} account",
     re.IGNORECASE,
 )
+_ABOUT_THE_SENDER = re.compile(r"\bsender\b", re.IGNORECASE)
 
 
 def _no_such_mailbox(code: int, text: str) -> bool:
-    """Whether a 5xx reply says the mailbox is gone for good: a hard bounce, suppressed."""
-    if _GONE_STATUS.match(text):
-        return True
-    if _ENHANCED_STATUS.match(text):
+    """Whether a 5xx reply says the recipient's mailbox is gone for good: a hard bounce, suppressed."""
+    if _ABOUT_THE_SENDER.search(text):
         return False
-    return code in (550, 551, 553) and _NO_SUCH_USER.search(text) is not None
+    words = _NO_SUCH_USER.search(text) is not None
+    status = _ENHANCED.search(text)
+    if status is None:
+        return code in (550, 551, 553, 554) and words
+    klass, subject, detail = status.groups()
+    if (klass, subject) != ("5", "1"):
+        return False
+    return detail in ("1", "2", "3", "10") or (detail == "0" and words)
 
 
 def _setting_at_fault(code: int, text: str) -> str | None:

@@ -90,6 +90,9 @@ def _pragmas(*, busy_ms: int) -> Callable[[Any, Any], None]:
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # let "begin" below emit BEGIN
         cursor = dbapi_connection.cursor()
+        # Switching a new file to WAL takes its lock: wait for it (several processes making one
+        # store at once), whatever this connection waits later.
+        cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_LOCK_WAIT * 1000)}")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute(f"PRAGMA busy_timeout={busy_ms}")

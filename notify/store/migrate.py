@@ -17,7 +17,7 @@ from alembic.script import ScriptDirectory
 
 from notify.errors import StoreUnavailable
 from notify.store.engines import create_engine
-from notify.store.schema import REVISION, VERSION_TABLE, deliveries
+from notify.store.schema import REVISION, SCHEMA_LOCK, VERSION_TABLE, deliveries
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -41,13 +41,16 @@ def current(url: str) -> tuple[bool, str | None]:
     engine = create_engine(url)
     try:
         with engine.connect() as conn:
-            tables = set(sa.inspect(conn).get_table_names())
-            if VERSION_TABLE not in tables:
-                return deliveries.name in tables, None
-            version = conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
-            return True, version
+            return _current(conn)
     finally:
         engine.dispose()
+
+
+def _current(conn: sa.Connection) -> tuple[bool, str | None]:
+    tables = set(sa.inspect(conn).get_table_names())
+    if VERSION_TABLE not in tables:
+        return deliveries.name in tables, None
+    return True, conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
 
 
 def upgrade(url: str) -> tuple[str, str]:
@@ -62,10 +65,12 @@ def upgrade(url: str) -> tuple[str, str]:
 
 
 def _upgrade(url: str) -> tuple[str, str]:
-    exists, before = current(url)
     engine = create_engine(url, writer=True)
     try:
         with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":  # one upgrade (or first use) at a time; the next sees it
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(SCHEMA_LOCK)))
+            exists, before = _current(conn)
             config = _config(url)
             config.attributes["connection"] = conn
             command.upgrade(config, "head")

@@ -49,6 +49,7 @@ _ts = UTCDateTime()
 # and one at an older revision is brought to it by `notify db upgrade`.
 REVISION = "0003"
 SUPPRESSIONS_SINCE = "0003"  # a producer on an older schema records without the suppression list
+SCHEMA_LOCK = 0x6E6F74696679  # "notify": PostgreSQL's advisory lock for making or upgrading the schema
 VERSION_TABLE = "notify_schema_version"  # Alembic's version table, named apart from an app's own
 schema_version = sa.Table(
     VERSION_TABLE,

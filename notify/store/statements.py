@@ -45,6 +45,11 @@ class Statements:
         self.get = sa.select(*shown).where(d.id == _param("b_id"))
         self.deliveries_of = sa.select(*shown).where(d.notification_id == _param("b_id")).order_by(d.channel)
         self.status_of = sa.select(d.status).where(d.id == _param("b_id"))
+        self.end_suppressed = (
+            deliveries.update()
+            .where(d.id == _param("b_id"), d.status == Status.QUEUED, suppressed(d.channel, d.address))
+            .values(status=Status.SUPPRESSED, updated_at=_param("b_now", _UTC), release_at=None)
+        )
         self.claim = _claim_statement()
         w = workers.c
         self.beat = (
@@ -171,7 +176,8 @@ def _claim_statement() -> sa.UpdateBase:
     # subquery (SQLite's RETURNING cannot name a joined table's columns).
     return (
         deliveries.update()
-        .where(d.id == _param("b_id"), d.status == Status.QUEUED, alive)
+        # Suppressed since it was recorded (a bounce, an opt-out): not claimed, ended `suppressed`.
+        .where(d.id == _param("b_id"), d.status == Status.QUEUED, alive, ~suppressed(d.channel, d.address))
         .values(
             status=Status.SENDING,
             attempts=d.attempts + 1,

@@ -22,6 +22,7 @@ import enum
 import json
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
@@ -39,6 +40,7 @@ from notify.store.engines import create_engine, write_lock
 from notify.store.rows import Claim, NewDelivery, NewNotification, Queued, Refusal
 from notify.store.schema import (
     REVISION,
+    SCHEMA_LOCK,
     SUPPRESSIONS_SINCE,
     dedup_claims,
     deliveries,
@@ -53,7 +55,7 @@ from notify.store.text import storable
 
 log = logging.getLogger("notify.store")
 
-_SCHEMA_LOCK = 0x6E6F74696679  # "notify": the advisory lock PostgreSQL processes make the schema under
+REVISION_RECHECK = 10.0  # seconds: how often a producer on an older schema looks again
 BATCH = 500  # rows per maintenance statement: bounded transactions, bounded IN lists
 # PostgreSQL errors that say the store cannot take this now, not that the statement is wrong:
 # a read-only transaction (a failover's demoted primary), a server shutting down or starting.
@@ -86,6 +88,7 @@ class Store:
         self._schema_ready = False
         self._schema_lock = threading.Lock()
         self._warned = False
+        self._revision_read_at = time.monotonic()  # made or read on first use
 
     def _ensure_schema(self) -> None:
         if self._schema_ready:
@@ -118,7 +121,7 @@ class Store:
         # Not under this process's write lock: the caller may hold it (a write's first statement).
         with self._writer.begin() as conn:
             if conn.dialect.name == "postgresql":  # one process makes it; the others wait, then see it
-                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_SCHEMA_LOCK)))
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(SCHEMA_LOCK)))
             tables = set(sa.inspect(conn).get_table_names())
             if deliveries.name not in tables:
                 metadata.create_all(conn)
@@ -126,9 +129,7 @@ class Store:
                 conn.execute(schema_version.delete())
                 conn.execute(schema_version.insert().values(version_num=REVISION))
                 return REVISION
-            if schema_version.name not in tables:
-                return None  # made by a release before revisions were kept
-            return conn.execute(sa.select(schema_version.c.version_num)).scalar()
+            return _revision_of(conn)
 
     def _database_time(self) -> datetime:
         with self._guard(), self.engine.connect() as conn:
@@ -222,7 +223,15 @@ class Store:
 
     @property
     def _has_suppressions(self) -> bool:
-        """Whether the schema has the suppression list (a producer goes on with an older one)."""
+        """Whether the schema has the suppression list (a producer goes on with an older one, and
+        looks again every REVISION_RECHECK seconds: `notify db upgrade` may have run since)."""
+        if self.revision is not None and self.revision >= SUPPRESSIONS_SINCE:
+            return True
+        if time.monotonic() - self._revision_read_at < REVISION_RECHECK:
+            return False
+        self._revision_read_at = time.monotonic()
+        with self._guard(), self.engine.connect() as conn:
+            self.revision = _revision_of(conn)
         return self.revision is not None and self.revision >= SUPPRESSIONS_SINCE
 
     def _suppressed_among(
@@ -293,7 +302,7 @@ class Store:
         key = (deliveries_count, self._has_suppressions)
         sql = self._compiled.get(key)
         if sql is None:
-            statement = record_one_statement(deliveries_count, suppressions=self._has_suppressions)
+            statement = record_one_statement(deliveries_count, suppressions=key[1])
             sql = self._compiled[key] = str(statement.compile(dialect=self.engine.dialect))
         return sql
 
@@ -342,6 +351,10 @@ class Store:
             params.update(b_now=self.now())
             row = conn.execute(self._sql.claim, params).first()
             if row is None:
+                if conn.execute(
+                    self._sql.end_suppressed, params
+                ).rowcount:  # its address was suppressed since
+                    return Refusal(status=Status.SUPPRESSED)
                 found = conn.execute(self._sql.status_of, params).scalar()
                 return Refusal(status=None if found is None else Status(found))
         return Claim(
@@ -688,6 +701,14 @@ class Store:
                 conn.execute(dedup_claims.delete().where(dedup_claims.c.delivery_id.in_(chunk)))
             self._delete_orphan_notifications(conn, created_before=self.now() + timedelta(days=1))
         return len(ids)
+
+
+def _revision_of(conn: sa.Connection) -> str | None:
+    """The schema's revision; None if made by a release before revisions were kept."""
+    if not sa.inspect(conn).has_table(schema_version.name):
+        return None
+    found: str | None = conn.execute(sa.select(schema_version.c.version_num)).scalar()
+    return found
 
 
 def _among(condition: sa.ColumnElement[bool], ids: list[str]) -> Callable[[datetime], sa.ColumnElement[bool]]:
