@@ -115,15 +115,22 @@ def test_a_permanent_failure_is_a_dead_letter_until_replayed(
     assert [x["id"] for x in json.loads(listed.stdout)] == [delivery.id]
 
     smtp_server.handler.rejected.clear()  # the operator fixed the address on the server's side
-    replay = subprocess.run(
-        [sys.executable, "-m", "notify.cli", "dlq", "replay", delivery.id],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "notify.cli", *args],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+
+    held = cli("dlq", "replay", delivery.id)  # the hard bounce put the address on the suppression list
+    assert held.stdout == "" and "address is suppressed" in held.stderr
+    cli("suppressions", "remove", "email", "gone@example.com")
+    replay = cli("dlq", "replay", delivery.id)
 
     assert replay.stdout.strip() == f"replayed {delivery.id}"
     wait_for(lambda: only_delivery(producer, result.id).status == Status.SENT, what="the replay")
