@@ -238,16 +238,22 @@ class Store:
         self, conn: sa.Connection, pairs: Collection[tuple[str, str]]
     ) -> set[tuple[str, str]]:
         """Which of these (channel, address) are on the suppression list: one query per BATCH."""
-        s, found = suppressions.c, set[tuple[str, str]]()
+        found = set[tuple[str, str]]()
         if not self._has_suppressions:
             return found
         ordered = sorted(pairs)
         for start in range(0, len(ordered), BATCH):
             chunk = ordered[start : start + BATCH]
-            query = sa.select(s.channel, s.address).where(
-                s.category == "", sa.tuple_(s.channel, s.address).in_(chunk)
+            # Plain SQL through the driver: built by SQLAlchemy, this read cost more than the
+            # send it serves (0.27 ms on SQLite's 0.22 ms record).
+            placeholder = "%s" if conn.dialect.paramstyle in ("format", "pyformat") else "?"
+            rows = ", ".join([f"({placeholder}, {placeholder})"] * len(chunk))
+            query = (
+                f"SELECT channel, address FROM {suppressions.name} "
+                f"WHERE category = '' AND (channel, address) IN (VALUES {rows})"
             )
-            found.update((row.channel, row.address) for row in conn.execute(query))
+            params = tuple(value for pair in chunk for value in pair)
+            found.update((row[0], row[1]) for row in conn.exec_driver_sql(query, params))
         return found
 
     # -- the suppression list -------------------------------------------------
