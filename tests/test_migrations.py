@@ -32,6 +32,7 @@ from tests.conftest import REPO
 from tests.support import schema_0_1_0 as previous
 from tests.support.processes import Worker, wait_for
 from tests.support.smtp import SmtpServer
+from tests.test_cli import notify_cli
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -56,18 +57,6 @@ def schema_of(url: str) -> dict[str, Any]:
         return found
     finally:
         engine.dispose()
-
-
-def notify_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "notify.cli", *args],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def test_the_revision_the_code_makes_is_the_newest_migration() -> None:
@@ -167,12 +156,12 @@ def test_a_store_of_the_previous_release_is_upgraded_and_delivers_what_it_held(
         f"this release needs revision {REVISION}: run `notify db upgrade`"
     )
 
-    upgraded = notify_cli(old_store_env, "db", "upgrade")
+    upgraded = notify_cli(old_store_env, REPO, "db", "upgrade")
     assert (upgraded.returncode, upgraded.stdout) == (
         0,
         f"the store's schema: made before revisions were kept -> revision {REVISION}\n",
     ), upgraded.stderr
-    again = notify_cli(old_store_env, "db", "upgrade")
+    again = notify_cli(old_store_env, REPO, "db", "upgrade")
     assert again.stdout == f"the store's schema is at revision {REVISION} already\n"
     start_worker("email", "-c", "2").wait_ready()
 
@@ -201,7 +190,7 @@ def test_the_sql_for_a_dba_brings_an_old_store_to_this_revision(
 ) -> None:
     ids = a_store_of_the_previous_release(store_url)
 
-    printed = notify_cli(old_store_env, "db", "upgrade", "--sql")
+    printed = notify_cli(old_store_env, REPO, "db", "upgrade", "--sql")
 
     assert printed.returncode == 0, printed.stderr
     assert migrate.current(store_url) == (True, None)  # printed, not run
@@ -218,7 +207,7 @@ def test_the_sql_for_a_dba_brings_an_old_store_to_this_revision(
         assert store.get(ids[Status.QUEUED]).status == Status.QUEUED  # type: ignore[union-attr]
     finally:
         store.close()
-    at_head = notify_cli(old_store_env, "db", "upgrade", "--sql")
+    at_head = notify_cli(old_store_env, REPO, "db", "upgrade", "--sql")
     assert at_head.stdout == f"-- the store's schema is at revision {REVISION} already\n"
 
 
@@ -241,13 +230,17 @@ def test_a_worker_refuses_a_store_at_an_older_or_a_newer_revision(store_url: str
         producer_store.close()
 
 
-def test_upgrades_and_first_uses_at_once_end_with_one_schema_and_no_error(store_url: str) -> None:
+def test_upgrades_and_first_uses_at_once_end_with_one_schema_and_no_error(
+    store_url: str, tmp_path: Path
+) -> None:
     """Several `notify db upgrade` (an init container per pod) and several processes touching a
     fresh store at once: one makes it, the others wait and see it (no crash, no deadlock)."""
-    import time
-
-    at = time.time() + 4  # every process imported and waiting: they start together
-    ready = f"import time; from notify.store import Store, migrate; time.sleep(max(0, {at} - time.time())); "
+    go = tmp_path / "go"  # each process says it is ready, then waits for this file: they start together
+    ready = (
+        "import pathlib, time, uuid; from notify.store import Store, migrate; "
+        f"pathlib.Path({str(tmp_path)!r}, 'ready-' + uuid.uuid4().hex).touch(); "
+        f"[time.sleep(0.005) for _ in iter(lambda: pathlib.Path({str(go)!r}).exists(), True)]; "
+    )
     upgrade = ready + f"print(migrate.upgrade({store_url!r}))"
     first_use = ready + f"print(Store({store_url!r}, require_current=True).schema_revision())"
     processes = [
@@ -256,7 +249,13 @@ def test_upgrades_and_first_uses_at_once_end_with_one_schema_and_no_error(store_
         )
         for code in [upgrade, first_use, upgrade, first_use, upgrade, first_use]
     ]
-    results = [(p.wait(timeout=120), *p.communicate()) for p in processes]
+    try:
+        wait_for(lambda: len(list(tmp_path.glob("ready-*"))) == 6, timeout=60, what="every process, ready")
+        go.touch()
+        results = [(p.wait(timeout=120), *p.communicate()) for p in processes]
+    finally:
+        for process in processes:
+            process.kill()
 
     assert [code for code, _, _ in results] == [0] * 6, [err[-2000:] for _, _, err in results]
     engine = create_engine(store_url)

@@ -9,8 +9,6 @@ real clients against local fakes (tests/fakes/), as in tests/test_channels_end_t
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +26,7 @@ from tests.conftest import REPO
 from tests.support.processes import Worker, wait_for
 from tests.support.records import a_worker
 from tests.support.smtp import SmtpServer
+from tests.test_cli import notify_cli
 from tests.test_send_validation import count_rows
 
 ADA = {"email": "ada@example.com", "phone": "+14155550100", "push_token": "token-ada"}
@@ -142,7 +141,6 @@ def test_a_bad_suppression_is_refused_and_nothing_is_listed(
     producer = notifier()
     with pytest.raises(ValidationError) as refused:
         producer.suppress(*args)  # type: ignore[arg-type]
-    print(refused.value)
     assert refused.value.field == field and says in str(refused.value)
     if field != "reason":
         with pytest.raises(ValidationError):
@@ -168,36 +166,24 @@ def test_replay_leaves_a_dead_letter_to_a_suppressed_address_failed_and_says_why
 
     assert (replayed.replayed, replayed.suppressed, replayed.not_found) == ([other], [gone], [])
     assert producer.store.get(gone).status == Status.FAILED  # type: ignore[union-attr]
-    cli = run_cli(on_store, "dlq", "replay", gone)
+    cli = notify_cli(on_store, REPO, "dlq", "replay", gone)
     assert cli.returncode == 0, cli.stderr
     assert "left failed" in cli.stderr and "suppressed" in cli.stderr
 
 
-def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "notify.cli", *args],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def test_the_cli_adds_lists_and_removes(env: dict[str, str]) -> None:
-    added = run_cli(env, "suppressions", "add", "sms", "+14155550100", "--reason", "opted_out")
+    added = notify_cli(env, REPO, "suppressions", "add", "sms", "+14155550100", "--reason", "opted_out")
     assert (added.returncode, added.stdout) == (0, "suppressed: sms +14155550100\n"), added.stderr
-    listed = run_cli(env, "suppressions", "list", "--json")
+    listed = notify_cli(env, REPO, "suppressions", "list", "--json")
     [entry] = json.loads(listed.stdout)
     assert (entry["channel"], entry["address"], entry["reason"]) == ("sms", "+14155550100", "opted_out")
-    table = run_cli(env, "suppressions", "list").stdout
+    table = notify_cli(env, REPO, "suppressions", "list").stdout
     assert "+141******00" in table and "+14155550100" not in table  # masked unless --json
-    refused = run_cli(env, "suppressions", "add", "email", "nobody")
+    refused = notify_cli(env, REPO, "suppressions", "add", "email", "nobody")
     assert refused.returncode == 2 and refused.stderr.startswith("error: address: ")
-    removed = run_cli(env, "suppressions", "remove", "sms", "+14155550100")
+    removed = notify_cli(env, REPO, "suppressions", "remove", "sms", "+14155550100")
     assert (removed.returncode, removed.stdout) == (0, "no longer suppressed: sms +14155550100\n")
-    again = run_cli(env, "suppressions", "remove", "sms", "+14155550100")
+    again = notify_cli(env, REPO, "suppressions", "remove", "sms", "+14155550100")
     assert again.returncode == 1 and "not suppressed" in again.stderr
 
 

@@ -17,7 +17,7 @@ from alembic.script import ScriptDirectory
 
 from notify.errors import StoreUnavailable
 from notify.store.engines import create_engine
-from notify.store.schema import REVISION, SCHEMA_LOCK, VERSION_TABLE, deliveries
+from notify.store.schema import REVISION, SCHEMA_LOCK, deliveries, revision_of
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -47,10 +47,7 @@ def current(url: str) -> tuple[bool, str | None]:
 
 
 def _current(conn: sa.Connection) -> tuple[bool, str | None]:
-    tables = set(sa.inspect(conn).get_table_names())
-    if VERSION_TABLE not in tables:
-        return deliveries.name in tables, None
-    return True, conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
+    return sa.inspect(conn).has_table(deliveries.name), revision_of(conn)
 
 
 def upgrade(url: str) -> tuple[str, str]:

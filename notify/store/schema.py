@@ -58,6 +58,15 @@ schema_version = sa.Table(
     sa.PrimaryKeyConstraint("version_num", name=f"{VERSION_TABLE}_pkc"),
 )
 
+
+def revision_of(conn: sa.Connection) -> str | None:
+    """The schema's revision; None if made by a release before revisions were kept (or not made)."""
+    if not sa.inspect(conn).has_table(schema_version.name):
+        return None
+    found: str | None = conn.execute(sa.select(schema_version.c.version_num)).scalar()
+    return found
+
+
 notifications = sa.Table(
     "notify_notifications",
     metadata,

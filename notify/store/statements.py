@@ -37,6 +37,18 @@ class Statements:
         self.add_notification = notifications.insert()
         self.add_delivery = deliveries.insert()
         self.claim_key, self.key_holder = _dedup_statements(insert)
+        self.suppress = (
+            insert(suppressions)
+            .values(
+                channel=_param("b_channel"),
+                address=_param("b_address"),
+                category="",
+                reason=_param("b_reason"),
+                detail=_param("b_detail"),
+                created_at=_param("b_now", _UTC),
+            )
+            .on_conflict_do_nothing(index_elements=["channel", "address", "category"])
+        )
         # What a Delivery shows, named: a producer on a store one revision behind still reads it.
         shown = (
             d.id, d.notification_id, d.channel, d.status, d.attempts, d.last_error, d.error_code,
@@ -63,7 +75,7 @@ class Statements:
                 d.id == _param("b_id"),
                 d.claim_token == _param("b_token"),
                 d.status == Status.SENDING,
-                sa.exists(sa.select(w.id).where(w.id == d.worker_id, ~w.dead)),
+                worker_alive(d.worker_id),
             )
             .values(handed_over_at=_param("b_now", _UTC))
         )
@@ -167,11 +179,11 @@ def _dedup_statements(insert: Callable[[sa.Table], Any]) -> tuple[Any, sa.Select
 
 
 def _claim_statement() -> sa.UpdateBase:
-    d, n, w = deliveries.c, notifications.c, workers.c
+    d, n = deliveries.c, notifications.c
     of_notification = n.id == d.notification_id
     now = _param("b_now", _UTC)
     worker = _param("b_worker")
-    alive = sa.exists(sa.select(w.id).where(w.id == worker, ~w.dead))  # a dead worker claims nothing
+    alive = worker_alive(worker)  # a dead worker claims nothing
     # One round trip: update and read back, the notification's fields by
     # subquery (SQLite's RETURNING cannot name a joined table's columns).
     return (
@@ -200,6 +212,12 @@ def _claim_statement() -> sa.UpdateBase:
             sa.select(n.data).where(of_notification).scalar_subquery().label("data"),
         )
     )
+
+
+def worker_alive(worker: sa.ColumnElement[Any]) -> sa.Exists:
+    """Whether `worker` (a column or a parameter) is registered and not declared dead."""
+    w = workers.c
+    return sa.exists(sa.select(w.id).where(w.id == worker, ~w.dead))
 
 
 def _outcome(**values: Any) -> sa.Update:

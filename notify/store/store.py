@@ -46,11 +46,12 @@ from notify.store.schema import (
     deliveries,
     metadata,
     notifications,
+    revision_of,
     schema_version,
     suppressions,
     workers,
 )
-from notify.store.statements import Statements, record_one_statement, suppressed
+from notify.store.statements import Statements, record_one_statement, suppressed, worker_alive
 from notify.store.text import storable
 
 log = logging.getLogger("notify.store")
@@ -129,7 +130,7 @@ class Store:
                 conn.execute(schema_version.delete())
                 conn.execute(schema_version.insert().values(version_num=REVISION))
                 return REVISION
-            return _revision_of(conn)
+            return revision_of(conn)
 
     def _database_time(self) -> datetime:
         with self._guard(), self.engine.connect() as conn:
@@ -231,7 +232,7 @@ class Store:
             return False
         self._revision_read_at = time.monotonic()
         with self._guard(), self.engine.connect() as conn:
-            self.revision = _revision_of(conn)
+            self.revision = revision_of(conn)
         return self.revision is not None and self.revision >= SUPPRESSIONS_SINCE
 
     def _suppressed_among(
@@ -261,20 +262,10 @@ class Store:
     def suppress(self, channel: str, address: str, reason: str, detail: str | None = None) -> bool:
         """Put (channel, address) on the suppression list for every category; False if it was there
         (its first reason is kept)."""
-        s = suppressions.c
-        row = {
-            "channel": channel,
-            "address": address,
-            "category": "",
-            "reason": reason,
-            "detail": storable(detail, MAX_REASON),
-        }
-        insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
+        params = {"b_channel": channel, "b_address": address, "b_reason": reason}
         with self._single() as conn:
             done = conn.execute(
-                insert(suppressions)
-                .values(**row, created_at=self.now())
-                .on_conflict_do_nothing(index_elements=[s.channel, s.address, s.category])
+                self._sql.suppress, {**params, "b_detail": storable(detail, MAX_REASON), "b_now": self.now()}
             )
         return bool(done.rowcount)
 
@@ -357,9 +348,8 @@ class Store:
             params.update(b_now=self.now())
             row = conn.execute(self._sql.claim, params).first()
             if row is None:
-                if conn.execute(
-                    self._sql.end_suppressed, params
-                ).rowcount:  # its address was suppressed since
+                ended = conn.execute(self._sql.end_suppressed, params)  # suppressed since it was queued?
+                if ended.rowcount:
                     return Refusal(status=Status.SUPPRESSED)
                 found = conn.execute(self._sql.status_of, params).scalar()
                 return Refusal(status=None if found is None else Status(found))
@@ -709,22 +699,14 @@ class Store:
         return len(ids)
 
 
-def _revision_of(conn: sa.Connection) -> str | None:
-    """The schema's revision; None if made by a release before revisions were kept."""
-    if not sa.inspect(conn).has_table(schema_version.name):
-        return None
-    found: str | None = conn.execute(sa.select(schema_version.c.version_num)).scalar()
-    return found
-
-
 def _among(condition: sa.ColumnElement[bool], ids: list[str]) -> Callable[[datetime], sa.ColumnElement[bool]]:
     return lambda _now: sa.and_(condition, deliveries.c.id.in_(ids))
 
 
 def _of_dead_worker() -> sa.ColumnElement[bool]:
     """A delivery claimed by a worker that is declared dead, retired, or forgotten."""
-    d, w = deliveries.c, workers.c
-    return sa.and_(d.worker_id.is_not(None), ~sa.exists(sa.select(w.id).where(w.id == d.worker_id, ~w.dead)))
+    d = deliveries.c
+    return sa.and_(d.worker_id.is_not(None), ~worker_alive(d.worker_id))
 
 
 # High first: what is released or swept in one batch is published in this order.
@@ -769,13 +751,13 @@ def _suppressing(n: NewNotification, listed: set[tuple[str, str]]) -> NewNotific
     """`n`, its deliveries to a suppressed address recorded `suppressed` (and claiming no dedup key)."""
     if not listed or not any((d.channel, d.address) in listed for d in n.deliveries):
         return n
-    deliveries = tuple(
+    kept = tuple(
         dataclasses.replace(d, status=Status.SUPPRESSED, dedup_key=None)
         if (d.channel, d.address) in listed
         else d
         for d in n.deliveries
     )
-    return dataclasses.replace(n, deliveries=deliveries)
+    return dataclasses.replace(n, deliveries=kept)
 
 
 def _recorded(notification_id: str, d: NewDelivery, holder: str) -> Delivery:
