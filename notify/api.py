@@ -12,8 +12,9 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from notify import channels as registry
+from notify import unsubscribe
 from notify.broker.relay import Relay
-from notify.constants import MAX_DEDUP_INDEX_BYTES, MAX_DEDUP_KEY, MAX_ID, MAX_LISTED
+from notify.constants import MAX_DEDUP_INDEX_BYTES, MAX_DEDUP_KEY, MAX_ID, MAX_LISTED, UNSUBSCRIBE_URL
 from notify.errors import NotifyError, PartiallyRecorded, StoreUnavailable, TemplateError, ValidationError
 from notify.models import (
     Delivery,
@@ -210,8 +211,16 @@ class Notifier:
         if intent.dedup_key is not None:
             for channel in chosen:
                 _check_dedup_index(intent.dedup_key, addresses[registry.channel(channel).address])
+        config = self.renderer.config(intent.template)
+        if config.unsubscribe:
+            unsubscribe.check_settings(self.settings, intent.template)
         for channel in chosen:
-            self._validate_render(intent.template, channel, payload, intent.locale)
+            data = payload
+            if config.unsubscribe and config.category:  # the link the worker will put there, as long
+                address = addresses[registry.channel(channel).address]
+                link = unsubscribe.unsubscribe_url(self.settings, channel, address, config.category)
+                data = {**payload, UNSUBSCRIBE_URL: link}
+            self._validate_render(intent.template, channel, data, intent.locale)
         # The store's clock decides, as it does when it releases: a skewed producer must not.
         held = release_at is not None and release_at > self.store.now()
         new = tuple(
@@ -227,7 +236,9 @@ class Notifier:
             )
             for channel in chosen
         )
-        return NewNotification(str(uuid.uuid4()), intent.template, intent.locale, payload_json, new)
+        return NewNotification(
+            str(uuid.uuid4()), intent.template, intent.locale, payload_json, new, category=config.category
+        )
 
     def _record_and_publish(self, batch: Sequence[NewNotification], *, grouped: bool) -> list[SendResult]:
         recorded = self.store.record_many(batch)

@@ -109,3 +109,6 @@ MAX_RETRY_AFTER: Final = 86400.0
 """A provider's retry-after hint is honoured in full up to this (or the channel's `backoff_max`, if
 longer): retrying before it said it would accept is never right, and a year-2499 hint still cannot
 park a delivery outside the dead letters."""
+
+# The variable (and rendered entry) carrying an unsubscribe = true template's one-click link.
+UNSUBSCRIBE_URL: Final = "unsubscribe_url"

@@ -56,12 +56,16 @@ class Status(enum.StrEnum):
     SENDING = "sending"
     RETRYING = "retrying"
     SENT = "sent"
+    DELIVERED = "delivered"  # after sent: the provider's receipt says it reached the recipient
+    UNDELIVERED = "undelivered"  # after sent: the provider's receipt says it did not (its code kept)
     FAILED = "failed"
     DUPLICATE = "duplicate"
     SUPPRESSED = "suppressed"  # its address is on the suppression list: recorded, never sent
 
 
-FINAL_STATUSES = frozenset({Status.SENT, Status.FAILED, Status.DUPLICATE, Status.SUPPRESSED})
+FINAL_STATUSES = frozenset(
+    {Status.SENT, Status.DELIVERED, Status.UNDELIVERED, Status.FAILED, Status.DUPLICATE, Status.SUPPRESSED}
+)  # sent is final for notify's work; a receipt may still tell delivered or undelivered
 
 
 class SuppressionReason(enum.StrEnum):

@@ -4,12 +4,15 @@ templates/<name>/<part files>     each channel's, as its spec names them (`Chann
                                   email.subject.j2, email.txt.j2, sms.txt.j2, webhook.json.j2, ...
 templates/<name>/<locale>/...     per-locale overrides, falling back to the above
 templates/_layouts/...            shared layouts for {% extends %}
+templates/<name>/template.toml    optional: category = "marketing", unsubscribe = true
 """
 
 from __future__ import annotations
 
 import re
+import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,53 @@ _LOCALE = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*")
 _UNDEFINED = re.compile(r"'([^']+)' (?:is undefined|has no attribute '([^']+)')")
 
 Rendered = dict[str, str]
+
+CONFIG_FILE = "template.toml"
+TRANSACTIONAL = "transactional"  # the category of a template that names none
+_CATEGORY = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+
+
+@dataclass(frozen=True)
+class TemplateConfig:
+    """What `templates/<name>/template.toml` says about a template.
+
+    `category`: None for transactional mail (the default), stopped only by
+    bounces and opt-outs; else the category an unsubscribe applies to.
+    `unsubscribe`: its emails carry a one-click unsubscribe link (RFC 8058).
+    """
+
+    category: str | None = None
+    unsubscribe: bool = False
+
+
+def parse_config(text: str, where: str) -> TemplateConfig:
+    """A template.toml's content as a `TemplateConfig`; `TemplateError` naming `where` if it is wrong."""
+    try:
+        table = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise TemplateError("template", f"{where}: not TOML: {exc}") from None
+    unknown = sorted(set(table) - {"category", "unsubscribe"})
+    if unknown:
+        raise TemplateError("template", f"{where}: unknown key {unknown[0]!r} (known: category, unsubscribe)")
+    category = table.get("category", TRANSACTIONAL)
+    if not isinstance(category, str) or not _CATEGORY.fullmatch(category):
+        raise TemplateError(
+            "template",
+            f"{where}: category must be lowercase letters, digits, _ or - (64 at most), "
+            f"not {shown(category)}",
+        )
+    unsubscribe = table.get("unsubscribe", False)
+    if not isinstance(unsubscribe, bool):
+        raise TemplateError(
+            "template", f"{where}: unsubscribe must be true or false, not {shown(unsubscribe)}"
+        )
+    if unsubscribe and category == TRANSACTIONAL:
+        raise TemplateError(
+            "template",
+            f'{where}: unsubscribe = true needs a category (like "marketing"): an unsubscribe applies '
+            "to one category, and transactional mail is stopped only by bounces and opt-outs",
+        )
+    return TemplateConfig(category=None if category == TRANSACTIONAL else category, unsubscribe=unsubscribe)
 
 
 def _autoescape(name: str | None) -> bool:
@@ -74,6 +124,7 @@ class Renderer:
         )
         self.env.filters["url"] = url
         self._found: dict[str, list[str]] = {}  # template -> its channels, for the same reason
+        self._configs: dict[str, TemplateConfig] = {}
 
     def names(self) -> list[str]:
         """Every template under the root (folders not starting with _ or .)."""
@@ -89,6 +140,23 @@ class Renderer:
         """The channels template `name` has: those whose required files exist."""
         self.check_name(name)
         return list(self._found[name])
+
+    def config(self, name: str) -> TemplateConfig:
+        """Template `name`'s template.toml (the defaults if it has none); read once."""
+        self.check_name(name)
+        found = self._configs.get(name)
+        if found is None:
+            path = self.root / name / CONFIG_FILE
+            if not path.is_file():
+                found = TemplateConfig()
+            else:
+                try:
+                    text = path.read_text(encoding="utf-8")
+                except (UnicodeDecodeError, OSError) as exc:
+                    raise TemplateError("template", f"{name}/{CONFIG_FILE} {_unreadable(exc)}") from None
+                found = parse_config(text, f"{name}/{CONFIG_FILE}")
+            self._configs[name] = found
+        return found
 
     def render(self, name: str, channel: str, data: Mapping[str, Any], locale: str | None = None) -> Rendered:
         """Each part of `channel`'s message, rendered strictly from `data`."""
@@ -195,6 +263,10 @@ def check_template(renderer: Renderer, name: str) -> list[str]:
     """Problems with template `name` that no data can fix: syntax, half a channel."""
     problems = []
     folder = renderer.root / name
+    try:
+        renderer.config(name)
+    except TemplateError as exc:
+        problems.append(str(exc).removeprefix("template: "))
     for path in sorted(folder.rglob("*.j2")):
         relative = path.relative_to(renderer.root).as_posix()
         try:

@@ -29,9 +29,11 @@ from notify.errors import ConfigurationError, PermanentDeliveryError
 from notify.policy import parse_duration
 
 PermanentFailureHook = Callable[[str, str, PermanentDeliveryError], None]
+StatusHook = Callable[[str, str, str, str | None], None]  # (delivery_id, channel, status, code)
 T = TypeVar("T")
 
 MIB = 1024 * 1024
+SECRET_KEY_MIN = 32  # characters of NOTIFY_SECRET_KEY
 # Celery broker URL schemes notify's routing knows how to configure; "sqlite"
 # selects the embedded broker (kombu's SQLAlchemy transport) at that path.
 BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps", "pyamqp", "sqla+", "sqlalchemy+", "sqlite")
@@ -110,6 +112,13 @@ class Settings:
     # "module:function" called as f(channel, address, error) when a delivery
     # fails for good, e.g. to delete a push token FCM calls UNREGISTERED.
     on_permanent_failure: str | None = field(default=None, metadata={"env": "NOTIFY_ON_PERMANENT_FAILURE"})
+    # "module:function" called as f(delivery_id, channel, status, code) once for each status a
+    # provider's answer or receipt sets: sent, failed, delivered, undelivered.
+    on_status: str | None = field(default=None, metadata={"env": "NOTIFY_ON_STATUS"})
+    # Where `notify web` is reachable from outside: receipts' callbacks and unsubscribe links.
+    public_url: str | None = field(default=None, metadata={"env": "NOTIFY_PUBLIC_URL"})
+    # Signs unsubscribe tokens: required by `notify web` and by unsubscribe = true templates.
+    secret_key: Secret | None = field(default=None, metadata={"env": "NOTIFY_SECRET_KEY"})
     # Every NOTIFY_* variable as read, for the settings each provider declares
     # for itself (`provider_settings`); sorted pairs, so that Settings hashes.
     # Each value a Secret: some are passwords, and asdict() would show them.
@@ -143,6 +152,14 @@ class Settings:
         check_url("NOTIFY_BROKER_URL", revealed(self.broker_url), BROKER_SCHEMES)
         check_url("NOTIFY_DATABASE_URL", revealed(self.database_url), DATABASE_SCHEMES)
         _check_hook_name(self.on_permanent_failure)
+        _check_hook_name(self.on_status, "NOTIFY_ON_STATUS")
+        _check_public_url(self.public_url)
+        if self.secret_key is not None and len(self.secret_key.reveal()) < SECRET_KEY_MIN:
+            raise ConfigurationError(
+                f"NOTIFY_SECRET_KEY must be at least {SECRET_KEY_MIN} characters "
+                '(python -c "import secrets; print(secrets.token_urlsafe(32))" makes one)',
+                setting="NOTIFY_SECRET_KEY",
+            )
 
     def __repr__(self) -> str:
         return masked_repr(self)
@@ -360,6 +377,19 @@ def check_url(variable: str, url: str | None, schemes: tuple[str, ...]) -> None:
         raise ConfigurationError(f"{variable} has an invalid host or port", setting=variable) from None
 
 
+def _check_public_url(url: str | None) -> None:
+    """NOTIFY_PUBLIC_URL: an absolute http(s) base URL, nothing after its path."""
+    if url is None:
+        return
+    check_url("NOTIFY_PUBLIC_URL", url, ("http", "https"))
+    parts = urlsplit(url)
+    if not parts.hostname or parts.query or parts.fragment or parts.username or parts.password:
+        raise ConfigurationError(
+            f"NOTIFY_PUBLIC_URL must be a base URL like https://notify.example.com, not {url!r}",
+            setting="NOTIFY_PUBLIC_URL",
+        )
+
+
 def _check_hook_name(name: str | None, setting: str = "NOTIFY_ON_PERMANENT_FAILURE") -> None:
     if name is not None and not _HOOK_NAME.fullmatch(name):
         raise ConfigurationError(f"{setting} must be 'module:function', not {name!r}", setting=setting)
@@ -393,6 +423,13 @@ def load_hook(settings: Settings) -> PermanentFailureHook | None:
     if settings.on_permanent_failure is None:
         return None
     return import_hook(settings.on_permanent_failure, setting="NOTIFY_ON_PERMANENT_FAILURE")
+
+
+def load_status_hook(settings: Settings) -> StatusHook | None:
+    """Import the NOTIFY_ON_STATUS hook now, so a bad one stops the process's start."""
+    if settings.on_status is None:
+        return None
+    return import_hook(settings.on_status, setting="NOTIFY_ON_STATUS")
 
 
 @functools.lru_cache(maxsize=1)

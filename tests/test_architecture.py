@@ -150,10 +150,11 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("notify.policy",),
     ("notify.settings",),
     ("notify.channels",),
-    ("notify.rendering", "notify.providers", "notify.store"),
+    ("notify.rendering", "notify.providers", "notify.store", "notify.unsubscribe"),
+    ("notify.receipts",),
     ("notify.delivery", "notify.broker"),
     ("notify.api",),
-    ("notify.dlq", "notify.testing", "notify.worker"),
+    ("notify.dlq", "notify.testing", "notify.worker", "notify.web"),
     ("notify", "notify.cli"),
 )
 CELERY = ("celery", "kombu", "billiard", "redis", "amqp")

@@ -16,7 +16,7 @@ import email_validator
 from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES
 
 from notify.channels import ChannelSpec, Message
-from notify.constants import MAX_ADDRESS
+from notify.constants import MAX_ADDRESS, UNSUBSCRIBE_URL
 from notify.errors import ConfigurationError, ValidationError
 from notify.models import shown
 from notify.policy import ChannelPolicy
@@ -32,6 +32,8 @@ class EmailMessage(Message):
     text: str
     html: str | None
     message_id: str  # stays the same across retries
+    # The one-click unsubscribe link of an unsubscribe = true template (List-Unsubscribe, RFC 8058).
+    unsubscribe_url: str | None = None
     channel: ClassVar[str] = "email"
 
 
@@ -137,6 +139,7 @@ def build(delivery_id: str, address: str, rendered: Mapping[str, str], settings:
         text=rendered["text"],
         html=rendered.get("html"),
         message_id=message_id(delivery_id, email_settings(settings).sender),
+        unsubscribe_url=rendered.get(UNSUBSCRIBE_URL),
     )
 
 

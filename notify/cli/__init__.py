@@ -12,6 +12,7 @@ from notify.cli.running import beat, worker
 from notify.cli.sending import send, send_many, status
 from notify.cli.suppressions import suppressions
 from notify.cli.templates import templates
+from notify.cli.web import web
 
 
 @click.group(cls=NotifyGroup)
@@ -19,5 +20,5 @@ def main() -> None:
     """notify: deliver notifications over email, SMS, push, webhooks and the channels you add."""
 
 
-for command in (worker, beat, send, send_many, status, dlq, suppressions, templates, db, demo):
+for command in (worker, beat, web, send, send_many, status, dlq, suppressions, templates, db, demo):
     main.add_command(command)

@@ -20,7 +20,14 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from notify import channels as registry
-from notify.constants import BURST_PATIENCE, RFC5321_DATA_REPLY, SMTP_LOOP_SLACK, STORE_RETRY_PAUSE_MAX
+from notify import unsubscribe
+from notify.constants import (
+    BURST_PATIENCE,
+    RFC5321_DATA_REPLY,
+    SMTP_LOOP_SLACK,
+    STORE_RETRY_PAUSE_MAX,
+    UNSUBSCRIBE_URL,
+)
 from notify.delivery.gate import PriorityGate
 from notify.delivery.heartbeat import Heartbeat
 from notify.delivery.pace import Pace
@@ -37,11 +44,12 @@ from notify.errors import (
     TransientDeliveryError,
     ValidationError,
 )
+from notify.models import Status
 from notify.policy import ChannelPolicy, load_policies
 from notify.providers import load_provider
 from notify.providers.base import Message, Provider
 from notify.rendering import Renderer
-from notify.settings import Settings
+from notify.settings import Settings, StatusHook
 from notify.store import Claim, Queued, Refusal, Store
 
 log = logging.getLogger("notify.delivery")
@@ -70,6 +78,9 @@ class AttemptStatus(enum.StrEnum):
     """
     LOST = "lost"
     """The claim lapsed and was taken over before the outcome was recorded: the new holder records its own."""
+    SUPPRESSED = "suppressed"
+    """Its address was unsubscribed from the template's category since it was queued: `suppressed`
+    recorded, nothing handed over, terminal."""
     ERROR = "error"
     """A bug in this worker, logged; nothing recorded: the sweep hands it on (once its claim lapses)."""
 
@@ -129,6 +140,7 @@ class Deliverer:
         gate: PriorityGate | None = None,
         rate_share: float = 1.0,
         on_permanent_failure: PermanentFailureHook | None = None,
+        on_status: StatusHook | None = None,
         hand_on: HandOn | None = None,
     ) -> None:
         """`heartbeat`, `gate`: the process's own (a worker's services start them), else new ones.
@@ -142,6 +154,7 @@ class Deliverer:
             settings.resolved_config_path, registry.default_policies()
         )
         self.on_permanent_failure = on_permanent_failure
+        self.on_status = on_status
         self._providers: dict[str, Provider] = {}
         self._lock = threading.Lock()
         self._closed = False
@@ -318,17 +331,37 @@ class Deliverer:
 
     def _attempt(self, claim: Claim) -> Outcome:
         try:
-            rendered = self.renderer.render(claim.template, claim.channel, claim.data, claim.locale)
+            config = self.renderer.config(claim.template)
+        except TemplateError as exc:  # its template.toml changed since send() read it
+            return self._template_failed(claim, exc)
+        # The claim consulted the list for every category; the template's own is read here.
+        if config.category and self.store.is_suppressed(claim.channel, claim.address, config.category):
+            return self._unsubscribed(claim)
+        try:
+            data, link = claim.data, None
+            if config.unsubscribe and config.category:
+                link = unsubscribe.unsubscribe_url(
+                    self.settings, claim.channel, claim.address, config.category
+                )
+                data = {**claim.data, UNSUBSCRIBE_URL: link}
+            rendered = self.renderer.render(claim.template, claim.channel, data, claim.locale)
+            if link is not None:
+                rendered[UNSUBSCRIBE_URL] = link
             build = registry.channel(claim.channel).build
             message = build(claim.delivery_id, claim.address, rendered, self.settings)
         except TemplateError as exc:  # the template changed since send() checked it
-            return self._fail(
+            return self._template_failed(claim, exc)
+        except (
+            ConfigurationError
+        ) as exc:  # NOTIFY_PUBLIC_URL or NOTIFY_SECRET_KEY unset since send(): keep it
+            log.critical("delivery %s: configuration error: %s", claim.delivery_id, exc)
+            return self._retry(
                 claim,
-                PermanentDeliveryError(
+                TransientDeliveryError(
                     str(exc),
                     channel=claim.channel,
-                    provider=CoreProvider.TEMPLATES,
-                    code=CoreCode.TEMPLATE,
+                    provider=CoreProvider.CONFIGURATION,
+                    code=CoreCode.CONFIGURATION,
                 ),
             )
         except ValidationError as exc:  # the address no longer passes (a setting changed since send())
@@ -398,6 +431,7 @@ class Deliverer:
         if not self._record(lambda: sent(receipt.provider_id), lambda: sent(None)):
             return self._lost(claim, AttemptStatus.SENT)
         log.info("delivery %s sent (%s, try %d)", claim.delivery_id, claim.channel, claim.attempts)
+        self._tell(claim, Status.SENT, None)
         return Outcome(AttemptStatus.SENT)
 
     def _record(self, write: Callable[[], bool], instead: Callable[[], bool] | None = None) -> bool:
@@ -436,6 +470,27 @@ class Deliverer:
             return self._lost(claim, AttemptStatus.RETRYING)
         log.warning("delivery %s: %s; released for another try", claim.delivery_id, reason)
         return Outcome(AttemptStatus.RETRYING)
+
+    def _tell(self, claim: Claim, status: Status, code: str | None) -> None:
+        """The NOTIFY_ON_STATUS hook, once for the status this attempt recorded."""
+        if self.on_status is None:
+            return
+        try:
+            self.on_status(claim.delivery_id, claim.channel, str(status), code)
+        except Exception:
+            log.exception("on_status hook raised")
+
+    def _template_failed(self, claim: Claim, exc: TemplateError) -> Outcome:
+        error = PermanentDeliveryError(
+            str(exc), channel=claim.channel, provider=CoreProvider.TEMPLATES, code=CoreCode.TEMPLATE
+        )
+        return self._fail(claim, error)
+
+    def _unsubscribed(self, claim: Claim) -> Outcome:
+        if not self._record(lambda: self.store.mark_suppressed(claim)):
+            return self._lost(claim, AttemptStatus.SUPPRESSED)
+        log.info("delivery %s: its address unsubscribed from this category; not sent", claim.delivery_id)
+        return Outcome(AttemptStatus.SUPPRESSED)
 
     def _suppress(self, claim: Claim, exc: PermanentDeliveryError) -> None:
         """The provider says the address is gone for good: nothing more is sent to it."""
@@ -495,6 +550,7 @@ class Deliverer:
         if not self._record(lambda: failed(_reason(exc) + note, exc.code), lambda: failed(UNSTORED, code)):
             return self._lost(claim, AttemptStatus.FAILED)
         log.warning("delivery %s failed for good: %s%s", claim.delivery_id, _reason(exc), note)
+        self._tell(claim, Status.FAILED, exc.code)
         if isinstance(exc, PermanentDeliveryError) and exc.suppress:
             self._suppress(claim, exc)
         hook = self.on_permanent_failure

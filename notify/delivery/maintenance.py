@@ -15,6 +15,9 @@ Who moves each status on, and within how long (README "Delivery semantics"):
   whatever is ahead of it. On RabbitMQ the channel's one priority queue counts
   every priority: there a lost delivery behind any backlog waits `sweep_after`.
 - scheduled, retrying: `release_due`, within `release_every` of `release_at`.
+- sent: final for notify's work; a provider's receipt may move it to delivered or
+  undelivered (notify.receipts); one that came before `sent` was recorded is
+  settled by the sweep (`Receipts.settle_waiting`), within RECEIPT_WAIT.
 - sending: the claiming worker records the outcome; if it dies its beats
   stop, the sweep declares it dead once they stood still for a lease (as it
   observed them: notify.delivery.liveness) and publishes what it held again.
@@ -32,6 +35,7 @@ from notify.constants import PURGE_EVERY, QUEUED_GRACE
 from notify.delivery.liveness import Liveness
 from notify.errors import NotifyError
 from notify.models import Priority
+from notify.receipts import Receipts
 from notify.settings import Settings
 from notify.store import BATCH, Queued, Store
 
@@ -53,8 +57,11 @@ class Maintenance:
         channels: Collection[str],
         backlog: Backlog | None = None,
         on_stop: Sequence[Callable[[], object]] = (),
+        receipts: Receipts | None = None,
     ) -> None:
-        """`store` is its own from then on (closed when it stops), and so is what `on_stop` closes."""
+        """`store` is its own from then on (closed when it stops), and so is what `on_stop` closes.
+        `receipts`: settles receipts that came before their delivery's `sent` (notify.receipts)."""
+        self.receipts = receipts
         self.store, self.settings, self.publish = store, settings, publish
         self.channels = tuple(channels)
         self.backlog = backlog or (lambda _channel, _priority: None)
@@ -110,6 +117,8 @@ class Maintenance:
                 self._swept = now
                 self.judge_workers()  # first: no publishing ahead of it can stretch what it counts
                 self.sweep()
+                if self.receipts is not None:
+                    self.receipts.settle_waiting()
             self._publish_all(lambda: self.store.release_due(self.channels), "released")
             if now - self._purged >= PURGE_EVERY:
                 self._purged = now

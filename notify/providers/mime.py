@@ -31,6 +31,7 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _ADDRESS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@[A-Za-z0-9.-]{1,253}")  # RFC 5321 4.5.3.1
 _MESSAGE_ID = re.compile(r"<[!-;=?-~]{1,250}>")
 _TOKEN = re.compile(r"[!-~]{1,200}")
+_LINK = re.compile(r"https?://[!-;=?-~]{1,960}")  # within <>, on one line of at most 998 octets
 
 
 def build_mime(message: EmailMessage, sender: str) -> bytes:
@@ -48,6 +49,9 @@ def build_mime(message: EmailMessage, sender: str) -> bytes:
         f"X-Notify-Delivery-Id: {_token(_TOKEN, message.delivery_id, 'delivery id')}",
         "MIME-Version: 1.0",
     ]
+    if message.unsubscribe_url is not None:  # RFC 8058: a POST to it unsubscribes, no questions asked
+        link = _token(_LINK, message.unsubscribe_url, "unsubscribe link")
+        headers += [f"List-Unsubscribe: <{link}>", "List-Unsubscribe-Post: List-Unsubscribe=One-Click"]
     parts = [_part("plain", message.text)]
     if message.html:
         parts.append(_part("html", message.html))

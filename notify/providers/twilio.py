@@ -6,7 +6,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any, Final
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import requests
 from twilio.base.exceptions import (
@@ -32,6 +32,7 @@ __all__ = [
     "TwilioProvider",
     "TwilioSettings",
     "build_request",
+    "callback_url",
     "classify",
     "parse_retry_after",
     "rebase_url",
@@ -47,6 +48,7 @@ _SID: Final = "NOTIFY_TWILIO_ACCOUNT_SID"
 _TOKEN: Final = "NOTIFY_TWILIO_AUTH_TOKEN"
 _FROM: Final = "NOTIFY_TWILIO_FROM"
 _BASE_URL: Final = "NOTIFY_TWILIO_BASE_URL"
+STATUS_PATH: Final = "/hooks/twilio/status"  # notify web's, for Twilio's status callbacks
 
 # Twilio's error codes (twilio.com/docs/api/errors) that are not the
 # recipient's fault. A sender or account problem fails every message alike:
@@ -100,6 +102,11 @@ def build_request(message: SmsMessage, sender: str) -> dict[str, str]:
         )
     key = "messaging_service_sid" if _MESSAGING_SERVICE_SID.fullmatch(sender) else "from_"
     return {"to": message.to, key: sender, "body": message.body}
+
+
+def callback_url(public_url: str, delivery_id: str) -> str:
+    """Where Twilio reports on delivery `delivery_id`'s message: `notify web` (notify.receipts.twilio)."""
+    return f"{public_url.rstrip('/')}{STATUS_PATH}?delivery_id={quote(delivery_id, safe='')}"
 
 
 def classify(exc: Exception, retry_after: float | None = None) -> NotifyError:
@@ -198,8 +205,11 @@ class TwilioProvider(RequestsProvider):
         sender: str,
         base_url: str = DEFAULT_BASE_URL,
         delivery_timeout: float = 30.0,
+        public_url: str | None = None,
     ) -> None:
+        """`public_url`: NOTIFY_PUBLIC_URL; with it, each message asks Twilio for receipts there."""
         super().__init__(delivery_timeout=delivery_timeout)
+        self.public_url = public_url
         self.account_sid = account_sid
         self.sender = sender
         self.base_url = base_url
@@ -215,6 +225,7 @@ class TwilioProvider(RequestsProvider):
             sender=required(own.sender, _FROM),
             base_url=own.base_url,
             delivery_timeout=settings.delivery_timeout,
+            public_url=settings.public_url,
         )
 
     def deliver(self, message: Message) -> Receipt:
@@ -222,6 +233,8 @@ class TwilioProvider(RequestsProvider):
         if not isinstance(message, SmsMessage):
             raise TypeError(f"TwilioProvider sends SMS, not {type(message).__name__}")
         request = build_request(message, self.sender)
+        if self.public_url is not None:
+            request["status_callback"] = callback_url(self.public_url, message.delivery_id)
         client = self._thread_client()
         client.http.budget = self.budget()
         try:

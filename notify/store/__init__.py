@@ -11,7 +11,18 @@ Nothing outside this package imports SQLAlchemy; the driver's errors leave it as
 """
 
 from notify.store.clock import Clock
-from notify.store.rows import Claim, NewDelivery, NewNotification, Queued, Refusal
+from notify.store.rows import Claim, NewDelivery, NewNotification, NewReceipt, Queued, ReceiptTarget, Refusal
 from notify.store.store import BATCH, Store
 
-__all__ = ["BATCH", "Claim", "Clock", "NewDelivery", "NewNotification", "Queued", "Refusal", "Store"]
+__all__ = [
+    "BATCH",
+    "Claim",
+    "Clock",
+    "NewDelivery",
+    "NewNotification",
+    "NewReceipt",
+    "Queued",
+    "ReceiptTarget",
+    "Refusal",
+    "Store",
+]

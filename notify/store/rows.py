@@ -30,6 +30,7 @@ class NewNotification:
     locale: str | None
     data_json: str
     deliveries: tuple[NewDelivery, ...]
+    category: str | None = None  # its template's (template.toml); None: transactional
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,31 @@ class Claim:
     data: dict[str, Any]
     token: str  # fences this try's outcome: a claim taken over records nothing
     worker_id: str = ""  # the worker process that holds it
+
+
+@dataclass(frozen=True)
+class NewReceipt:
+    """What a provider said about a message it accepted: delivered or undelivered, and its code."""
+
+    delivery_id: str
+    provider: str  # "twilio"
+    provider_id: str  # the provider's id of the message (Twilio's MessageSid)
+    status: Status  # DELIVERED or UNDELIVERED
+    code: str | None = None  # the provider's error code (Twilio's ErrorCode)
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
+class ReceiptTarget:
+    """The delivery a receipt is about, as the store has it when the receipt is applied."""
+
+    delivery_id: str
+    channel: str
+    address: str
+    status: Status
+    provider_id: str | None
+    attempts: int
+    earlier_codes: frozenset[str]  # codes of receipts for earlier sends of this delivery (a retry's memory)
 
 
 class Queued(NamedTuple):

@@ -47,7 +47,7 @@ _ts = UTCDateTime()
 
 # The schema's revision (notify/store/migrations/versions): a store made here is made at it,
 # and one at an older revision is brought to it by `notify db upgrade`.
-REVISION = "0003"
+REVISION = "0004"
 SUPPRESSIONS_SINCE = "0003"  # a producer on an older schema records without the suppression list
 SCHEMA_LOCK = 0x6E6F74696679  # "notify": PostgreSQL's advisory lock for making or upgrading the schema
 VERSION_TABLE = "notify_schema_version"  # Alembic's version table, named apart from an app's own
@@ -148,4 +148,23 @@ suppressions = sa.Table(
     sa.Column("reason", sa.String(16), nullable=False),
     sa.Column("detail", sa.Text),
     sa.Column("created_at", _ts, nullable=False),
+)
+
+# Receipts: what a provider said after it accepted a message (Twilio's status callbacks), kept
+# as they came, once each. A receipt is settled when it has moved its delivery on or cannot
+# (its delivery is final, or was sent again meanwhile); one that came before its worker recorded
+# `sent` waits, unsettled, for the sweep (notify.receipts).
+receipts = sa.Table(
+    "notify_receipts",
+    metadata,
+    sa.Column("delivery_id", sa.String(MAX_ID), primary_key=True),
+    sa.Column("provider_id", sa.String(MAX_PROVIDER_ID), primary_key=True),
+    sa.Column("status", sa.String(16), primary_key=True),  # delivered or undelivered
+    sa.Column("provider", sa.String(32), nullable=False),
+    sa.Column("code", sa.String(MAX_CODE)),
+    sa.Column("detail", sa.Text),
+    sa.Column("received_at", _ts, nullable=False),
+    sa.Column("settled_at", _ts),
+    sa.Column("effect", sa.String(16)),  # the status it gave its delivery; None: it changed nothing
+    sa.Index("ix_notify_receipts_settled", "settled_at"),
 )

@@ -9,7 +9,15 @@ import sqlalchemy as sa
 
 from notify.errors import CoreCode
 from notify.models import Status
-from notify.store.schema import UTCDateTime, dedup_claims, deliveries, notifications, suppressions, workers
+from notify.store.schema import (
+    UTCDateTime,
+    dedup_claims,
+    deliveries,
+    notifications,
+    receipts,
+    suppressions,
+    workers,
+)
 
 _UTC = UTCDateTime()
 
@@ -37,12 +45,20 @@ class Statements:
         self.add_notification = notifications.insert()
         self.add_delivery = deliveries.insert()
         self.claim_key, self.key_holder = _dedup_statements(insert)
+        self.add_receipt = (
+            insert(receipts)
+            .values(
+                {c: _param(c) for c in ("delivery_id", "provider_id", "status", "provider", "code", "detail")}
+            )
+            .values(received_at=_param("received_at", _UTC))
+            .on_conflict_do_nothing(index_elements=["delivery_id", "provider_id", "status"])
+        )
         self.suppress = (
             insert(suppressions)
             .values(
                 channel=_param("b_channel"),
                 address=_param("b_address"),
-                category="",
+                category=_param("b_category"),
                 reason=_param("b_reason"),
                 detail=_param("b_detail"),
                 created_at=_param("b_now", _UTC),
@@ -120,6 +136,12 @@ class Statements:
             failed_at=_param("b_now", _UTC),
             next_attempt_at=None,
         )
+        self.suppressed = _outcome(  # its template's category was unsubscribed from since it was queued
+            status=Status.SUPPRESSED, attempts=d.attempts - 1, next_attempt_at=None, release_at=None
+        )
+        self.suppressed_in = sa.select(sa.literal(1)).where(
+            suppressed(_param("b_channel"), _param("b_address"), _param("b_category"))
+        )
         self.failed = _outcome(
             status=Status.FAILED,
             last_error=reason,
@@ -141,7 +163,7 @@ def record_one_statement(deliveries_count: int, *, suppressions: bool = True) ->
         {c.name: _param(f"d{i}_{c.name}", c.type) for c in columns} for i in range(deliveries_count)
     ]
     for i, row in enumerate(rows if suppressions else []):  # one to a suppressed address: so recorded
-        listed = suppressed(_param(f"d{i}_channel"), _param(f"d{i}_address"))
+        listed = suppressed(_param(f"d{i}_channel"), _param(f"d{i}_address"), _param("s_category"))
         # Constants written out: the statement runs compiled, its parameters bound by name.
         row["status"] = sa.case(
             (listed, sa.literal_column(f"'{Status.SUPPRESSED.value}'")), else_=row["status"]
@@ -150,10 +172,16 @@ def record_one_statement(deliveries_count: int, *, suppressions: bool = True) ->
     return deliveries.insert().values(rows).add_cte(notification).returning(d.id, d.status)
 
 
-def suppressed(channel: sa.ColumnElement[Any], address: sa.ColumnElement[Any]) -> sa.Exists:
-    """Whether (channel, address) is on the suppression list for every category."""
+def suppressed(
+    channel: sa.ColumnElement[Any],
+    address: sa.ColumnElement[Any],
+    category: sa.ColumnElement[Any] | None = None,
+) -> sa.Exists:
+    """Whether (channel, address) is on the suppression list for every category (or for `category`)."""
     s = suppressions.c
     every = s.category == sa.literal_column("''")  # written out: record_one_statement runs compiled
+    if category is not None:
+        every = sa.or_(every, s.category == category)
     return sa.exists(sa.select(s.channel).where(s.channel == channel, s.address == address, every))
 
 

@@ -37,7 +37,7 @@ from notify.errors import CoreCode, SchemaOutdated, StoreUnavailable
 from notify.models import DeadLetter, Delivery, Priority, Status, Suppression, SuppressionReason, utcnow
 from notify.store.clock import Clock, DatabaseClock
 from notify.store.engines import create_engine, write_lock
-from notify.store.rows import Claim, NewDelivery, NewNotification, Queued, Refusal
+from notify.store.rows import Claim, NewDelivery, NewNotification, NewReceipt, Queued, ReceiptTarget, Refusal
 from notify.store.schema import (
     REVISION,
     SCHEMA_LOCK,
@@ -46,6 +46,7 @@ from notify.store.schema import (
     deliveries,
     metadata,
     notifications,
+    receipts,
     revision_of,
     schema_version,
     suppressions,
@@ -60,6 +61,7 @@ REVISION_RECHECK = 10.0  # seconds: how often a producer on an older schema look
 BATCH = 500  # rows per maintenance statement: bounded transactions, bounded IN lists
 # PostgreSQL errors that say the store cannot take this now, not that the statement is wrong:
 # a read-only transaction (a failover's demoted primary), a server shutting down or starting.
+_PURGED = (Status.SENT, Status.DELIVERED, Status.UNDELIVERED, Status.DUPLICATE, Status.SUPPRESSED)
 _UNAVAILABLE_STATES = frozenset({"25006", "57P01", "57P02", "57P03", "08000", "08003", "08006"})
 
 
@@ -191,7 +193,14 @@ class Store:
         rows = [_notification_row(n, now) for n in batch]
         with self._tx() as conn:
             listed = self._suppressed_among(
-                conn, {(d.channel, d.address) for n in batch for d in n.deliveries}
+                conn,
+                {
+                    (d.channel, d.address, category)
+                    for n in batch
+                    for d in n.deliveries
+                    for category in ("", n.category)
+                    if category is not None
+                },
             )
             batch = [_suppressing(n, listed) for n in batch]
             holders = self._claim_dedup_keys(conn, batch, now)
@@ -217,8 +226,11 @@ class Store:
         for i, (d, r) in enumerate(zip(n.deliveries, recorded, strict=True)):
             params.update({f"d{i}_{k}": _plain(v) for k, v in _delivery_row(d, r, now).items()})
         with self._single() as conn:
+            listing = self._has_suppressions  # read once (the schema made): statement and parameters agree
+            if listing:
+                params["s_category"] = n.category
             statuses: dict[str, str] = dict(
-                conn.exec_driver_sql(self._record_one_sql(len(n.deliveries)), params).all()
+                conn.exec_driver_sql(self._record_one_sql(len(n.deliveries), listing), params).all()
             )
         return [dataclasses.replace(r, status=Status(statuses[r.id])) for r in recorded]
 
@@ -236,38 +248,46 @@ class Store:
         return self.revision is not None and self.revision >= SUPPRESSIONS_SINCE
 
     def _suppressed_among(
-        self, conn: sa.Connection, pairs: Collection[tuple[str, str]]
-    ) -> set[tuple[str, str]]:
-        """Which of these (channel, address) are on the suppression list: one query per BATCH."""
-        found = set[tuple[str, str]]()
+        self, conn: sa.Connection, entries: Collection[tuple[str, str, str]]
+    ) -> set[tuple[str, str, str]]:
+        """Which of these (channel, address, category) are on the suppression list: one query per
+        BATCH. Category '' is the entry for every category."""
+        found = set[tuple[str, str, str]]()
         if not self._has_suppressions:
             return found
-        ordered = sorted(pairs)
+        ordered = sorted(entries)
         for start in range(0, len(ordered), BATCH):
             chunk = ordered[start : start + BATCH]
             # Plain SQL through the driver: built by SQLAlchemy, this read cost more than the
             # send it serves (0.27 ms on SQLite's 0.22 ms record).
             placeholder = "%s" if conn.dialect.paramstyle in ("format", "pyformat") else "?"
-            rows = ", ".join([f"({placeholder}, {placeholder})"] * len(chunk))
+            rows = ", ".join([f"({placeholder}, {placeholder}, {placeholder})"] * len(chunk))
             query = (
-                f"SELECT channel, address FROM {suppressions.name} "
-                f"WHERE category = '' AND (channel, address) IN (VALUES {rows})"
+                f"SELECT channel, address, category FROM {suppressions.name} "
+                f"WHERE (channel, address, category) IN (VALUES {rows})"
             )
-            params = tuple(value for pair in chunk for value in pair)
-            found.update((row[0], row[1]) for row in conn.exec_driver_sql(query, params))
+            params = tuple(value for entry in chunk for value in entry)
+            found.update((row[0], row[1], row[2]) for row in conn.exec_driver_sql(query, params))
         return found
 
     # -- the suppression list -------------------------------------------------
 
-    def suppress(self, channel: str, address: str, reason: str, detail: str | None = None) -> bool:
-        """Put (channel, address) on the suppression list for every category; False if it was there
-        (its first reason is kept)."""
-        params = {"b_channel": channel, "b_address": address, "b_reason": reason}
+    def suppress(
+        self, channel: str, address: str, reason: str, detail: str | None = None, *, category: str = ""
+    ) -> bool:
+        """Put (channel, address) on the suppression list for every category ('') or for one
+        template category (an unsubscribe); False if it was there (its first reason is kept)."""
+        params = {"b_channel": channel, "b_address": address, "b_reason": reason, "b_category": category}
         with self._single() as conn:
             done = conn.execute(
                 self._sql.suppress, {**params, "b_detail": storable(detail, MAX_REASON), "b_now": self.now()}
             )
         return bool(done.rowcount)
+
+    def is_suppressed(self, channel: str, address: str, category: str | None) -> bool:
+        """Whether (channel, address) is suppressed for every category or for `category`."""
+        params = {"b_channel": channel, "b_address": address, "b_category": category}
+        return bool(self._read(self._sql.suppressed_in, params))
 
     def unsuppress(self, channel: str, address: str) -> int:
         """Take (channel, address) off the suppression list, every category; how many entries went."""
@@ -294,9 +314,9 @@ class Store:
             for r in self._read(query, {})
         ]
 
-    def _record_one_sql(self, deliveries_count: int) -> str:
+    def _record_one_sql(self, deliveries_count: int, listing: bool) -> str:
         """The statement compiled once: a multi-row INSERT with a CTE has no SQLAlchemy cache key."""
-        key = (deliveries_count, self._has_suppressions)
+        key = (deliveries_count, listing)
         sql = self._compiled.get(key)
         if sql is None:
             statement = record_one_statement(deliveries_count, suppressions=key[1])
@@ -389,6 +409,11 @@ class Store:
         """Record that the provider accepted it; False if this claim was no longer current."""
         return self._finish(self._sql.sent, claim, b_provider_id=storable(provider_id, MAX_PROVIDER_ID))
 
+    def mark_suppressed(self, claim: Claim) -> bool:
+        """End a claim whose address was unsubscribed from its template's category since it was
+        queued: nothing handed over, its try uncounted; False if this claim was no longer current."""
+        return self._finish(self._sql.suppressed, claim)
+
     def mark_retrying(self, claim: Claim, reason: str, code: str | None, at: datetime) -> bool:
         """Record a failed try; the store holds the delivery until `at`, then releases it."""
         text = {"b_reason": storable(reason, MAX_REASON), "b_code": storable(code, MAX_CODE)}
@@ -467,6 +492,109 @@ class Store:
         with self._single() as conn:
             done = conn.execute(statement, {**params, "b_now": self.now()})
         return bool(done.rowcount)
+
+    # -- receipts (see notify.receipts) -----------------------------------------------
+
+    def add_receipt(self, r: NewReceipt) -> bool:
+        """Keep a receipt as it came, unsettled; False if the same one came before (a provider's retry)."""
+        row = {
+            "delivery_id": r.delivery_id,
+            "provider_id": r.provider_id,
+            "status": r.status,
+            "provider": r.provider,
+            "code": storable(r.code, MAX_CODE),
+            "detail": storable(r.detail, MAX_REASON),
+        }
+        with self._single() as conn:
+            done = conn.execute(self._sql.add_receipt, {**row, "received_at": self.now()})
+        return bool(done.rowcount)
+
+    def receipt_target(self, delivery_id: str) -> ReceiptTarget | None:
+        """The delivery a receipt is about, with the codes of receipts for its earlier sends."""
+        d, r = deliveries.c, receipts.c
+        with self._guard(), self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(d.id, d.channel, d.address, d.status, d.provider_id, d.attempts).where(
+                    d.id == delivery_id
+                )
+            ).first()
+            if row is None:
+                return None
+            earlier = conn.execute(
+                sa.select(r.code).where(
+                    r.delivery_id == delivery_id,
+                    r.provider_id != (row.provider_id or ""),
+                    r.code.is_not(None),
+                )
+            ).scalars()
+            codes = frozenset(str(c) for c in earlier)
+        return ReceiptTarget(
+            delivery_id=row.id,
+            channel=row.channel,
+            address=row.address,
+            status=Status(row.status),
+            provider_id=row.provider_id,
+            attempts=row.attempts,
+            earlier_codes=codes,
+        )
+
+    def settle_receipt(
+        self, r: NewReceipt, becomes: Status | None = None, retry_at: datetime | None = None
+    ) -> bool:
+        """Settle receipt `r`: move its delivery from `sent` (by the message `r` is about) to
+        `becomes` (RETRYING: released at `retry_at`), and say so; False if it did not move (it
+        was not `sent` by that message any more: an earlier receipt or a newer send won)."""
+        d, rc = deliveries.c, receipts.c
+        values: dict[str, Any] = {}
+        if becomes is Status.RETRYING:
+            values = {"release_at": retry_at, "next_attempt_at": retry_at}
+        if becomes in (Status.RETRYING, Status.UNDELIVERED):
+            values.update(error_code=storable(r.code, MAX_CODE), last_error=storable(r.detail, MAX_REASON))
+        with self._tx() as conn:
+            now = self.now()
+            moved = False
+            if becomes is not None:
+                moved = bool(
+                    conn.execute(
+                        deliveries.update()
+                        .where(d.id == r.delivery_id, d.provider_id == r.provider_id, d.status == Status.SENT)
+                        .values(status=becomes, updated_at=now, **values)
+                    ).rowcount
+                )
+            conn.execute(
+                receipts.update()
+                .where(
+                    rc.delivery_id == r.delivery_id, rc.provider_id == r.provider_id, rc.status == r.status
+                )
+                .values(settled_at=now, effect=becomes if moved else None)
+            )
+        return moved
+
+    def unsettled_receipts(self, limit: int = BATCH) -> list[tuple[NewReceipt, datetime]]:
+        """Receipts that came before their delivery's `sent` was recorded, oldest first, with
+        when each came."""
+        rc = receipts.c
+        query = sa.select(receipts).where(rc.settled_at.is_(None)).order_by(rc.received_at).limit(limit)
+        return [
+            (
+                NewReceipt(
+                    delivery_id=row.delivery_id,
+                    provider=row.provider,
+                    provider_id=row.provider_id,
+                    status=Status(row.status),
+                    code=row.code,
+                    detail=row.detail,
+                ),
+                row.received_at,
+            )
+            for row in self._read(query, {})
+        ]
+
+    def receipts_of(self, delivery_id: str) -> list[dict[str, Any]]:
+        """Every receipt kept for `delivery_id`, as they came (for `notify status` and the console)."""
+        rc = receipts.c
+        query = sa.select(receipts).where(rc.delivery_id == delivery_id).order_by(rc.received_at)
+        return [dict(row._mapping) for row in self._read(query, {})]
 
     # -- maintenance (every worker runs it; see notify.delivery.maintenance) ------------
 
@@ -585,16 +713,16 @@ class Store:
         return sorted((Queued(*row) for row in rows), key=lambda q: Priority(q.priority).rank)
 
     def purge_finished(self, older_than: float) -> int:
-        """Delete sent, duplicate and suppressed deliveries older than that, and expired dedup claims."""
+        """Delete finished deliveries older than that (sent, delivered, undelivered, duplicate,
+        suppressed), receipts as old, and expired dedup claims."""
         d = deliveries.c
         with self._tx() as conn:
             now = self.now()
             cutoff = now - timedelta(seconds=older_than)
             removed = conn.execute(
-                deliveries.delete().where(
-                    d.status.in_([Status.SENT, Status.DUPLICATE, Status.SUPPRESSED]), d.updated_at < cutoff
-                )
+                deliveries.delete().where(d.status.in_(_PURGED), d.updated_at < cutoff)
             ).rowcount
+            conn.execute(receipts.delete().where(receipts.c.received_at < cutoff))
             conn.execute(dedup_claims.delete().where(dedup_claims.c.expires_at < now))
             self._delete_orphan_notifications(conn, created_before=cutoff)
         return int(removed)
@@ -747,14 +875,19 @@ def _notification_row(n: NewNotification, now: datetime) -> dict[str, Any]:
     return {"id": n.id, "template": n.template, "locale": n.locale, "data": n.data_json, "created_at": now}
 
 
-def _suppressing(n: NewNotification, listed: set[tuple[str, str]]) -> NewNotification:
-    """`n`, its deliveries to a suppressed address recorded `suppressed` (and claiming no dedup key)."""
-    if not listed or not any((d.channel, d.address) in listed for d in n.deliveries):
+def _suppressing(n: NewNotification, listed: set[tuple[str, str, str]]) -> NewNotification:
+    """`n`, its deliveries to a suppressed address recorded `suppressed` (and claiming no dedup key):
+    suppressed for every category, or for `n`'s."""
+    if not listed:
+        return n
+
+    def off(d: NewDelivery) -> bool:
+        return (d.channel, d.address, "") in listed or (d.channel, d.address, n.category or "") in listed
+
+    if not any(off(d) for d in n.deliveries):
         return n
     kept = tuple(
-        dataclasses.replace(d, status=Status.SUPPRESSED, dedup_key=None)
-        if (d.channel, d.address) in listed
-        else d
+        dataclasses.replace(d, status=Status.SUPPRESSED, dedup_key=None) if off(d) else d
         for d in n.deliveries
     )
     return dataclasses.replace(n, deliveries=kept)

@@ -37,7 +37,8 @@ from notify.delivery.gate import PriorityGate
 from notify.delivery.heartbeat import Heartbeat
 from notify.delivery.maintenance import Maintenance
 from notify.models import Priority
-from notify.settings import Settings, load_hook
+from notify.receipts import Receipts
+from notify.settings import Settings, load_hook, load_status_hook
 from notify.store import Store
 
 log = logging.getLogger("notify.worker")
@@ -145,6 +146,7 @@ class AttemptsService(Service):
             gate=runtime.gate,
             rate_share=1 / runtime.processes,
             on_permanent_failure=load_hook(settings),
+            on_status=load_status_hook(settings),
             hand_on=functools.partial(self.publisher.publish, grouped=True, front=True),
         )
 
@@ -217,8 +219,9 @@ def new_maintenance(celery: Celery, settings: Settings, channels: tuple[str, ...
     Its store, publisher and backlog connection are closed when it stops.
     """
     publisher, backlog = Publisher(celery), Backlog(celery)
+    store = Store(settings.resolved_database_url, require_current=True)
     return Maintenance(
-        Store(settings.resolved_database_url, require_current=True),
+        store,
         settings,
         # What maintenance publishes has waited already (a due send_at, a dead worker's, a lost
         # message's): ahead of the backlog of its priority.
@@ -226,6 +229,7 @@ def new_maintenance(celery: Celery, settings: Settings, channels: tuple[str, ...
         channels=channels,
         backlog=backlog,
         on_stop=(publisher.close, backlog.close),
+        receipts=Receipts(store, settings, on_status=load_status_hook(settings)),
     )
 
 

@@ -1,0 +1,144 @@
+"""Receipts: what a provider says about a message after it accepted it, and what notify does then.
+
+A receipt moves a `sent` delivery to `delivered` or `undelivered`, once: it
+is kept as it came (a provider's retry of it changes nothing), and it acts
+only on the delivery still `sent` by the very message it is about (a later,
+lesser receipt, or one for an earlier send of a retried delivery, settles
+with no effect). A receipt that comes before the worker recorded `sent`
+waits, unsettled, and the sweep settles it once `sent` is recorded
+(`settle_waiting`, every worker's maintenance), within RECEIPT_WAIT at most.
+
+Each provider's receipts are one module of this package: it verifies and
+reads the provider's request (`notify web` routes it) and judges each code
+(`judge`: may another send reach it, does it suppress the address). Twilio's
+is `notify.receipts.twilio`; an email provider's bounce events would be one
+more module beside it.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Protocol
+
+from notify import channels as registry
+from notify.errors import StoreUnavailable
+from notify.models import Status, SuppressionReason
+from notify.policy import ChannelPolicy, load_policies
+from notify.settings import Settings, StatusHook
+from notify.store import NewReceipt, Store
+
+__all__ = ["RECEIPT_WAIT", "SOURCES", "Judgement", "Receipts", "Taken"]
+
+log = logging.getLogger("notify.receipts")
+
+RECEIPT_WAIT = 3600.0  # seconds a receipt waits for its delivery's `sent` before it is settled unused
+SOURCES = {"twilio": "notify.receipts.twilio"}  # provider -> the module that reads its receipts
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """What a provider's code means beyond delivered or not."""
+
+    retry_once: bool = False  # another send may reach it (Twilio 30003, the handset unreachable)
+    suppress: SuppressionReason | None = None  # nothing more to this address (Twilio 21610, a STOP)
+
+
+class Source(Protocol):
+    def judge(self, receipt: NewReceipt) -> Judgement: ...
+
+
+class Taken(enum.StrEnum):
+    """What one receipt did."""
+
+    MOVED = "moved"  # its delivery is now delivered, undelivered, or retrying
+    REPEATED = "repeated"  # the same receipt came before: nothing more
+    WAITING = "waiting"  # its delivery's `sent` is not recorded yet: the sweep settles it
+    IGNORED = "ignored"  # its delivery is gone, final already, or sent again since: no effect
+
+
+class Receipts:
+    """Takes receipts for the store at hand: web's hooks, and every worker's sweep."""
+
+    def __init__(self, store: Store, settings: Settings, *, on_status: StatusHook | None = None) -> None:
+        self.store = store
+        self.on_status = on_status
+        self.policies: dict[str, ChannelPolicy] = load_policies(
+            settings.resolved_config_path, registry.default_policies()
+        )
+
+    def take(self, receipt: NewReceipt) -> Taken:
+        """Keep `receipt` and act on it; StoreUnavailable if the store does not answer (the
+        provider should send it again: nothing was kept, or the copy will be a repeat)."""
+        if not self.store.add_receipt(receipt):
+            return Taken.REPEATED
+        return self._settle(receipt, waited=0.0)
+
+    def settle_waiting(self) -> int:
+        """Settle the receipts that came before their delivery's `sent`; how many moved one."""
+        moved = 0
+        now = self.store.now()
+        for receipt, received_at in self.store.unsettled_receipts():
+            waited = (now - received_at).total_seconds()
+            moved += self._settle(receipt, waited=waited) is Taken.MOVED
+        return moved
+
+    def _settle(self, receipt: NewReceipt, *, waited: float) -> Taken:
+        target = self.store.receipt_target(receipt.delivery_id)
+        if target is not None and target.status is Status.SENDING and waited < RECEIPT_WAIT:
+            return Taken.WAITING  # its worker has not recorded `sent` yet
+        if target is None or target.status is not Status.SENT or target.provider_id != receipt.provider_id:
+            self.store.settle_receipt(receipt)
+            return Taken.IGNORED
+        judgement = _judge(receipt)
+        becomes, retry_at = receipt.status, None
+        policy = self.policies.get(target.channel)
+        if (
+            receipt.status is Status.UNDELIVERED
+            and judgement.retry_once
+            and receipt.code not in target.earlier_codes
+            and policy is not None
+            and target.attempts < policy.max_attempts
+        ):
+            becomes = Status.RETRYING
+            retry_at = self.store.now() + timedelta(seconds=policy.delay(target.attempts))
+        if not self.store.settle_receipt(receipt, becomes, retry_at):
+            return Taken.IGNORED  # another receipt moved it first
+        if judgement.suppress is not None:
+            detail = f"{receipt.provider} {receipt.code}: {receipt.detail or 'receipt'}"
+            self._suppress(target.channel, target.address, judgement.suppress, detail)
+        log.info(
+            "delivery %s: %s (receipt from %s%s)",
+            receipt.delivery_id,
+            becomes,
+            receipt.provider,
+            f", code {receipt.code}" if receipt.code else "",
+        )
+        if becomes is not Status.RETRYING:
+            self._tell(receipt.delivery_id, target.channel, becomes, receipt.code)
+        return Taken.MOVED
+
+    def _suppress(self, channel: str, address: str, reason: SuppressionReason, detail: str) -> None:
+        try:
+            self.store.suppress(channel, address, str(reason), detail)
+        except StoreUnavailable:  # the receipt moved its delivery; the next send's failure suppresses it
+            log.exception("a receipt's suppression could not be recorded")
+
+    def _tell(self, delivery_id: str, channel: str, status: Status, code: str | None) -> None:
+        if self.on_status is None:
+            return
+        try:
+            self.on_status(delivery_id, channel, str(status), code)
+        except Exception:
+            log.exception("on_status hook raised")
+
+
+def _judge(receipt: NewReceipt) -> Judgement:
+    module = SOURCES.get(receipt.provider)
+    if module is None:
+        return Judgement()
+    source: Source = importlib.import_module(module)
+    return source.judge(receipt)
