@@ -8,6 +8,7 @@ import sys
 import click
 
 from notify.cli.output import ChannelChoice, json_object, reports_errors, table
+from notify.constants import UNSUBSCRIBE_URL
 from notify.rendering import Renderer, check_template, variables
 from notify.settings import get_settings
 from notify.text import printable
@@ -74,6 +75,10 @@ def preview(name: str, channel: str, data: str, locale: str | None) -> None:
     renderer.check_name(name)
     if channel not in renderer.channels(name):
         raise click.UsageError(f"template {name!r} has no {channel} channel")
-    for part, text in renderer.render(name, channel, json_object("--data", data), locale).items():
+    values = json_object("--data", data)
+    if renderer.config(name).unsubscribe:  # the worker adds the recipient's own link
+        base = (get_settings().public_url or "https://notify.invalid").rstrip("/")
+        values.setdefault(UNSUBSCRIBE_URL, f"{base}/u/preview")
+    for part, text in renderer.render(name, channel, values, locale).items():
         click.echo(f"--- {part}")
         click.echo(printable(text, lines=True))

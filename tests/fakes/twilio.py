@@ -45,6 +45,9 @@ from email.utils import formatdate
 from typing import Any
 from urllib.parse import parse_qs
 
+import requests
+from twilio.request_validator import RequestValidator
+
 from tests.fakes._http import Answer, JsonFake, JsonServer
 
 __all__ = ["FakeTwilio", "SentMessage"]
@@ -85,6 +88,7 @@ class SentMessage:
     from_: str | None
     messaging_service_sid: str | None
     body: str
+    status_callback: str | None = None  # StatusCallback: where Twilio posts this message's receipts
 
 
 @dataclass(frozen=True)
@@ -178,6 +182,41 @@ class FakeTwilio(JsonFake):
         with self._lock:
             self._rules[to] = _fault(status, code, message, headers)
 
+    def receipt(
+        self,
+        sent: SentMessage,
+        status: str,
+        *,
+        error_code: str | None = None,
+        url: str | None = None,
+        auth_token: str | None = None,
+        account_sid: str | None = None,
+        signed: bool = True,
+    ) -> requests.Response:
+        """POST a status callback for `sent` as Twilio does: form fields signed with X-Twilio-Signature
+        (the auth token's HMAC-SHA1 over the URL and the sorted fields, as twilio's RequestValidator
+        computes it). `url`, `auth_token`, `account_sid`: another URL, key or account than the
+        message's own (a forgery); `signed=False`: no signature at all."""
+        target = url or sent.status_callback
+        assert target is not None, "the message asked for no receipts"
+        form = {
+            "AccountSid": account_sid or self.account_sid,
+            "ApiVersion": "2010-04-01",
+            "From": sent.from_ or "",
+            "MessageSid": sent.sid,
+            "MessageStatus": status,
+            "SmsSid": sent.sid,
+            "SmsStatus": status,
+            "To": sent.to,
+        }
+        if error_code is not None:
+            form["ErrorCode"] = error_code
+        headers = {}
+        if signed:
+            signer = RequestValidator(auth_token or self.auth_token)
+            headers["X-Twilio-Signature"] = signer.compute_signature(sent.status_callback or target, form)
+        return requests.post(target, data=form, headers=headers, timeout=10, allow_redirects=False)
+
     def stop(self) -> None:
         """Stop serving and cut open connections, so clients get refused."""
         self._stopped.set()  # hung requests end, unanswered
@@ -231,6 +270,7 @@ class FakeTwilio(JsonFake):
             from_=form.get("From") or None,
             messaging_service_sid=form.get("MessagingServiceSid") or None,
             body=form["Body"],
+            status_callback=form.get("StatusCallback") or None,
         )
         with self._lock:
             self._messages.append(sent)
