@@ -333,3 +333,12 @@ def test_what_was_queued_or_scheduled_before_the_suppression_is_not_sent(
     assert producer.store.claim(scheduled_id, worker) == Refusal(status=Status.SUPPRESSED)
     found = {producer.store.get(i).status for i in (queued, scheduled_id)}  # type: ignore[union-attr]
     assert found == {Status.SUPPRESSED}
+
+
+def test_suppress_says_whether_the_address_was_listed_already(
+    on_store: dict[str, str], notifier: Callable[[], Notifier]
+) -> None:
+    producer = notifier()  # on PostgreSQL the driver's rowcount of that INSERT is -1: not an answer
+    assert producer.suppress("email", "ada@example.com") is True
+    assert producer.suppress("email", "ada@example.com", reason="bounced") is False
+    assert [s.reason for s in producer.suppressions()] == [SuppressionReason.MANUAL]

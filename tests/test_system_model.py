@@ -54,6 +54,7 @@ import threading
 import time
 import types
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -79,10 +80,11 @@ from notify.errors import (
     StoreUnavailable,
     TransientDeliveryError,
 )
-from notify.models import Delivery, Status
+from notify.models import FINAL_STATUSES, Delivery, Status, SuppressionReason
 from notify.providers.base import Message, Receipt
+from notify.receipts import RECEIPT_WAIT, Receipts, Taken
 from notify.settings import Secret, Settings
-from notify.store import NewDelivery, Queued, Store
+from notify.store import Claim, NewDelivery, NewReceipt, Queued, ReceiptTarget, Refusal, Store
 from notify.store.clock import Clock, DatabaseClock
 from notify.store.schema import deliveries, workers
 from tests.conftest import REPO
@@ -97,7 +99,10 @@ HALF = 0.5  # the model's time step: maintenance's release cadence
 PROVIDER_DEADLINE = 10.0  # NOTIFY_DELIVERY_TIMEOUT: a call that never answers ends as unknown then
 END_BOUND = 240.0  # virtual seconds after the faults stop by which every delivery is final
 BASE = datetime(2026, 1, 1, tzinfo=UTC)
-FINAL = {Status.SENT, Status.FAILED, Status.DUPLICATE}
+FINAL = FINAL_STATUSES  # sent, delivered, undelivered, failed, duplicate, suppressed
+SENT_BY_IT = {Status.SENT, Status.DELIVERED, Status.UNDELIVERED}  # its provider accepted it
+SAID = {Status.DELIVERED, Status.UNDELIVERED}  # what a receipt says, once per delivery
+TOLD_ONCE = {str(s) for s in (Status.SENT, *SAID)}  # NOTIFY_ON_STATUS, at most once per delivery each
 POLICY = """
 [channels.push]
 max_attempts = 4
@@ -128,6 +133,7 @@ class Handover:
     worker: str | None  # its process's registration as a worker when it was made
     at: float
     result: str = "pending"  # accepted, refused, unknown
+    provider_id: str = ""  # the provider's id of this message, if it accepts it at once ("accept")
 
     def may_have_counted(self) -> bool:
         """Whether a second handover would be a second copy the system should have prevented:
@@ -149,6 +155,17 @@ class Run:
     wake: threading.Event = field(default_factory=threading.Event)
     outcomes: list[Outcome] | None = None
     error: BaseException | None = None
+    claimed_listed: set[str] = field(default_factory=set)  # claimed while its address was suppressed
+
+
+@dataclass(eq=False)
+class Taking:
+    """One receipt the provider sent to `notify web`, and what taking it did."""
+
+    receipt: NewReceipt
+    at: float
+    result: Taken | None = None  # None: the store did not answer (the provider sends it again)
+    judged: bool = True  # False: its result depends on a rival receipt taken meanwhile
 
 
 @dataclass(eq=False)
@@ -263,6 +280,17 @@ class Model:
         self.lock = threading.Lock()
         self.race_armed = False
         self.violations: list[str] = []
+        self.address_of: dict[str, str] = {}
+        self.listed: set[str] = set()  # addresses suppressed for every category, as the model put them
+        self.ever_listed: set[str] = set()
+        self.on_list: set[str] = set()  # for every category or for one
+        self.list_version = 0  # moves before and after each change of the list
+        self.told: Counter[tuple[str, str]] = Counter()  # NOTIFY_ON_STATUS calls per (delivery, status)
+        self.takings: list[Taking] = []
+        self.seen: dict[str, tuple[Status, str | None]] = {}  # each delivery's status as last observed
+        self.big_steps: list[float] = []  # when a clock stepped forward by RECEIPT_WAIT or more
+        self.rival: NewReceipt | None = None  # taken whole amid the next receipt notify web takes
+        self.raced = False
         config = home / "notify.toml"
         config.write_text(POLICY)
         self.settings = Settings(
@@ -276,6 +304,10 @@ class Model:
         )
         self.producer = Store(url, clock=self.db_time)
         self.producer.get("none")  # the schema
+        self.web = Store(url, clock=self.db_time)  # `notify web`'s: the providers' receipts come there
+        self.web_target = self.web.receipt_target
+        self.web.receipt_target = self.receipt_target  # type: ignore[method-assign]
+        self.web_receipts = Receipts(self.web, self.settings, on_status=self.on_status)
 
     # -- clocks ------------------------------------------------------------------
 
@@ -300,8 +332,9 @@ class Model:
                 longest_attempt(self.settings) + self.settings.lease,
             )
             heartbeat.stop()  # no thread: the model beats it, as its thread would
-            deliverer = Deliverer(self.settings, heartbeat=heartbeat)
+            deliverer = Deliverer(self.settings, heartbeat=heartbeat, on_status=self.on_status)
             deliverer.store.now = self.store_clock(proc)
+            deliverer.store.claim = functools.partial(self.claim, deliverer.store.claim)  # type: ignore[method-assign]
             maintenance_store = Store(self.url, clock=self.store_clock(proc))
             proc.maintenance = Maintenance(
                 maintenance_store,
@@ -309,6 +342,7 @@ class Model:
                 self.broker.publish,
                 channels=["push"],
                 backlog=self.broker.backlog,
+                receipts=Receipts(maintenance_store, self.settings, on_status=self.on_status),
             )
         proc.deliverer, proc.heartbeat = deliverer, heartbeat
         proc.stores = [heartbeat_store, deliverer.store, maintenance_store]
@@ -339,6 +373,7 @@ class Model:
             for store in proc.stores:
                 store.close()
         self.producer.close()
+        self.web.close()
 
     # -- the provider's edge ---------------------------------------------------------
 
@@ -352,13 +387,18 @@ class Model:
         with self.lock:
             earlier = self.handovers.setdefault(message.delivery_id, [])
             number = sum(len(h) for h in self.handovers.values()) + 1
-            handover = Handover(number, message.delivery_id, proc, worker, self.t)
+            handover = Handover(number, message.delivery_id, proc, worker, self.t, provider_id=f"h{number}")
             counted = [h for h in earlier if h.may_have_counted()]
             earlier.append(handover)
         if counted:
             self.violations.append(
                 f"delivery {message.delivery_id} handed over again by {proc.name} after "
                 + ", ".join(f"{h.proc.name}'s handover ({h.result})" for h in counted)
+            )
+        if message.delivery_id in run.claimed_listed:
+            self.violations.append(
+                f"delivery {message.delivery_id} handed over by {proc.name} on a claim taken after its "
+                f"address {self.address_of[message.delivery_id]} was suppressed (and not unsuppressed since)"
             )
         answer = run.plan
         if answer in ("late", "never"):
@@ -378,7 +418,7 @@ class Model:
             if answer == "accept_then_die":
                 self.kill(proc, settle=False)
                 raise Killed
-            return Receipt(f"h{handover.number}" if answer == "accept" else HOSTILE)
+            return Receipt(handover.provider_id if answer == "accept" else HOSTILE)
         if answer in ("transient", "hostile_transient"):
             handover.result = "refused"
             hostile = answer == "hostile_transient"
@@ -570,16 +610,20 @@ class Model:
                 raise Violation(f"{proc.name}, beating, declared dead ({sorted(newly)[0]})")
             proc.known_dead |= newly
 
-    def send(self, *, later: float | None = None, legacy: bool = False) -> None:
+    def send(self, *, later: float | None = None, legacy: bool = False, address: str | None = None) -> None:
         delivery_id = str(uuid.uuid4())
         release_at = None if later is None else self.db_time() + timedelta(seconds=later)
         status = Status.QUEUED if release_at is None else Status.SCHEDULED
-        new = NewDelivery(
-            delivery_id, "push", f"token-{len(self.ids)}", "normal", status, None, 0.0, release_at
-        )
+        address = address or f"token-{len(self.ids)}"
+        new = NewDelivery(delivery_id, "push", address, "normal", status, None, 0.0, release_at)
         notification = str(uuid.uuid4())
-        self.again(lambda: record_one(self.producer, notification, "welcome", None, '{"name": "Ada"}', [new]))
+        [recorded] = self.again(
+            lambda: record_one(self.producer, notification, "welcome", None, '{"name": "Ada"}', [new])
+        )
         self.ids.append(delivery_id)
+        self.address_of[delivery_id] = address
+        if recorded.status is Status.SUPPRESSED:  # its address is on the list: nothing to publish
+            return
         if legacy:  # a retry as notify 0.3 left it: its time in next_attempt_at only
             with self.producer.engine.begin() as conn:
                 conn.execute(
@@ -591,6 +635,219 @@ class Model:
                 )
         elif release_at is None:
             self.broker.publish([Queued(delivery_id, "push", "normal")])
+
+    # -- the suppression list ----------------------------------------------------------------
+
+    def list_and_receipt_steps(self, away: bool) -> list[tuple[int, Callable[[], None]]]:
+        """The steps of the suppression list and of the receipts, while the store answers."""
+        steps: list[tuple[int, Callable[[], None]]] = []
+        if away:
+            return steps
+        if self.ids and len(self.ids) < 12:  # to an address already used: one on the list, preferably
+            addresses = sorted(self.on_list) or sorted(set(self.address_of.values()))
+            steps.append((1, lambda: self.send(address=self.rng.choice(addresses))))
+        if self.ids:
+            steps.append((2, self.suppress))
+        if self.on_list:
+            steps.append((1, self.unsuppress))
+        if self.handovers:
+            steps.append((3, self.receipt))
+        if self.takings:
+            steps.append((1, self.receipt_again))
+        if any(h.result == "accepted" for hs in self.handovers.values() for h in hs):
+            steps.append((1, self.receipts_at_once))
+        return steps
+
+    def claim(
+        self, claim: Callable[..., Claim | Refusal], delivery_id: str, *args: Any, **kwargs: Any
+    ) -> Claim | Refusal:
+        """A worker's `Store.claim`, unchanged; noted on its attempt if the list had its address,
+        for every category, all along (from before the statement to after its answer)."""
+        address = self.address_of.get(delivery_id)
+        before = (self.list_version, address in self.listed)
+        found = claim(delivery_id, *args, **kwargs)
+        after = (self.list_version, address in self.listed)
+        run: Run | None = getattr(_here, "run", None)
+        if isinstance(found, Claim) and before == after and before[1] and run is not None:
+            run.claimed_listed.add(delivery_id)
+        return found
+
+    def suppress(self) -> None:
+        """An address of the model's deliveries goes on the list (an operator, a complaint): one
+        still to be sent preferably (queued, scheduled, held by the provider, retrying); for every
+        category, or for one its template does not have."""
+        unfinished = [i for i in self.ids if self.seen.get(i, (Status.QUEUED, None))[0] not in FINAL]
+        address = self.address_of[self.rng.choice(unfinished or self.ids)]
+        category = self.rng.choice(["", "", "news"])
+        self.list_version += 1  # a claim overlapping the change is not judged
+        if not category:
+            self.ever_listed.add(address)
+        reason = SuppressionReason.MANUAL
+        self.again(lambda: self.producer.suppress("push", address, reason, "the model", category=category))
+        self.on_list.add(address)
+        if not category:
+            self.listed.add(address)
+        self.list_version += 1
+
+    def unsuppress(self) -> None:
+        """An operator takes an address off the list (every category)."""
+        address = self.rng.choice(sorted(self.on_list))
+        self.list_version += 1
+        self.again(lambda: self.producer.unsuppress("push", address))
+        self.on_list.discard(address)
+        self.listed.discard(address)
+        self.list_version += 1
+
+    # -- receipts ----------------------------------------------------------------------------
+
+    def on_status(self, delivery_id: str, _channel: str, status: str, _code: str | None) -> None:
+        """NOTIFY_ON_STATUS: every worker's (sent, failed), and every Receipts' (web's, the sweeps')."""
+        with self.lock:
+            self.told[(delivery_id, status)] += 1
+            times = self.told[(delivery_id, status)]
+            both = all(self.told[(delivery_id, str(s))] for s in SAID)
+        if status in TOLD_ONCE and times > 1:
+            self.violations.append(f"delivery {delivery_id}: NOTIFY_ON_STATUS told {status} {times} times")
+        if both:
+            self.violations.append(f"delivery {delivery_id}: NOTIFY_ON_STATUS told delivered and undelivered")
+
+    def new_receipt(self, handover: Handover, status: Status) -> NewReceipt:
+        code = None if status is Status.DELIVERED else self.rng.choice(["30003", "30005", "30008"])
+        return NewReceipt(handover.delivery_id, "model", handover.provider_id, status, code, "the model's")
+
+    def receipt(self) -> None:
+        """The provider sends a receipt for a message handed to it: mostly one it accepted, or one
+        it still holds (the worker has not recorded `sent`), else any (a refused send's id, an
+        earlier send's); delivered or undelivered, often the opposite of one it sent before."""
+        handed = [h for hs in self.handovers.values() for h in hs]
+        accepted = [h for h in handed if h.result == "accepted"]
+        held = [h for h in handed if h.result == "pending"]
+        handover = self.rng.choice(self.rng.choices([accepted, held, handed], [6, 3, 1])[0] or handed)
+        earlier = [
+            t.receipt.status
+            for t in self.takings
+            if (t.receipt.delivery_id, t.receipt.provider_id) == (handover.delivery_id, handover.provider_id)
+        ]
+        if earlier and self.rng.random() < 0.5:  # out of order: the other one
+            status = Status.DELIVERED if earlier[-1] is Status.UNDELIVERED else Status.UNDELIVERED
+        else:
+            status = self.rng.choice([Status.DELIVERED, Status.UNDELIVERED])
+        self.take_receipt(self.new_receipt(handover, status))
+
+    def receipt_again(self) -> None:
+        """The provider sends a receipt again (it did not hear notify web's answer)."""
+        self.take_receipt(self.rng.choice(self.takings).receipt)
+
+    def receipts_at_once(self) -> None:
+        """Delivered and undelivered for one accepted message, taken by two of notify web's requests
+        at once: the second taken whole between the first's read of its delivery and its write."""
+        handover = self.rng.choice(
+            [h for hs in self.handovers.values() for h in hs if h.result == "accepted"]
+        )
+        first, second = self.rng.sample([Status.DELIVERED, Status.UNDELIVERED], 2)
+        self.rival = self.new_receipt(handover, second)
+        try:
+            self.take_receipt(self.new_receipt(handover, first))
+        finally:
+            self.rival = None
+
+    def receipt_target(self, delivery_id: str) -> ReceiptTarget | None:
+        """notify web's `Store.receipt_target`; a rival receipt, if one is due, is taken right after it."""
+        found = self.web_target(delivery_id)
+        rival, self.rival = self.rival, None
+        if rival is not None:
+            self.take_receipt(rival)
+            self.raced = True
+        return found
+
+    def take_receipt(self, receipt: NewReceipt) -> None:
+        """notify web takes `receipt` (`Receipts.take`), sent again while the store did not answer;
+        what it did is judged against what the model read just before (unless a rival raced it)."""
+        key = (receipt.delivery_id, receipt.provider_id, receipt.status)
+        earlier = [
+            t for t in self.takings if (t.receipt.delivery_id, t.receipt.provider_id, t.receipt.status) == key
+        ]
+        found = self.get(receipt.delivery_id)
+        taking = Taking(receipt, self.t)
+        self.takings.append(taking)
+        self.raced = False
+        for _ in range(3):
+            try:
+                taking.result = self.web_receipts.take(receipt)
+                break
+            except StoreUnavailable:  # a connection a past outage killed: kept, or kept the next time
+                taking.judged = False
+        if self.raced:
+            taking.judged = False
+        self.raced = False
+        after = self.get(receipt.delivery_id)
+        if after is not None:
+            self.saw(after.id, after.status, after.provider_id)
+        if taking.result is None or not taking.judged or any(t.result is None for t in earlier):
+            return
+        expected = self.what_a_receipt_does(receipt, found, repeated=bool(earlier))
+        shown = "gone" if found is None else f"{found.status} by {found.provider_id}"
+        if taking.result is not expected:
+            self.violations.append(
+                f"a receipt {receipt.status} for {receipt.provider_id} of delivery {receipt.delivery_id} "
+                f"({shown}) was taken as {taking.result}, not {expected}"
+            )
+        elif expected is Taken.MOVED and (after is None or after.status is not receipt.status):
+            self.violations.append(f"a receipt {receipt.status} moved {receipt.delivery_id} to {after}")
+
+    @staticmethod
+    def what_a_receipt_does(receipt: NewReceipt, found: Delivery | None, *, repeated: bool) -> Taken:
+        """What taking `receipt` does to its delivery, `found` just before (nothing else moving)."""
+        if repeated:
+            return Taken.REPEATED
+        if found is not None and found.status is Status.SENDING:
+            return Taken.WAITING
+        if found is not None and found.status is Status.SENT and found.provider_id == receipt.provider_id:
+            return Taken.MOVED
+        return Taken.IGNORED
+
+    def saw(self, delivery_id: str, status: Status, provider_id: str | None) -> None:
+        """A delivery's status as the model read it: a receipt's status stays, and comes only from
+        a receipt for its send; `suppressed` only to an address the list had for every category."""
+        before = self.seen.get(delivery_id)
+        self.seen[delivery_id] = (status, provider_id)
+        if before is not None and before[0] in SAID and status is not before[0]:
+            self.violations.append(f"delivery {delivery_id} was {before[0]} (a receipt's), then {status}")
+        said = [
+            t
+            for t in self.takings
+            if (t.receipt.delivery_id, t.receipt.provider_id, t.receipt.status)
+            == (delivery_id, provider_id, status)
+        ]
+        if status in SAID and not said:
+            self.violations.append(
+                f"delivery {delivery_id} {status}: no such receipt for its send {provider_id}"
+            )
+        if status is Status.SUPPRESSED and self.address_of.get(delivery_id) not in self.ever_listed:
+            self.violations.append(f"delivery {delivery_id} suppressed: its address never on the list")
+
+    def observe(self) -> None:
+        """Every delivery's status now (each step the store answers), for `saw`."""
+
+        def read() -> list[Any]:
+            with self.producer.engine.connect() as conn:
+                query = "SELECT id, status, provider_id FROM notify_deliveries"
+                return list(conn.execute(sa.text(query)).all())
+
+        for row in self.again(read):
+            self.saw(row.id, Status(row.status), row.provider_id)
+
+    def receipts_due(self) -> list[Taking]:
+        """Receipts that came while their delivery was `sending`, whose delivery is `sent` by that very
+        message now (as last observed), and that no clock step of RECEIPT_WAIT or more let lapse:
+        the sweep's to apply."""
+        return [
+            t
+            for t in self.takings
+            if t.result is Taken.WAITING
+            and not any(at >= t.at for at in self.big_steps)
+            and self.seen.get(t.receipt.delivery_id) == (Status.SENT, t.receipt.provider_id)
+        ]
 
     # -- the schedule -----------------------------------------------------------------------
 
@@ -618,6 +875,7 @@ class Model:
         choices: list[tuple[int, Callable[[], None]]] = [(6, lambda: self.advance(rng.randint(1, 4)))]
         if not away and len(self.ids) < 12:
             choices += [(3, self.send), (1, lambda: self.send(later=rng.choice([0.0, 2.0, 7.0])))]
+        choices += self.list_and_receipt_steps(away)
         if self.broker.messages and live:
 
             def take(keep: bool = False) -> None:
@@ -679,11 +937,15 @@ class Model:
         Back by at most 30 s: a held retry waits out a step back (its time is the store's).
         """
         self.clock_stepped_at = self.t
-        self.db_step += self.rng.choice([-30.0, -2.0, 2.0, 30.0, 86400.0])
+        step = self.rng.choice([-30.0, -2.0, 2.0, 30.0, 86400.0])
+        self.db_step += step
+        if step >= RECEIPT_WAIT:  # a receipt waiting for its delivery's `sent` may be settled unused
+            self.big_steps.append(self.t)
 
     def check(self) -> None:
         if self.outage is None and not self.sqlite_outage:
             self.declared_dead_only_when_cut_off_or_killed()
+            self.observe()
         if self.violations:
             raise Violation(self.violations[0])
         errors = [r.error for r in self.runs if r.error is not None]
@@ -710,7 +972,7 @@ class Model:
                 self.take(self.rng.choice(self.live()), 0, self.rng.choice(["accept", "accept", "transient"]))
             self.check()
             statuses = {i: self.status(i) for i in self.ids}
-            if all(s in FINAL for s in statuses.values()):
+            if all(s in FINAL for s in statuses.values()) and not self.receipts_due():
                 break
             self.advance(4)
         stuck = {i: s for i, s in statuses.items() if s not in FINAL}
@@ -720,16 +982,23 @@ class Model:
         self.outcomes_kept()
 
     def outcomes_kept(self) -> None:
+        due = [(t.receipt, t.at) for t in self.receipts_due()]
+        if due:
+            raise Violation(
+                f"receipts that came while their delivery was sending, still not applied {END_BOUND:.0f}s "
+                f"after the faults stopped though it was sent by their message: {due}"
+            )
+
         for delivery_id in self.ids:
             found = self.get(delivery_id)
             assert found is not None
             handed = self.handovers.get(delivery_id, [])
             accepted = [h for h in handed if h.result == "accepted"]
             kept = [h for h in accepted if not h.proc.killed]
-            if found.status == Status.SENT and not accepted:
-                raise Violation(f"delivery {delivery_id} recorded sent, never accepted")
+            if found.status in SENT_BY_IT and not accepted:
+                raise Violation(f"delivery {delivery_id} recorded {found.status}, never accepted")
             unknown = found.status == Status.FAILED and found.error_code == "outcome_unknown"
-            if kept and found.status != Status.SENT and not unknown:
+            if kept and found.status not in SENT_BY_IT and not unknown:
                 raise Violation(f"delivery {delivery_id} accepted, recorded {found.status}: an outcome lost")
 
 

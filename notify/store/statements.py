@@ -52,6 +52,7 @@ class Statements:
             )
             .values(received_at=_param("received_at", _UTC))
             .on_conflict_do_nothing(index_elements=["delivery_id", "provider_id", "status"])
+            .returning(receipts.c.delivery_id)  # psycopg's rowcount of an INSERT here is -1: no answer
         )
         self.suppress = (
             insert(suppressions)
@@ -64,6 +65,7 @@ class Statements:
                 created_at=_param("b_now", _UTC),
             )
             .on_conflict_do_nothing(index_elements=["channel", "address", "category"])
+            .returning(suppressions.c.channel)  # psycopg's rowcount of an INSERT here is -1: no answer
         )
         # What a Delivery shows, named: a producer on a store one revision behind still reads it.
         shown = (

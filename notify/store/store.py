@@ -281,8 +281,8 @@ class Store:
         with self._single() as conn:
             done = conn.execute(
                 self._sql.suppress, {**params, "b_detail": storable(detail, MAX_REASON), "b_now": self.now()}
-            )
-        return bool(done.rowcount)
+            ).first()
+        return done is not None
 
     def is_suppressed(self, channel: str, address: str, category: str | None) -> bool:
         """Whether (channel, address) is suppressed for every category or for `category`."""
@@ -506,8 +506,8 @@ class Store:
             "detail": storable(r.detail, MAX_REASON),
         }
         with self._single() as conn:
-            done = conn.execute(self._sql.add_receipt, {**row, "received_at": self.now()})
-        return bool(done.rowcount)
+            done = conn.execute(self._sql.add_receipt, {**row, "received_at": self.now()}).first()
+        return done is not None
 
     def receipt_target(self, delivery_id: str) -> ReceiptTarget | None:
         """The delivery a receipt is about, with the codes of receipts for its earlier sends."""

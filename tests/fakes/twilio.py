@@ -189,14 +189,16 @@ class FakeTwilio(JsonFake):
         *,
         error_code: str | None = None,
         url: str | None = None,
+        signed_for: str | None = None,
         auth_token: str | None = None,
         account_sid: str | None = None,
         signed: bool = True,
     ) -> requests.Response:
         """POST a status callback for `sent` as Twilio does: form fields signed with X-Twilio-Signature
         (the auth token's HMAC-SHA1 over the URL and the sorted fields, as twilio's RequestValidator
-        computes it). `url`, `auth_token`, `account_sid`: another URL, key or account than the
-        message's own (a forgery); `signed=False`: no signature at all."""
+        computes it). `url`: where to post it (default: the message's StatusCallback); `signed_for`,
+        `auth_token`, `account_sid`: another URL, key or account to sign it for than the message's
+        own (a forgery, or a replay); `signed=False`: no signature at all."""
         target = url or sent.status_callback
         assert target is not None, "the message asked for no receipts"
         form = {
@@ -214,7 +216,9 @@ class FakeTwilio(JsonFake):
         headers = {}
         if signed:
             signer = RequestValidator(auth_token or self.auth_token)
-            headers["X-Twilio-Signature"] = signer.compute_signature(sent.status_callback or target, form)
+            headers["X-Twilio-Signature"] = signer.compute_signature(
+                signed_for or sent.status_callback or target, form
+            )
         return requests.post(target, data=form, headers=headers, timeout=10, allow_redirects=False)
 
     def stop(self) -> None:

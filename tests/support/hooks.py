@@ -22,3 +22,10 @@ class BuggyProvider:
     @classmethod
     def from_settings(cls, settings: object) -> BuggyProvider:
         raise KeyError("ACME_REGION")
+
+
+def status(delivery_id: str, channel: str, status: str, code: str | None) -> None:
+    """A NOTIFY_ON_STATUS hook: appends each call to $NOTIFY_TEST_STATUS_FILE."""
+    line = json.dumps({"delivery_id": delivery_id, "channel": channel, "status": status, "code": code})
+    with open(os.environ["NOTIFY_TEST_STATUS_FILE"], "a") as f:
+        f.write(line + "\n")
