@@ -1,4 +1,5 @@
-"""README's promises point at real tests: each test its recovery table names exists."""
+"""README's promises point at real tests (each test its recovery table names exists) and at the store
+(its status table names every status)."""
 
 from __future__ import annotations
 
@@ -26,3 +27,15 @@ def test_every_test_the_recovery_table_names_exists() -> None:
             tree = ast.parse(path.read_text(encoding="utf-8"))
             defined = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
             assert function in defined, f"README names {module}::{function}, which does not exist"
+
+
+def test_the_status_table_names_every_status_the_store_keeps_once() -> None:
+    from notify.models import Status
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = text.index("| status | moved on by | bound |")
+    table = text[start : text.index("\n\n", start)]
+    first_cells = [line.split("|")[1] for line in table.splitlines()[2:]]
+    named = [name for cell in first_cells for name in re.findall(r"`(\w+)`", cell)]
+
+    assert sorted(named) == sorted(Status)
