@@ -55,6 +55,12 @@ def web(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[[], Web]]:
         process.stop()
 
 
+def status(producer: Notifier, delivery_id: str) -> Status:
+    found = producer.store.get(delivery_id)
+    assert found is not None
+    return found.status
+
+
 def settings(**variables: str) -> Settings:
     return Settings.from_env({"NOTIFY_SECRET_KEY": SECRET_KEY, **variables})
 
@@ -331,9 +337,7 @@ def test_a_delivery_queued_before_its_unsubscribe_is_not_sent(
 
     start_worker("email").wait_ready()
 
-    wait_for(
-        lambda: producer.store.get(queued.id).status == Status.SUPPRESSED, what="the newsletter suppressed"
-    )  # type: ignore[union-attr]
+    wait_for(lambda: status(producer, queued.id) == Status.SUPPRESSED, what="the newsletter suppressed")
     wait_for(lambda: producer.store.get(welcome.id).status == Status.SENT, what="the welcome sent")  # type: ignore[union-attr]
     assert [m["Subject"] for m in smtp_server.messages] == ["Welcome, Ada!"]
     assert producer.store.get(queued.id).attempts == 0  # type: ignore[union-attr]
