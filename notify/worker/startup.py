@@ -17,9 +17,11 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from notify import channels as registry
+from notify import unsubscribe
 from notify.errors import ConfigurationError, NotifyError, StoreUnavailable, one_line
 from notify.policy import load_policies
 from notify.providers import load_provider
+from notify.rendering import Renderer
 from notify.settings import Settings, load_hook
 from notify.store import Store
 
@@ -48,10 +50,23 @@ def preflight(settings: Settings, channels: Sequence[str]) -> None:
             setting="NOTIFY_TEMPLATES_DIR",
         )
     load_policies(settings.resolved_config_path, registry.default_policies())
+    _warn_about_unsubscribe_links(settings)
     for channel in channels:
         load_provider(channel, settings).close()
     check_schema(settings)
     _passed.add(key)
+
+
+def _warn_about_unsubscribe_links(settings: Settings) -> None:
+    """Say which unsubscribe = true templates cannot be sent for want of their settings (send()
+    refuses them; a worker still serves every other template)."""
+    renderer = Renderer(settings.templates_dir)
+    for name in renderer.names():
+        try:
+            if renderer.config(name).unsubscribe:
+                unsubscribe.check_settings(settings, name)
+        except NotifyError as exc:  # a broken template.toml: `notify templates check` says more
+            log.warning("%s", exc)
 
 
 def check_schema(settings: Settings) -> None:
