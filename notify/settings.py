@@ -377,12 +377,21 @@ def check_url(variable: str, url: str | None, schemes: tuple[str, ...]) -> None:
         raise ConfigurationError(f"{variable} has an invalid host or port", setting=variable) from None
 
 
+_PUBLIC_URL = re.compile(r"https?://[!-;=?-~]+")
+
+
 def _check_public_url(url: str | None) -> None:
     """NOTIFY_PUBLIC_URL: an absolute http(s) base URL, nothing after its path."""
     if url is None:
         return
     check_url("NOTIFY_PUBLIC_URL", url, ("http", "https"))
     parts = urlsplit(url)
+    if not _PUBLIC_URL.fullmatch(url):  # it goes into List-Unsubscribe as it is: one plain header token
+        raise ConfigurationError(
+            "NOTIFY_PUBLIC_URL must be printable ASCII without spaces, < or > "
+            "(write an international domain as xn--...)",
+            setting="NOTIFY_PUBLIC_URL",
+        )
     if not parts.hostname or parts.query or parts.fragment or parts.username or parts.password:
         raise ConfigurationError(
             f"NOTIFY_PUBLIC_URL must be a base URL like https://notify.example.com, not {url!r}",

@@ -292,3 +292,77 @@ def status_of(store: Store, delivery_id: str) -> Status:
     found = store.get(delivery_id)
     assert found is not None
     return found.status
+
+
+def unknown_outcome(store: Store) -> Claim:
+    """An SMS a worker was handing over when it was taken for dead: failed as outcome_unknown."""
+    claim = claimed_sms(store)
+    assert store.handing_over(claim)
+    assert store.abandon(claim.delivery_id, claim.token, "taken for dead", handed_over=True)
+    return claim
+
+
+def test_a_delivered_receipt_resolves_an_unknown_outcome_and_its_late_answer_changes_nothing(
+    store: Store, tmp_path: Path
+) -> None:
+    """Review: it stayed in the dead letters, and `dlq replay` sent the SMS again."""
+    receipts = Receipts(store, Settings.from_env({"NOTIFY_HOME": str(tmp_path)}))
+    claim = unknown_outcome(store)
+
+    assert receipts.take(NewReceipt(claim.delivery_id, "model", "SM1", Status.DELIVERED)) == Taken.MOVED
+
+    known = store.get(claim.delivery_id)
+    assert known is not None
+    assert (known.status, known.provider_id, known.error_code) == (Status.DELIVERED, "SM1", None)
+    assert not store.mark_sent(claim, "SM1")  # the worker's late answer: told nothing new
+    assert store.replay([claim.delivery_id]) == []  # not a dead letter any more
+
+
+def test_an_undelivered_receipt_waits_for_an_unknown_outcome_to_be_answered(
+    store: Store, tmp_path: Path
+) -> None:
+    receipts = Receipts(store, Settings.from_env({"NOTIFY_HOME": str(tmp_path)}))
+    claim = unknown_outcome(store)
+
+    assert (
+        receipts.take(NewReceipt(claim.delivery_id, "model", "SM1", Status.UNDELIVERED, code="30007"))
+        == Taken.WAITING
+    )
+    assert store.mark_sent(claim, "SM1")  # its worker came back with Twilio's answer
+    assert receipts.settle_waiting() == 1
+
+    assert status_of(store, claim.delivery_id) == Status.UNDELIVERED
+
+
+def test_a_delivered_receipt_for_the_first_send_stops_its_30003_retry(store: Store, tmp_path: Path) -> None:
+    """Review: the retry went out although the first SMS had arrived."""
+    receipts = Receipts(store, Settings.from_env({"NOTIFY_HOME": str(tmp_path)}))
+    claim = claimed_sms(store)
+    assert store.handing_over(claim) and store.mark_sent(claim, "SM1")
+    unreachable = NewReceipt(claim.delivery_id, "twilio", "SM1", Status.UNDELIVERED, code="30003")
+
+    assert receipts.take(unreachable) == Taken.MOVED
+    assert status_of(store, claim.delivery_id) == Status.RETRYING
+    assert receipts.take(NewReceipt(claim.delivery_id, "twilio", "SM1", Status.DELIVERED)) == Taken.MOVED
+
+    assert status_of(store, claim.delivery_id) == Status.DELIVERED
+    assert store.release_due() == []  # nothing left to send again
+    kept = {r["status"]: r["effect"] for r in store.receipts_of(claim.delivery_id)}
+    assert kept == {"undelivered": "retrying", "delivered": "delivered"}
+
+
+def test_a_receipt_settled_twice_keeps_the_effect_of_the_settler_that_moved_it(
+    store: Store, tmp_path: Path
+) -> None:
+    """Review: web and the sweep settling one waiting receipt at once: the loser wiped the effect."""
+    claim = claimed_sms(store)
+    assert store.handing_over(claim) and store.mark_sent(claim, "SM1")
+    receipt = NewReceipt(claim.delivery_id, "model", "SM1", Status.DELIVERED)
+    assert store.add_receipt(receipt)
+
+    assert store.settle_receipt(receipt, Status.DELIVERED)
+    assert not store.settle_receipt(receipt, Status.DELIVERED)  # the other settler, a moment later
+
+    assert [(r["status"], r["effect"]) for r in store.receipts_of(claim.delivery_id)] == [
+        ("delivered", "delivered")
+    ]

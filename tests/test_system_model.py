@@ -787,7 +787,7 @@ class Model:
             return
         expected = self.what_a_receipt_does(receipt, found, repeated=bool(earlier))
         shown = "gone" if found is None else f"{found.status} by {found.provider_id}"
-        if taking.result is not expected:
+        if expected is not None and taking.result is not expected:
             self.violations.append(
                 f"a receipt {receipt.status} for {receipt.provider_id} of delivery {receipt.delivery_id} "
                 f"({shown}) was taken as {taking.result}, not {expected}"
@@ -796,15 +796,21 @@ class Model:
             self.violations.append(f"a receipt {receipt.status} moved {receipt.delivery_id} to {after}")
 
     @staticmethod
-    def what_a_receipt_does(receipt: NewReceipt, found: Delivery | None, *, repeated: bool) -> Taken:
-        """What taking `receipt` does to its delivery, `found` just before (nothing else moving)."""
+    def what_a_receipt_does(receipt: NewReceipt, found: Delivery | None, *, repeated: bool) -> Taken | None:
+        """What taking `receipt` does to its delivery, `found` just before (nothing else moving);
+        None where that is a judgement of its own (a `delivered` receipt for another send, one for
+        an unknown outcome: notify.receipts says what it makes of those)."""
         if repeated:
             return Taken.REPEATED
-        if found is not None and found.status is Status.SENDING:
+        if found is None:
+            return Taken.IGNORED
+        if found.status is Status.SENDING:
             return Taken.WAITING
-        if found is not None and found.status is Status.SENT and found.provider_id == receipt.provider_id:
+        if found.status is Status.SENT and found.provider_id == receipt.provider_id:
             return Taken.MOVED
-        return Taken.IGNORED
+        if found.status in SAID or found.status in (Status.DUPLICATE, Status.SUPPRESSED):
+            return Taken.IGNORED  # final already, or never sent
+        return None
 
     def saw(self, delivery_id: str, status: Status, provider_id: str | None) -> None:
         """A delivery's status as the model read it: a receipt's status stays, and comes only from
@@ -813,18 +819,23 @@ class Model:
         self.seen[delivery_id] = (status, provider_id)
         if before is not None and before[0] in SAID and status is not before[0]:
             self.violations.append(f"delivery {delivery_id} was {before[0]} (a receipt's), then {status}")
-        said = [
-            t
-            for t in self.takings
-            if (t.receipt.delivery_id, t.receipt.provider_id, t.receipt.status)
-            == (delivery_id, provider_id, status)
-        ]
-        if status in SAID and not said:
+        if status in SAID and not self.said(delivery_id, status, provider_id):
             self.violations.append(
                 f"delivery {delivery_id} {status}: no such receipt for its send {provider_id}"
             )
         if status is Status.SUPPRESSED and self.address_of.get(delivery_id) not in self.ever_listed:
             self.violations.append(f"delivery {delivery_id} suppressed: its address never on the list")
+
+    def said(self, delivery_id: str, status: Status, provider_id: str | None) -> bool:
+        """Whether the provider sent a receipt that could make it `status`: `undelivered` for the very
+        send it is `sent` by; `delivered` for any of its sends (the recipient has it: it may end an
+        unknown outcome or a retry as delivered)."""
+        return any(
+            t.receipt.delivery_id == delivery_id
+            and t.receipt.status is status
+            and (status is Status.DELIVERED or t.receipt.provider_id == provider_id)
+            for t in self.takings
+        )
 
     def observe(self) -> None:
         """Every delivery's status now (each step the store answers), for `saw`."""
@@ -995,7 +1006,8 @@ class Model:
             handed = self.handovers.get(delivery_id, [])
             accepted = [h for h in handed if h.result == "accepted"]
             kept = [h for h in accepted if not h.proc.killed]
-            if found.status in SENT_BY_IT and not accepted:
+            proven = found.status is Status.DELIVERED and self.said(delivery_id, found.status, None)
+            if found.status in SENT_BY_IT and not accepted and not proven:
                 raise Violation(f"delivery {delivery_id} recorded {found.status}, never accepted")
             unknown = found.status == Status.FAILED and found.error_code == "outcome_unknown"
             if kept and found.status not in SENT_BY_IT and not unknown:

@@ -1,12 +1,16 @@
 """Receipts: what a provider says about a message after it accepted it, and what notify does then.
 
 A receipt moves a `sent` delivery to `delivered` or `undelivered`, once: it
-is kept as it came (a provider's retry of it changes nothing), and it acts
-only on the delivery still `sent` by the very message it is about (a later,
-lesser receipt, or one for an earlier send of a retried delivery, settles
-with no effect). A receipt that comes before the worker recorded `sent`
-waits, unsettled, and the sweep settles it once `sent` is recorded
-(`settle_waiting`, every worker's maintenance), within RECEIPT_WAIT at most.
+is kept as it came (a provider's retry of it changes nothing). `undelivered`
+acts only on the delivery still `sent` by the very message it is about (a
+later, lesser receipt, or one for an earlier send of a retried delivery,
+settles with no effect). `delivered` says the recipient has the message,
+whichever send it was about, so it also ends a delivery that was to be sent
+again (`retrying`, `queued`) or that failed, an unknown outcome included:
+notify never sends a second copy of what a provider confirmed. A receipt that
+comes while its delivery is `sending` (or an unknown outcome whose worker may
+still answer) waits, unsettled, and the sweep settles it once the outcome is
+recorded (`settle_waiting`, every worker's maintenance), within RECEIPT_WAIT.
 
 Each provider's receipts are one module of this package: it verifies and
 reads the provider's request (`notify web` routes it) and judges each code
@@ -25,11 +29,11 @@ from datetime import timedelta
 from typing import Protocol
 
 from notify import channels as registry
-from notify.errors import StoreUnavailable
+from notify.errors import CoreCode, StoreUnavailable
 from notify.models import Status, SuppressionReason
 from notify.policy import ChannelPolicy, load_policies
 from notify.settings import Settings, StatusHook
-from notify.store import NewReceipt, Store
+from notify.store import NewReceipt, ReceiptTarget, Store
 
 __all__ = ["RECEIPT_WAIT", "SOURCES", "Judgement", "Receipts", "Taken"]
 
@@ -37,6 +41,8 @@ log = logging.getLogger("notify.receipts")
 
 RECEIPT_WAIT = 3600.0  # seconds a receipt waits for its delivery's `sent` before it is settled unused
 SOURCES = {"twilio": "notify.receipts.twilio"}  # provider -> the module that reads its receipts
+# What a `delivered` receipt moves on whichever send it was about (never sending: that claim's own).
+_PROVEN = frozenset({Status.SENT, Status.RETRYING, Status.QUEUED, Status.FAILED})
 
 
 @dataclass(frozen=True)
@@ -88,9 +94,19 @@ class Receipts:
 
     def _settle(self, receipt: NewReceipt, *, waited: float) -> Taken:
         target = self.store.receipt_target(receipt.delivery_id)
-        if target is not None and target.status is Status.SENDING and waited < RECEIPT_WAIT:
-            return Taken.WAITING  # its worker has not recorded `sent` yet
-        if target is None or target.status is not Status.SENT or target.provider_id != receipt.provider_id:
+        if target is None:
+            self.store.settle_receipt(receipt)
+            return Taken.IGNORED
+        if receipt.status is Status.DELIVERED and target.status in _PROVEN:
+            # Signed for this delivery's own callback: the recipient has it, whichever send it was
+            # about. A retry of it is not made; an unknown outcome in the dead letters is known.
+            if not self.store.settle_receipt(receipt, proven=True):
+                return Taken.IGNORED
+            return self._moved(receipt, target, Status.DELIVERED)
+        unknown = target.status is Status.FAILED and target.error_code == CoreCode.OUTCOME_UNKNOWN
+        if (target.status is Status.SENDING or unknown) and waited < RECEIPT_WAIT:
+            return Taken.WAITING  # its worker has not recorded `sent` yet, and may still
+        if target.status is not Status.SENT or target.provider_id != receipt.provider_id:
             self.store.settle_receipt(receipt)
             return Taken.IGNORED
         judgement = _judge(receipt)
@@ -110,6 +126,9 @@ class Receipts:
         if judgement.suppress is not None:
             detail = f"{receipt.provider} {receipt.code}: {receipt.detail or 'receipt'}"
             self._suppress(target.channel, target.address, judgement.suppress, detail)
+        return self._moved(receipt, target, becomes)
+
+    def _moved(self, receipt: NewReceipt, target: ReceiptTarget, becomes: Status) -> Taken:
         log.info(
             "delivery %s: %s (receipt from %s%s)",
             receipt.delivery_id,

@@ -75,6 +75,7 @@ class ReceiptTarget:
     status: Status
     provider_id: str | None
     attempts: int
+    error_code: str | None  # its last error's code (outcome_unknown: maybe sent, maybe not)
     earlier_codes: frozenset[str]  # codes of receipts for earlier sends of this delivery (a retry's memory)
 
 

@@ -514,9 +514,9 @@ class Store:
         d, r = deliveries.c, receipts.c
         with self._guard(), self.engine.connect() as conn:
             row = conn.execute(
-                sa.select(d.id, d.channel, d.address, d.status, d.provider_id, d.attempts).where(
-                    d.id == delivery_id
-                )
+                sa.select(
+                    d.id, d.channel, d.address, d.status, d.provider_id, d.attempts, d.error_code
+                ).where(d.id == delivery_id)
             ).first()
             if row is None:
                 return None
@@ -535,17 +535,43 @@ class Store:
             status=Status(row.status),
             provider_id=row.provider_id,
             attempts=row.attempts,
+            error_code=row.error_code,
             earlier_codes=codes,
         )
 
     def settle_receipt(
-        self, r: NewReceipt, becomes: Status | None = None, retry_at: datetime | None = None
+        self,
+        r: NewReceipt,
+        becomes: Status | None = None,
+        retry_at: datetime | None = None,
+        *,
+        proven: bool = False,
     ) -> bool:
         """Settle receipt `r`: move its delivery from `sent` (by the message `r` is about) to
         `becomes` (RETRYING: released at `retry_at`), and say so; False if it did not move (it
-        was not `sent` by that message any more: an earlier receipt or a newer send won)."""
+        was not `sent` by that message any more: an earlier receipt or a newer send won).
+
+        `proven`: `r` says the recipient has the message, whichever send it was about: the
+        delivery becomes `delivered` from sent, retrying, queued or failed (a retry of a send
+        that did arrive is not made; an unknown outcome is known), never from sending.
+        """
         d, rc = deliveries.c, receipts.c
         values: dict[str, Any] = {}
+        moving = sa.and_(d.provider_id == r.provider_id, d.status == Status.SENT)
+        if proven:
+            becomes = Status.DELIVERED
+            moving = d.status.in_([Status.SENT, Status.RETRYING, Status.QUEUED, Status.FAILED])
+            values = {
+                "provider_id": sa.func.coalesce(d.provider_id, r.provider_id),
+                "error_code": None,
+                "last_error": None,
+                "failed_at": None,
+                "release_at": None,
+                "next_attempt_at": None,
+                "claim_token": None,  # an unknown outcome's late answer can tell nothing more
+                "worker_id": None,
+                "handed_over_at": None,
+            }
         if becomes is Status.RETRYING:
             values = {"release_at": retry_at, "next_attempt_at": retry_at}
         if becomes in (Status.RETRYING, Status.UNDELIVERED):
@@ -557,14 +583,17 @@ class Store:
                 moved = bool(
                     conn.execute(
                         deliveries.update()
-                        .where(d.id == r.delivery_id, d.provider_id == r.provider_id, d.status == Status.SENT)
+                        .where(d.id == r.delivery_id, moving)
                         .values(status=becomes, updated_at=now, **values)
                     ).rowcount
                 )
             conn.execute(
                 receipts.update()
                 .where(
-                    rc.delivery_id == r.delivery_id, rc.provider_id == r.provider_id, rc.status == r.status
+                    rc.delivery_id == r.delivery_id,
+                    rc.provider_id == r.provider_id,
+                    rc.status == r.status,
+                    rc.settled_at.is_(None),  # settled once: a racing second settler keeps the first's effect
                 )
                 .values(settled_at=now, effect=becomes if moved else None)
             )

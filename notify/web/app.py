@@ -132,7 +132,10 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
-    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    path = request.url.path
+    if path.startswith(unsubscribe.PATH):  # never the token: it holds an address
+        path = unsubscribe.PATH + "{token}"
+    log.error("%s %s failed", request.method, path, exc_info=exc)
     return PlainTextResponse("internal error", status_code=500)
 
 

@@ -83,6 +83,20 @@ MUTANTS: dict[str, Mutant] = {
         (("sa.and_(_of_dead_worker(), d.handed_over_at.is_(None))", "_of_dead_worker()"),),
         "the sweep handing on a dead worker's claim it was handing over",
     ),
+    "claim_ignores_suppression": Mutant(
+        "notify.store.statements",
+        None,
+        "_claim_statement",
+        ((", alive, ~suppressed(d.channel, d.address))", ", alive)"),),
+        "the claim taking a delivery whose address was suppressed since it was queued",
+    ),
+    "receipt_overwrites_final": Mutant(
+        "notify.store.store",
+        "Store",
+        "settle_receipt",
+        (("d.provider_id == r.provider_id, d.status == Status.SENT)", "d.provider_id == r.provider_id)"),),
+        "a receipt moving its delivery whatever its status now (a later one overwriting a final one)",
+    ),
 }
 
 
