@@ -127,6 +127,10 @@ def test_an_unsubscribe_template_needs_the_public_url_and_the_secret_key(
         ("NOTIFY_PUBLIC_URL", "ftp://notify.example.com", "must start with one of http://, https://"),
         ("NOTIFY_PUBLIC_URL", "https://notify.example.com/?next=1", "must be a base URL"),
         ("NOTIFY_PUBLIC_URL", "https://user:pw@notify.example.com", "must be a base URL"),
+        # each would have made every unsubscribe email fail at its worker (List-Unsubscribe refuses it)
+        ("NOTIFY_PUBLIC_URL", "https://bücher.example", "printable ASCII"),
+        ("NOTIFY_PUBLIC_URL", "https://n.example.com/a b", "printable ASCII"),
+        ("NOTIFY_PUBLIC_URL", "https://n.example.com/<x>", "printable ASCII"),
         ("NOTIFY_ON_STATUS", "not a hook", "must be 'module:function'"),
     ],
 )
