@@ -394,7 +394,9 @@ def _check_public_url(url: str | None) -> None:
         )
     if not parts.hostname or parts.query or parts.fragment or parts.username or parts.password:
         raise ConfigurationError(
-            f"NOTIFY_PUBLIC_URL must be a base URL like https://notify.example.com, not {url!r}",
+            # The value is not echoed: it may carry user:password.
+            "NOTIFY_PUBLIC_URL must be a base URL like https://notify.example.com "
+            "(no user, password, query or fragment)",
             setting="NOTIFY_PUBLIC_URL",
         )
 
