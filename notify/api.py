@@ -34,7 +34,7 @@ from notify.models import (
     utc_send_at,
 )
 from notify.policy import ChannelPolicy, load_policies
-from notify.rendering import Renderer, check_locale
+from notify.rendering import TRANSACTIONAL, Renderer, check_locale, is_category
 from notify.settings import Settings, get_settings
 from notify.store import NewDelivery, NewNotification, Queued, Store
 
@@ -304,13 +304,17 @@ class Notifier:
         found = set(done) | set(left)
         return Replayed(replayed=done, not_found=[i for i in ids or [] if i not in found], suppressed=left)
 
-    def suppress(self, channel: str, address: str, reason: str = "manual") -> bool:
+    def suppress(
+        self, channel: str, address: str, reason: str = "manual", *, category: str | None = None
+    ) -> bool:
         """Send nothing more to `address` on `channel`: later sends to it are recorded `suppressed`.
 
         Args:
             channel: a registered channel's name ("email", "sms", ...).
             address: as `send()` takes it for that channel; kept in the form it sends to.
             reason: a `SuppressionReason` value; "manual" when a person decides.
+            category: only the templates of this category (template.toml), as an unsubscribe
+                does; None: every template, transactional ones included.
 
         Returns:
             False if it was on the list already (its first reason is kept).
@@ -322,7 +326,11 @@ class Notifier:
         if not isinstance(reason, str) or reason not in set(SuppressionReason):
             choices = ", ".join(SuppressionReason)
             raise ValidationError("reason", f"{shown(reason)} is not a suppression reason ({choices})")
-        return self.store.suppress(spec.name, normal, reason, "by hand")
+        if category is not None and (not is_category(category) or category == TRANSACTIONAL):
+            raise ValidationError(
+                "category", f"{shown(category)} is not a template category (lowercase, not transactional)"
+            )
+        return self.store.suppress(spec.name, normal, reason, "by hand", category=category or "")
 
     def unsuppress(self, channel: str, address: str) -> bool:
         """Take `address` off `channel`'s suppression list (every category); False if it was not on it.

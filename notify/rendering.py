@@ -50,6 +50,11 @@ class TemplateConfig:
     unsubscribe: bool = False
 
 
+def is_category(value: object) -> bool:
+    """Whether `value` can name a template category (lowercase letters, digits, _ and -)."""
+    return isinstance(value, str) and _CATEGORY.fullmatch(value) is not None
+
+
 def parse_config(text: str, where: str) -> TemplateConfig:
     """A template.toml's content as a `TemplateConfig`; `TemplateError` naming `where` if it is wrong."""
     try:
@@ -60,7 +65,7 @@ def parse_config(text: str, where: str) -> TemplateConfig:
     if unknown:
         raise TemplateError("template", f"{where}: unknown key {unknown[0]!r} (known: category, unsubscribe)")
     category = table.get("category", TRANSACTIONAL)
-    if not isinstance(category, str) or not _CATEGORY.fullmatch(category):
+    if not is_category(category):
         raise TemplateError(
             "template",
             f"{where}: category must be lowercase letters, digits, _ or - (64 at most), "

@@ -364,3 +364,33 @@ def test_notify_web_refuses_to_start_without_its_secret_key_or_on_an_older_schem
     older = notify_cli(env, tmp_path, "web", "--port", "1")
     assert older.returncode == 2 and "notify db upgrade" in older.stderr
     assert len(older.stderr.strip().splitlines()) == 1
+
+
+def test_an_operator_can_unsubscribe_an_address_from_one_category_by_hand(
+    env: dict[str, str], tmp_path: Path, notifier: Callable[[], Notifier]
+) -> None:
+    web_env(env)
+    added = notify_cli(
+        env,
+        tmp_path,
+        "suppressions",
+        "add",
+        "email",
+        ADA,
+        "--reason",
+        "unsubscribed",
+        "--category",
+        "marketing",
+    )
+    refused = [
+        notify_cli(env, tmp_path, "suppressions", "add", "email", ADA, "--category", bad)
+        for bad in ("Marketing!", "transactional", "")
+    ]
+    producer = notifier()
+
+    assert added.returncode == 0, added.stderr
+    assert [(r.returncode, r.stderr.count("\n")) for r in refused] == [(2, 1)] * 3
+    assert all("is not a template category" in r.stderr for r in refused)
+    assert [(s.category, s.reason.value) for s in producer.suppressions()] == [("marketing", "unsubscribed")]
+    assert producer.send("newsletter", {"email": ADA}, data=NEWS).deliveries[0].status == Status.SUPPRESSED
+    assert producer.send("welcome", {"email": ADA}, data={"name": "A"}).deliveries[0].status == Status.QUEUED

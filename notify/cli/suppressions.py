@@ -66,10 +66,11 @@ def list_(channel: str | None, limit: int, as_json: bool) -> None:
     default=SuppressionReason.MANUAL.value,
     show_default=True,
 )
+@click.option("--category", help="Only templates of this category (template.toml); default: all of them.")
 @reports_errors
-def add(channel: str, address: str, reason: str) -> None:
+def add(channel: str, address: str, reason: str, category: str | None) -> None:
     """Send nothing more to ADDRESS on CHANNEL: later sends are recorded `suppressed`."""
-    added = notifier().suppress(channel, address, reason)
+    added = notifier().suppress(channel, address, reason, category=category)
     click.echo(f"{'suppressed' if added else 'already suppressed'}: {channel} {printable(address)}")
 
 
