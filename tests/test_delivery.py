@@ -293,7 +293,7 @@ def test_a_burst_stamps_only_the_deliveries_that_wait_and_delivers_each_in_turn(
 
 def test_the_attempt_statuses_and_core_codes_keep_the_strings_tasks_logs_and_operators_see() -> None:
     """The task returns these strings and the store keeps the codes: renaming one breaks a filter."""
-    assert list(AttemptStatus) == ["sent", "retrying", "failed", "skipped", "lost", "error"]
+    assert list(AttemptStatus) == ["sent", "retrying", "failed", "skipped", "lost", "suppressed", "error"]
     assert list(CoreProvider) == ["templates", "config", "notify"]
     assert list(CoreCode) == ["template", "configuration", "address", "bug", "outcome_unknown"]
     assert OutcomeUnknownError.CODE == "outcome_unknown"

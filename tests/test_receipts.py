@@ -172,9 +172,11 @@ def test_an_undelivered_receipt_keeps_its_code_30003_is_retried_once_and_21610_s
     wait_for(lambda: status(producer, unreachable_id) == Status.SENT, what="the second send recorded")
     second = twilio.messages[2]
     assert second.sid != first.sid and second.status_callback == first.status_callback
-    assert twilio.receipt(first, "delivered").status_code == 204  # about the first send: no effect
+    assert twilio.receipt(first, "undelivered", error_code="30003").status_code == 204  # a repeat
     assert status(producer, unreachable_id) == Status.SENT
     assert twilio.receipt(second, "undelivered", error_code="30003").status_code == 204  # once only
+    assert status(producer, unreachable_id) == Status.UNDELIVERED
+    assert twilio.receipt(first, "delivered").status_code == 204  # the first final status stays
     assert status(producer, unreachable_id) == Status.UNDELIVERED
     assert len(twilio.messages) == 3
 

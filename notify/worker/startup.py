@@ -50,10 +50,10 @@ def preflight(settings: Settings, channels: Sequence[str]) -> None:
             setting="NOTIFY_TEMPLATES_DIR",
         )
     load_policies(settings.resolved_config_path, registry.default_policies())
-    _warn_about_unsubscribe_links(settings)
     for channel in channels:
         load_provider(channel, settings).close()
     check_schema(settings)
+    _warn_about_unsubscribe_links(settings)  # last: a refused start says one line, its reason
     _passed.add(key)
 
 
