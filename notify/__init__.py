@@ -7,6 +7,7 @@ notify.send_many([notify.Intent("welcome", to={"email": "bob@example.com"}, data
 """
 
 from notify.api import send, send_many, status, suppress, suppressions, unsuppress
+from notify.constants import VERSION as _VERSION
 from notify.errors import (
     ConfigurationError,
     DeliveryError,
@@ -29,6 +30,8 @@ from notify.models import (
     Suppression,
     SuppressionReason,
 )
+
+__version__ = _VERSION  # pyproject.toml's, as installed: one place
 
 __all__ = [
     "ConfigurationError",

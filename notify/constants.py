@@ -9,6 +9,7 @@ timings must relate, so a change that breaks a promise fails there.
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
 from typing import Final
 
 from notify.models import Priority
@@ -112,3 +113,14 @@ park a delivery outside the dead letters."""
 
 # The variable (and rendered entry) carrying an unsubscribe = true template's one-click link.
 UNSUBSCRIBE_URL: Final = "unsubscribe_url"
+
+
+def _installed_version() -> str:
+    try:
+        return version("notify-celery-delivery")  # `notify` itself is taken on PyPI
+    except PackageNotFoundError:  # imported from a checkout that was never installed
+        return "0+unknown"
+
+
+# notify's version: pyproject.toml's, as installed (`notify.__version__`, `notify --version`).
+VERSION: Final = _installed_version()

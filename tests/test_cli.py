@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -296,3 +297,49 @@ def test_an_sms_worker_on_twilio_without_credentials_refuses_to_start(
 def test_a_worker_with_an_unknown_backend_refuses_to_start(env: dict[str, str], tmp_path: Path) -> None:
     completed = notify_cli({**env, "NOTIFY_PUSH_BACKEND": "carrier-pigeon"}, tmp_path, "worker", "push")
     assert_one_line_error(completed, "NOTIFY_PUSH_BACKEND", "carrier-pigeon")
+
+
+def test_version_and_short_help(env: dict[str, str], tmp_path: Path) -> None:
+    import notify
+
+    for flag in ("--version", "-V"):
+        shown = notify_cli(env, tmp_path, flag)
+        assert (shown.returncode, shown.stdout) == (0, f"notify {notify.__version__}\n")
+    for argv in (["-h"], ["templates", "-h"], ["suppressions", "add", "-h"]):
+        helped = notify_cli(env, tmp_path, *argv)
+        assert helped.returncode == 0 and helped.stdout.startswith("Usage: notify"), helped.stderr
+
+
+def test_templates_check_fails_on_a_missing_or_empty_folder(env: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    missing = notify_cli(
+        {**env, "NOTIFY_TEMPLATES_DIR": str(tmp_path / "nope")}, tmp_path, "templates", "check"
+    )
+    empty = notify_cli(
+        {**env, "NOTIFY_TEMPLATES_DIR": str(tmp_path / "empty")}, tmp_path, "templates", "check"
+    )
+
+    assert (missing.returncode, missing.stdout) == (1, "")
+    assert (
+        missing.stderr.strip() == f"error: NOTIFY_TEMPLATES_DIR {str(tmp_path / 'nope')!r} is not a directory"
+    )
+    assert (empty.returncode, empty.stdout) == (1, "")
+    assert empty.stderr.strip() == f"error: no templates under {str(tmp_path / 'empty')!r}"
+
+
+def test_templates_list_shows_a_broken_template_with_why_and_the_others(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    root = tmp_path / "tpl"
+    shutil.copytree(REPO / "templates", root)
+    (root / "welcome" / "email.txt.j2").write_text("{{ name }\n")
+    listed = notify_cli({**env, "NOTIFY_TEMPLATES_DIR": str(root)}, tmp_path, "templates", "list")
+    as_json = notify_cli({**env, "NOTIFY_TEMPLATES_DIR": str(root)}, tmp_path, "templates", "list", "--json")
+
+    assert listed.returncode == 0 and "Traceback" not in listed.stderr
+    rows = {line.split()[0]: line for line in listed.stdout.splitlines()[1:]}
+    assert "broken: welcome/email.txt.j2:1: unexpected '}'" in rows["welcome"]
+    assert "order_id" in rows["order_shipped"]
+    assert {r["name"]: r.get("problem") for r in json.loads(as_json.stdout)}["welcome"] == (
+        "welcome/email.txt.j2:1: unexpected '}'"
+    )

@@ -168,9 +168,12 @@ def test_a_template_that_does_not_read_or_parse_is_one_line(
     (hostile_templates / ("broken" if template == "latin" else "latin")).rename(hostile_templates / "_aside")
     if command == "send":
         args = ["send", template, "--to-email", "ada@example.com", "--data", '{"name": "Ada"}']
-    else:
-        args = ["templates", "list"]
-    assert_refused(run(*args), home, reason)
+        assert_refused(run(*args), home, reason)
+        return
+    listed = run("templates", "list")  # every template listed, the broken one with why: no traceback
+    assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed.stderr
+    [row] = [line for line in listed.stdout.splitlines() if line.startswith(template + " ")]
+    assert row.endswith("broken: " + reason.removeprefix("template: "))
 
 
 def test_templates_check_names_a_template_that_is_not_utf8(run: Run, hostile_templates: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SOURCES = ("pyproject.toml", "README.md", "notify", "workers", "templates", "tests", "benchmarks")
+SOURCES = ("pyproject.toml", "README.md", "LICENSE", "notify", "workers", "templates", "tests", "benchmarks")
 IGNORED = shutil.ignore_patterns("__pycache__", "*.egg-info", "build", "results")
 
 
@@ -84,3 +84,18 @@ def test_dependency_floors_are_at_or_past_the_security_fixes() -> None:
     for name, fixed in SECURITY_FLOORS.items():
         assert name in floors, f"{name} is not a declared dependency"
         assert floors[name] >= Version(fixed), f"{name} may resolve below {fixed}"
+
+
+@pytest.mark.timeout(60)
+def test_the_wheel_carries_the_mit_licence_and_one_version(wheel: zipfile.ZipFile) -> None:
+    import tomllib
+
+    import notify
+
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    licences = [n for n in wheel.namelist() if n.split("/")[-1] == "LICENSE"]
+    metadata = next(n for n in wheel.namelist() if n.endswith(".dist-info/METADATA"))
+
+    assert licences and "MIT License" in wheel.read(licences[0]).decode()
+    assert f"Version: {declared}" in wheel.read(metadata).decode()
+    assert notify.__version__ == declared  # from the installed metadata: pyproject.toml is the one place

@@ -13,9 +13,11 @@ from notify.cli.sending import send, send_many, status
 from notify.cli.suppressions import suppressions
 from notify.cli.templates import templates
 from notify.cli.web import web
+from notify.constants import VERSION
 
 
-@click.group(cls=NotifyGroup)
+@click.group(cls=NotifyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(VERSION, "--version", "-V", prog_name="notify", message="%(prog)s %(version)s")
 def main() -> None:
     """notify: deliver notifications over email, SMS, push, webhooks and the channels you add."""
 

@@ -1,3 +1,3 @@
 from notify.cli import main
 
-main()
+main(prog_name="notify")  # `python -m notify.cli` says "notify", as the command does

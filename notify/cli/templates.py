@@ -9,6 +9,7 @@ import click
 
 from notify.cli.output import ChannelChoice, json_object, reports_errors, table
 from notify.constants import UNSUBSCRIBE_URL
+from notify.errors import TemplateError
 from notify.rendering import Renderer, check_template, variables
 from notify.settings import get_settings
 from notify.text import printable
@@ -33,8 +34,13 @@ def list_(as_json: bool) -> None:
     for name in renderer.names():
         channels = renderer.channels(name)
         locales = sorted(p.name for p in (renderer.root / name).iterdir() if p.is_dir())
-        needs = sorted(set().union(*(variables(renderer, name, c) for c in channels)))
-        rows.append({"name": name, "channels": channels, "locales": locales, "variables": needs})
+        try:
+            needs = sorted(set().union(*(variables(renderer, name, c) for c in channels)))
+            problem = None
+        except TemplateError as exc:  # listed still, with why: `templates check` says all of it
+            needs, problem = [], str(exc).removeprefix("template: ")
+        row = {"name": name, "channels": channels, "locales": locales, "variables": needs}
+        rows.append({**row, "problem": problem} if problem else row)
     if as_json:
         click.echo(json.dumps(rows))
         return
@@ -42,7 +48,12 @@ def list_(as_json: bool) -> None:
         table(
             ["template", "channels", "locales", "variables"],
             [
-                (r["name"], ",".join(r["channels"]), ",".join(r["locales"]) or "-", ",".join(r["variables"]))
+                (
+                    r["name"],
+                    ",".join(r["channels"]),
+                    ",".join(r["locales"]) or "-",
+                    f"broken: {r['problem']}" if "problem" in r else ",".join(r["variables"]),
+                )
                 for r in rows
             ],
         )
@@ -54,7 +65,15 @@ def list_(as_json: bool) -> None:
 def check() -> None:
     """Parse every template; exit 1 if any is broken or has half a channel."""
     renderer = _renderer()
+    if not renderer.root.is_dir():
+        click.echo(
+            f"error: NOTIFY_TEMPLATES_DIR {printable(str(renderer.root))!r} is not a directory", err=True
+        )
+        sys.exit(1)
     names = renderer.names()
+    if not names:
+        click.echo(f"error: no templates under {printable(str(renderer.root))!r}", err=True)
+        sys.exit(1)
     problems = [p for name in names for p in check_template(renderer, name)]
     for problem in problems:
         click.echo(printable(problem), err=True)
