@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from contextlib import closing
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -343,3 +344,50 @@ def test_templates_list_shows_a_broken_template_with_why_and_the_others(
     assert {r["name"]: r.get("problem") for r in json.loads(as_json.stdout)}["welcome"] == (
         "welcome/email.txt.j2:1: unexpected '}'"
     )
+
+
+def test_status_takes_a_delivery_id_and_says_when_the_next_try_is_and_why(
+    run: Run, env: dict[str, str]
+) -> None:
+    from notify.settings import Settings
+    from notify.store import Claim, Store
+    from tests.support.records import a_worker
+
+    sent = json.loads(run("send", "welcome", *ADA, *ADA_DATA, "--json").stdout)
+    email = next(d["id"] for d in sent["deliveries"] if d["channel"] == "email")
+    store = Store(Settings.from_env(env).resolved_database_url)
+    claim = store.claim(email, a_worker(store))
+    assert isinstance(claim, Claim), claim
+    at = datetime(2031, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert store.mark_retrying(claim, "421 4.7.0 try again later", "421", at)
+    store.close()
+
+    one = run("status", email)
+    whole = run("status", sent["id"])
+
+    assert one.returncode == 0, one.stderr
+    header, row = one.stdout.splitlines()
+    assert header.split()[:6] == ["DELIVERY", "CHANNEL", "STATUS", "ATTEMPTS", "NEXT", "ATTEMPT"]
+    assert row.split()[:5] == [email, "email", "retrying", "1", "2031-01-02T03:04:05+00:00"]
+    assert row.endswith("421 421 4.7.0 try again later")
+    assert len(whole.stdout.splitlines()) == 1 + len(sent["deliveries"])
+    missing = run("status", "not-an-id")
+    assert_one_line_error(missing, "no notification or delivery 'not-an-id'")
+
+
+def test_data_comes_from_a_file_with_at(run: Run, tmp_path: Path) -> None:
+    (tmp_path / "data.json").write_text('{"name": "Ada"}')
+    (tmp_path / "latin.json").write_bytes(b'{"name": "J\xfcrgen"}')
+
+    sent = run("send", "welcome", *ADA, "--data", f"@{tmp_path / 'data.json'}", "--json")
+    preview = run(
+        "templates", "preview", "welcome", "--channel", "sms", "--data", f"@{tmp_path / 'data.json'}"
+    )
+    missing = run("send", "welcome", *ADA, "--data", f"@{tmp_path / 'nope.json'}")
+    latin = run("send", "welcome", *ADA, "--data", f"@{tmp_path / 'latin.json'}")
+
+    assert sent.returncode == 0, sent.stderr
+    assert preview.returncode == 0 and "Ada" in preview.stdout
+    assert_one_line_error(missing, "--data: cannot read")
+    assert "No such file or directory" in missing.stderr
+    assert_one_line_error(latin, "is not UTF-8")

@@ -113,10 +113,46 @@ def outcome(d: Delivery) -> str | None:
 
 
 def json_object(option: str, text: str) -> dict[str, Any]:
+    """`text` as a JSON object; `@path` reads it from that file (UTF-8), `@-` from stdin."""
+    if text.startswith("@"):
+        text = _read_data_file(option, text[1:])
     value = parse_json(option, text)
     if not isinstance(value, dict):
         raise ValidationError(option, "must be a JSON object")
     return value
+
+
+def _read_data_file(option: str, path: str) -> str:
+    try:
+        if path == "-":
+            return sys.stdin.read()
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except UnicodeDecodeError as exc:
+        raise ValidationError(
+            option, f"{printable(path)} is not UTF-8 (byte at offset {exc.start})"
+        ) from None
+    except OSError as exc:
+        raise ValidationError(option, f"cannot read {printable(path)}: {exc.strerror or exc}") from None
+
+
+def status_table(deliveries: Sequence[Delivery]) -> str:
+    """`notify status`: each delivery, when its next try is due, and why (its last error)."""
+    return table(
+        ["delivery", "channel", "status", "attempts", "next attempt", "provider id", "last error"],
+        [
+            (
+                d.id,
+                d.channel,
+                d.status,
+                d.attempts,
+                d.next_attempt_at.isoformat(timespec="seconds") if d.next_attempt_at else None,
+                outcome(d),
+                " ".join(x for x in (d.error_code, d.last_error) if x) or None,
+            )
+            for d in deliveries
+        ],
+    )
 
 
 def parse_json(field: str, text: str) -> Any:

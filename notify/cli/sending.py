@@ -25,9 +25,11 @@ from notify.cli.output import (
     notifier,
     parse_json,
     reports_errors,
+    status_table,
 )
 from notify.errors import ConfigurationError, PartiallyRecorded, StoreUnavailable, ValidationError
 from notify.models import Intent, SendResult
+from notify.text import printable
 
 
 def address_options(command: Callable[..., None]) -> Callable[..., None]:
@@ -50,7 +52,7 @@ def address_options(command: Callable[..., None]) -> Callable[..., None]:
 @click.command()
 @click.argument("template")
 @address_options
-@click.option("--data", default="{}", help="JSON object of template variables.")
+@click.option("--data", default="{}", help="JSON object of template variables; @FILE reads it from FILE.")
 @click.option("--channel", "channels", multiple=True, help="Repeat for several; default: all that apply.")
 @click.option("--priority", default="normal", show_default=True)
 @click.option("--dedup-key")
@@ -89,16 +91,26 @@ def send(
 
 
 @click.command()
-@click.argument("notification_id")
+@click.argument("notification_id", metavar="ID")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @reports_errors
 def status(notification_id: str, as_json: bool) -> None:
-    """Show the deliveries of a notification."""
-    found = notifier().status(notification_id)
+    """Show the deliveries of a notification (or one delivery, by its id): each status, when its
+    next try is due and why."""
+    producer = notifier()
+    try:
+        found = producer.status(notification_id)
+    except ValidationError:
+        one = producer.store.get(notification_id) if isinstance(notification_id, str) else None
+        if one is None:
+            raise ValidationError(
+                "ID", f"no notification or delivery {printable(notification_id)!r}"
+            ) from None
+        found = [one]
     if as_json:
         click.echo(json.dumps([delivery_json(d) for d in found]))
     else:
-        click.echo(deliveries_table(found))
+        click.echo(status_table(found))
 
 
 def _when(text: str | None) -> datetime | None:

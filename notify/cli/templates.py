@@ -85,7 +85,7 @@ def check() -> None:
 @templates.command()
 @click.argument("name")
 @click.option("--channel", required=True, type=ChannelChoice())
-@click.option("--data", default="{}", help="JSON object of template variables.")
+@click.option("--data", default="{}", help="JSON object of template variables; @FILE reads it from FILE.")
 @click.option("--locale")
 @reports_errors
 def preview(name: str, channel: str, data: str, locale: str | None) -> None:
