@@ -231,3 +231,25 @@ def test_settings_from_a_dotenv_that_is_not_utf8_name_it(
     with pytest.raises(notify.ConfigurationError, match=r"\.env is not UTF-8") as raised:
         Settings.from_env()
     assert raised.value.setting == ".env"
+
+
+def test_a_store_that_is_down_is_one_line_naming_its_host_and_why_but_not_its_password(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    from tests.support.web import free_port
+
+    port = free_port()  # nothing listens there
+    env["NOTIFY_DATABASE_URL"] = (
+        f"postgresql://notify:s3cr3t-pw@127.0.0.1:{port}/notify?sslpassword=also-secret"
+    )
+    for args in (
+        ["status", "x"],
+        ["dlq", "list"],
+        ["send", "welcome", "--to-email", "ada@example.com", "--data", '{"name": "A"}'],
+    ):
+        completed = notify_cli(env, tmp_path, *args)
+        line = completed.stderr.strip()
+        assert completed.returncode == 2 and "\n" not in line and "Traceback" not in line, completed.stderr
+        assert f"the store is unavailable (postgresql+psycopg://notify:****@127.0.0.1:{port}/notify" in line
+        assert "Connection refused" in line
+        assert "s3cr3t-pw" not in line and "also-secret" not in line

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import json
 import logging
 import threading
@@ -35,6 +36,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from notify.constants import MAX_CODE, MAX_PROVIDER_ID, MAX_REASON
 from notify.errors import CoreCode, SchemaOutdated, StoreUnavailable
 from notify.models import DeadLetter, Delivery, Priority, Status, Suppression, SuppressionReason, utcnow
+from notify.settings import mask_url
 from notify.store.clock import Clock, DatabaseClock
 from notify.store.engines import create_engine, write_lock
 from notify.store.rows import Claim, NewDelivery, NewNotification, NewReceipt, Queued, ReceiptTarget, Refusal
@@ -146,13 +148,26 @@ class Store:
             self._ensure_schema()
             yield
         except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
-            raise StoreUnavailable(f"the store is unavailable: {type(exc.orig).__name__}") from exc
+            raise self._unavailable(exc) from exc
         except sa.exc.DBAPIError as exc:
             if exc.connection_invalidated or getattr(exc.orig, "sqlstate", None) in _UNAVAILABLE_STATES:
-                raise StoreUnavailable(f"the store is unavailable: {type(exc.orig).__name__}") from exc
+                raise self._unavailable(exc) from exc
             raise
         except sa.exc.TimeoutError as exc:  # every pooled connection busy for the pool's timeout
-            raise StoreUnavailable("the store is unavailable: no connection free") from exc
+            raise StoreUnavailable(f"the store is unavailable ({self.where}): no connection free") from exc
+
+    @functools.cached_property
+    def where(self) -> str:
+        """The store's URL as people may see it: its password and secret query values masked."""
+        return mask_url(self.engine.url.render_as_string(hide_password=False))
+
+    def _unavailable(self, exc: sa.exc.DBAPIError) -> StoreUnavailable:
+        """Which store, and the driver's own words (the first 300 characters, on one line)."""
+        words = " ".join(str(exc.orig).split())[:300]
+        return StoreUnavailable(
+            f"the store is unavailable ({self.where}): {type(exc.orig).__name__}"
+            + (f": {words}" if words else "")
+        )
 
     @contextmanager
     def _tx(self) -> Iterator[sa.Connection]:
