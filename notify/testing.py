@@ -12,6 +12,13 @@ Inside `capture()`, `notify.send()` validates exactly as in production, then
 renders and "delivers" every delivery at once, in the calling thread, into
 `outbox` (no broker, no worker, a throwaway SQLite store). `notify.status()`
 shows the outcomes. Provider failures can be scripted with `outbox.fail_next`.
+
+With notify installed, pytest has the `notify_outbox` fixture (notify.pytest_plugin),
+the same outbox for the whole test:
+
+    def test_signup_sends_a_welcome(notify_outbox):
+        myapp.sign_up("ada@example.com")
+        assert notify_outbox.emails[0].to == "ada@example.com"
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from notify import api
 from notify import channels as registry
 from notify.api import Notifier
 from notify.delivery.attempt import Deliverer
-from notify.errors import DeliveryError
+from notify.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from notify.providers.base import Message, Receipt
 from notify.settings import Secret, Settings, get_settings
 from notify.store import Queued
@@ -48,7 +55,7 @@ class Outbox:
 
     def __init__(self) -> None:
         self.messages: list[Message] = []
-        self._failures: list[DeliveryError] = []
+        self._failures: list[DeliveryError | _Scripted] = []
         self._lock = threading.Lock()
 
     def of(self, channel: str) -> list[Message]:
@@ -62,17 +69,45 @@ class Outbox:
                 return self.of(spec.name)
         raise AttributeError(f"{type(self).__name__!r} has no attribute {plural!r}")
 
-    def fail_next(self, error: DeliveryError) -> None:
-        """Make the next delivery raise `error` (e.g. a `PermanentDeliveryError`)."""
+    def fail_next(
+        self,
+        error: DeliveryError | None = None,
+        *,
+        permanent: bool = False,
+        reason: str = "failed by notify.testing",
+        code: str | None = None,
+    ) -> None:
+        """Make the next delivery fail: with `error`, or with a transient failure (retried by
+        the channel's policy) or, `permanent=True`, a permanent one (a dead letter), its `reason`
+        and `code` as a provider would give them.
+
+            outbox.fail_next(permanent=True, reason="550 5.1.1 no such user", code="550")
+        """
         with self._lock:
-            self._failures.append(error)
+            self._failures.append(error or _Scripted(permanent, reason, code))
 
     def _take(self, message: Message) -> Receipt:
         with self._lock:
             if self._failures:
-                raise self._failures.pop(0)
+                failure = self._failures.pop(0)
+                if isinstance(failure, _Scripted):
+                    raise failure.error(message.channel)
+                raise failure
             self.messages.append(message)
             return Receipt(provider_id=f"memory:{len(self.messages)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Scripted:
+    """A failure `fail_next` was asked for by its kind: made for the message it meets."""
+
+    permanent: bool
+    reason: str
+    code: str | None
+
+    def error(self, channel: str) -> DeliveryError:
+        kind = PermanentDeliveryError if self.permanent else TransientDeliveryError
+        return kind(self.reason, channel=channel, provider=MemoryProvider.name, code=self.code)
 
 
 _outboxes: list[Outbox] = []

@@ -61,3 +61,32 @@ def test_duplicates_are_suppressed_inside_capture_too(settings: Settings) -> Non
             notify.send("welcome", {"email": "ada@example.com"}, data={"name": "Ada"}, dedup_key="k")
 
     assert len(outbox.emails) == 1
+
+
+def test_fail_next_by_kind_makes_the_error_for_the_message_it_meets(settings: Settings) -> None:
+    with notify.testing.capture(settings) as outbox:
+        outbox.fail_next(permanent=True, reason="550 5.1.1 no such user", code="550")
+        outbox.fail_next()  # transient: retried by the channel's policy
+        gone = notify.send("welcome", {"email": "gone@example.com"}, data={"name": "Gone"})
+        later = notify.send("welcome", {"phone": "+14155550100"}, data={"name": "Ada"})
+        [failed], [retrying] = notify.status(gone.id), notify.status(later.id)
+
+    assert (failed.status, failed.error_code, failed.last_error) == (
+        "failed",
+        "550",
+        "550 5.1.1 no such user",
+    )
+    assert (retrying.status, retrying.channel, retrying.last_error) == (
+        "retrying",
+        "sms",
+        "failed by notify.testing",
+    )
+    assert outbox.messages == []
+
+
+def test_the_pytest_plugin_gives_every_test_an_outbox(notify_outbox: notify.testing.Outbox) -> None:
+    """notify installs the `notify_outbox` fixture for pytest (entry point pytest11)."""
+    result = notify.send("welcome", {"email": "ada@example.com"}, data={"name": "Ada"})
+
+    [email] = notify_outbox.emails
+    assert email.subject == "Welcome, Ada!" and email.delivery_id == result.deliveries[0].id
