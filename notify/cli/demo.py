@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -141,8 +142,13 @@ def _start_worker(channel: str, env: dict[str, str], home: Path) -> subprocess.P
 
 
 def _send_samples(notifier: Notifier) -> list[SendResult]:
+    """The samples; their dedup keys are this run's own, so that an earlier run (whose deliveries
+    the store keeps) makes no duplicates here: each run shows the same one, within itself."""
     results = []
+    run = uuid.uuid4().hex[:8]
     for template, to, data, options in SAMPLES:
+        if "dedup_key" in options:
+            options = {**options, "dedup_key": f"{options['dedup_key']}-{run}"}
         results.append(notifier.send(template, to, data=data, **options))  # type: ignore[arg-type]
     later = datetime.now(UTC) + timedelta(seconds=3)
     results.append(

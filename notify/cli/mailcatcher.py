@@ -18,14 +18,21 @@ class _Handler:
         self.folder = folder
         self.messages: list[Message] = []
         self._lock = threading.Lock()
-        self._numbers = itertools.count(1)
+        # numbered on from the mail an earlier run left: a second demo never overwrites the first's
+        taken = [int(p.stem) for p in folder.glob("*.eml") if p.stem.isdigit()]
+        self._numbers = itertools.count(max(taken, default=0) + 1)
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         content: bytes = envelope.original_content or envelope.content
         with self._lock:
-            number = next(self._numbers)
             self.messages.append(message_from_bytes(content))
-        (self.folder / f"{number:05d}.eml").write_bytes(content)
+            while True:
+                try:  # "x": never over a file another catcher on this folder wrote meanwhile
+                    with (self.folder / f"{next(self._numbers):05d}.eml").open("xb") as f:
+                        f.write(content)
+                    break
+                except FileExistsError:
+                    continue
         return "250 OK"
 
 
