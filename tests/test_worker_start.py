@@ -34,6 +34,8 @@ BROKEN = {
     "NOTIFY_SMTP_TLS": "ssl",
     "NOTIFY_CONFIG": "{tmp}/missing.toml",
     "NOTIFY_TEMPLATES_DIR": "{tmp}/no-templates",
+    # Celery reads it over the configured URL: the worker would consume from another broker
+    "CELERY_BROKER_URL": "redis://notify:hunter2@elsewhere.example:6379/0",
 }
 STARTED = (" ready.", "beat: Starting")
 

@@ -12,6 +12,7 @@ defaults.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -43,6 +44,7 @@ def preflight(settings: Settings, channels: Sequence[str]) -> None:
     if key in _passed:
         return
     settings.validate()
+    _check_celery_broker(settings)
     load_hook(settings)
     if not settings.templates_dir.is_dir():
         raise ConfigurationError(
@@ -55,6 +57,19 @@ def preflight(settings: Settings, channels: Sequence[str]) -> None:
     check_schema(settings)
     _warn_about_unsubscribe_links(settings)  # last: a refused start says one line, its reason
     _passed.add(key)
+
+
+def _check_celery_broker(settings: Settings) -> None:
+    """Celery reads CELERY_BROKER_URL over every configured broker URL: a worker would consume
+    from it while notify's producers publish to NOTIFY_BROKER_URL, and nothing would arrive."""
+    theirs = os.environ.get("CELERY_BROKER_URL")
+    if theirs and theirs != settings.resolved_broker_url:
+        raise ConfigurationError(
+            "CELERY_BROKER_URL is set and is not NOTIFY_BROKER_URL: Celery would consume from it "
+            "while notify's producers publish to NOTIFY_BROKER_URL; unset it (notify configures "
+            "Celery from NOTIFY_BROKER_URL)",
+            setting="CELERY_BROKER_URL",
+        )
 
 
 def _warn_about_unsubscribe_links(settings: Settings) -> None:
