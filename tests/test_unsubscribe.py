@@ -394,3 +394,28 @@ def test_an_operator_can_unsubscribe_an_address_from_one_category_by_hand(
     assert [(s.category, s.reason.value) for s in producer.suppressions()] == [("marketing", "unsubscribed")]
     assert producer.send("newsletter", {"email": ADA}, data=NEWS).deliveries[0].status == Status.SUPPRESSED
     assert producer.send("welcome", {"email": ADA}, data={"name": "A"}).deliveries[0].status == Status.QUEUED
+
+
+def test_healthz_says_503_and_which_part_does_not_answer(env: dict[str, str], tmp_path: Path) -> None:
+    from tests.support.web import free_port
+
+    port = web_env(env)
+    env["NOTIFY_BROKER_URL"] = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    server = Web(env, tmp_path / "web.log", port)
+    try:
+
+        def answer() -> list[requests.Response]:  # a list: a 503 Response is falsy
+            assert server.process.poll() is None, server.output()
+            try:
+                return [requests.get(server.url + "/healthz", timeout=10)]
+            except requests.ConnectionError:
+                return []
+
+        [first] = wait_for(answer, what="notify web to answer")
+        second = requests.get(server.url + "/healthz", timeout=10)  # the app kept from the first ask
+    finally:
+        server.stop()
+
+    assert [(r.status_code, r.json()) for r in (first, second)] == [
+        (503, {"store": "ok", "broker": "unavailable"})
+    ] * 2

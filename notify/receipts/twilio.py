@@ -1,7 +1,7 @@
 """Twilio's status callbacks: SMS receipts, verified with X-Twilio-Signature.
 
 With NOTIFY_PUBLIC_URL set, every SMS goes out with `StatusCallback` set to
-`callback_url(...)`: `notify web`'s `POST /hooks/twilio/status`, the delivery's
+`notify.providers.twilio.callback_url`: `notify web`'s `POST /hooks/twilio/status`, the delivery's
 id in the query. Twilio signs each callback: HMAC-SHA1, keyed with the auth
 token of the account that sent the message, over the exact URL it called
 followed by every form field's name and value in name order
@@ -25,12 +25,12 @@ from twilio.request_validator import RequestValidator
 from notify.constants import MAX_ID
 from notify.models import Status, SuppressionReason
 from notify.providers.twilio import STATUS_PATH as PATH
-from notify.providers.twilio import TwilioSettings, callback_url
+from notify.providers.twilio import TwilioSettings
 from notify.receipts import Judgement
 from notify.settings import Settings
 from notify.store import NewReceipt
 
-__all__ = ["PATH", "BadReceipt", "Unverified", "callback_url", "judge", "read"]
+__all__ = ["PATH", "BadReceipt", "Unverified", "judge", "read"]
 
 PROVIDER: Final = "twilio"
 _STATUSES: Final = {

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import email.parser
 import email.policy
+import functools
 import html
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
@@ -27,6 +29,9 @@ from notify.receipts import Receipts
 from notify.receipts import twilio as twilio_receipts
 from notify.settings import Settings, load_status_hook
 from notify.store import Store
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 log = logging.getLogger("notify.web")
 
@@ -51,6 +56,8 @@ class Web:
 
     def close(self) -> None:
         self.store.close()
+        if "_producer" in self.__dict__:
+            self._producer.close()
 
     def healthy(self) -> dict[str, str]:
         """Each dependency's state: "ok", or why not (no host, no secret)."""
@@ -62,8 +69,23 @@ class Web:
             found["store"] = "unavailable"
         except NotifyError as exc:
             found["store"] = type(exc).__name__
-        found["broker"] = _broker_state(self.settings)
+        found["broker"] = self._broker_state()
         return found
+
+    @functools.cached_property
+    def _producer(self) -> Celery:
+        """The Celery app /healthz reaches the broker with: built on first ask, then kept."""
+        from notify.broker.routing import producer_app  # Celery: imported when first asked
+
+        return producer_app(self.settings)
+
+    def _broker_state(self) -> str:
+        try:
+            with self._producer.connection_for_write() as conn:
+                conn.ensure_connection(max_retries=1, timeout=2)
+        except Exception:
+            return "unavailable"
+        return "ok"
 
     async def healthz(self, request: Request) -> Response:
         state = await run_in_threadpool(self.healthy)
@@ -109,17 +131,6 @@ class Web:
             log.info("one-click unsubscribe from %s on %s", target.category, target.channel)
         # The same answer whether the token was good: the endpoint tells no one which tokens are real.
         return HTMLResponse(_DONE)
-
-
-def _broker_state(settings: Settings) -> str:
-    from notify.broker.routing import producer_app  # Celery: imported when first asked
-
-    try:
-        with producer_app(settings).connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, timeout=2)
-    except Exception:
-        return "unavailable"
-    return "ok"
 
 
 async def _store_unavailable(request: Request, exc: Exception) -> Response:
