@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import logging
 import operator
 import os
 import re
@@ -441,6 +442,18 @@ def load_status_hook(settings: Settings) -> StatusHook | None:
     if settings.on_status is None:
         return None
     return import_hook(settings.on_status, setting="NOTIFY_ON_STATUS")
+
+
+def tell_status(
+    hook: StatusHook | None, delivery_id: str, channel: str, status: str, code: str | None
+) -> None:
+    """Call the NOTIFY_ON_STATUS hook, if any; what it raises is logged, never the caller's."""
+    if hook is None:
+        return
+    try:
+        hook(delivery_id, channel, str(status), code)
+    except Exception:
+        logging.getLogger("notify").exception("on_status hook raised")
 
 
 @functools.lru_cache(maxsize=1)

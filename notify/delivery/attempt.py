@@ -49,7 +49,7 @@ from notify.policy import ChannelPolicy, load_policies
 from notify.providers import load_provider
 from notify.providers.base import Message, Provider
 from notify.rendering import Renderer
-from notify.settings import Settings, StatusHook
+from notify.settings import Settings, StatusHook, tell_status
 from notify.store import Claim, Queued, Refusal, Store
 
 log = logging.getLogger("notify.delivery")
@@ -351,19 +351,8 @@ class Deliverer:
             message = build(claim.delivery_id, claim.address, rendered, self.settings)
         except TemplateError as exc:  # the template changed since send() checked it
             return self._template_failed(claim, exc)
-        except (
-            ConfigurationError
-        ) as exc:  # NOTIFY_PUBLIC_URL or NOTIFY_SECRET_KEY unset since send(): keep it
-            log.critical("delivery %s: configuration error: %s", claim.delivery_id, exc)
-            return self._retry(
-                claim,
-                TransientDeliveryError(
-                    str(exc),
-                    channel=claim.channel,
-                    provider=CoreProvider.CONFIGURATION,
-                    code=CoreCode.CONFIGURATION,
-                ),
-            )
+        except ConfigurationError as exc:  # NOTIFY_PUBLIC_URL or NOTIFY_SECRET_KEY unset since send()
+            return self._misconfigured(claim, exc)
         except ValidationError as exc:  # the address no longer passes (a setting changed since send())
             return self._fail(
                 claim,
@@ -408,17 +397,8 @@ class Deliverer:
             return self._fail(claim, exc)
         except TransientDeliveryError as exc:
             return self._retry(claim, exc)
-        except ConfigurationError as exc:  # bad credentials: loud, and keep the delivery
-            log.critical("delivery %s: provider configuration error: %s", claim.delivery_id, exc)
-            return self._retry(
-                claim,
-                TransientDeliveryError(
-                    str(exc),
-                    channel=claim.channel,
-                    provider=CoreProvider.CONFIGURATION,
-                    code=CoreCode.CONFIGURATION,
-                ),
-            )
+        except ConfigurationError as exc:  # bad credentials
+            return self._misconfigured(claim, exc)
         except Exception as exc:
             # A provider classifies its own failures; one that raised anything
             # else may have handed the message over already (a 201 whose body
@@ -471,14 +451,17 @@ class Deliverer:
         log.warning("delivery %s: %s; released for another try", claim.delivery_id, reason)
         return Outcome(AttemptStatus.RETRYING)
 
+    def _misconfigured(self, claim: Claim, exc: ConfigurationError) -> Outcome:
+        """A setting is wrong, not the message: loud, and the delivery kept (retried by its policy)."""
+        log.critical("delivery %s: configuration error: %s", claim.delivery_id, exc)
+        error = TransientDeliveryError(
+            str(exc), channel=claim.channel, provider=CoreProvider.CONFIGURATION, code=CoreCode.CONFIGURATION
+        )
+        return self._retry(claim, error)
+
     def _tell(self, claim: Claim, status: Status, code: str | None) -> None:
         """The NOTIFY_ON_STATUS hook, once for the status this attempt recorded."""
-        if self.on_status is None:
-            return
-        try:
-            self.on_status(claim.delivery_id, claim.channel, str(status), code)
-        except Exception:
-            log.exception("on_status hook raised")
+        tell_status(self.on_status, claim.delivery_id, claim.channel, status, code)
 
     def _template_failed(self, claim: Claim, exc: TemplateError) -> Outcome:
         error = PermanentDeliveryError(

@@ -32,7 +32,7 @@ from notify import channels as registry
 from notify.errors import CoreCode, StoreUnavailable
 from notify.models import Status, SuppressionReason
 from notify.policy import ChannelPolicy, load_policies
-from notify.settings import Settings, StatusHook
+from notify.settings import Settings, StatusHook, tell_status
 from notify.store import NewReceipt, ReceiptTarget, Store
 
 __all__ = ["RECEIPT_WAIT", "SOURCES", "Judgement", "Receipts", "Taken"]
@@ -137,7 +137,7 @@ class Receipts:
             f", code {receipt.code}" if receipt.code else "",
         )
         if becomes is not Status.RETRYING:
-            self._tell(receipt.delivery_id, target.channel, becomes, receipt.code)
+            tell_status(self.on_status, receipt.delivery_id, target.channel, becomes, receipt.code)
         return Taken.MOVED
 
     def _suppress(self, channel: str, address: str, reason: SuppressionReason, detail: str) -> None:
@@ -145,14 +145,6 @@ class Receipts:
             self.store.suppress(channel, address, str(reason), detail)
         except StoreUnavailable:  # the receipt moved its delivery; the next send's failure suppresses it
             log.exception("a receipt's suppression could not be recorded")
-
-    def _tell(self, delivery_id: str, channel: str, status: Status, code: str | None) -> None:
-        if self.on_status is None:
-            return
-        try:
-            self.on_status(delivery_id, channel, str(status), code)
-        except Exception:
-            log.exception("on_status hook raised")
 
 
 def _judge(receipt: NewReceipt) -> Judgement:
