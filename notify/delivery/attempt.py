@@ -530,12 +530,14 @@ class Deliverer:
     def _fail(self, claim: Claim, exc: DeliveryError, note: str = "") -> Outcome:
         failed = functools.partial(self.store.mark_failed, claim)
         code = CoreCode.OUTCOME_UNKNOWN if isinstance(exc, OutcomeUnknownError) else None
+        # Suppressed before the failure is recorded: whoever sees `failed` and sends again finds
+        # the address suppressed. The provider's word stands even if this claim turns out lost.
+        if isinstance(exc, PermanentDeliveryError) and exc.suppress:
+            self._suppress(claim, exc)
         if not self._record(lambda: failed(_reason(exc) + note, exc.code), lambda: failed(UNSTORED, code)):
             return self._lost(claim, AttemptStatus.FAILED)
         log.warning("delivery %s failed for good: %s%s", claim.delivery_id, _reason(exc), note)
         self._tell(claim, Status.FAILED, exc.code)
-        if isinstance(exc, PermanentDeliveryError) and exc.suppress:
-            self._suppress(claim, exc)
         hook = self.on_permanent_failure
         # Only the address's fault is the hook's business; an unknown outcome is not.
         if isinstance(exc, PermanentDeliveryError) and not isinstance(exc, OutcomeUnknownError) and hook:
