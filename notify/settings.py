@@ -35,6 +35,7 @@ T = TypeVar("T")
 
 MIB = 1024 * 1024
 SECRET_KEY_MIN = 32  # characters of NOTIFY_SECRET_KEY
+LOG_FORMATS = ("text", "json")
 # Celery broker URL schemes notify's routing knows how to configure; "sqlite"
 # selects the embedded broker (kombu's SQLAlchemy transport) at that path.
 BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps", "pyamqp", "sqla+", "sqlalchemy+", "sqlite")
@@ -120,6 +121,14 @@ class Settings:
     public_url: str | None = field(default=None, metadata={"env": "NOTIFY_PUBLIC_URL"})
     # Signs unsubscribe tokens: required by `notify web` and by unsubscribe = true templates.
     secret_key: Secret | None = field(default=None, metadata={"env": "NOTIFY_SECRET_KEY"})
+    # Observability: the port a worker (or beat) serves Prometheus /metrics on (none: no server),
+    # and the log lines' format, text or json (one object per line).
+    metrics_port: int | None = field(
+        default=None, metadata={"env": "NOTIFY_METRICS_PORT", "bounds": (1, 65535)}
+    )
+    log_format: str = field(default="text", metadata={"env": "NOTIFY_LOG_FORMAT"})
+    # The console's basic-auth password (user admin); without it notify web listens only on loopback.
+    web_password: Secret | None = field(default=None, metadata={"env": "NOTIFY_WEB_PASSWORD"})
     # Every NOTIFY_* variable as read, for the settings each provider declares
     # for itself (`provider_settings`); sorted pairs, so that Settings hashes.
     # Each value a Secret: some are passwords, and asdict() would show them.
@@ -155,6 +164,11 @@ class Settings:
         _check_hook_name(self.on_permanent_failure)
         _check_hook_name(self.on_status, "NOTIFY_ON_STATUS")
         _check_public_url(self.public_url)
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigurationError(
+                f"NOTIFY_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, not {self.log_format!r}",
+                setting="NOTIFY_LOG_FORMAT",
+            )
         if self.secret_key is not None and len(self.secret_key.reveal()) < SECRET_KEY_MIN:
             raise ConfigurationError(
                 f"NOTIFY_SECRET_KEY must be at least {SECRET_KEY_MIN} characters "
@@ -289,7 +303,7 @@ def masked_repr(instance: Any) -> str:
 def check_bounds(instance: Any) -> None:
     """Raise `ConfigurationError` for a field of the dataclass `instance` outside its metadata's bounds."""
     for f in fields(instance):
-        if "bounds" in f.metadata:
+        if "bounds" in f.metadata and getattr(instance, f.name) is not None:
             _check_bounds(f.metadata["env"], str(f.type), getattr(instance, f.name), *f.metadata["bounds"])
 
 
