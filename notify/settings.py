@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
 import importlib
 import logging
@@ -9,7 +10,7 @@ import operator
 import os
 import re
 import tempfile
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -272,7 +273,29 @@ def backend_variable(channel: str) -> str:
 
 @functools.lru_cache(maxsize=64)
 def _provider_settings(settings: Settings, cls: Any) -> Any:
+    _read_classes.add(cls)
     return read_env(cls, {name: value.reveal() for name, value in settings.environ})
+
+
+_read_classes: set[Any] = set()  # every settings class provider_settings has read in this process
+
+
+def declared_variables(*classes: Any) -> set[str]:
+    """The environment variables the settings dataclasses `classes` read (their fields' "env")."""
+    return {f.metadata["env"] for cls in classes for f in fields(cls) if "env" in f.metadata}
+
+
+def unknown_variables(settings: Settings, known: Iterable[str] = ()) -> list[str]:
+    """The NOTIFY_* variables set that nothing reads, each with a guess at what was meant:
+    `known`, Settings' own, and every settings class a provider of this process has read."""
+    known = {*known, *declared_variables(Settings, *_read_classes)}
+    unknown = []
+    for name, _ in settings.environ:
+        if name in known:
+            continue
+        guess = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+        unknown.append(f"{name} (did you mean {guess[0]}?)" if guess else name)
+    return unknown
 
 
 def read_env(cls: type[T], variables: Mapping[str, str], /, **given: Any) -> T:

@@ -257,3 +257,34 @@ def test_a_plain_postgresql_url_uses_the_installed_driver() -> None:
 
     assert engine.dialect.driver == "psycopg"
     engine.dispose()
+
+
+def test_the_written_out_provider_variables_are_what_the_providers_read() -> None:
+    """notify.providers.VARIABLES lets a worker name a misspelt setting without importing every
+    provider's client library; it must be what their settings classes read."""
+    from notify.channels.email import EmailSettings
+    from notify.channels.webhook import WebhookSettings
+    from notify.providers import VARIABLES
+    from notify.providers.fcm import FcmSettings
+    from notify.providers.smtp import SmtpSettings
+    from notify.providers.twilio import TwilioSettings
+    from notify.providers.webhook import WebhookProviderSettings
+    from notify.settings import declared_variables
+
+    classes = (
+        EmailSettings,
+        SmtpSettings,
+        TwilioSettings,
+        FcmSettings,
+        WebhookSettings,
+        WebhookProviderSettings,
+    )
+    assert declared_variables(*classes) == VARIABLES
+
+
+def test_unknown_variables_are_named_with_a_guess_and_known_ones_are_not() -> None:
+    from notify.settings import unknown_variables
+
+    settings = Settings.from_env({"NOTIFY_HOME": "x", "NOTIFY_RETENTON": "1d", "NOTIFY_ZZZ": "1"})
+    assert unknown_variables(settings) == ["NOTIFY_RETENTON (did you mean NOTIFY_RETENTION?)", "NOTIFY_ZZZ"]
+    assert unknown_variables(settings, {"NOTIFY_ZZZ"}) == ["NOTIFY_RETENTON (did you mean NOTIFY_RETENTION?)"]

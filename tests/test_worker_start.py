@@ -37,7 +37,7 @@ BROKEN = {
     # Celery reads it over the configured URL: the worker would consume from another broker
     "CELERY_BROKER_URL": "redis://notify:hunter2@elsewhere.example:6379/0",
 }
-STARTED = (" ready.", "beat: Starting")
+STARTED = (" ready.", "beat: Starting", "notify beat ready")
 
 
 EMAIL_QUEUES = "notify.email.high,notify.email.normal,notify.email.low"
@@ -122,6 +122,43 @@ def test_celerys_own_command_refuses_a_broken_setting_as_notify_worker_does(
     assert stderr.count("error: ") == 1 and "Traceback" not in stderr, stderr  # as root, Celery warns first
     assert "ready" not in stdout + stderr
     assert "hunter2" not in stdout + stderr
+
+
+@pytest.mark.parametrize("variable", ["CELERY_BROKER_READ_URL", "CELERY_BROKER_WRITE_URL"])
+def test_celerys_read_and_write_broker_urls_stop_the_start_as_its_broker_url_does(
+    variable: str, env: dict[str, str], tmp_path: Path
+) -> None:
+    env[variable] = "redis://notify:hunter2@elsewhere.example:6379/0"
+
+    returncode, stdout, stderr = start_and_wait(["worker", "email", "-l", "info"], env, tmp_path)
+
+    assert returncode == 2, f"it started instead:\n{stdout}{stderr}"
+    assert stderr.strip().startswith(f"error: {variable} is set and is not NOTIFY_BROKER_URL"), stderr
+    assert "hunter2" not in stdout + stderr
+
+
+@pytest.mark.parametrize("command", [["worker", "email"], ["beat"]])
+def test_a_misspelt_notify_setting_and_an_unused_celery_one_are_warned_about_at_start(
+    command: list[str], env: dict[str, str], tmp_path: Path
+) -> None:
+    """A NOTIFY_* name nothing reads would otherwise leave its setting at the default, silently."""
+    env.update(
+        NOTIFY_SMTP_HOSTNAME="mail.example.com",
+        NOTIFY_METRIC_PORT="9100",
+        NOTIFY_NO_SUCH_THING="hunter2",
+        CELERY_RESULT_BACKEND="redis://127.0.0.1:6379/0",
+    )
+
+    returncode, stdout, stderr = start_and_wait([*command, "-l", "info"], env, tmp_path)
+
+    assert returncode is None, f"it exited instead:\n{stdout}{stderr}"
+    warning = next(line for line in stderr.splitlines() if "not notify settings" in line)
+    assert "NOTIFY_SMTP_HOSTNAME (did you mean NOTIFY_SMTP_HOST?)" in warning
+    assert "NOTIFY_METRIC_PORT (did you mean NOTIFY_METRICS_PORT?)" in warning
+    assert "NOTIFY_NO_SUCH_THING" in warning and "hunter2" not in stdout + stderr  # names, never values
+    assert "CELERY_RESULT_BACKEND is set; notify configures Celery itself" in stderr
+    known = [v for v in env if v.startswith("NOTIFY_") and v not in warning]
+    assert "NOTIFY_BROKER_URL" in known or "NOTIFY_HOME" in known
 
 
 def test_the_email_channels_own_setting_stops_the_start_on_any_backend(

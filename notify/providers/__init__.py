@@ -21,7 +21,21 @@ from notify.errors import ConfigurationError, NotifyError
 from notify.providers.base import Provider
 from notify.settings import Settings, import_named
 
-__all__ = ["load_provider"]
+__all__ = ["VARIABLES", "load_provider"]
+
+# Every NOTIFY_* variable the built-in channels and providers read (their settings classes:
+# EmailSettings, SmtpSettings, TwilioSettings, FcmSettings, WebhookSettings, WebhookProviderSettings),
+# written out so that a worker names a misspelt one without importing every provider's client
+# library; tests/test_settings.py checks it against the classes.
+VARIABLES = frozenset(
+    {
+        "NOTIFY_EMAIL_FROM",
+        *(f"NOTIFY_SMTP_{s}" for s in ("HOST", "PORT", "USERNAME", "PASSWORD", "TLS", "TIMEOUT")),
+        *(f"NOTIFY_TWILIO_{s}" for s in ("ACCOUNT_SID", "AUTH_TOKEN", "FROM", "BASE_URL")),
+        *(f"NOTIFY_FCM_{s}" for s in ("CREDENTIALS", "PROJECT_ID", "BASE_URL")),
+        *(f"NOTIFY_WEBHOOK_{s}" for s in ("SECRET", "SECRETS", "ALLOW_PRIVATE")),
+    }
+)
 
 
 def load_provider(name: str, settings: Settings) -> Provider:

@@ -21,9 +21,9 @@ from notify import channels as registry
 from notify import unsubscribe
 from notify.errors import ConfigurationError, NotifyError, StoreUnavailable, one_line
 from notify.policy import load_policies
-from notify.providers import load_provider
+from notify.providers import VARIABLES, load_provider
 from notify.rendering import Renderer
-from notify.settings import Settings, load_hook
+from notify.settings import Settings, backend_variable, load_hook, unknown_variables
 from notify.store import Store
 
 log = logging.getLogger("notify.worker")
@@ -44,7 +44,7 @@ def preflight(settings: Settings, channels: Sequence[str]) -> None:
     if key in _passed:
         return
     settings.validate()
-    _check_celery_broker(settings)
+    _check_celery_settings(settings)
     load_hook(settings)
     if not settings.templates_dir.is_dir():
         raise ConfigurationError(
@@ -55,21 +55,42 @@ def preflight(settings: Settings, channels: Sequence[str]) -> None:
     for channel in channels:
         load_provider(channel, settings).close()
     check_schema(settings)
+    warn_unknown_variables(settings)  # after the providers: each has read its own settings
     _warn_about_unsubscribe_links(settings)  # last: a refused start says one line, its reason
     _passed.add(key)
 
 
-def _check_celery_broker(settings: Settings) -> None:
-    """Celery reads CELERY_BROKER_URL over every configured broker URL: a worker would consume
-    from it while notify's producers publish to NOTIFY_BROKER_URL, and nothing would arrive."""
-    theirs = os.environ.get("CELERY_BROKER_URL")
-    if theirs and theirs != settings.resolved_broker_url:
-        raise ConfigurationError(
-            "CELERY_BROKER_URL is set and is not NOTIFY_BROKER_URL: Celery would consume from it "
-            "while notify's producers publish to NOTIFY_BROKER_URL; unset it (notify configures "
-            "Celery from NOTIFY_BROKER_URL)",
-            setting="CELERY_BROKER_URL",
-        )
+# Read by Celery over the broker notify configures (celery.app.utils.Settings; `celery -b URL`
+# sets the first): a worker would consume from one while notify's producers publish elsewhere.
+CELERY_BROKER_VARIABLES = ("CELERY_BROKER_URL", "CELERY_BROKER_READ_URL", "CELERY_BROKER_WRITE_URL")
+# Read by Celery, and of no use to notify: it keeps no task results, and configures Celery itself.
+CELERY_IGNORED_VARIABLES = ("CELERY_RESULT_BACKEND", "CELERY_CONFIG_MODULE")
+
+
+def _check_celery_settings(settings: Settings) -> None:
+    """Refuse a CELERY_* broker URL that is not NOTIFY_BROKER_URL (nothing would arrive); warn about
+    the CELERY_* variables notify does not use."""
+    for variable in CELERY_BROKER_VARIABLES:
+        theirs = os.environ.get(variable)
+        if theirs and theirs != settings.resolved_broker_url:
+            raise ConfigurationError(
+                f"{variable} is set and is not NOTIFY_BROKER_URL: Celery would consume from it "
+                f"while notify's producers publish to NOTIFY_BROKER_URL; unset it (notify configures "
+                "Celery from NOTIFY_BROKER_URL)",
+                setting=variable,
+            )
+    for variable in CELERY_IGNORED_VARIABLES:
+        if os.environ.get(variable):
+            log.warning("%s is set; notify configures Celery itself and does not use it", variable)
+
+
+def warn_unknown_variables(settings: Settings) -> None:
+    """One warning naming every NOTIFY_* variable that nothing in this process reads: a misspelt
+    setting would otherwise be its default, silently."""
+    known = {*VARIABLES, *(backend_variable(name) for name in registry.names())}
+    unknown = unknown_variables(settings, known)
+    if unknown:
+        log.warning("not notify settings, and ignored: %s", ", ".join(unknown))
 
 
 def _warn_about_unsubscribe_links(settings: Settings) -> None:
