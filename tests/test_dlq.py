@@ -324,3 +324,36 @@ def test_a_dead_letter_shows_its_address_masked_and_its_age(store: Store) -> Non
 
     assert letter.masked_address == "a***@example.com"
     assert 86_000 < letter.age_seconds < 87_000
+
+
+def test_the_cli_replays_every_dead_letter_in_batches_and_sums_up(
+    store: Store, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`notify dlq replay --all`: batch by batch behind a progress bar, then one summary line,
+    with the ones left failed for their suppressed address named on stderr."""
+    import importlib
+
+    from click.testing import CliRunner
+
+    from notify.cli import main
+
+    monkeypatch.setattr(importlib.import_module("notify.cli.dlq"), "REPLAY_BATCH", 2)
+    ids = [dead_letter(store, address=f"u{i}@example.com") for i in range(5)]
+    kept = dead_letter(store, "sms", "+14155550100")
+    store.suppress("sms", "+14155550100", "opted_out", "21610")
+
+    result = CliRunner().invoke(main, ["dlq", "replay", "--all"], catch_exceptions=False)
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        "replayed 5 of 6 dead letters; 1 left failed, their address suppressed"
+    ]
+    assert f"left failed: {kept}'s address is suppressed" in result.stderr
+    assert all(store.get(i).status == Status.QUEUED for i in ids)  # type: ignore[union-attr]
+    assert all(i in published(redis_url) for i in ids)
+    assert store.get(kept).status == Status.FAILED  # type: ignore[union-attr]
+
+    again = CliRunner().invoke(main, ["dlq", "replay", "--all"], catch_exceptions=False)
+    assert again.stdout.splitlines() == [
+        "replayed 0 of 1 dead letters; 1 left failed, their address suppressed"
+    ]

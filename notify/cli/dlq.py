@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 
 import click
 
+from notify.api import Notifier
 from notify.cli.output import ChannelChoice, notifier, reports_errors, table
 from notify.constants import MAX_LISTED
 from notify.errors import ValidationError
 from notify.text import printable
+
+REPLAY_BATCH = 500  # dead letters per transaction and per broker flush of `dlq replay --all`
 
 
 @click.group()
@@ -71,22 +75,58 @@ def list_(channel: str | None, limit: int, as_json: bool) -> None:
 @click.option("--all", "everything", is_flag=True, help="Replay every dead letter.")
 @reports_errors
 def replay(ids: tuple[str, ...], everything: bool) -> None:
-    """Start a fresh attempt cycle for IDS (same delivery ids)."""
+    """Start a fresh attempt cycle for IDS (same delivery ids), or for every dead letter (--all)."""
     if bool(ids) == everything:
         raise ValidationError("ids", "give delivery IDs or --all, not both or neither")
-    result = notifier().replay(None if everything else list(ids))
+    if everything:
+        _replay_all()
+        return
+    result = notifier().replay(list(ids))
     for delivery_id in result.replayed:
         click.echo(f"replayed {printable(delivery_id)}")
-    for delivery_id in result.suppressed:
+    _say_suppressed(result.suppressed)
+    for delivery_id in result.not_found:
+        click.echo(f"not a dead letter: {printable(delivery_id)}", err=True)
+    if result.not_found:
+        raise SystemExit(1)
+
+
+def _replay_all() -> None:
+    """Every dead letter there is now, REPLAY_BATCH at a time behind a progress bar (on a terminal),
+    then one summary: a replay of 100,000 neither prints 100,000 lines nor holds one transaction."""
+    with contextlib.closing(notifier()) as producer:
+        ids = producer.store.dead_letter_ids()
+        replayed, suppressed, gone = _replay_in_batches(producer, ids)
+    _say_suppressed(suppressed)
+    summary = f"replayed {replayed} of {len(ids)} dead letters"
+    if suppressed:
+        summary += f"; {len(suppressed)} left failed, their address suppressed"
+    if gone:
+        summary += f"; {gone} no longer dead letters (replayed or purged meanwhile)"
+    click.echo(summary)
+
+
+def _replay_in_batches(producer: Notifier, ids: list[str]) -> tuple[int, list[str], int]:
+    """(how many were replayed, the ids left failed for their suppressed address, how many were gone)."""
+    replayed, suppressed, gone = 0, [], 0
+    with click.progressbar(length=len(ids), label="replaying", file=sys.stderr) as bar:
+        for start in range(0, len(ids), REPLAY_BATCH):
+            chunk = ids[start : start + REPLAY_BATCH]
+            result = producer.replay(chunk)
+            replayed += len(result.replayed)
+            suppressed += result.suppressed
+            gone += len(result.not_found)  # replayed or purged by someone else since the count
+            bar.update(len(chunk))
+    return replayed, suppressed, gone
+
+
+def _say_suppressed(ids: list[str]) -> None:
+    for delivery_id in ids:
         click.echo(
             f"left failed: {printable(delivery_id)}'s address is suppressed "
             "(notify suppressions list; remove it to replay)",
             err=True,
         )
-    for delivery_id in result.not_found:
-        click.echo(f"not a dead letter: {printable(delivery_id)}", err=True)
-    if result.not_found:
-        raise SystemExit(1)
 
 
 @dlq.command()

@@ -819,6 +819,13 @@ class Store:
             for r in rows
         ]
 
+    def dead_letter_ids(self) -> list[str]:
+        """Every failed delivery's id, oldest failure first: what `dlq replay --all` works through."""
+        d = deliveries.c
+        query = sa.select(d.id).where(d.status == Status.FAILED).order_by(d.failed_at, d.id)
+        with self._guard(), self.engine.connect() as conn:
+            return list(conn.execute(query).scalars())
+
     def replay(self, ids: Sequence[str] | None) -> list[Queued]:
         """Put failed deliveries (these, or all) back to "queued" for a fresh attempt cycle."""
         d = deliveries.c
