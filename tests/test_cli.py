@@ -148,6 +148,11 @@ def test_status_of_an_unknown_notification_fails(run: Run) -> None:
         ),
         (["send", "welcome", "--to-phone", "4155550100", *ADA_DATA], ["to.phone"]),
         (["send", "welcome", "--to-email", "ada@example.com", "--data", "{}"], ["data.name"]),
+        (
+            ["send", "welcome", "--to-email", "ada@example.com", *ADA_DATA, "--channel", "fax"],
+            ["--channel", "'fax' is not one of 'email', 'sms', 'push', 'webhook'", "(notify send -h)"],
+        ),
+        (["send", "welcome", "--to-email", "ada@example.com", "--urgent"], ["No such option '--urgent'"]),
     ],
     ids=[
         "unknown template",
@@ -157,6 +162,8 @@ def test_status_of_an_unknown_notification_fails(run: Run) -> None:
         "unknown priority",
         "phone not E.164",
         "missing variable",
+        "unknown channel",
+        "unknown option",
     ],
 )
 def test_bad_input_exits_non_zero_with_a_one_line_reason_and_records_nothing(
@@ -391,3 +398,11 @@ def test_data_comes_from_a_file_with_at(run: Run, tmp_path: Path) -> None:
     assert_one_line_error(missing, "--data: cannot read")
     assert "No such file or directory" in missing.stderr
     assert_one_line_error(latin, "is not UTF-8")
+
+
+@pytest.mark.parametrize("command", ["send", "send-many"])
+def test_the_help_lists_the_channels_and_priorities_to_choose_from(run: Run, command: str) -> None:
+    completed = run(command, "-h")
+    assert completed.returncode == 0, completed.stderr
+    assert "--channel [email|sms|push|webhook]" in completed.stdout
+    assert "--priority [high|normal|low]" in completed.stdout

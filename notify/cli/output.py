@@ -49,6 +49,11 @@ class NotifyGroup(click.Group):
             return super().invoke(ctx)
         except NotifyError as exc:
             fail(exc)
+        except click.UsageError as exc:  # a bad option or value: the same one-line style
+            where = exc.ctx.command_path if exc.ctx else "notify"
+            reason = " ".join(exc.format_message().split())
+            click.echo(f"error: {printable(reason)} ({where} -h)", err=True)
+            sys.exit(exc.exit_code)
 
 
 def reports_errors(command: F) -> F:

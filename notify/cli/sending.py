@@ -19,6 +19,7 @@ import click
 from notify import channels as registry
 from notify.api import BATCH_SIZE
 from notify.cli.output import (
+    ChannelChoice,
     deliveries_table,
     delivery_json,
     json_object,
@@ -28,8 +29,10 @@ from notify.cli.output import (
     status_table,
 )
 from notify.errors import ConfigurationError, PartiallyRecorded, StoreUnavailable, ValidationError
-from notify.models import Intent, SendResult
+from notify.models import Intent, Priority, SendResult
 from notify.text import printable
+
+PRIORITY = click.Choice([p.value for p in Priority])
 
 
 def address_options(command: Callable[..., None]) -> Callable[..., None]:
@@ -53,8 +56,14 @@ def address_options(command: Callable[..., None]) -> Callable[..., None]:
 @click.argument("template")
 @address_options
 @click.option("--data", default="{}", help="JSON object of template variables; @FILE reads it from FILE.")
-@click.option("--channel", "channels", multiple=True, help="Repeat for several; default: all that apply.")
-@click.option("--priority", default="normal", show_default=True)
+@click.option(
+    "--channel",
+    "channels",
+    type=ChannelChoice(),
+    multiple=True,
+    help="Repeat for several; default: all that apply.",
+)
+@click.option("--priority", type=PRIORITY, default="normal", show_default=True)
 @click.option("--dedup-key")
 @click.option("--send-at", help="ISO 8601 time with a zone, e.g. 2026-12-01T09:00:00+01:00.")
 @click.option("--locale")
@@ -125,8 +134,20 @@ def _when(text: str | None) -> datetime | None:
 @click.command("send-many")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--template", required=True, help="The template every row is sent with.")
-@click.option("--priority", default="normal", show_default=True, help="For rows that do not set their own.")
-@click.option("--channel", "channels", multiple=True, help="Repeat for several; default: all that apply.")
+@click.option(
+    "--priority",
+    type=PRIORITY,
+    default="normal",
+    show_default=True,
+    help="For rows that do not set their own.",
+)
+@click.option(
+    "--channel",
+    "channels",
+    type=ChannelChoice(),
+    multiple=True,
+    help="Repeat for several; default: all that apply.",
+)
 @click.option("--dedup-key-column", help="The column (or JSON field) holding each row's dedup key.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=BATCH_SIZE, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output: one result per row.")
