@@ -240,6 +240,31 @@ def test_templates_preview_in_a_locale(run: Run) -> None:
     assert "Willkommen, Ada!" in completed.stdout
 
 
+def test_templates_preview_writes_the_html_part_to_a_file_for_a_browser(run: Run, tmp_path: Path) -> None:
+    page = tmp_path / "welcome.html"
+    completed = run("templates", "preview", "welcome", "--channel", "email", *ADA_DATA, "--html", str(page))
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.rstrip().endswith(f"--- html written to {page}")
+    assert "Hello Ada," in page.read_text(encoding="utf-8") and "<" in page.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("channel", "where", "phrase"),
+    [
+        ("sms", "page.html", "has no HTML part for sms"),
+        ("email", "no-such-folder/page.html", "No such file or directory"),
+    ],
+)
+def test_templates_preview_html_without_an_html_part_or_a_place_to_write_is_one_line(
+    run: Run, tmp_path: Path, channel: str, where: str, phrase: str
+) -> None:
+    completed = run(
+        "templates", "preview", "welcome", "--channel", channel, *ADA_DATA, "--html", str(tmp_path / where)
+    )
+    assert_one_line_error(completed, phrase)
+    assert not (tmp_path / where).exists()
+
+
 def test_templates_preview_with_missing_data_fails_naming_the_variable(run: Run) -> None:
     completed = run("templates", "preview", "welcome", "--channel", "email", "--data", "{}")
     assert_one_line_error(completed, "data.name")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -87,8 +88,14 @@ def check() -> None:
 @click.option("--channel", required=True, type=ChannelChoice())
 @click.option("--data", default="{}", help="JSON object of template variables; @FILE reads it from FILE.")
 @click.option("--locale")
+@click.option(
+    "--html",
+    "html_file",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Also write the HTML part to this file, to open in a browser.",
+)
 @reports_errors
-def preview(name: str, channel: str, data: str, locale: str | None) -> None:
+def preview(name: str, channel: str, data: str, locale: str | None, html_file: Path | None) -> None:
     """Render NAME for CHANNEL with --data, exactly as a worker would."""
     renderer = _renderer()
     renderer.check_name(name)
@@ -98,6 +105,15 @@ def preview(name: str, channel: str, data: str, locale: str | None) -> None:
     if renderer.config(name).unsubscribe:  # the worker adds the recipient's own link
         base = (get_settings().public_url or "https://notify.invalid").rstrip("/")
         values.setdefault(UNSUBSCRIBE_URL, f"{base}/u/preview")
-    for part, text in renderer.render(name, channel, values, locale).items():
+    parts = renderer.render(name, channel, values, locale)
+    if html_file is not None and "html" not in parts:
+        raise click.UsageError(f"template {name!r} has no HTML part for {channel}")
+    for part, text in parts.items():
         click.echo(f"--- {part}")
         click.echo(printable(text, lines=True))
+    if html_file is not None:
+        try:
+            html_file.write_text(parts["html"], encoding="utf-8")
+        except OSError as exc:
+            raise click.UsageError(f"--html {printable(str(html_file))!r}: {exc.strerror}") from None
+        click.echo(f"--- html written to {printable(str(html_file))}")
