@@ -99,3 +99,60 @@ def test_the_wheel_carries_the_mit_licence_and_one_version(wheel: zipfile.ZipFil
     assert licences and "MIT License" in wheel.read(licences[0]).decode()
     assert f"Version: {declared}" in wheel.read(metadata).decode()
     assert notify.__version__ == declared  # from the installed metadata: pyproject.toml is the one place
+
+
+@pytest.mark.timeout(60)
+def test_a_plain_install_brings_the_demos_mail_catcher_and_sample_templates(wheel: zipfile.ZipFile) -> None:
+    metadata = next(n for n in wheel.namelist() if n.endswith(".dist-info/METADATA"))
+    required = [
+        line for line in wheel.read(metadata).decode().splitlines() if line.startswith("Requires-Dist:")
+    ]
+    assert any(line.startswith("Requires-Dist: aiosmtpd") and "extra ==" not in line for line in required)
+    for name in (
+        "welcome/email.html.j2",
+        "welcome/de/sms.txt.j2",
+        "password_reset/sms.txt.j2",
+        "order_shipped",
+    ):
+        assert any(n.startswith(f"notify/sample_templates/{name}") for n in wheel.namelist()), name
+
+
+@pytest.mark.timeout(180)
+def test_notify_demo_runs_from_the_installed_wheel_in_an_empty_folder(
+    wheel: zipfile.ZipFile, tmp_path: Path
+) -> None:
+    """After `pip install notify-celery-delivery`, outside any checkout: no templates/ folder there."""
+    site, folder = tmp_path / "site", tmp_path / "elsewhere"
+    folder.mkdir()
+    installed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "-q",
+            "--target",
+            str(site),
+            str(wheel.filename),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert installed.returncode == 0, installed.stderr
+    environ = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site), "NOTIFY_HOME": str(folder / ".notify")}
+
+    demo = subprocess.run(
+        [sys.executable, "-m", "notify.cli", "demo", "--timeout", "60"],
+        env=environ,
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
+
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    assert f"templates: the package's samples, {site / 'notify' / 'sample_templates'}" in demo.stdout
+    assert demo.stdout.count("  sent  ") == 11 and demo.stdout.count("  duplicate  ") == 3, demo.stdout

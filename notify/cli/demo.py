@@ -18,6 +18,8 @@ from notify.cli.output import outcome, table
 from notify.models import FINAL_STATUSES, SendResult
 from notify.settings import Settings, get_settings
 
+# The repository's templates/, which the package carries (notify/sample_templates links to it).
+SAMPLE_TEMPLATES = Path(__file__).resolve().parents[1] / "sample_templates"
 SAMPLES = [
     (
         "welcome",
@@ -87,8 +89,9 @@ def demo(timeout: float) -> None:
         before, after = migrate.upgrade(base.resolved_database_url)
         if before not in ("no schema", f"revision {after}"):
             click.echo(f"the embedded store's schema: {before} -> revision {after}")
+    templates = _templates_dir(base.templates_dir)
     with MailCatcher(home / "mail") as catcher:
-        env = _demo_env(catcher.port)
+        env = {**_demo_env(catcher.port), "NOTIFY_TEMPLATES_DIR": str(templates)}
         notifier = Notifier(Settings.from_env(env))
         channels = _sampled_channels()
         click.echo(f"SMTP catcher on 127.0.0.1:{catcher.port}; starting {', '.join(channels)} workers")
@@ -104,6 +107,15 @@ def demo(timeout: float) -> None:
                 _reap(process)
         _report(notifier, results, home, len(catcher.messages))
         notifier.close()
+
+
+def _templates_dir(configured: Path) -> Path:
+    """NOTIFY_TEMPLATES_DIR if it holds the samples' templates (a checkout of notify), else the copy
+    of them that comes with the package (after a plain pip install, in any folder)."""
+    if all((configured / name).is_dir() for name in {template for template, *_ in SAMPLES}):
+        return configured.resolve()
+    click.echo(f"templates: the package's samples, {SAMPLE_TEMPLATES} (none in {str(configured)!r})")
+    return SAMPLE_TEMPLATES
 
 
 def _demo_env(smtp_port: int) -> dict[str, str]:
