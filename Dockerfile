@@ -1,11 +1,12 @@
 FROM python:3.11-slim
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
+# templates/ before the install: the package carries them (notify/sample_templates links to them)
+COPY templates ./templates
 COPY notify ./notify
 RUN pip install --no-cache-dir .
 # Not installed: the operator modules, for `celery -A workers.email worker` run in /app.
 COPY workers ./workers
-COPY templates ./templates
 # nobody cannot write under /app (root's), and a worker refuses to start on
 # a NOTIFY_HOME it cannot write: the embedded broker and store, the outbox and
 # the scheduler's files live in a folder nobody owns.

@@ -7,9 +7,13 @@ clock steps), a real SMTP server counting every message it is handed.
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -20,7 +24,7 @@ from notify.models import Status, utcnow
 from notify.store import Claim
 from tests.conftest import IN_CI
 from tests.support.outages import store_outage
-from tests.support.processes import Worker, wait_for
+from tests.support.processes import Notify, Worker, wait_for
 from tests.support.records import a_worker
 from tests.support.smtp import SmtpServer
 
@@ -307,3 +311,54 @@ def test_workers_starting_together_on_a_fresh_sqlite_store_all_run_their_mainten
     wait_for(lambda: smtp_server.delivery_ids(), what="the send_at email", timeout=30)
     assert smtp_server.delivery_ids() == {due.deliveries[0].id: 1}
     assert all(worker.process.poll() is None for worker in workers)
+
+
+def probe(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """The compose healthcheck's probe of this host's workers and beat."""
+    return subprocess.run(
+        [sys.executable, "-m", "notify.worker.health", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("command", ["worker", "beat"])
+def test_the_health_probe_fails_while_the_store_is_away_and_passes_once_it_is_back(
+    command: str,
+    redis_postgres: dict[str, str],
+    start_worker: Callable[..., Worker],
+    tmp_path: Path,
+) -> None:
+    """compose's healthcheck of a worker and of beat: their maintenance must go through, which
+    needs the store (and the broker); a process whose passes stopped is unhealthy."""
+    assert probe(redis_postgres).stdout.startswith("unhealthy: no notify worker or beat of this host")
+    if command == "worker":
+        start_worker("email", "-c", "2").wait_ready()
+    else:
+        beat = Notify(["beat", "-l", "info"], redis_postgres, tmp_path / "beat.log")
+        wait_for(lambda: "notify beat ready" in beat.output(), what="beat to be ready", timeout=60)
+    wait_for(lambda: probe(redis_postgres, "--stale-after", "3").returncode == 0, what="a healthy probe")
+
+    with store_outage(redis_postgres["NOTIFY_DATABASE_URL"]):
+        failed = wait_for(
+            lambda: (p := probe(redis_postgres, "--stale-after", "3")).returncode == 1 and p,
+            what="the probe to fail",
+            timeout=30,
+        )
+        assert re.fullmatch(
+            r"unhealthy: process \d+: its maintenance last went through \d+s ago \(the store or broker "
+            r"away, or the maintenance stuck: its log says which\)\n",
+            failed.stdout,
+        )
+
+    wait_for(
+        lambda: probe(redis_postgres, "--stale-after", "3").returncode == 0, what="healthy again", timeout=60
+    )
+    if command == "beat":
+        beat.stop()
+        assert probe(redis_postgres).stdout.startswith(
+            "unhealthy: no notify worker or beat"
+        )  # removed its mark

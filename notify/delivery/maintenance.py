@@ -58,10 +58,12 @@ class Maintenance:
         backlog: Backlog | None = None,
         on_stop: Sequence[Callable[[], object]] = (),
         receipts: Receipts | None = None,
+        on_pass: Callable[[], object] = lambda: None,
     ) -> None:
         """`store` is its own from then on (closed when it stops), and so is what `on_stop` closes.
         `receipts`: settles receipts that came before their delivery's `sent` (notify.receipts)."""
         self.receipts = receipts
+        self._on_pass = on_pass  # after each pass that went through: the health probe's mark
         self.store, self.settings, self.publish = store, settings, publish
         self.channels = tuple(channels)
         self.backlog = backlog or (lambda _channel, _priority: None)
@@ -173,6 +175,7 @@ class Maintenance:
             try:
                 self.tick()
                 self._ran.set()
+                self._on_pass()
             except NotifyError as exc:  # the store is down: try again next tick
                 self._last_error = str(exc)
                 log.error("maintenance: %s", exc)

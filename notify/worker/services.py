@@ -40,6 +40,7 @@ from notify.models import Priority
 from notify.receipts import Receipts
 from notify.settings import Settings, load_hook, load_status_hook
 from notify.store import Store
+from notify.worker.health import HealthFile
 
 log = logging.getLogger("notify.worker")
 
@@ -220,6 +221,7 @@ def new_maintenance(celery: Celery, settings: Settings, channels: tuple[str, ...
     """
     publisher, backlog = Publisher(celery), Backlog(celery)
     store = Store(settings.resolved_database_url, require_current=True)
+    health = HealthFile(settings.home)
     return Maintenance(
         store,
         settings,
@@ -228,8 +230,9 @@ def new_maintenance(celery: Celery, settings: Settings, channels: tuple[str, ...
         functools.partial(publisher.publish, grouped=True, front=True),
         channels=channels,
         backlog=backlog,
-        on_stop=(publisher.close, backlog.close),
+        on_stop=(publisher.close, backlog.close, health.remove),
         receipts=Receipts(store, settings, on_status=load_status_hook(settings)),
+        on_pass=health.mark,
     )
 
 
