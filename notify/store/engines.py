@@ -15,10 +15,22 @@ from typing import Any
 import sqlalchemy as sa
 
 from notify.constants import SQLITE_LOCK_WAIT
+from notify.errors import StoreUnavailable
+from notify.settings import mask_url
 
 _PING_IF_IDLE_FOR = 10.0  # seconds
 _FIRST_PAUSE = 0.0005
 _LONGEST_PAUSE = 0.004
+
+
+def unavailable(engine_url: sa.URL, exc: sa.exc.DBAPIError) -> StoreUnavailable:
+    """Which store (its password and secret query values masked), and the driver's own words
+    (the first 300 characters, on one line)."""
+    where = mask_url(engine_url.render_as_string(hide_password=False))
+    words = " ".join(str(exc.orig).split())[:300]
+    return StoreUnavailable(
+        f"the store is unavailable ({where}): {type(exc.orig).__name__}" + (f": {words}" if words else "")
+    )
 
 
 def create_engine(url: str, *, writer: bool = False) -> sa.Engine:

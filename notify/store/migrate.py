@@ -15,8 +15,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
-from notify.errors import StoreUnavailable
-from notify.store.engines import create_engine
+from notify.store.engines import create_engine, unavailable
 from notify.store.schema import REVISION, SCHEMA_LOCK, deliveries, revision_of
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -58,7 +57,7 @@ def upgrade(url: str) -> tuple[str, str]:
     try:
         return _upgrade(url)
     except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
-        raise StoreUnavailable(f"the store is unavailable: {type(exc.orig).__name__}") from exc
+        raise unavailable(sa.engine.make_url(url), exc) from exc
 
 
 def _upgrade(url: str) -> tuple[str, str]:

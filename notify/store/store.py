@@ -38,7 +38,7 @@ from notify.errors import CoreCode, SchemaOutdated, StoreUnavailable
 from notify.models import DeadLetter, Delivery, Priority, Status, Suppression, SuppressionReason, utcnow
 from notify.settings import mask_url
 from notify.store.clock import Clock, DatabaseClock
-from notify.store.engines import create_engine, write_lock
+from notify.store.engines import create_engine, unavailable, write_lock
 from notify.store.rows import Claim, NewDelivery, NewNotification, NewReceipt, Queued, ReceiptTarget, Refusal
 from notify.store.schema import (
     REVISION,
@@ -162,12 +162,7 @@ class Store:
         return mask_url(self.engine.url.render_as_string(hide_password=False))
 
     def _unavailable(self, exc: sa.exc.DBAPIError) -> StoreUnavailable:
-        """Which store, and the driver's own words (the first 300 characters, on one line)."""
-        words = " ".join(str(exc.orig).split())[:300]
-        return StoreUnavailable(
-            f"the store is unavailable ({self.where}): {type(exc.orig).__name__}"
-            + (f": {words}" if words else "")
-        )
+        return unavailable(self.engine.url, exc)
 
     @contextmanager
     def _tx(self) -> Iterator[sa.Connection]:
