@@ -58,11 +58,11 @@ def probe(home: Path, stale_after: float = STALE_AFTER, *, now: float | None = N
     prefix = f"{socket.gethostname()}-"
     ages = {}
     for path in (home / "health").glob(f"{prefix}*"):
-        pid = path.name.removeprefix(prefix)
-        if not pid.isdigit() or not _alive(int(pid)):
+        name = path.name.removeprefix(prefix)
+        if not name.isdigit() or not _alive(int(name)):
             continue
         with contextlib.suppress(OSError):  # it stopped meanwhile, and removed its file
-            ages[int(pid)] = now - path.stat().st_mtime
+            ages[int(name)] = now - path.stat().st_mtime
     if not ages:
         return f"no notify worker or beat of this host has run its maintenance (in {home / 'health'})"
     stale = {pid: age for pid, age in ages.items() if age > stale_after}
