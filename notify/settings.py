@@ -165,6 +165,7 @@ class Settings:
         _check_hook_name(self.on_permanent_failure)
         _check_hook_name(self.on_status, "NOTIFY_ON_STATUS")
         _check_public_url(self.public_url)
+        object.__setattr__(self, "log_format", self.log_format.strip().lower())
         if self.log_format not in LOG_FORMATS:
             raise ConfigurationError(
                 f"NOTIFY_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, not {self.log_format!r}",
@@ -294,7 +295,8 @@ def unknown_variables(settings: Settings, known: Iterable[str] = ()) -> list[str
         if name in known:
             continue
         guess = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
-        unknown.append(f"{name} (did you mean {guess[0]}?)" if guess else name)
+        shown = repr(name)[1:-1] if not name.isprintable() else name  # a name is any bytes but = and NUL
+        unknown.append(f"{shown} (did you mean {guess[0]}?)" if guess else shown)
     return unknown
 
 
@@ -404,6 +406,9 @@ def check_url(variable: str, url: str | None, schemes: tuple[str, ...]) -> None:
     """Refuse a URL notify cannot use, naming only its scheme: the rest may hold a password."""
     if url is None:
         return
+    # A NUL, even percent-encoded, cuts the rest off in the driver (libpq): another host, silently.
+    if not url.isprintable() or "%00" in url:
+        raise ConfigurationError(f"{variable} holds a control character or %00", setting=variable)
     scheme = _scheme(url)
     if not any(scheme.startswith(s) and scheme != s if s.endswith("+") else scheme == s for s in schemes):
         expected = ", ".join(s if s.endswith("+") else f"{s}://" for s in schemes)

@@ -431,3 +431,12 @@ def test_the_help_lists_the_channels_and_priorities_to_choose_from(run: Run, com
     assert completed.returncode == 0, completed.stderr
     assert "--channel [email|sms|push|webhook]" in completed.stdout
     assert "--priority [high|normal|low]" in completed.stdout
+
+
+def test_a_group_without_its_command_shows_its_help_and_a_bad_top_level_option_is_one_line(run: Run) -> None:
+    group = run("dlq")
+    shown = group.stdout + group.stderr  # Click 8.2+ prints it on stderr, with status 2
+    assert shown.startswith("Usage: notify dlq") and "replay" in shown and "error:" not in shown
+    bogus = run("--bogus")
+    assert_one_line_error(bogus, "No such option '--bogus'", "(notify -h)")
+    assert run("--version").returncode == 0 and run("dlq", "-h").returncode == 0

@@ -259,3 +259,16 @@ def test_a_store_that_is_down_is_one_line_naming_its_host_and_why_but_not_its_pa
         )
         assert "Connection refused" in line
         assert "s3cr3t-pw" not in line and "also-secret" not in line
+
+
+def test_an_sqlite_store_whose_folder_cannot_be_made_is_one_line_naming_it(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    env["NOTIFY_DATABASE_URL"] = "sqlite:////proc/no-such-folder/notify.db"
+    for args in (["status", "x"], ["dlq", "list"], ["db", "upgrade"]):
+        completed = notify_cli(env, tmp_path, *args)
+        assert completed.returncode == 2, completed.stderr
+        assert (
+            completed.stderr
+            == "error: the store's folder '/proc/no-such-folder' cannot be made: No such file or directory\n"
+        )

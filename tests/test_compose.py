@@ -3,6 +3,7 @@ settings notify reads. (No Docker engine here: `docker-compose config` validates
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -39,8 +40,15 @@ def test_compose_validates_the_file() -> None:
         if program.endswith("docker-compose")
         else [program, "compose", "config", "-q"]
     )
-    completed = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+    secrets = {"NOTIFY_SECRET_KEY": "k" * 32, "NOTIFY_WEB_PASSWORD": "p" * 16}
+    unset = {k: v for k, v in os.environ.items() if k not in secrets}
+    completed = subprocess.run(
+        argv, cwd=REPO, env={**unset, **secrets}, capture_output=True, text=True, timeout=60
+    )
     assert completed.returncode == 0, completed.stderr
+    # No default secret: without them the stack does not start, rather than run on a known key.
+    refused = subprocess.run(argv, cwd=REPO, env=unset, capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "set NOTIFY_SECRET_KEY" in refused.stderr, refused.stderr
 
 
 def test_every_image_is_pinned_to_a_release(services: dict[str, Any]) -> None:
@@ -85,3 +93,8 @@ def test_the_stack_sets_only_settings_notify_reads(services: dict[str, Any]) -> 
         names = environment if isinstance(environment, dict) else [e.split("=")[0] for e in environment]
         unknown = {n for n in names if n.startswith("NOTIFY_")} - known
         assert not unknown, (name, unknown)
+
+
+def test_only_web_knows_the_console_password(services: dict[str, Any]) -> None:
+    holders = {name for name, s in services.items() if "NOTIFY_WEB_PASSWORD" in (s.get("environment") or {})}
+    assert holders == {"web"}

@@ -357,3 +357,36 @@ def test_the_cli_replays_every_dead_letter_in_batches_and_sums_up(
     assert again.stdout.splitlines() == [
         "replayed 0 of 1 dead letters; 1 left failed, their address suppressed"
     ]
+
+
+def test_the_cli_says_how_far_replay_all_got_when_the_store_fails_midway(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batches replayed before the store failed stay replayed, and the output says so."""
+    import importlib
+
+    from click.testing import CliRunner
+
+    from notify.cli import main
+    from notify.errors import StoreUnavailable
+
+    monkeypatch.setattr(importlib.import_module("notify.cli.dlq"), "REPLAY_BATCH", 2)
+    ids = [dead_letter(store, address=f"u{i}@example.com") for i in range(5)]
+    replay, calls = api.Notifier.replay, []
+
+    def failing_on_the_second_batch(self: api.Notifier, chunk: list[str], **options: Any) -> Any:
+        calls.append(chunk)
+        if len(calls) == 2:
+            raise StoreUnavailable("the store is unavailable (sqlite:///x): OperationalError: disk I/O error")
+        return replay(self, chunk, **options)
+
+    monkeypatch.setattr(api.Notifier, "replay", failing_on_the_second_batch)
+
+    result = CliRunner().invoke(main, ["dlq", "replay", "--all"], catch_exceptions=False)
+
+    assert result.exit_code == 2
+    assert result.stderr.splitlines()[-2:] == [
+        "replayed 2 of 5 dead letters before it stopped",
+        "error: the store is unavailable (sqlite:///x): OperationalError: disk I/O error",
+    ]
+    assert [store.get(i).status for i in ids] == [Status.QUEUED] * 2 + [Status.FAILED] * 3  # type: ignore[union-attr]

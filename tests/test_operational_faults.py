@@ -350,7 +350,7 @@ def test_the_health_probe_fails_while_the_store_is_away_and_passes_once_it_is_ba
         )
         failed = probe(redis_postgres, "--stale-after", "3")
         assert re.fullmatch(
-            r"unhealthy: process \d+: its maintenance last went through \d+s ago \(the store or broker "
+            r"unhealthy: process \d+: its maintenance last went through \d+s ago \(the store "
             r"away, or the maintenance stuck: its log says which\)\n",
             failed.stdout,
         )
@@ -358,8 +358,48 @@ def test_the_health_probe_fails_while_the_store_is_away_and_passes_once_it_is_ba
     wait_for(
         lambda: probe(redis_postgres, "--stale-after", "3").returncode == 0, what="healthy again", timeout=60
     )
+    from tests.support.web import free_port
+
+    away = {**redis_postgres, "NOTIFY_BROKER_URL": f"redis://:hunter2@127.0.0.1:{free_port()}/0"}
+    broker = probe(away)
+    assert broker.returncode == 1 and broker.stdout.startswith(
+        "unhealthy: the broker does not answer (redis://"
+    )
+    assert "hunter2" not in broker.stdout
     if command == "beat":
         beat.stop()
-        assert probe(redis_postgres).stdout.startswith(
-            "unhealthy: no notify worker or beat"
-        )  # removed its mark
+        gone = probe(redis_postgres)  # beat removed its mark
+        assert gone.stdout.startswith("unhealthy: no notify worker or beat")
+
+
+def test_the_health_probe_reads_no_file_of_a_dead_process_as_a_live_ones(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """A worker killed with SIGKILL leaves its file; the process that gets its id later is not it."""
+    import socket
+
+    health = Path(env["NOTIFY_HOME"]) / "health"
+    health.mkdir(parents=True)
+    # This test's own id with another start time: the file of a killed process whose id was reused.
+    (health / f"{socket.gethostname()}-{os.getpid()}").write_text("1 0.0\n")
+    (health / f"{socket.gethostname()}-garbage").write_text("not a mark")
+
+    completed = probe(env)
+
+    assert completed.returncode == 1
+    assert completed.stdout.startswith("unhealthy: no notify worker or beat of this host"), completed.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "setting", "said"),
+    [
+        (["--stale-after", "nan"], {}, "--stale-after must be a number of seconds above 0"),
+        ([], {"NOTIFY_LOG_FORMAT": "xml"}, "unhealthy: NOTIFY_LOG_FORMAT must be one of text, json"),
+    ],
+)
+def test_the_health_probe_says_what_is_wrong_with_its_own_input_in_one_line(
+    env: dict[str, str], args: list[str], setting: dict[str, str], said: str
+) -> None:
+    completed = probe({**env, **setting}, *args)
+    assert completed.returncode != 0
+    assert said in completed.stdout + completed.stderr and "Traceback" not in completed.stderr

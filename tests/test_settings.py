@@ -43,6 +43,13 @@ def test_durations_accept_seconds_or_units() -> None:
         ({"NOTIFY_LEASE": "twenty-five"}, "NOTIFY_LEASE"),
         ({"NOTIFY_RETENTION": "a while"}, "NOTIFY_RETENTION"),
         ({"NOTIFY_MAX_DATA_BYTES": "0"}, "NOTIFY_MAX_DATA_BYTES"),
+        ({"NOTIFY_METRICS_PORT": "0"}, "NOTIFY_METRICS_PORT"),
+        ({"NOTIFY_METRICS_PORT": "65536"}, "NOTIFY_METRICS_PORT"),
+        ({"NOTIFY_METRICS_PORT": "http"}, "NOTIFY_METRICS_PORT"),
+        ({"NOTIFY_LOG_FORMAT": "xml"}, "NOTIFY_LOG_FORMAT"),
+        # libpq stops at a NUL, even a percent-encoded one: the rest of the URL (its host) unread
+        ({"NOTIFY_DATABASE_URL": "postgresql://u:pw%00@db.example:5433/notify"}, "NOTIFY_DATABASE_URL"),
+        ({"NOTIFY_BROKER_URL": "redis://h\x00ost:6379/0"}, "NOTIFY_BROKER_URL"),
     ],
 )
 def test_a_bad_value_names_its_variable(environ: dict[str, str], variable: str) -> None:
@@ -288,3 +295,8 @@ def test_unknown_variables_are_named_with_a_guess_and_known_ones_are_not() -> No
     settings = Settings.from_env({"NOTIFY_HOME": "x", "NOTIFY_RETENTON": "1d", "NOTIFY_ZZZ": "1"})
     assert unknown_variables(settings) == ["NOTIFY_RETENTON (did you mean NOTIFY_RETENTION?)", "NOTIFY_ZZZ"]
     assert unknown_variables(settings, {"NOTIFY_ZZZ"}) == ["NOTIFY_RETENTON (did you mean NOTIFY_RETENTION?)"]
+
+
+def test_the_log_format_is_read_in_any_case() -> None:
+    assert Settings.from_env({"NOTIFY_LOG_FORMAT": " JSON "}).log_format == "json"
+    assert Settings.from_env({}).log_format == "text"

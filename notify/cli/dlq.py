@@ -8,13 +8,14 @@ import sys
 
 import click
 
-from notify.api import Notifier
-from notify.cli.output import ChannelChoice, notifier, reports_errors, table
+from notify.api import REPLAY_FLUSH_TIMEOUT
+from notify.cli.output import ChannelChoice, fail, notifier, reports_errors, table
 from notify.constants import MAX_LISTED
-from notify.errors import ValidationError
+from notify.errors import NotifyError, ValidationError
 from notify.text import printable
 
-REPLAY_BATCH = 500  # dead letters per transaction and per broker flush of `dlq replay --all`
+REPLAY_BATCH = 500  # dead letters per transaction of `dlq replay --all`
+SUPPRESSED_SHOWN = 20  # ids of dead letters left failed named one by one, at most
 
 
 @click.group()
@@ -93,12 +94,33 @@ def replay(ids: tuple[str, ...], everything: bool) -> None:
 
 def _replay_all() -> None:
     """Every dead letter there is now, REPLAY_BATCH at a time behind a progress bar (on a terminal),
-    then one summary: a replay of 100,000 neither prints 100,000 lines nor holds one transaction."""
+    then one summary: a replay of 100,000 neither prints 100,000 lines nor holds one transaction.
+    The broker is waited for once, at the end, not per batch."""
+    replayed, suppressed, gone, total = 0, [], 0, 0
     with contextlib.closing(notifier()) as producer:
-        ids = producer.store.dead_letter_ids()
-        replayed, suppressed, gone = _replay_in_batches(producer, ids)
+        try:
+            ids = producer.store.dead_letter_ids()
+            total = len(ids)
+            with click.progressbar(length=total, label="replaying", file=sys.stderr) as bar:
+                for start in range(0, total, REPLAY_BATCH):
+                    chunk = ids[start : start + REPLAY_BATCH]
+                    result = producer.replay(chunk, flush_timeout=0)
+                    replayed += len(result.replayed)
+                    suppressed += result.suppressed
+                    gone += len(result.not_found)  # replayed or purged by someone else since the count
+                    bar.update(len(chunk))
+            if replayed and not producer.flush(REPLAY_FLUSH_TIMEOUT):
+                click.echo(
+                    f"the broker did not take every message in {REPLAY_FLUSH_TIMEOUT:.0f}s; "
+                    "the sweep publishes the rest",
+                    err=True,
+                )
+        except NotifyError as exc:  # what was replayed so far stays replayed: say how far it got
+            if total:
+                click.echo(f"replayed {replayed} of {total} dead letters before it stopped", err=True)
+            fail(exc)
     _say_suppressed(suppressed)
-    summary = f"replayed {replayed} of {len(ids)} dead letters"
+    summary = f"replayed {replayed} of {total} dead letters"
     if suppressed:
         summary += f"; {len(suppressed)} left failed, their address suppressed"
     if gone:
@@ -106,26 +128,17 @@ def _replay_all() -> None:
     click.echo(summary)
 
 
-def _replay_in_batches(producer: Notifier, ids: list[str]) -> tuple[int, list[str], int]:
-    """(how many were replayed, the ids left failed for their suppressed address, how many were gone)."""
-    replayed, suppressed, gone = 0, [], 0
-    with click.progressbar(length=len(ids), label="replaying", file=sys.stderr) as bar:
-        for start in range(0, len(ids), REPLAY_BATCH):
-            chunk = ids[start : start + REPLAY_BATCH]
-            result = producer.replay(chunk)
-            replayed += len(result.replayed)
-            suppressed += result.suppressed
-            gone += len(result.not_found)  # replayed or purged by someone else since the count
-            bar.update(len(chunk))
-    return replayed, suppressed, gone
-
-
 def _say_suppressed(ids: list[str]) -> None:
-    for delivery_id in ids:
+    """Each left failed for its suppressed address, up to SUPPRESSED_SHOWN of them."""
+    for delivery_id in ids[:SUPPRESSED_SHOWN]:
         click.echo(
             f"left failed: {printable(delivery_id)}'s address is suppressed "
             "(notify suppressions list; remove it to replay)",
             err=True,
+        )
+    if len(ids) > SUPPRESSED_SHOWN:
+        click.echo(
+            f"... and {len(ids) - SUPPRESSED_SHOWN} more left failed for a suppressed address", err=True
         )
 
 

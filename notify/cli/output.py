@@ -41,6 +41,12 @@ class NotifyGroup(click.Group):
     """The `notify` group: a NotifyError raised while a command line is parsed (a broken channel
     plugin) is one line too, as from a command."""
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:  # `notify --bogus`
+            usage_error(exc)
+
     def invoke(self, ctx: click.Context) -> Any:
         from notify import channels
 
@@ -49,11 +55,24 @@ class NotifyGroup(click.Group):
             return super().invoke(ctx)
         except NotifyError as exc:
             fail(exc)
-        except click.UsageError as exc:  # a bad option or value: the same one-line style
-            where = exc.ctx.command_path if exc.ctx else "notify"
-            reason = " ".join(exc.format_message().split())
-            click.echo(f"error: {printable(reason)} ({where} -h)", err=True)
-            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            usage_error(exc)
+
+
+# Click 8.2+ raises it for a group run without a command: its help is shown, as it should be.
+_HELP_SHOWN: tuple[type[Exception], ...] = tuple(
+    filter(None, [getattr(click.exceptions, "NoArgsIsHelpError", None)])
+)
+
+
+def usage_error(exc: click.UsageError) -> NoReturn:
+    """A bad option or value: one line in the style of every other error, naming the command's help."""
+    if isinstance(exc, _HELP_SHOWN):
+        raise exc
+    where = exc.ctx.command_path if exc.ctx else "notify"
+    reason = " ".join(exc.format_message().split())
+    click.echo(f"error: {printable(reason)} ({where} -h)", err=True)
+    sys.exit(exc.exit_code)
 
 
 def reports_errors(command: F) -> F:

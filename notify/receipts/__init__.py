@@ -29,7 +29,7 @@ from datetime import timedelta
 from typing import Protocol
 
 from notify import channels as registry
-from notify.errors import CoreCode, StoreUnavailable
+from notify.errors import CoreCode
 from notify.models import Status, SuppressionReason
 from notify.policy import ChannelPolicy, load_policies
 from notify.settings import Settings, StatusHook, tell_status
@@ -121,11 +121,13 @@ class Receipts:
         ):
             becomes = Status.RETRYING
             retry_at = self.store.now() + timedelta(seconds=policy.delay(target.attempts))
+        if judgement.suppress is not None:
+            # First: whoever sees the delivery undelivered and sends again finds the address
+            # suppressed. A store that fails here leaves the receipt unsettled, for the sweep.
+            detail = f"{receipt.provider} {receipt.code}: {receipt.detail or 'receipt'}"
+            self.store.suppress(target.channel, target.address, str(judgement.suppress), detail)
         if not self.store.settle_receipt(receipt, becomes, retry_at):
             return Taken.IGNORED  # another receipt moved it first
-        if judgement.suppress is not None:
-            detail = f"{receipt.provider} {receipt.code}: {receipt.detail or 'receipt'}"
-            self._suppress(target.channel, target.address, judgement.suppress, detail)
         return self._moved(receipt, target, becomes)
 
     def _moved(self, receipt: NewReceipt, target: ReceiptTarget, becomes: Status) -> Taken:
@@ -135,16 +137,16 @@ class Receipts:
             becomes,
             receipt.provider,
             f", code {receipt.code}" if receipt.code else "",
+            extra={
+                "delivery_id": receipt.delivery_id,
+                "channel": target.channel,
+                "provider": receipt.provider,
+                "status": becomes.value,
+            },
         )
         if becomes is not Status.RETRYING:
             tell_status(self.on_status, receipt.delivery_id, target.channel, becomes, receipt.code)
         return Taken.MOVED
-
-    def _suppress(self, channel: str, address: str, reason: SuppressionReason, detail: str) -> None:
-        try:
-            self.store.suppress(channel, address, str(reason), detail)
-        except StoreUnavailable:  # the receipt moved its delivery; the next send's failure suppresses it
-            log.exception("a receipt's suppression could not be recorded")
 
 
 def _judge(receipt: NewReceipt) -> Judgement:

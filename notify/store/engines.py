@@ -62,7 +62,11 @@ def _engine(url: str, *, writer: bool) -> sa.Engine:
         return _server_engine(url)
     database = sa.make_url(url).database
     if database and database != ":memory:":
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # one line naming the folder, as a store that does not answer
+            folder = str(Path(database).parent)
+            raise StoreUnavailable(f"the store's folder {folder!r} cannot be made: {exc.strerror}") from None
     engine = sa.create_engine(url, connect_args={"timeout": 0 if writer else SQLITE_LOCK_WAIT})
     sa.event.listen(engine, "connect", _pragmas(busy_ms=0 if writer else int(SQLITE_LOCK_WAIT * 1000)))
     sa.event.listen(engine, "begin", _begin_immediate if writer else _begin_deferred)

@@ -63,8 +63,11 @@ def preflight(settings: Settings, channels: Sequence[str]) -> None:
 # Read by Celery over the broker notify configures (celery.app.utils.Settings; `celery -b URL`
 # sets the first): a worker would consume from one while notify's producers publish elsewhere.
 CELERY_BROKER_VARIABLES = ("CELERY_BROKER_URL", "CELERY_BROKER_READ_URL", "CELERY_BROKER_WRITE_URL")
-# Read by Celery, and of no use to notify: it keeps no task results, and configures Celery itself.
-CELERY_IGNORED_VARIABLES = ("CELERY_RESULT_BACKEND", "CELERY_CONFIG_MODULE")
+# Read by Celery over notify's configuration, and of no use to notify, which keeps no task results:
+# a worker would connect to it (and stop on an unknown scheme).
+CELERY_RESULT_VARIABLE = "CELERY_RESULT_BACKEND"
+# Not read by notify, which configures Celery itself.
+CELERY_IGNORED_VARIABLES = ("CELERY_CONFIG_MODULE", "CELERY_LOADER", "CELERY_CUSTOM_WORKER_POOL")
 
 
 def _check_celery_settings(settings: Settings) -> None:
@@ -79,6 +82,12 @@ def _check_celery_settings(settings: Settings) -> None:
                 "Celery from NOTIFY_BROKER_URL)",
                 setting=variable,
             )
+    if os.environ.get(CELERY_RESULT_VARIABLE):
+        raise ConfigurationError(
+            f"{CELERY_RESULT_VARIABLE} is set: Celery would connect to it, and notify keeps no task "
+            "results (the store has every outcome); unset it",
+            setting=CELERY_RESULT_VARIABLE,
+        )
     for variable in CELERY_IGNORED_VARIABLES:
         if os.environ.get(variable):
             log.warning("%s is set; notify configures Celery itself and does not use it", variable)
@@ -90,7 +99,9 @@ def warn_unknown_variables(settings: Settings) -> None:
     known = {*VARIABLES, *(backend_variable(name) for name in registry.names())}
     unknown = unknown_variables(settings, known)
     if unknown:
-        log.warning("not notify settings, and ignored: %s", ", ".join(unknown))
+        log.warning(
+            "NOTIFY_* variables notify does not read (a custom provider or hook may): %s", ", ".join(unknown)
+        )
 
 
 def _warn_about_unsubscribe_links(settings: Settings) -> None:
