@@ -33,6 +33,7 @@ from notify.models import (
     shown,
     utc_send_at,
 )
+from notify.observability import tracing
 from notify.policy import ChannelPolicy, load_policies
 from notify.rendering import TRANSACTIONAL, Renderer, check_locale, is_category
 from notify.settings import Settings, get_settings
@@ -130,18 +131,20 @@ class Notifier:
                 is recorded or enqueued (`ValidationError`, `TemplateError`), or
                 `StoreUnavailable` when the store cannot record it.
         """
-        intent = Intent(
-            template,
-            to,
-            data=data,
-            channels=channels,
-            priority=priority,
-            dedup_key=dedup_key,
-            send_at=send_at,
-            locale=locale,
-        )
-        [result] = self._record_and_publish([self._prepare(intent)], grouped=False)
-        return result
+        with tracing.span("notify.send", {"notify.template": _named(template)}) as span:
+            intent = Intent(
+                template,
+                to,
+                data=data,
+                channels=channels,
+                priority=priority,
+                dedup_key=dedup_key,
+                send_at=send_at,
+                locale=locale,
+            )
+            [result] = self._record_and_publish([self._prepare(intent)], grouped=False)
+            tracing.note(span, "notify.notification_id", result.id)
+            return result
 
     def send_many(self, intents: Iterable[Intent], /, *, batch_size: int = BATCH_SIZE) -> list[SendResult]:
         """Validate every intent, then record and publish them `batch_size` at a time.
@@ -180,8 +183,10 @@ class Notifier:
         """Each batch recorded and published in turn; a lost store after the first says what was kept."""
         done: list[SendResult] = []
         for start in range(0, len(prepared), size):
+            chunk = prepared[start : start + size]
             try:
-                batch = self._record_and_publish(prepared[start : start + size], grouped=True)
+                with tracing.span("notify.send_many", {"notify.notifications": len(chunk)}):
+                    batch = self._record_and_publish(chunk, grouped=True)
             except StoreUnavailable as exc:
                 if not done:
                     raise
@@ -281,23 +286,27 @@ class Notifier:
             # every app with the same broker URL; they are not ours to close.
             self.producer.close()
 
-    def replay(self, ids: list[str] | None) -> Replayed:
+    def replay(self, ids: list[str] | None, *, flush_timeout: float = REPLAY_FLUSH_TIMEOUT) -> Replayed:
         """Re-queue failed deliveries for a fresh attempt cycle (same ids), on the broker when it returns.
 
         Args:
             ids: the deliveries to replay, or None for every failed one; ids
                 unknown or not failed come back in `Replayed.not_found`.
+            flush_timeout: how long to wait for the broker to take the messages (the sweep
+                publishes what it did not); 0: do not wait.
 
         Raises:
             ValidationError: `ids` is not a list of ids; its `field` names the one at fault (`ids[2]`).
         """
         ids = None if ids is None else check_ids("ids", ids, MAX_ID)
-        reset = self.store.replay(ids)
-        self._publish(reset, grouped=True)
+        with tracing.span("notify.replay") as span:
+            reset = self.store.replay(ids)
+            tracing.note(span, "notify.deliveries", len(reset))
+            self._publish(reset, grouped=True)
         # An operator's command: on the broker when it returns.
-        if not self.flush(REPLAY_FLUSH_TIMEOUT):
+        if flush_timeout and not self.flush(flush_timeout):
             log.warning(
-                "replay: the broker did not take every message in %.0fs; the sweep will", REPLAY_FLUSH_TIMEOUT
+                "replay: the broker did not take every message in %.0fs; the sweep will", flush_timeout
             )
         done = [delivery_id for delivery_id, _, _ in reset]
         left = self.store.failed_and_suppressed(ids)
@@ -438,6 +447,11 @@ def _checked(spec: registry.ChannelSpec, value: object, settings: Settings) -> s
         raise ValidationError(
             f"to.{spec.address}", f"refused by the {spec.name} channel's check ({type(exc).__name__}: {exc})"
         ) from None
+
+
+def _named(template: object) -> str:
+    """A template's name for a span: what send() was given, before it is checked."""
+    return template[:200] if isinstance(template, str) else f"<{type(template).__name__}>"
 
 
 def _intents(intents: object) -> list[object]:

@@ -24,6 +24,12 @@ def queue_name(channel: str, priority: str) -> str:
     return f"notify.{channel}.{priority}"
 
 
+def task_shown_as(channel: str, priority: str) -> str:
+    """`notify.deliver.<channel>.<priority>`: the name Flower and Celery's logs show a deliver task
+    by (Celery's `shadow`), so that they tell channels and priorities apart; `notify.deliver` runs."""
+    return f"{DELIVER_TASK}.{channel}.{priority}"
+
+
 def channel_queues(channel: str) -> list[str]:
     """A channel's queues, highest priority first (Redis and the embedded broker)."""
     return [queue_name(channel, p) for p in Priority]

@@ -151,6 +151,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("notify.settings",),
     ("notify.channels",),
     ("notify.rendering", "notify.providers", "notify.store", "notify.unsubscribe"),
+    ("notify.observability",),  # over the store it reads gauges from, under what it logs and measures
     ("notify.receipts",),
     ("notify.delivery", "notify.broker"),
     ("notify.api",),

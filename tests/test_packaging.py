@@ -156,3 +156,13 @@ def test_notify_demo_runs_from_the_installed_wheel_in_an_empty_folder(
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert f"templates: the package's samples, {site / 'notify' / 'sample_templates'}" in demo.stdout
     assert demo.stdout.count("  sent  ") == 11 and demo.stdout.count("  duplicate  ") == 3, demo.stdout
+
+
+@pytest.mark.timeout(60)
+def test_the_wheel_carries_the_console_pages(wheel: zipfile.ZipFile) -> None:
+    """`notify web` renders the console from templates inside the package (package data)."""
+    shipped = REPO / "notify" / "web" / "console" / "templates"
+    pages = sorted(p.name for p in shipped.glob("*.html"))
+    assert "base.html" in pages
+    for name in pages:
+        assert f"notify/web/console/templates/{name}" in wheel.namelist(), name

@@ -66,7 +66,7 @@ def test_a_message_is_the_one_kombu_stores_for_the_same_task(
     with app.producer_or_acquire() as celery_producer:  # Celery and kombu's own way
         app.send_task(
             "notify.deliver", args=[ids], producer=celery_producer, ignore_result=True,
-            queue=QUEUE, routing_key=QUEUE,
+            queue=QUEUE, routing_key=QUEUE, shadow=f"notify.deliver.{QUEUE.removeprefix('notify.')}",
         )  # fmt: skip
     RedisPublisher(app).publish([(QUEUE, ids)], batch=10)
 

@@ -21,7 +21,7 @@ import json
 import os
 import socket
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, cast
 
 import redis
@@ -31,6 +31,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from notify.constants import BROKER_TIMEOUT, DELIVER_TASK
+from notify.observability import tracing
 
 # send() must not hang on a dead broker: the store has the delivery and a
 # sweep publishes it later. Two retries, 0.05 then 0.1 s (as Celery's policy).
@@ -68,7 +69,8 @@ class RedisPublisher:
         if front:  # the first one pushed last, so they are taken in the order given
             messages = list(messages)[::-1]
         for queue, ids in messages:
-            push(queue, self.envelope(queue, ids))
+            with tracing.publishing(queue, 1 if isinstance(ids, str) else len(ids)) as trace_headers:
+                push(queue, self.envelope(queue, ids, trace_headers))
             count += 1
             if len(pipe) >= batch:
                 pipe.execute()
@@ -76,11 +78,21 @@ class RedisPublisher:
             pipe.execute()
         return count
 
-    def envelope(self, queue: str, ids: str | list[str]) -> str:
-        """The JSON kombu's Redis transport stores for a `notify.deliver` task of these ids."""
+    def envelope(self, queue: str, ids: str | list[str], headers: Mapping[str, str] | None = None) -> str:
+        """The JSON kombu's Redis transport stores for a `notify.deliver` task of these ids.
+
+        `headers`: more of the message's headers (a trace context), top-level, as Celery's
+        `send_task(headers=...)` puts them, so they are attributes of the task's request.
+        """
         task_id = str(uuid.uuid4())
         message = self._amqp.as_task_v2(
-            task_id, DELIVER_TASK, args=cast(Any, [ids]), kwargs={}, ignore_result=True, origin=self._origin
+            task_id,
+            DELIVER_TASK,
+            args=cast(Any, [ids]),
+            kwargs={},
+            ignore_result=True,
+            origin=self._origin,
+            shadow=f"{DELIVER_TASK}.{queue.removeprefix('notify.')}",  # constants.task_shown_as's name
         )
         content_type, encoding, body = serialize(message.body, serializer="json")
         properties: dict[str, Any] = {
@@ -96,7 +108,7 @@ class RedisPublisher:
                 "body": base64.b64encode(body.encode() if isinstance(body, str) else body).decode(),
                 "content-encoding": encoding,
                 "content-type": content_type,
-                "headers": message.headers,
+                "headers": {**message.headers, **headers} if headers else message.headers,
                 "properties": properties,
             }
         )

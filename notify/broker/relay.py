@@ -14,6 +14,8 @@ multiprocessing's: they end with os._exit, no atexit) starts with empty
 relays that publish in the caller's thread, as send() did before; so does a
 closed relay, and one that cannot start its thread. submit() never raises:
 the store has the delivery, and a caller that saw an error would send again.
+With OpenTelemetry configured, each submit keeps the caller's trace context and
+its rows are published in it (notify.observability.tracing).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import weakref
 from collections.abc import Callable, Sequence
 
 from notify.constants import EXIT_FLUSH_TIMEOUT
+from notify.observability import tracing
 from notify.store import Queued
 
 log = logging.getLogger("notify")
@@ -49,7 +52,7 @@ class Relay:
         # os._exit, and no atexit flush would run.
         self._synchronous = synchronous or _forked
         self._cond = threading.Condition()
-        self._pending: list[tuple[Sequence[Queued], bool]] = []
+        self._pending: list[tuple[Sequence[Queued], bool, tracing.Trace | None]] = []
         self._handed = self._done = 0
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -58,10 +61,11 @@ class Relay:
         """Publish `rows` soon, from the relay's thread."""
         if not rows:
             return
+        trace = tracing.carrier()  # the caller's span (send()'s), for the relay's thread
         with self._cond:
             queued = not (self._synchronous or self._closed) and self._start_thread()
             if queued:
-                self._pending.append((rows, grouped))
+                self._pending.append((rows, grouped, trace))
                 self._handed += 1
                 self._cond.notify()
         if not queued:  # closed (an exiting process), forked, or no thread to be had: publish here
@@ -98,9 +102,8 @@ class Relay:
                 if not self._pending:
                     return
                 work, self._pending = self._pending, []
-            for grouped in (False, True):  # single sends first: they are the latency-sensitive ones
-                rows = [row for batch, flag in work if flag is grouped for row in batch]
-                if rows:
+            for (grouped, trace), rows in _by_kind(work):
+                with tracing.resumed(trace):
                     self._publish_now(rows, grouped)
             with self._cond:
                 self._done += len(work)
@@ -117,6 +120,17 @@ class Relay:
                 type(exc).__name__,
                 exc,
             )
+
+
+def _by_kind(
+    work: Sequence[tuple[Sequence[Queued], bool, tracing.Trace | None]],
+) -> list[tuple[tuple[bool, tracing.Trace | None], list[Queued]]]:
+    """The rows handed over, by (grouped, trace context), in order, single sends first (the
+    latency-sensitive ones). Without OpenTelemetry, every trace is None: two publishes at most."""
+    kinds: dict[tuple[bool, tracing.Trace | None], list[Queued]] = {}
+    for rows, grouped, trace in work:
+        kinds.setdefault((grouped, trace), []).extend(rows)
+    return sorted(kinds.items(), key=lambda kind: kind[0][0])
 
 
 def _flush_all() -> None:

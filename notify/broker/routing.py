@@ -21,8 +21,10 @@ from notify.constants import (
     priority_queue_name,
     queue_channel,
     queue_name,
+    task_shown_as,
 )
 from notify.models import Priority
+from notify.observability import tracing
 from notify.settings import Settings, revealed
 
 EMBEDDED_TRANSPORT = "notify.broker.embedded:Transport"
@@ -173,10 +175,18 @@ def enqueue(
     """Publish one message (a delivery, or a burst's) for `channel` at `priority`, through Celery;
     `front`: ahead of its priority's backlog (see `route`)."""
     options = route(app.conf.broker_url, channel, priority, front=front)
-    headers = {FRONT_HEADER: "1"} if front else None
-    app.send_task(
-        DELIVER_TASK, args=[delivery_ids], producer=producer, ignore_result=True, headers=headers, **options
-    )
+    count = 1 if isinstance(delivery_ids, str) else len(delivery_ids)
+    with tracing.publishing(options["queue"], count) as trace_headers:
+        headers = {**(trace_headers or {}), **({FRONT_HEADER: "1"} if front else {})}
+        app.send_task(
+            DELIVER_TASK,
+            shadow=task_shown_as(channel, priority),
+            args=[delivery_ids],
+            producer=producer,
+            ignore_result=True,
+            headers=headers or None,
+            **options,
+        )
 
 
 MAX_GROUP = 16  # deliveries per broker message, at most

@@ -17,6 +17,14 @@ from notify.settings import Settings
 
 MAX_SMS_CHARS = 1600  # Twilio's hard limit on a message body
 _E164 = re.compile(r"\+[1-9][0-9]{1,14}")
+# GSM 03.38: the default alphabet (one septet each) and its extension table (an escape and a septet).
+_GSM_BASIC = frozenset(
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
+    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
+)
+_GSM_EXTENDED = frozenset("^{}\\[~]|€\f")
+# Characters per message: (alone, in each part of a concatenated message, whose header takes the rest).
+_GSM_UNITS, _UCS2_UNITS = (160, 153), (70, 67)
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,39 @@ def check_rendered(rendered: Mapping[str, str]) -> str | None:
     if length <= MAX_SMS_CHARS:
         return None
     return f"renders {length} characters, over Twilio's limit of {MAX_SMS_CHARS}"
+
+
+@dataclass(frozen=True)
+class Segments:
+    """How a body goes over the air: its encoding ("GSM-7" or "UCS-2") and how many messages."""
+
+    encoding: str
+    count: int
+    units: int  # septets (GSM-7) or UTF-16 code units (UCS-2)
+
+
+def segments(body: str) -> Segments:
+    """The SMS parts `body` is billed as: one character outside GSM-7 makes it all UCS-2.
+
+    A GSM-7 extension character (an escape and a septet) and a UCS-2 surrogate pair
+    are never split across two parts, as phones and carriers split them.
+    """
+    if all(c in _GSM_BASIC or c in _GSM_EXTENDED for c in body):
+        sizes = [2 if c in _GSM_EXTENDED else 1 for c in body]
+        return Segments("GSM-7", _count(sizes, *_GSM_UNITS), sum(sizes))
+    sizes = [2 if ord(c) > 0xFFFF else 1 for c in body]
+    return Segments("UCS-2", _count(sizes, *_UCS2_UNITS), sum(sizes))
+
+
+def _count(sizes: list[int], alone: int, per_part: int) -> int:
+    if sum(sizes) <= alone:
+        return 1
+    parts, used = 1, 0
+    for size in sizes:
+        if used + size > per_part:
+            parts, used = parts + 1, 0
+        used += size
+    return parts
 
 
 def build(delivery_id: str, address: str, rendered: Mapping[str, str], settings: Settings) -> SmsMessage:

@@ -10,6 +10,7 @@ apart from workers.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 import click
@@ -42,9 +43,22 @@ if TYPE_CHECKING:
     help="Celery pool; threads suit delivery, which waits on the network.",
 )
 @click.option("--loglevel", "-l", default="info", show_default=True)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Serve Prometheus /metrics on this port (sets NOTIFY_METRICS_PORT).",
+)
 @click.argument("celery_options", nargs=-1, type=click.UNPROCESSED)
 @reports_errors
-def worker(channel: str, concurrency: int, pool: str, loglevel: str, celery_options: tuple[str, ...]) -> None:
+def worker(
+    channel: str,
+    concurrency: int,
+    pool: str,
+    loglevel: str,
+    metrics_port: int | None,
+    celery_options: tuple[str, ...],
+) -> None:
     """Run a Celery worker for CHANNEL's queues, high before normal before low.
 
     It also releases CHANNEL's due deliveries and sweeps what nobody works on.
@@ -53,13 +67,18 @@ def worker(channel: str, concurrency: int, pool: str, loglevel: str, celery_opti
     unless -n says otherwise.
     """
     from notify.broker.routing import consume_queues
+    from notify.observability import logs
     from notify.worker.app import node_name
     from notify.worker.startup import preflight
 
     if {"-D", "--detach"} & set(celery_options):
         # Celery would start `celery worker ...` again without notify's app and queues.
         raise ValidationError("--detach", "is not supported: run notify worker under a process supervisor")
+    if metrics_port is not None:  # Celery's start reads the settings again, from the environment
+        os.environ["NOTIFY_METRICS_PORT"] = str(metrics_port)
     settings = get_settings()
+    if settings.log_format == "json":  # what preflight logs comes before Celery sets up its log
+        logs.configure(settings.log_format, loglevel)
     preflight(settings, (channel,))  # before Celery says anything: the worker's start checks it too
     app = configured_app(settings)
     # Celery reads "-P prefork" as "no -P given" and takes the configured pool
@@ -98,15 +117,20 @@ def beat(loglevel: str) -> None:
     import signal
     import threading
 
-    from notify.text import escape_logs
+    from notify.observability import logs
+    from notify.observability.metrics import OFF, Metrics, Served, serve
     from notify.worker.services import new_maintenance
     from notify.worker.startup import preflight
 
-    logging.basicConfig(level=loglevel.upper(), format="[%(asctime)s: %(levelname)s/%(name)s] %(message)s")
-    escape_logs(logging.getLogger())
     settings = get_settings()
+    logs.configure(settings.log_format, loglevel)
     preflight(settings, channels=())  # NOTIFY_HOME first: the embedded broker's file lives there
-    maintenance = new_maintenance(configured_app(settings), settings, registry.names()).start()
+    counted: Metrics = OFF
+    served: Served | None = None
+    if settings.metrics_port is not None:  # its sweep's recoveries, on /metrics
+        counted, served = serve(settings.metrics_port)
+    app = configured_app(settings)
+    maintenance = new_maintenance(app, settings, registry.names(), counted).start()
     stopped = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopped.set())
@@ -115,6 +139,8 @@ def beat(loglevel: str) -> None:
     )
     stopped.wait()
     maintenance.stop()
+    if served is not None:
+        served.close()
 
 
 def configured_app(settings: Settings) -> Celery:

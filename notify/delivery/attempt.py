@@ -45,9 +45,11 @@ from notify.errors import (
     ValidationError,
 )
 from notify.models import Status
+from notify.observability import logs, tracing
+from notify.observability.metrics import OFF, AttemptOutcome, Metrics
 from notify.policy import ChannelPolicy, load_policies
 from notify.providers import load_provider
-from notify.providers.base import Message, Provider
+from notify.providers.base import Message, Provider, Receipt
 from notify.rendering import Renderer
 from notify.settings import Settings, StatusHook, tell_status
 from notify.store import Claim, Queued, Refusal, Store
@@ -113,6 +115,7 @@ class _Burst:
     waiting: list[str]  # not taken yet, in order
     started: float = 0.0  # monotonic start of the attempt in progress
     route: tuple[str, str] | None = None  # (channel, priority), once a claim has told
+    trace: tracing.Trace | None = None  # its message's trace context: the one it is handed on in
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def next(self) -> str | None:
@@ -142,11 +145,14 @@ class Deliverer:
         on_permanent_failure: PermanentFailureHook | None = None,
         on_status: StatusHook | None = None,
         hand_on: HandOn | None = None,
+        metrics: Metrics = OFF,
     ) -> None:
         """`heartbeat`, `gate`: the process's own (a worker's services start them), else new ones.
         `rate_share`: the part of each channel's rate limit this process may use (1 / a prefork
-        pool's size, since every pool process has a deliverer of its own)."""
+        pool's size, since every pool process has a deliverer of its own). `metrics`: told each
+        outcome (notify.observability.metrics; the default records nothing)."""
         self.settings = settings
+        self.metrics = metrics
         # Its own connections: the heartbeat's never wait behind the attempts' for a free one.
         self.store = Store(settings.resolved_database_url, require_current=True)
         self.renderer = Renderer(settings.templates_dir)
@@ -177,6 +183,7 @@ class Deliverer:
         with self._lock:
             if channel not in self._providers:
                 self._providers[channel] = load_provider(channel, self.settings)
+                self.metrics.paused(channel, self._providers[channel].name, False)  # nothing pauses it yet
             return self._providers[channel]
 
     def close(self) -> None:
@@ -212,7 +219,7 @@ class Deliverer:
             )
         if not ids:
             return []
-        burst = _Burst(waiting=ids[1:])  # the first is claimed at once: only the rest wait
+        burst = _Burst(waiting=ids[1:], trace=tracing.carrier())  # the first is claimed at once
         if burst.waiting:
             self.store.keep_queued(burst.waiting)
             self.heartbeat.keep(burst.waiting)
@@ -246,7 +253,8 @@ class Deliverer:
             channel, priority = burst.route
             try:
                 self.store.keep_queued(ids)  # published now: not taken for lost
-                self.hand_on([Queued(i, channel, priority) for i in ids])
+                with tracing.resumed(burst.trace):  # a heartbeat's thread: the message's context
+                    self.hand_on([Queued(i, channel, priority) for i in ids])
             finally:  # kept no more: published, or the sweep's to publish
                 for delivery_id in ids:
                     self.heartbeat.drop(delivery_id)
@@ -260,7 +268,11 @@ class Deliverer:
         except StoreUnavailable:
             raise
         except Exception:
-            log.exception("delivery %s: unexpected error; left to the sweep, the burst goes on", delivery_id)
+            log.exception(
+                "delivery %s: unexpected error; left to the sweep, the burst goes on",
+                delivery_id,
+                extra={"delivery_id": delivery_id},
+            )
             return Outcome(AttemptStatus.ERROR)
 
     def attempt(
@@ -278,6 +290,14 @@ class Deliverer:
         one); it is let go once claimed. One waiting for its turn under the rate
         limit is kept too: it holds no claim, and must not look lost.
         """
+        with tracing.delivering(delivery_id, channel) as span:
+            outcome = self._claim_and_attempt(delivery_id, channel, urgent, kept, burst)
+            tracing.note(span, "notify.outcome", outcome.status)
+            return outcome
+
+    def _claim_and_attempt(
+        self, delivery_id: str, channel: str | None, urgent: bool, kept: bool, burst: _Burst | None
+    ) -> Outcome:
         if self._closed:  # a thread that outlived the worker's shutdown: leave it to the next worker
             log.warning("delivery %s: the deliverer is closed; left for the sweep", delivery_id)
             return Outcome(AttemptStatus.SKIPPED)
@@ -296,15 +316,16 @@ class Deliverer:
                 self.heartbeat.drop(delivery_id)
         if isinstance(claim, Refusal):
             self.heartbeat.done(token)
-            return self._refused(delivery_id, claim)
+            return self._refused(delivery_id, claim, channel)
         if burst is not None:
             burst.started, burst.route = time.monotonic(), (claim.channel, claim.priority)
         try:
-            if claim.attempts > self.policies[claim.channel].max_attempts:
-                outcome = self._worker_lost(claim)
-            else:
-                with self.gate.turn(claim.priority):
-                    outcome = self._attempt(claim)
+            with logs.attempt_fields(claim):
+                if claim.attempts > self.policies[claim.channel].max_attempts:
+                    outcome = self._worker_lost(claim)
+                else:
+                    with self.gate.turn(claim.priority):
+                        outcome = self._attempt(claim)
         except BaseException as exc:  # no outcome recorded: the heartbeat ends the claim
             self.heartbeat.abandon(token, f"the attempt raised {type(exc).__name__}")
             raise
@@ -384,13 +405,15 @@ class Deliverer:
             return self._give_back(claim, "not sent: the store did not answer before the handover")
         if not handing_over:  # this worker was declared dead, its claim handed on: not sent
             log.error(
-                "delivery %s: not sent: its claim was taken over before the handover", claim.delivery_id
+                "delivery %s: not sent: its claim was taken over before the handover",
+                claim.delivery_id,
+                extra=logs.outcome(AttemptStatus.LOST),
             )
             return Outcome(AttemptStatus.LOST)
         self.heartbeat.handing_over(claim.token)
         try:
             try:
-                receipt = provider.deliver(message)
+                receipt = self._call(provider, claim, message)
             finally:
                 self.heartbeat.answered(claim.token)
         except PermanentDeliveryError as exc:  # OutcomeUnknownError too: never resent blindly
@@ -410,9 +433,44 @@ class Deliverer:
         sent = functools.partial(self.store.mark_sent, claim)
         if not self._record(lambda: sent(receipt.provider_id), lambda: sent(None)):
             return self._lost(claim, AttemptStatus.SENT)
-        log.info("delivery %s sent (%s, try %d)", claim.delivery_id, claim.channel, claim.attempts)
+        log.info(
+            "delivery %s sent (%s, try %d)",
+            claim.delivery_id,
+            claim.channel,
+            claim.attempts,
+            extra=logs.outcome(AttemptStatus.SENT, provider.name),
+        )
+        self._count_sent(claim, provider.name)
         self._tell(claim, Status.SENT, None)
         return Outcome(AttemptStatus.SENT)
+
+    def _call(self, provider: Provider, claim: Claim, message: Message) -> Receipt:
+        """The provider's call; how long it took, and what it raised, told to the metrics."""
+        started = time.perf_counter()
+        try:
+            with tracing.calling(provider.name, claim.channel):
+                receipt = provider.deliver(message)
+        except BaseException as exc:
+            self.metrics.called(claim.channel, provider.name, time.perf_counter() - started, exc)
+            raise
+        self.metrics.called(claim.channel, provider.name, time.perf_counter() - started, None)
+        return receipt
+
+    def _provider_name(self, channel: str) -> str:
+        """The channel's provider, for a label where none was called; "none" if it does not load."""
+        if not self.metrics.enabled:
+            return ""
+        try:
+            return self.provider(channel).name
+        except NotifyError:
+            return "none"
+
+    def _count_sent(self, claim: Claim, provider: str) -> None:
+        self.metrics.attempted(claim.channel, provider, AttemptOutcome.SENT)
+        self.metrics.finished(claim.channel, provider, Status.SENT)
+        if self.metrics.enabled and claim.created_at is not None:  # the store's clock, as send() wrote it
+            waited = (self.store.now() - claim.created_at).total_seconds()
+            self.metrics.delivered(claim.channel, claim.priority, waited)
 
     def _record(self, write: Callable[[], bool], instead: Callable[[], bool] | None = None) -> bool:
         """Write an outcome, however long the store is away, whatever text it refuses.
@@ -448,7 +506,12 @@ class Deliverer:
         """Nothing was handed over: release the delivery for another try, its try uncounted."""
         if not self._record(lambda: self.store.give_back(claim, reason)):
             return self._lost(claim, AttemptStatus.RETRYING)
-        log.warning("delivery %s: %s; released for another try", claim.delivery_id, reason)
+        log.warning(
+            "delivery %s: %s; released for another try",
+            claim.delivery_id,
+            reason,
+            extra=logs.outcome(AttemptStatus.RETRYING),
+        )
         return Outcome(AttemptStatus.RETRYING)
 
     def _misconfigured(self, claim: Claim, exc: ConfigurationError) -> Outcome:
@@ -472,7 +535,12 @@ class Deliverer:
     def _unsubscribed(self, claim: Claim) -> Outcome:
         if not self._record(lambda: self.store.mark_suppressed(claim)):
             return self._lost(claim, AttemptStatus.SUPPRESSED)
-        log.info("delivery %s: its address unsubscribed from this category; not sent", claim.delivery_id)
+        log.info(
+            "delivery %s: its address unsubscribed from this category; not sent",
+            claim.delivery_id,
+            extra=logs.outcome(AttemptStatus.SUPPRESSED),
+        )
+        self.metrics.finished(claim.channel, self._provider_name(claim.channel), Status.SUPPRESSED)
         return Outcome(AttemptStatus.SUPPRESSED)
 
     def _suppress(self, claim: Claim, exc: PermanentDeliveryError) -> None:
@@ -489,13 +557,18 @@ class Deliverer:
             "delivery %s: its address is suppressed on %s (%s)", claim.delivery_id, claim.channel, reason
         )
 
-    def _refused(self, delivery_id: str, refusal: Refusal) -> Outcome:
+    def _refused(self, delivery_id: str, refusal: Refusal, channel: str | None) -> Outcome:
         # Done, held by the store, or claimed by a live worker: this message has
         # nothing to do. A claim that lapses is the sweep's to hand on.
+        fields = {"delivery_id": delivery_id, "status": AttemptStatus.SKIPPED.value}
+        if refusal.ended and channel is not None:  # suppressed by this claim: a final status recorded
+            self.metrics.finished(channel, self._provider_name(channel), Status.SUPPRESSED)
         if refusal.status is None:
-            log.warning("delivery %s: not in the store; dropping its message", delivery_id)
+            log.warning("delivery %s: not in the store; dropping its message", delivery_id, extra=fields)
         else:
-            log.info("delivery %s is %s: its message has nothing to do", delivery_id, refusal.status)
+            log.info(
+                "delivery %s is %s: its message has nothing to do", delivery_id, refusal.status, extra=fields
+            )
         return Outcome(AttemptStatus.SKIPPED)
 
     def _lost(self, claim: Claim, outcome: AttemptStatus) -> Outcome:
@@ -503,6 +576,7 @@ class Deliverer:
             "delivery %s: claim lapsed and was taken over before its outcome (%s) was recorded",
             claim.delivery_id,
             outcome,
+            extra=logs.outcome(AttemptStatus.LOST),
         )
         return Outcome(AttemptStatus.LOST)
 
@@ -524,7 +598,9 @@ class Deliverer:
             claim.attempts,
             _reason(exc),
             delay,
+            extra=logs.outcome(AttemptStatus.RETRYING, exc.provider),
         )
+        self.metrics.attempted(claim.channel, exc.provider, AttemptOutcome.RETRY)
         return Outcome(AttemptStatus.RETRYING)
 
     def _fail(self, claim: Claim, exc: DeliveryError, note: str = "") -> Outcome:
@@ -536,7 +612,18 @@ class Deliverer:
             self._suppress(claim, exc)
         if not self._record(lambda: failed(_reason(exc) + note, exc.code), lambda: failed(UNSTORED, code)):
             return self._lost(claim, AttemptStatus.FAILED)
-        log.warning("delivery %s failed for good: %s%s", claim.delivery_id, _reason(exc), note)
+        log.warning(
+            "delivery %s failed for good: %s%s",
+            claim.delivery_id,
+            _reason(exc),
+            note,
+            extra=logs.outcome(AttemptStatus.FAILED, exc.provider),
+        )
+        unknown = isinstance(exc, OutcomeUnknownError)
+        self.metrics.attempted(
+            claim.channel, exc.provider, AttemptOutcome.UNKNOWN if unknown else AttemptOutcome.FAILED
+        )
+        self.metrics.finished(claim.channel, exc.provider, Status.FAILED)
         self._tell(claim, Status.FAILED, exc.code)
         hook = self.on_permanent_failure
         # Only the address's fault is the hook's business; an unknown outcome is not.

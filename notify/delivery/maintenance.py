@@ -35,6 +35,8 @@ from notify.constants import PURGE_EVERY, QUEUED_GRACE
 from notify.delivery.liveness import Liveness
 from notify.errors import NotifyError
 from notify.models import Priority
+from notify.observability import tracing
+from notify.observability.metrics import OFF, Metrics
 from notify.receipts import Receipts
 from notify.settings import Settings
 from notify.store import BATCH, Queued, Store
@@ -58,12 +60,15 @@ class Maintenance:
         backlog: Backlog | None = None,
         on_stop: Sequence[Callable[[], object]] = (),
         receipts: Receipts | None = None,
+        metrics: Metrics = OFF,
         on_pass: Callable[[], object] = lambda: None,
     ) -> None:
         """`store` is its own from then on (closed when it stops), and so is what `on_stop` closes.
-        `receipts`: settles receipts that came before their delivery's `sent` (notify.receipts)."""
-        self.receipts = receipts
+        `receipts`: settles receipts that came before their delivery's `sent` (notify.receipts).
+        `metrics`: counts the deliveries taken over from dead workers."""
+        self.metrics = metrics
         self._on_pass = on_pass  # after each pass that went through: the health probe's mark
+        self.receipts = receipts
         self.store, self.settings, self.publish = store, settings, publish
         self.channels = tuple(channels)
         self.backlog = backlog or (lambda _channel, _priority: None)
@@ -133,8 +138,7 @@ class Maintenance:
 
     def sweep(self) -> None:
         """Publish again what a dead worker held, and what a broker lost."""
-        reclaim = functools.partial(self.store.reclaim_from_dead, self.channels)
-        self._publish_all(reclaim, "taken over from a dead worker")
+        self._publish_all(self._reclaim, "taken over from a dead worker")
         for delivery_id in self.store.end_unknown_from_dead(self.channels):
             log.error(
                 "delivery %s: its worker was taken for dead while handing it over; "
@@ -150,6 +154,11 @@ class Maintenance:
                 )
                 self._publish_all(lost, "lost by the broker, published again")
 
+    def _reclaim(self) -> list[Queued]:
+        taken = self.store.reclaim_from_dead(self.channels)
+        self.metrics.recovered(q.channel for q in taken)
+        return taken
+
     def judge_workers(self) -> None:
         """Declare dead the workers whose beats stood still for a lease, as this process observed them."""
         for worker, count in self.liveness.observe(self.store.worker_beats()):
@@ -161,9 +170,10 @@ class Maintenance:
                 )
 
     def _publish_all(self, take: Callable[[], list[Queued]], what: str) -> None:
-        """Publish batches from `take` until it returns a short one."""
+        """Publish batches from `take` until it returns a short one (a trace each, saying why)."""
         while batch := take():
-            self.publish(batch)
+            with tracing.span("notify.maintenance", {"notify.reason": what, "notify.deliveries": len(batch)}):
+                self.publish(batch)
             log.info("%d %s deliveries %s", len(batch), batch[0].channel, what)
             if len(batch) < BATCH:
                 return

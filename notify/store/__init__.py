@@ -1,7 +1,7 @@
 """The store: notifications, deliveries, dedup claims and dead letters, and all the SQL there is.
 
     store.py       the Store: record, claim, renew, record outcomes, release, sweep, purge, dead letters
-    rows.py        what it takes and hands back (NewNotification, Claim, Queued, Refusal)
+    rows.py        what it takes and hands back (NewNotification, Claim, Queued, Refusal, DeliveryRecord)
     statements.py  the hot statements, built once per store
     schema.py      the tables
     engines.py     SQLite's and PostgreSQL's engines, tuned
@@ -11,13 +11,23 @@ Nothing outside this package imports SQLAlchemy; the driver's errors leave it as
 """
 
 from notify.store.clock import Clock
-from notify.store.rows import Claim, NewDelivery, NewNotification, NewReceipt, Queued, ReceiptTarget, Refusal
+from notify.store.rows import (
+    Claim,
+    DeliveryRecord,
+    NewDelivery,
+    NewNotification,
+    NewReceipt,
+    Queued,
+    ReceiptTarget,
+    Refusal,
+)
 from notify.store.store import BATCH, Store
 
 __all__ = [
     "BATCH",
     "Claim",
     "Clock",
+    "DeliveryRecord",
     "NewDelivery",
     "NewNotification",
     "NewReceipt",

@@ -51,6 +51,8 @@ class Claim:
     data: dict[str, Any]
     token: str  # fences this try's outcome: a claim taken over records nothing
     worker_id: str = ""  # the worker process that holds it
+    notification_id: str = ""  # the send() it came from: named in the logs
+    created_at: datetime | None = None  # when send() recorded it, by the store's clock
 
 
 @dataclass(frozen=True)
@@ -92,3 +94,30 @@ class Refusal:
     """Why a claim was refused: done, held by the store, claimed by a live worker, or unknown."""
 
     status: Status | None  # None: no such delivery
+    ended: bool = False  # this claim found it suppressed and recorded that (status SUPPRESSED)
+
+
+@dataclass(frozen=True)
+class DeliveryRecord:
+    """One delivery with its notification's template, as the operator console shows it."""
+
+    id: str
+    notification_id: str
+    channel: str
+    address: str
+    priority: str
+    status: Status
+    attempts: int
+    template: str
+    locale: str | None
+    dedup_key: str | None
+    duplicate_of: str | None
+    provider_id: str | None
+    last_error: str | None
+    error_code: str | None
+    created_at: datetime
+    updated_at: datetime
+    next_attempt_at: datetime | None
+    handed_over_at: datetime | None
+    sent_at: datetime | None
+    failed_at: datetime | None

@@ -233,10 +233,12 @@ def _claim_statement() -> sa.UpdateBase:
         )
         .returning(
             d.id,
+            d.notification_id,
             d.channel,
             d.address,
             d.priority,
             d.attempts,
+            d.created_at,
             sa.select(n.template).where(of_notification).scalar_subquery().label("template"),
             sa.select(n.locale).where(of_notification).scalar_subquery().label("locale"),
             sa.select(n.data).where(of_notification).scalar_subquery().label("data"),

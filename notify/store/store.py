@@ -39,7 +39,16 @@ from notify.models import DeadLetter, Delivery, Priority, Status, Suppression, S
 from notify.settings import mask_url
 from notify.store.clock import Clock, DatabaseClock
 from notify.store.engines import create_engine, unavailable, write_lock
-from notify.store.rows import Claim, NewDelivery, NewNotification, NewReceipt, Queued, ReceiptTarget, Refusal
+from notify.store.rows import (
+    Claim,
+    DeliveryRecord,
+    NewDelivery,
+    NewNotification,
+    NewReceipt,
+    Queued,
+    ReceiptTarget,
+    Refusal,
+)
 from notify.store.schema import (
     REVISION,
     SCHEMA_LOCK,
@@ -380,7 +389,7 @@ class Store:
             if row is None:
                 ended = conn.execute(self._sql.end_suppressed, params)  # suppressed since it was queued?
                 if ended.rowcount:
-                    return Refusal(status=Status.SUPPRESSED)
+                    return Refusal(status=Status.SUPPRESSED, ended=True)
                 found = conn.execute(self._sql.status_of, params).scalar()
                 return Refusal(status=None if found is None else Status(found))
         return Claim(
@@ -394,6 +403,8 @@ class Store:
             data=json.loads(row.data),
             token=token,
             worker_id=worker_id,
+            notification_id=row.notification_id,
+            created_at=row.created_at,
         )
 
     def keep_queued(self, delivery_ids: Collection[str]) -> None:
@@ -872,6 +883,50 @@ class Store:
             self._delete_orphan_notifications(conn, created_before=self.now() + timedelta(days=1))
         return len(ids)
 
+    # -- the operator console (notify.web.console) -----------------------------------
+
+    def status_counts(self) -> dict[tuple[str, str], int]:
+        """How many deliveries each (channel, status) has now: one GROUP BY."""
+        d = deliveries.c
+        count = sa.func.count().label("how_many")
+        query = sa.select(d.channel, d.status, count).group_by(d.channel, d.status)
+        return {(row.channel, row.status): int(row.how_many) for row in self._read(query, {})}
+
+    def oldest_queued(self) -> dict[str, datetime]:
+        """When send() recorded the oldest "queued" delivery of each channel that has one."""
+        d = deliveries.c
+        oldest = sa.func.min(d.created_at).label("oldest")
+        query = sa.select(d.channel, oldest).where(d.status == Status.QUEUED).group_by(d.channel)
+        return {row.channel: row.oldest for row in self._read(query, {})}
+
+    def records(
+        self,
+        *,
+        key: str | None = None,
+        addresses: Collection[str] = (),
+        status: str | None = None,
+        limit: int = 100,
+    ) -> list[DeliveryRecord]:
+        """Deliveries whose id or notification id is `key`, or whose address is one of `addresses`
+        (as the store keeps them), or whose status is `status`; newest first, at most `limit`."""
+        d = deliveries.c
+        found: list[sa.ColumnElement[bool]] = []
+        if key is not None:
+            found += [d.id == key, d.notification_id == key]
+        if addresses:
+            found.append(d.address.in_(list(addresses)))
+        if status is not None:
+            found.append(d.status == status)
+        if not found:
+            return []
+        query = _records().where(sa.or_(*found)).order_by(d.created_at.desc(), d.id).limit(limit)
+        return [_record(row) for row in self._read(query, {})]
+
+    def record(self, delivery_id: str) -> DeliveryRecord | None:
+        """Delivery `delivery_id` with its notification's template, or None if the store has none."""
+        rows = self._read(_records().where(deliveries.c.id == delivery_id), {})
+        return _record(rows[0]) if rows else None
+
 
 def _among(condition: sa.ColumnElement[bool], ids: list[str]) -> Callable[[datetime], sa.ColumnElement[bool]]:
     return lambda _now: sa.and_(condition, deliveries.c.id.in_(ids))
@@ -967,3 +1022,33 @@ def _delivery_row(d: NewDelivery, recorded: Delivery, now: datetime) -> dict[str
         "release_at": d.release_at,
         "next_attempt_at": d.release_at,
     }
+
+
+def _records() -> sa.Select[Any]:
+    d, n = deliveries.c, notifications.c
+    return sa.select(deliveries, n.template, n.locale).join(notifications, d.notification_id == n.id)
+
+
+def _record(row: Any) -> DeliveryRecord:
+    return DeliveryRecord(
+        id=row.id,
+        notification_id=row.notification_id,
+        channel=row.channel,
+        address=row.address,
+        priority=row.priority,
+        status=Status(row.status),
+        attempts=row.attempts,
+        template=row.template,
+        locale=row.locale,
+        dedup_key=row.dedup_key,
+        duplicate_of=row.duplicate_of,
+        provider_id=row.provider_id,
+        last_error=row.last_error,
+        error_code=row.error_code,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        next_attempt_at=row.next_attempt_at,
+        handed_over_at=row.handed_over_at,
+        sent_at=row.sent_at,
+        failed_at=row.failed_at,
+    )

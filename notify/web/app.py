@@ -27,11 +27,13 @@ from notify.errors import NotifyError, StoreUnavailable
 from notify.models import SuppressionReason
 from notify.receipts import Receipts
 from notify.receipts import twilio as twilio_receipts
-from notify.settings import Settings, load_status_hook
+from notify.settings import Settings, load_status_hook, revealed
 from notify.store import Store
+from notify.web.console import Console
 
 if TYPE_CHECKING:
     from celery import Celery
+    from prometheus_client import CollectorRegistry
 
 log = logging.getLogger("notify.web")
 
@@ -86,6 +88,21 @@ class Web:
         except Exception:
             return "unavailable"
         return "ok"
+
+    async def metrics(self, request: Request) -> Response:
+        """Prometheus' text format: the store's and the broker's gauges, read now."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        body = await run_in_threadpool(generate_latest, self._gauges)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    @functools.cached_property
+    def _gauges(self) -> CollectorRegistry:
+        from notify.broker.depths import queue_depths
+        from notify.web.gauges import web_registry
+
+        broker_url = revealed(self.settings.broker_url)
+        return web_registry(self.store, lambda: queue_depths(self._producer, broker_url))
 
     async def healthz(self, request: Request) -> Response:
         state = await run_in_threadpool(self.healthy)
@@ -174,18 +191,22 @@ class _SecurityHeaders:
 def create_app(settings: Settings) -> Starlette:
     """The app for `settings`; its store opens on first use (a database that is away starts it)."""
     web = Web(settings)
+    console = Console(settings, web.store, lambda: web._producer)
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         yield
+        console.close()
         web.close()
 
     app = Starlette(
         routes=[
             Route("/healthz", web.healthz, methods=["GET"]),
+            Route("/metrics", web.metrics, methods=["GET"]),
             Route(twilio_receipts.PATH, web.twilio_status, methods=["POST"]),
             Route(unsubscribe.PATH + "{token}", web.unsubscribe_page, methods=["GET"]),
             Route(unsubscribe.PATH + "{token}", web.unsubscribe_post, methods=["POST"]),
+            console.mount(),
         ],
         middleware=[Middleware(_SecurityHeaders)],
         exception_handlers={

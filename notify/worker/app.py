@@ -35,12 +35,14 @@ from celery.signals import (
     worker_shutdown,
     worker_shutting_down,
 )
+from celery.utils.log import get_multiprocessing_logger
 from celery.utils.nodenames import default_nodename, nodesplit
 
 from notify import channels as registry
 from notify.broker.routing import celery_config, consume_queues
 from notify.constants import queue_channel
 from notify.errors import ConfigurationError, NotifyError
+from notify.observability import logs, metrics
 from notify.settings import Settings, get_settings
 from notify.text import escape_logs
 from notify.worker import services
@@ -153,7 +155,15 @@ def _check_and_start(sender: Any, **_: Any) -> None:
         tasks_here = runs_tasks_here(pool)
         processes = 1 if tasks_here else _pool_size(sender)
         runtime = services.Runtime(
-            settings, sender.app, channels, True, tasks_here, processes, lanes=has_express_lanes(pool)
+            settings,
+            sender.app,
+            channels,
+            True,
+            tasks_here,
+            processes,
+            lanes=has_express_lanes(pool),
+            # -E: the express lanes send the task events Celery's consumer would (Flower's list)
+            events_from=sender.hostname if sender.task_events else None,
         )
         services.boot(runtime)
     except NotifyError as exc:
@@ -203,11 +213,46 @@ def _stop(**_: Any) -> None:
     services.stop()
 
 
+@worker_process_shutdown.connect
+def _forget_pool_process(pid: int | None = None, **_: Any) -> None:
+    # Its gauges leave what the worker's /metrics serves; its counters still count.
+    metrics.process_ended(pid or os.getpid())
+
+
 @after_setup_logger.connect
 @after_setup_task_logger.connect
 def _escape_control_characters(logger: logging.Logger, **_: Any) -> None:
     # A provider's reason phrase may hold ESC sequences and a bare CR: the log shows them escaped.
     escape_logs(logger)
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _log_format(logger: logging.Logger, **_: Any) -> None:
+    # NOTIFY_LOG_FORMAT=json: Celery's own handlers write one JSON object a line.
+    log_format = _configured_log_format()
+    logs.use_format(logger, log_format)
+    if logger is logging.getLogger():  # the pool's (billiard's) logger has a handler of its own
+        mp_logger = get_multiprocessing_logger()
+        if mp_logger is not None:
+            logs.use_format(mp_logger, log_format)
+
+
+@celeryd_init.connect
+def _json_from_the_start(instance: Any, options: dict[str, Any], **_: Any) -> None:
+    """In JSON, the lines logged before Celery sets up its log (the checks, the services' start)
+    are JSON too, and there is no banner: a log collector would take each of its lines for a record."""
+    if _configured_log_format() == "json":
+        instance.quiet = True
+        logs.configure("json", options.get("loglevel") or logging.INFO)
+
+
+def _configured_log_format() -> str:
+    """NOTIFY_LOG_FORMAT, or text while the settings do not load (the start then refuses anyway)."""
+    try:
+        return get_settings().log_format
+    except NotifyError:
+        return "text"
 
 
 @after_setup_logger.connect

@@ -34,6 +34,7 @@ from notify.broker.routing import uses_priority_queues
 from notify.constants import DELIVER_TASK, STORE_RETRY_MAX, queue_channel, queue_name
 from notify.errors import StoreUnavailable
 from notify.models import Priority
+from notify.observability import tracing
 
 log = logging.getLogger("notify.worker")
 
@@ -60,10 +61,13 @@ def express_queues(celery: Celery, channels: Sequence[str]) -> list[Queue]:
 class ExpressLane(ConsumerMixin):
     """One thread consuming high queues, one message at a time, acked after its outcomes."""
 
-    def __init__(self, connection: Connection, queues: list[Queue], attempt: Attempt) -> None:
+    def __init__(
+        self, connection: Connection, queues: list[Queue], attempt: Attempt, events: TaskEvents | None = None
+    ) -> None:
         self.connection = connection
         self.queues = queues
         self.attempt = attempt
+        self.events = events
         self._thread: threading.Thread | None = None
         self._stopped = threading.Event()
 
@@ -83,6 +87,8 @@ class ExpressLane(ConsumerMixin):
             self._thread.join(timeout)
             if self._thread.is_alive():
                 log.error("express lane: an attempt still runs after %.0fs; leaving it", timeout)
+        if self.events is not None:
+            self.events.close()
         self.connection.release()
 
     def stopping(self) -> None:
@@ -99,8 +105,14 @@ class ExpressLane(ConsumerMixin):
             return
         if not self._wait_until(message.headers.get("eta")):
             return  # stopping: unacked, it returns to its queue
-        if self._attempt(ids, queue_channel(str(message.delivery_info.get("routing_key") or ""))):
+        events = self.events or _NO_EVENTS
+        events.received(message.headers)
+        started = time.monotonic()
+        with tracing.consumed(message.headers):  # each delivery's span a child of the message's
+            done = self._attempt(ids, queue_channel(str(message.delivery_info.get("routing_key") or "")))
+        if done:
             message.ack()
+            events.succeeded(message.headers, time.monotonic() - started)
 
     def _attempt(self, ids: list[str], channel: str | None) -> bool:
         """The message's deliveries (Deliverer.attempt_burst), however long the store is away;
@@ -128,6 +140,54 @@ class ExpressLane(ConsumerMixin):
         return not self._stopped.is_set()
 
 
+class TaskEvents:
+    """The task events Celery's consumer sends for a task (with -E), sent for the lanes' messages:
+    without them Flower would never list a high-priority delivery. Each lane its own dispatcher."""
+
+    def __init__(self, celery: Celery, hostname: str) -> None:
+        self._connection = celery.connection_for_write()
+        self._dispatcher = celery.events.Dispatcher(self._connection, hostname=hostname, enabled=True)
+
+    def received(self, headers: dict[str, Any]) -> None:
+        self._send(
+            "task-received",
+            uuid=headers.get("id"),
+            name=headers.get("shadow") or headers.get("task"),
+            args=headers.get("argsrepr"),
+            kwargs=headers.get("kwargsrepr"),
+            root_id=headers.get("root_id"),
+            parent_id=headers.get("parent_id"),
+            retries=headers.get("retries", 0),
+            eta=headers.get("eta"),
+            expires=headers.get("expires"),
+        )
+        self._send("task-started", uuid=headers.get("id"))  # the dispatcher adds the pid
+
+    def succeeded(self, headers: dict[str, Any], runtime: float) -> None:
+        self._send("task-succeeded", uuid=headers.get("id"), result="None", runtime=runtime)
+
+    def _send(self, kind: str, **fields: Any) -> None:
+        try:
+            self._dispatcher.send(kind, **fields)
+        except Exception as exc:  # monitoring never stops a delivery
+            log.debug("express lane: the %s event was not sent: %s", kind, exc)
+
+    def close(self) -> None:
+        self._dispatcher.close()
+        self._connection.release()
+
+
+class _NoEvents:
+    def received(self, headers: dict[str, Any]) -> None:
+        pass
+
+    def succeeded(self, headers: dict[str, Any], runtime: float) -> None:
+        pass
+
+
+_NO_EVENTS = _NoEvents()
+
+
 def _delivery_ids(headers: dict[str, Any], body: Any) -> list[str] | None:
     """The delivery ids a Celery `notify.deliver` message (protocol 2) carries, else None."""
     if headers.get("task") != DELIVER_TASK or not isinstance(body, list | tuple) or not body:
@@ -144,12 +204,26 @@ def _delivery_ids(headers: dict[str, Any], body: Any) -> list[str] | None:
 
 
 def start_express(
-    celery: Celery, channels: Sequence[str], attempt: Attempt, lanes: int = LANES
+    celery: Celery,
+    channels: Sequence[str],
+    attempt: Attempt,
+    lanes: int = LANES,
+    *,
+    events_from: str | None = None,
 ) -> list[ExpressLane]:
-    """`lanes` threads consuming `channels`' high queues (none on a broker without them)."""
+    """`lanes` threads consuming `channels`' high queues (none on a broker without them); with
+    `events_from` (the worker's node name, under -E), each sends its messages' task events."""
     queues = express_queues(celery, channels)
     if not queues:
         return []
-    started = [ExpressLane(celery.connection_for_read(), queues, attempt).start() for _ in range(lanes)]
+    started = [
+        ExpressLane(
+            celery.connection_for_read(),
+            queues,
+            attempt,
+            TaskEvents(celery, events_from) if events_from else None,
+        ).start()
+        for _ in range(lanes)
+    ]
     log.info("express lanes: %d consuming %s", lanes, ", ".join(q.name for q in queues))
     return started

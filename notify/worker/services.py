@@ -1,6 +1,6 @@
 """What a worker runs beside Celery's pool, in one ordered list, started and stopped by one mechanism.
 
-    SERVICES = (Heartbeat, Maintenance, Gate, Attempts, ExpressLanes)
+    SERVICES = (Metrics, Heartbeat, Maintenance, Gate, Attempts, ExpressLanes)
 
 They start in that order and stop in the reverse one, whatever the pool:
 
@@ -37,6 +37,7 @@ from notify.delivery.gate import PriorityGate
 from notify.delivery.heartbeat import Heartbeat
 from notify.delivery.maintenance import Maintenance
 from notify.models import Priority
+from notify.observability.metrics import OFF, Metrics, Served, serve
 from notify.receipts import Receipts
 from notify.settings import Settings, load_hook, load_status_hook
 from notify.store import Store
@@ -64,13 +65,17 @@ class Runtime:
     heartbeat: Heartbeat | None = None
     gate: PriorityGate | None = None
     deliverer: Deliverer | None = None
+    metrics: Metrics = OFF  # what attempts and the sweep are counted by
+    events_from: str | None = None  # the node name task events are sent as (-E), or None: none sent
 
     def applies(self, where: Where) -> bool:
         return self.tasks_here if where is Where.PER_PROCESS else self.main
 
     def for_pool_process(self) -> Runtime:
         """The runtime of a prefork child of this (main) process."""
-        return Runtime(self.settings, self.celery, self.channels, False, True, self.processes)
+        return Runtime(
+            self.settings, self.celery, self.channels, False, True, self.processes, metrics=self.metrics
+        )
 
     @classmethod
     def unbooted(cls, celery: Celery) -> Runtime:
@@ -96,6 +101,22 @@ class Service:
         """Wait for the work in flight, then release what it used."""
 
 
+class MetricsService(Service):
+    """Serves /metrics on NOTIFY_METRICS_PORT, if set: first, so that the pool processes forked
+    later write where this process reads (prometheus_client's multiprocess mode)."""
+
+    where = Where.PER_WORKER
+
+    def start(self, runtime: Runtime) -> None:
+        self.served: Served | None = None
+        if runtime.settings.metrics_port is not None:
+            runtime.metrics, self.served = serve(runtime.settings.metrics_port)
+
+    def stop(self) -> None:
+        if self.served is not None:
+            self.served.close()
+
+
 class HeartbeatService(Service):
     """Renews the claims of the attempts this process runs."""
 
@@ -116,7 +137,9 @@ class MaintenanceService(Service):
     where = Where.PER_WORKER
 
     def start(self, runtime: Runtime) -> None:
-        self.maintenance = new_maintenance(runtime.celery, runtime.settings, runtime.channels).start()
+        self.maintenance = new_maintenance(
+            runtime.celery, runtime.settings, runtime.channels, runtime.metrics
+        ).start()
         self.maintenance.wait_until_running()  # not ready until it runs: the store may be away
 
     def stop(self) -> None:
@@ -149,6 +172,7 @@ class AttemptsService(Service):
             on_permanent_failure=load_hook(settings),
             on_status=load_status_hook(settings),
             hand_on=functools.partial(self.publisher.publish, grouped=True, front=True),
+            metrics=runtime.metrics,
         )
 
     def stop(self) -> None:
@@ -168,7 +192,9 @@ class ExpressLanesService(Service):
         self.lanes = []
         deliverer = runtime.deliverer
         if runtime.lanes and deliverer is not None:
-            self.lanes = start_express(runtime.celery, runtime.channels, deliverer.attempt_burst)
+            self.lanes = start_express(
+                runtime.celery, runtime.channels, deliverer.attempt_burst, events_from=runtime.events_from
+            )
 
     def drain(self) -> None:
         for lane in self.lanes:
@@ -214,7 +240,9 @@ class Backlog:
             self._connection = None
 
 
-def new_maintenance(celery: Celery, settings: Settings, channels: tuple[str, ...]) -> Maintenance:
+def new_maintenance(
+    celery: Celery, settings: Settings, channels: tuple[str, ...], metrics: Metrics = OFF
+) -> Maintenance:
     """Maintenance for `channels`, publishing through `celery` (not started): a worker's or beat's.
 
     Its store, publisher and backlog connection are closed when it stops.
@@ -232,11 +260,13 @@ def new_maintenance(celery: Celery, settings: Settings, channels: tuple[str, ...
         backlog=backlog,
         on_stop=(publisher.close, backlog.close, health.remove),
         receipts=Receipts(store, settings, on_status=load_status_hook(settings)),
+        metrics=metrics,
         on_pass=health.mark,
     )
 
 
 SERVICES: tuple[type[Service], ...] = (
+    MetricsService,
     HeartbeatService,
     MaintenanceService,
     GateService,

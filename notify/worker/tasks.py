@@ -10,6 +10,7 @@ from notify.broker.routing import message_route
 from notify.constants import DELIVER_TASK, STORE_RETRY_MAX
 from notify.delivery.attempt import Deliverer
 from notify.errors import StoreUnavailable
+from notify.observability import tracing
 from notify.worker import services
 from notify.worker.app import app
 
@@ -35,10 +36,11 @@ def deliver(self: Task[[str | list[str]], str | list[str]], delivery_ids: str | 
     channel, priority = message_route(self.request.delivery_info)
     urgent = priority is not None and priority.urgent
     try:
-        if isinstance(delivery_ids, str):
-            return deliverer().attempt(delivery_ids, channel=channel, urgent=urgent).status
-        outcomes = deliverer().attempt_burst(delivery_ids, channel=channel, urgent=urgent)
-        return [outcome.status for outcome in outcomes]
+        with tracing.consumed(self.request):  # each delivery's span a child of the message's
+            if isinstance(delivery_ids, str):
+                return deliverer().attempt(delivery_ids, channel=channel, urgent=urgent).status
+            outcomes = deliverer().attempt_burst(delivery_ids, channel=channel, urgent=urgent)
+            return [outcome.status for outcome in outcomes]
     except StoreUnavailable as exc:
         # Nothing was claimed: keep a message for it and try again, backing off,
         # rather than ack it away and leave it to the sweep. The ones this

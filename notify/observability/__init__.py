@@ -1,0 +1,1 @@
+"""What operators watch a running notify by: metrics, structured logs, traces."""
