@@ -342,3 +342,17 @@ def test_a_csrf_token_is_good_for_its_lifetime_and_needs_the_secret_key() -> Non
     keyless = console_settings(secret_key=None)
     assert csrf_token(keyless, now) == ""
     assert not csrf_valid(keyless, csrf_token(settings, now), now)
+
+
+def test_notify_web_names_a_notify_setting_nothing_reads_at_start(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    port = web_env(env)
+    env["NOTIFY_WEB_PASWORD"] = "hunter2"  # misspelt: the console would stay open on loopback only
+    web = Web(env, tmp_path / "web.log", port).wait_ready()
+    try:
+        said = web.output()
+    finally:
+        web.stop()
+    assert "NOTIFY_WEB_PASWORD (did you mean NOTIFY_WEB_PASSWORD?)" in said
+    assert "hunter2" not in said

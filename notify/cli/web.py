@@ -30,7 +30,7 @@ def web(host: str, port: int, loglevel: str) -> None:
 
     from notify.observability import logs
     from notify.web import create_app
-    from notify.worker.startup import check_schema
+    from notify.worker.startup import check_schema, warn_unknown_variables
 
     settings = get_settings()
     logs.configure(settings.log_format, loglevel)
@@ -51,6 +51,7 @@ def web(host: str, port: int, loglevel: str) -> None:
         )
     load_status_hook(settings)
     check_schema(settings)
+    warn_unknown_variables(settings)
     # No access log: its lines would carry unsubscribe tokens; notify.web logs what happened instead.
     uvicorn.run(
         create_app(settings),
