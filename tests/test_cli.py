@@ -391,17 +391,21 @@ def test_status_takes_a_delivery_id_and_says_when_the_next_try_is_and_why(
     claim = store.claim(email, a_worker(store))
     assert isinstance(claim, Claim), claim
     at = datetime(2031, 1, 2, 3, 4, 5, tzinfo=UTC)
-    assert store.mark_retrying(claim, "421 4.7.0 try again later", "421", at)
+    assert store.mark_retrying(claim, "421 4.7.0 try again later", "421", at, provider="smtp")
     store.close()
 
     one = run("status", email)
     whole = run("status", sent["id"])
 
     assert one.returncode == 0, one.stderr
-    header, row = one.stdout.splitlines()
+    header, row, blank, tries_header, try_row = one.stdout.splitlines()
     assert header.split()[:6] == ["DELIVERY", "CHANNEL", "STATUS", "ATTEMPTS", "NEXT", "ATTEMPT"]
     assert row.split()[:5] == [email, "email", "retrying", "1", "2031-01-02T03:04:05+00:00"]
     assert row.endswith("421 421 4.7.0 try again later")
+    assert (blank, tries_header.split()[:4]) == ("", ["#", "PROVIDER", "OUTCOME", "CODE"])
+    assert try_row.split()[:9] == ["1", "smtp", "retry", "421", "421", "4.7.0", "try", "again", "later"]
+    [shown] = json.loads(run("status", email, "--json").stdout)
+    assert [(a["number"], a["outcome"], a["code"]) for a in shown["attempt_history"]] == [(1, "retry", "421")]
     assert len(whole.stdout.splitlines()) == 1 + len(sent["deliveries"])
     missing = run("status", "not-an-id")
     assert_one_line_error(missing, "no notification or delivery 'not-an-id'")

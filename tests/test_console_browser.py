@@ -125,6 +125,10 @@ def test_an_operator_replays_a_dead_letter_and_a_worker_sends_it(site: Site, pag
     wait_for(lambda: site.status(site.dead) is Status.SENT, what="the replayed email to be sent")
     page.goto(site.console + f"/deliveries/{site.dead}")
     expect(page.locator("dl.facts")).to_contain_text("sent")
+    tries = page.locator("table.attempts tr")  # the refused try kept, the replay's numbered on: 2
+    expect(tries).to_have_count(3)
+    expect(tries.nth(1)).to_contain_text("554")
+    expect(tries.nth(2)).to_contain_text("sent")
 
 
 def test_a_hostile_delivery_renders_harmlessly(site: Site, page: Page) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable, Collection, Iterator
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import ClassVar
@@ -30,6 +31,7 @@ from notify.providers.base import Message, Receipt
 from notify.settings import Settings
 from notify.store import Claim, NewDelivery, Refusal
 from tests.conftest import REPO
+from tests.support.processes import wait_for
 from tests.support.records import a_worker, record_one
 
 
@@ -95,11 +97,11 @@ def test_an_outcome_waits_out_a_store_outage_longer_than_the_budget(
     delivery_id = queued(deliverer)
     real, failures = deliverer.store.mark_sent, list[int]()
 
-    def store_away_for_three_seconds(*args: object) -> bool:
+    def store_away_for_three_seconds(*args: object, **kwargs: object) -> bool:
         if len(failures) < 12:  # about 3 s of retries, three times NOTIFY_DELIVERY_TIMEOUT
             failures.append(1)
             raise StoreUnavailable("the store is unavailable: OperationalError")
-        return real(*args)  # type: ignore[arg-type]
+        return real(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(deliverer.store, "mark_sent", store_away_for_three_seconds)
 
@@ -128,6 +130,30 @@ def test_an_unexpected_error_from_the_provider_is_an_unknown_outcome_not_a_retry
     )
     assert deliverer.attempt(delivery_id).status is AttemptStatus.SKIPPED  # never sent again by itself
     assert ScriptedProvider.delivered == [delivery_id]
+
+
+def test_each_try_is_an_attempt_row_naming_the_provider_that_answered(
+    deliverer: Deliverer, tmp_path: Path
+) -> None:
+    """A 4xx from the provider, then its acceptance: two rows, each with the provider's name."""
+    (tmp_path / "notify.toml").write_text('[channels.email]\nbackoff_initial = "10ms"\njitter = false\n')
+    settings = replace(scripted_settings(tmp_path), config_path=tmp_path / "notify.toml")
+    fast = Deliverer(settings)
+    ScriptedProvider.raise_after_sending = TransientDeliveryError(
+        "451 later", channel="email", provider=ScriptedProvider.name, code="451"
+    )
+    delivery_id = queued(fast)
+    assert fast.attempt(delivery_id).status is AttemptStatus.RETRYING
+    ScriptedProvider.raise_after_sending = None
+    wait_for(lambda: bool(fast.store.release_due()), timeout=10, what="the retry to be due")
+    assert fast.attempt(delivery_id).status is AttemptStatus.SENT
+    tries = fast.store.attempts_of(delivery_id)
+    fast.close()
+
+    assert [(a.number, a.provider, a.outcome, a.code) for a in tries] == [
+        (1, "scripted", "retry", "451"),
+        (2, "scripted", "sent", None),
+    ]
 
 
 def test_the_heartbeat_survives_an_error_that_is_not_an_outage(
@@ -376,10 +402,10 @@ def test_an_outcome_the_store_refuses_outright_is_recorded_without_the_providers
     delivery_id = queued(deliverer)
     mark_sent = deliverer.store.mark_sent
 
-    def refuse_odd_ids(claim: Claim, provider_id: str | None) -> bool:
+    def refuse_odd_ids(claim: Claim, provider_id: str | None, *, provider: str | None = None) -> bool:
         if provider_id is not None:
             raise UnicodeEncodeError("utf-8", "x", 0, 1, "the driver says no")
-        return mark_sent(claim, provider_id)
+        return mark_sent(claim, provider_id, provider=provider)
 
     monkeypatch.setattr(deliverer.store, "mark_sent", refuse_odd_ids)
 
@@ -417,7 +443,7 @@ def test_an_attempt_that_raises_after_the_handover_ends_as_an_unknown_outcome(
     """The provider took it, and no outcome could be written at all: a dead letter, never a resend."""
     delivery_id = queued(deliverer)
 
-    def broken(*args: object) -> bool:
+    def broken(*args: object, **kwargs: object) -> bool:
         raise RuntimeError("a bug in the outcome write")
 
     monkeypatch.setattr(deliverer.store, "mark_sent", broken)

@@ -262,3 +262,51 @@ def test_upgrades_and_first_uses_at_once_end_with_one_schema_and_no_error(
     with engine.connect() as conn:
         assert conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all() == [REVISION]
     engine.dispose()
+
+
+def a_store_at(url: str, revision: str) -> None:
+    """The schema as `notify db upgrade` of an older release left it, at `revision`."""
+    from alembic import command
+
+    engine = create_engine(url, writer=True)
+    try:
+        with engine.begin() as conn:
+            config = migrate._config(url)
+            config.attributes["connection"] = conn
+            command.upgrade(config, revision)
+    finally:
+        engine.dispose()
+
+
+def test_a_store_at_0004_is_upgraded_and_its_live_deliveries_are_sent_with_attempt_rows(
+    old_store_env: dict[str, str],
+    store_url: str,
+    notifier: Callable[[], Notifier],
+    start_worker: Callable[..., Worker],
+    smtp_server: SmtpServer,
+) -> None:
+    a_store_at(store_url, "0004")
+    producer = notifier()
+    waiting = [
+        producer.send("welcome", {"email": f"u{i}@example.com"}, data={"name": "N"}).deliveries[0].id
+        for i in range(3)
+    ]
+    assert migrate.current(store_url) == (True, "0004")
+    assert producer.store.attempts_of(waiting[0]) == []  # a producer on 0004 reads no attempt rows
+
+    upgraded = notify_cli(old_store_env, REPO, "db", "upgrade")
+    assert (upgraded.returncode, upgraded.stdout) == (
+        0,
+        f"the store's schema: revision 0004 -> revision {REVISION}\n",
+    ), upgraded.stderr
+    start_worker("email").wait_ready()
+
+    wait_for(
+        lambda: all(producer.store.get(i).status == Status.SENT for i in waiting),  # type: ignore[union-attr]
+        timeout=60,
+        what="what the 0004 store held",
+    )
+    for delivery_id in waiting:
+        [row] = producer.store.attempts_of(delivery_id)
+        assert (row.number, row.provider, row.outcome) == (1, "smtp", "sent")
+    assert set(smtp_server.delivery_ids()) == set(waiting)

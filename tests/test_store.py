@@ -649,7 +649,8 @@ def test_a_claim_and_its_outcome_are_one_statement_each_on_postgresql(postgres_u
     assert store.beat(worker_id)
     assert store.mark_sent(claim, "p-1")
 
-    assert sent == ["UPDATE", "UPDATE", "UPDATE"]  # autocommitted: no BEGIN, no COMMIT round trips
+    # autocommitted: no BEGIN, no COMMIT round trips; the outcome writes its attempt row in a CTE
+    assert sent == ["UPDATE", "UPDATE", "WITH"]
     store.close()
 
 
@@ -684,6 +685,8 @@ def test_text_from_a_provider_is_stored_escaped_whatever_it_holds(
     delivery = store.get(delivery_id)
     assert delivery is not None
     assert (delivery.provider_id if outcome == "sent" else delivery.last_error) == stored
+    [attempt] = store.attempts_of(delivery_id)
+    assert attempt.reason == (None if outcome == "sent" else stored)
 
 
 def test_a_delivery_released_and_claimed_by_another_process_mid_release_keeps_its_claim(
@@ -744,3 +747,114 @@ def test_a_held_delivery_without_a_release_time_is_released(store: Store) -> Non
         conn.execute(sa.text("UPDATE notify_deliveries SET release_at = NULL WHERE id = :id"), {"id": held})
 
     assert [q.id for q in store.release_due()] == [held]
+
+
+# -- attempts: one row per try, written with its outcome -------------------------------
+
+
+def test_a_retry_then_a_send_leave_two_attempt_rows_with_their_providers_and_codes(store: Store) -> None:
+    [delivery_id] = record(store, new())
+    first = claimed(store, delivery_id)
+    assert store.mark_retrying(first, "451 try later", "451", utcnow(), provider="smtp")
+    assert [q.id for q in store.release_due()] == [delivery_id]
+    second = claimed(store, delivery_id)
+    assert store.mark_sent(second, "p-2", provider="smtp")
+
+    tries = store.attempts_of(delivery_id)
+
+    assert [(a.number, a.provider, a.outcome, a.code, a.reason) for a in tries] == [
+        (1, "smtp", "retry", "451", "451 try later"),
+        (2, "smtp", "sent", None, None),
+    ]
+    assert [a.started_at for a in tries] == [first.claimed_at, second.claimed_at]
+    assert all(a.took is not None and a.took >= 0 for a in tries)
+
+
+def test_a_claim_taken_over_writes_no_attempt_row(store: Store) -> None:
+    [delivery_id] = record(store, new())
+    first = worker(store)
+    stale = claimed(store, delivery_id, first)
+    declared_dead(store, first)
+    assert [q.id for q in store.reclaim_from_dead()] == [delivery_id]
+    current = claimed(store, delivery_id)
+
+    assert not store.mark_failed(stale, "550 gone", "550", provider="smtp")
+    assert not store.mark_retrying(stale, "451", "451", utcnow(), provider="smtp")
+    assert not store.mark_sent(stale, "p-stale", provider="smtp")
+    assert store.attempts_of(delivery_id) == []
+    assert store.mark_sent(current, "p-2", provider="smtp")
+    assert [(a.number, a.outcome) for a in store.attempts_of(delivery_id)] == [(2, "sent")]
+
+
+def test_an_uncounted_try_writes_no_attempt_row(store: Store) -> None:
+    [delivery_id] = record(store, new())
+    assert store.give_back(claimed(store, delivery_id), "cut off")
+    assert store.attempts_of(delivery_id) == []
+
+
+def test_the_sweeps_unknown_outcome_is_a_row_its_workers_late_answer_replaces(store: Store) -> None:
+    [delivery_id] = record(store, new())
+    first = worker(store)
+    handing = claimed(store, delivery_id, first)
+    assert store.handing_over(handing)
+    declared_dead(store, first)
+    assert store.end_unknown_from_dead() == [delivery_id]
+
+    [unknown] = store.attempts_of(delivery_id)
+    assert (unknown.number, unknown.provider, unknown.outcome, unknown.code) == (
+        1, None, "unknown", "outcome_unknown"
+    )  # fmt: skip
+    assert unknown.started_at == handing.claimed_at
+
+    assert store.mark_sent(handing, "late", provider="smtp")
+    [late] = store.attempts_of(delivery_id)
+    assert (late.number, late.provider, late.outcome, late.code, late.started_at) == (
+        1, "smtp", "sent", None, handing.claimed_at
+    )  # fmt: skip
+
+
+def test_a_heartbeats_unknown_outcome_is_an_attempt_row(store: Store) -> None:
+    [delivery_id] = record(store, new())
+    claim = claimed(store, delivery_id)
+    assert store.handing_over(claim)
+
+    assert store.abandon(delivery_id, claim.token, "the attempt raised KeyboardInterrupt", handed_over=True)
+
+    [row] = store.attempts_of(delivery_id)
+    assert (row.number, row.outcome, row.code, row.started_at) == (1, "unknown", "outcome_unknown", None)
+
+
+def test_a_replay_keeps_the_old_attempts_and_numbers_its_tries_on_from_them(store: Store) -> None:
+    [delivery_id] = record(store, new())
+    for _ in range(2):
+        claim = claimed(store, delivery_id)
+        assert store.mark_retrying(claim, "451", "451", utcnow(), provider="smtp")
+        store.release_due()
+    assert store.mark_failed(claimed(store, delivery_id), "550 gone", "550", provider="smtp")
+    assert [q.id for q in store.replay([delivery_id])] == [delivery_id]
+
+    again = claimed(store, delivery_id)
+    assert again.attempts == 1  # a fresh cycle for max_attempts
+    assert store.mark_sent(again, "p", provider="smtp")
+
+    tries = store.attempts_of(delivery_id)
+    assert [(a.number, a.outcome) for a in tries] == [(1, "retry"), (2, "retry"), (3, "failed"), (4, "sent")]
+
+
+def test_attempt_rows_go_with_their_delivery_when_purged(store: Store) -> None:
+    sent_id, failed_id = record(store, new(), new(address="bo@example.com"))
+    assert store.mark_sent(claimed(store, sent_id), "p", provider="smtp")
+    assert store.mark_failed(claimed(store, failed_id), "550 gone", "550", provider="smtp")
+
+    assert store.purge_finished(older_than=-60) == 1
+    assert store.attempts_of(sent_id) == []
+    assert len(store.attempts_of(failed_id)) == 1
+    assert store.purge_dead_letters() == 1
+    assert store.attempts_of(failed_id) == []
+
+
+def test_attempt_outcomes_are_the_metrics_words() -> None:
+    from notify.observability.metrics import AttemptOutcome
+    from notify.store import store as module
+
+    assert {module.SENT, module.RETRY, module.FAILED, module.UNKNOWN} <= {o.value for o in AttemptOutcome}

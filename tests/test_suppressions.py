@@ -328,9 +328,11 @@ def test_what_was_queued_or_scheduled_before_the_suppression_is_not_sent(
     producer.suppress("email", "ada@example.com", "bounced")
     worker = a_worker(producer.store)
 
-    assert producer.store.claim(queued, worker) == Refusal(status=Status.SUPPRESSED)
+    # ended: this claim found the address suppressed and recorded it (metrics count it once)
+    assert producer.store.claim(queued, worker) == Refusal(status=Status.SUPPRESSED, ended=True)
+    assert producer.store.claim(queued, worker) == Refusal(status=Status.SUPPRESSED, ended=False)
     wait_for(lambda: producer.store.release_due(), timeout=10, what="the send_at")
-    assert producer.store.claim(scheduled_id, worker) == Refusal(status=Status.SUPPRESSED)
+    assert producer.store.claim(scheduled_id, worker) == Refusal(status=Status.SUPPRESSED, ended=True)
     found = {producer.store.get(i).status for i in (queued, scheduled_id)}  # type: ignore[union-attr]
     assert found == {Status.SUPPRESSED}
 

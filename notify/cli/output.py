@@ -14,6 +14,7 @@ from notify.api import Notifier
 from notify.errors import NotifyError, ValidationError, one_line
 from notify.models import Delivery
 from notify.settings import get_settings
+from notify.store import AttemptRecord
 from notify.text import printable
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -177,6 +178,40 @@ def status_table(deliveries: Sequence[Delivery]) -> str:
             for d in deliveries
         ],
     )
+
+
+def attempts_table(tries: Sequence[AttemptRecord]) -> str:
+    """`notify status <delivery id>`, under the delivery: each try, what it came to and how long
+    it took from its claim."""
+    return table(
+        ["#", "provider", "outcome", "code", "error", "started", "ended", "took"],
+        [
+            (
+                a.number,
+                a.provider,
+                a.outcome,
+                a.code,
+                a.reason,
+                a.started_at.isoformat(timespec="seconds") if a.started_at else None,
+                a.ended_at.isoformat(timespec="seconds"),
+                f"{a.took:.3f}s" if a.took is not None else None,
+            )
+            for a in tries
+        ],
+    )
+
+
+def attempt_json(a: AttemptRecord) -> dict[str, Any]:
+    return {
+        "number": a.number,
+        "provider": a.provider,
+        "outcome": a.outcome,
+        "code": a.code,
+        "reason": a.reason,
+        "started_at": a.started_at.isoformat() if a.started_at else None,
+        "ended_at": a.ended_at.isoformat(),
+        "took": a.took,
+    }
 
 
 def parse_json(field: str, text: str) -> Any:

@@ -17,9 +17,11 @@ from typing import Any
 import click
 
 from notify import channels as registry
-from notify.api import BATCH_SIZE
+from notify.api import BATCH_SIZE, Notifier
 from notify.cli.output import (
     ChannelChoice,
+    attempt_json,
+    attempts_table,
     deliveries_table,
     delivery_json,
     json_object,
@@ -29,7 +31,7 @@ from notify.cli.output import (
     status_table,
 )
 from notify.errors import ConfigurationError, PartiallyRecorded, StoreUnavailable, ValidationError
-from notify.models import Intent, Priority, SendResult
+from notify.models import Delivery, Intent, Priority, SendResult
 from notify.text import printable
 
 PRIORITY = click.Choice([p.value for p in Priority])
@@ -104,8 +106,8 @@ def send(
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @reports_errors
 def status(notification_id: str, as_json: bool) -> None:
-    """Show the deliveries of a notification (or one delivery, by its id): each status, when its
-    next try is due and why."""
+    """Show the deliveries of a notification (or one delivery, by its id: with each of its tries,
+    its provider, outcome, code and error): each status, when its next try is due and why."""
     producer = notifier()
     try:
         found = producer.status(notification_id)
@@ -115,11 +117,23 @@ def status(notification_id: str, as_json: bool) -> None:
             raise ValidationError(
                 "ID", f"no notification or delivery {printable(notification_id)!r}"
             ) from None
-        found = [one]
+        _one_delivery(producer, one, as_json)
+        return
     if as_json:
         click.echo(json.dumps([delivery_json(d) for d in found]))
     else:
         click.echo(status_table(found))
+
+
+def _one_delivery(producer: Notifier, one: Delivery, as_json: bool) -> None:
+    """One delivery, and its tries under it (`attempt_history`: `attempts` is their count)."""
+    tries = producer.store.attempts_of(one.id)
+    if as_json:
+        click.echo(json.dumps([{**delivery_json(one), "attempt_history": [attempt_json(a) for a in tries]}]))
+        return
+    click.echo(status_table([one]))
+    click.echo()
+    click.echo(attempts_table(tries) if tries else "no attempt recorded yet")
 
 
 def _when(text: str | None) -> datetime | None:

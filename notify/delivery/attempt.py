@@ -430,7 +430,7 @@ class Deliverer:
             reason = f"{type(exc).__name__}: {exc}"
             unknown = OutcomeUnknownError(reason, channel=claim.channel, provider=CoreProvider.NOTIFY)
             return self._fail(claim, unknown)
-        sent = functools.partial(self.store.mark_sent, claim)
+        sent = functools.partial(self.store.mark_sent, claim, provider=provider.name)
         if not self._record(lambda: sent(receipt.provider_id), lambda: sent(None)):
             return self._lost(claim, AttemptStatus.SENT)
         log.info(
@@ -588,7 +588,7 @@ class Deliverer:
 
         def retrying(reason: str, code: str | None) -> bool:  # the store's time, read when it answers
             at = self.store.now() + timedelta(seconds=delay)
-            return self.store.mark_retrying(claim, reason, code, at)
+            return self.store.mark_retrying(claim, reason, code, at, provider=exc.provider)
 
         if not self._record(lambda: retrying(_reason(exc), exc.code), lambda: retrying(UNSTORED, None)):
             return self._lost(claim, AttemptStatus.RETRYING)
@@ -604,7 +604,7 @@ class Deliverer:
         return Outcome(AttemptStatus.RETRYING)
 
     def _fail(self, claim: Claim, exc: DeliveryError, note: str = "") -> Outcome:
-        failed = functools.partial(self.store.mark_failed, claim)
+        failed = functools.partial(self.store.mark_failed, claim, provider=exc.provider)
         code = CoreCode.OUTCOME_UNKNOWN if isinstance(exc, OutcomeUnknownError) else None
         # Suppressed before the failure is recorded: whoever sees `failed` and sends again finds
         # the address suppressed. The provider's word stands even if this claim turns out lost.

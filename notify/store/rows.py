@@ -53,6 +53,7 @@ class Claim:
     worker_id: str = ""  # the worker process that holds it
     notification_id: str = ""  # the send() it came from: named in the logs
     created_at: datetime | None = None  # when send() recorded it, by the store's clock
+    claimed_at: datetime | None = None  # when this claim was made, by the store's clock
 
 
 @dataclass(frozen=True)
@@ -121,3 +122,28 @@ class DeliveryRecord:
     handed_over_at: datetime | None
     sent_at: datetime | None
     failed_at: datetime | None
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """One try of a delivery and what it came to, as `notify_attempts` keeps it.
+
+    `number` counts over the delivery's whole history (a replay's tries go on
+    from the old ones); `outcome` is sent, retry, failed or unknown.
+    """
+
+    delivery_id: str
+    number: int
+    provider: str | None  # None: not known (an unknown outcome the sweep recorded)
+    outcome: str
+    code: str | None
+    reason: str | None
+    started_at: datetime | None  # its claim's time; None: not known
+    ended_at: datetime
+
+    @property
+    def took(self) -> float | None:
+        """Seconds from its claim to its outcome, if both are known."""
+        if self.started_at is None:
+            return None
+        return (self.ended_at - self.started_at).total_seconds()

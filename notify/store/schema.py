@@ -47,8 +47,9 @@ _ts = UTCDateTime()
 
 # The schema's revision (notify/store/migrations/versions): a store made here is made at it,
 # and one at an older revision is brought to it by `notify db upgrade`.
-REVISION = "0004"
+REVISION = "0005"
 SUPPRESSIONS_SINCE = "0003"  # a producer on an older schema records without the suppression list
+ATTEMPTS_SINCE = "0005"  # a producer's `notify status` on an older schema shows no attempt rows
 SCHEMA_LOCK = 0x6E6F74696679  # "notify": PostgreSQL's advisory lock for making or upgrading the schema
 VERSION_TABLE = "notify_schema_version"  # Alembic's version table, named apart from an app's own
 schema_version = sa.Table(
@@ -89,6 +90,9 @@ deliveries = sa.Table(
     sa.Column("priority", sa.String(16), nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    # tries made in attempt cycles before the last `dlq replay` (which sets `attempts` to 0): a
+    # try's number in `notify_attempts` is earlier_attempts + attempts, unique over its history
+    sa.Column("earlier_attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("dedup_key", sa.String(MAX_DEDUP_KEY)),
     sa.Column("duplicate_of", sa.String(36)),
     sa.Column("provider_id", sa.String(MAX_PROVIDER_ID)),
@@ -167,4 +171,23 @@ receipts = sa.Table(
     sa.Column("settled_at", _ts),
     sa.Column("effect", sa.String(16)),  # the status it gave its delivery; None: it changed nothing
     sa.Index("ix_notify_receipts_settled", "settled_at"),
+)
+
+# Attempts: one row per try whose outcome a worker (or the sweep) recorded, written in the same
+# transaction as that outcome and only by the claim that still owned it. `number` is the try's
+# number over the delivery's whole history: a `dlq replay` starts a new attempt cycle (attempts
+# 0 again) and keeps the rows before it, its tries numbered on from them (earlier_attempts).
+# A try that reached no provider and was uncounted (given back, or found suppressed at its
+# claim) has no row. No foreign key: a delivery's rows are deleted with it, by the store.
+attempts = sa.Table(
+    "notify_attempts",
+    metadata,
+    sa.Column("delivery_id", sa.String(MAX_ID), primary_key=True),
+    sa.Column("number", sa.Integer, primary_key=True),
+    sa.Column("provider", sa.String(32)),  # smtp, twilio, notify...; None: not known (the sweep's)
+    sa.Column("outcome", sa.String(16), nullable=False),  # AttemptOutcome: sent, retry, failed, unknown
+    sa.Column("code", sa.String(MAX_CODE)),
+    sa.Column("reason", sa.Text),
+    sa.Column("started_at", _ts),  # its claim's time; None: not known (ended by the heartbeat)
+    sa.Column("ended_at", _ts, nullable=False),
 )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -11,6 +13,7 @@ from notify.errors import CoreCode
 from notify.models import Status
 from notify.store.schema import (
     UTCDateTime,
+    attempts,
     dedup_claims,
     deliveries,
     notifications,
@@ -103,7 +106,15 @@ class Statements:
             .values(updated_at=_param("b_now", _UTC))
         )
         corrected = d.status == Status.FAILED  # an unknown outcome, replaced by what its worker learnt
-        self.sent = _outcome(
+        self.add_attempt = _attempt_upsert(
+            insert(attempts).values(
+                delivery_id=_param("b_id"),
+                number=_param("b_number"),
+                **{column: _param(name, t) for column, (name, t) in _ATTEMPT_VALUES.items()},
+            )
+        )
+        ending = functools.partial(_ending, insert)
+        self.sent = ending(
             status=Status.SENT,
             provider_id=_param("b_provider_id"),
             sent_at=_param("b_now", _UTC),
@@ -113,7 +124,7 @@ class Statements:
         )
         at = _param("b_at", _UTC)
         reason, code = _param("b_reason"), _param("b_code")
-        self.retrying = _outcome(
+        self.retrying = ending(
             status=Status.RETRYING,
             last_error=reason,
             error_code=code,
@@ -130,7 +141,7 @@ class Statements:
             next_attempt_at=_param("b_now", _UTC),
             release_at=_param("b_now", _UTC),
         )
-        self.unknown = _outcome(  # its claim's token kept: an answer that comes after all replaces it
+        self.unknown = ending(  # its claim's token kept: an answer that comes after all replaces it
             claim_token=_param("b_token"),
             status=Status.FAILED,
             last_error=reason,
@@ -144,7 +155,7 @@ class Statements:
         self.suppressed_in = sa.select(sa.literal(1)).where(
             suppressed(_param("b_channel"), _param("b_address"), _param("b_category"))
         )
-        self.failed = _outcome(
+        self.failed = ending(
             status=Status.FAILED,
             last_error=reason,
             error_code=code,
@@ -250,6 +261,66 @@ def worker_alive(worker: sa.ColumnElement[Any]) -> sa.Exists:
     """Whether `worker` (a column or a parameter) is registered and not declared dead."""
     w = workers.c
     return sa.exists(sa.select(w.id).where(w.id == worker, ~w.dead))
+
+
+# An attempt row's columns a try's outcome binds: (parameter, type) of each. Its delivery_id
+# is b_id; its number the delivery's earlier_attempts + attempts once the outcome is written.
+_ATTEMPT_VALUES: dict[str, tuple[str, sa.types.TypeEngine[Any]]] = {
+    "provider": ("b_provider", sa.String()),
+    "outcome": ("b_outcome", sa.String()),
+    "code": ("b_code", sa.String()),
+    "reason": ("b_reason", sa.String()),
+    "started_at": ("b_started_at", _UTC),
+    "ended_at": ("b_now", _UTC),
+}
+
+
+@dataclass(frozen=True)
+class Ending:
+    """A try's outcome, fenced by its claim, with the attempt row that records it.
+
+    `numbered` writes the outcome and returns the try's number, for SQLite to
+    write the row next in its transaction; `with_row` does both as one
+    statement with a data-modifying CTE (PostgreSQL: one round trip), the row
+    written only from what the fenced UPDATE returned, so a lost claim writes
+    none.
+    """
+
+    numbered: sa.UpdateBase
+    with_row: sa.Insert
+
+
+def _ending(insert: Callable[[sa.Table], Any], **values: Any) -> Ending:
+    d = deliveries.c
+    update = _outcome(**values)
+    number = (d.earlier_attempts + d.attempts).label("number")
+    done = update.returning(d.id.label("delivery_id"), number).cte("ended")
+    row = sa.select(
+        done.c.delivery_id,
+        done.c.number,
+        *[_param(name, t).label(column) for column, (name, t) in _ATTEMPT_VALUES.items()],
+    )
+    columns = ["delivery_id", "number", *_ATTEMPT_VALUES]
+    # Returning: psycopg's rowcount of this INSERT is -1, no answer to whether the fence matched.
+    with_row = _attempt_upsert(insert(attempts).from_select(columns, row)).returning(attempts.c.delivery_id)
+    return Ending(numbered=update.returning(number), with_row=with_row)
+
+
+def _attempt_upsert(stmt: Any) -> Any:
+    """An attempt row, replacing the row of the same try: an unknown outcome (the sweep's or the
+    heartbeat's) that its worker's late answer corrects, as it corrects the delivery."""
+    a = attempts.c
+    return stmt.on_conflict_do_update(
+        index_elements=["delivery_id", "number"],
+        set_={
+            "provider": sa.func.coalesce(stmt.excluded.provider, a.provider),
+            "outcome": stmt.excluded.outcome,
+            "code": stmt.excluded.code,
+            "reason": stmt.excluded.reason,
+            "started_at": sa.func.coalesce(stmt.excluded.started_at, a.started_at),
+            "ended_at": stmt.excluded.ended_at,
+        },
+    )
 
 
 def _outcome(**values: Any) -> sa.Update:

@@ -4,7 +4,8 @@ SQLAlchemy Core on SQLite (the default; WAL, one writer at a time) or
 PostgreSQL. Every state change is one conditional UPDATE, so concurrent
 workers and producers agree on who owns a delivery without locks held
 across provider calls; on PostgreSQL each runs autocommitted, one round
-trip (a send() too, as one INSERT with a CTE).
+trip (a send() too, as one INSERT with a CTE, and a try's outcome with its
+attempt row, as one UPDATE and INSERT with a CTE).
 
 A claim is a lease with a token: the worker that holds it renews it while
 it works (heartbeat), and only the holder of the current token can record
@@ -40,6 +41,7 @@ from notify.settings import mask_url
 from notify.store.clock import Clock, DatabaseClock
 from notify.store.engines import create_engine, unavailable, write_lock
 from notify.store.rows import (
+    AttemptRecord,
     Claim,
     DeliveryRecord,
     NewDelivery,
@@ -50,9 +52,11 @@ from notify.store.rows import (
     Refusal,
 )
 from notify.store.schema import (
+    ATTEMPTS_SINCE,
     REVISION,
     SCHEMA_LOCK,
     SUPPRESSIONS_SINCE,
+    attempts,
     dedup_claims,
     deliveries,
     metadata,
@@ -63,16 +67,20 @@ from notify.store.schema import (
     suppressions,
     workers,
 )
-from notify.store.statements import Statements, record_one_statement, suppressed, worker_alive
+from notify.store.statements import Ending, Statements, record_one_statement, suppressed, worker_alive
 from notify.store.text import storable
 
 log = logging.getLogger("notify.store")
 
+MAX_PROVIDER_NAME = 32  # an attempt row's provider (its column's size)
 REVISION_RECHECK = 10.0  # seconds: how often a producer on an older schema looks again
 BATCH = 500  # rows per maintenance statement: bounded transactions, bounded IN lists
 # PostgreSQL errors that say the store cannot take this now, not that the statement is wrong:
 # a read-only transaction (a failover's demoted primary), a server shutting down or starting.
 _PURGED = (Status.SENT, Status.DELIVERED, Status.UNDELIVERED, Status.DUPLICATE, Status.SUPPRESSED)
+# What a try came to, in an attempt row: notify.observability.metrics.AttemptOutcome's words
+# (the store sits below it). A try found suppressed, or given back, is uncounted: no row.
+SENT, RETRY, FAILED, UNKNOWN = "sent", "retry", "failed", "unknown"
 _UNAVAILABLE_STATES = frozenset({"25006", "57P01", "57P02", "57P03", "08000", "08003", "08006"})
 
 
@@ -266,6 +274,15 @@ class Store:
             self.revision = revision_of(conn)
         return self.revision is not None and self.revision >= SUPPRESSIONS_SINCE
 
+    def _has_attempts(self) -> bool:
+        """Whether the schema has attempt rows; read again each time while it has not (a
+        producer's store is upgraded under it by `notify db upgrade`, never by itself)."""
+        if self.schema_revision() is not None and str(self.revision) >= ATTEMPTS_SINCE:
+            return True
+        with self._guard(), self.engine.connect() as conn:
+            self.revision = revision_of(conn)
+        return self.revision is not None and self.revision >= ATTEMPTS_SINCE
+
     def _suppressed_among(
         self, conn: sa.Connection, entries: Collection[tuple[str, str, str]]
     ) -> set[tuple[str, str, str]]:
@@ -405,6 +422,7 @@ class Store:
             worker_id=worker_id,
             notification_id=row.notification_id,
             created_at=row.created_at,
+            claimed_at=params["b_now"],
         )
 
     def keep_queued(self, delivery_ids: Collection[str]) -> None:
@@ -426,23 +444,33 @@ class Store:
             done = conn.execute(self._sql.handing_over, {**params, "b_now": self.now()})
         return bool(done.rowcount)
 
-    def mark_sent(self, claim: Claim, provider_id: str | None) -> bool:
-        """Record that the provider accepted it; False if this claim was no longer current."""
-        return self._finish(self._sql.sent, claim, b_provider_id=storable(provider_id, MAX_PROVIDER_ID))
+    def mark_sent(self, claim: Claim, provider_id: str | None, *, provider: str | None = None) -> bool:
+        """Record that the provider accepted it (`provider`: its short name, for the attempt row);
+        False if this claim was no longer current."""
+        return self._finish(
+            self._sql.sent,
+            claim,
+            _attempt(provider, SENT, None, None),
+            b_provider_id=storable(provider_id, MAX_PROVIDER_ID),
+        )
 
     def mark_suppressed(self, claim: Claim) -> bool:
         """End a claim whose address was unsubscribed from its template's category since it was
         queued: nothing handed over, its try uncounted; False if this claim was no longer current."""
-        return self._finish(self._sql.suppressed, claim)
+        return self._finish(self._sql.suppressed, claim, None)  # no attempt row: an uncounted try
 
-    def mark_retrying(self, claim: Claim, reason: str, code: str | None, at: datetime) -> bool:
+    def mark_retrying(
+        self, claim: Claim, reason: str, code: str | None, at: datetime, *, provider: str | None = None
+    ) -> bool:
         """Record a failed try; the store holds the delivery until `at`, then releases it."""
-        text = {"b_reason": storable(reason, MAX_REASON), "b_code": storable(code, MAX_CODE)}
-        return self._finish(self._sql.retrying, claim, **text, b_at=at)
+        return self._finish(self._sql.retrying, claim, _attempt(provider, RETRY, reason, code), b_at=at)
 
-    def mark_failed(self, claim: Claim, reason: str, code: str | None) -> bool:
-        text = {"b_reason": storable(reason, MAX_REASON), "b_code": storable(code, MAX_CODE)}
-        return self._finish(self._sql.failed, claim, **text)
+    def mark_failed(
+        self, claim: Claim, reason: str, code: str | None, *, provider: str | None = None
+    ) -> bool:
+        """Record a try that failed for good (an unknown outcome if `code` says so)."""
+        outcome = UNKNOWN if code == CoreCode.OUTCOME_UNKNOWN else FAILED
+        return self._finish(self._sql.failed, claim, _attempt(provider, outcome, reason, code))
 
     def give_back(self, claim: Claim, reason: str) -> bool:
         """End a claim whose try never reached the provider: its try uncounted, released at once."""
@@ -451,11 +479,14 @@ class Store:
     def abandon(self, delivery_id: str, token: str, reason: str, *, handed_over: bool) -> bool:
         """End a claim its attempt left without an outcome: given back for another try if nothing
         was handed over, else failed with an unknown outcome (it may have been sent)."""
-        statement = self._sql.unknown if handed_over else self._sql.given_back
-        params = {"b_id": delivery_id, "b_token": token, "b_reason": storable(reason, MAX_REASON)}
-        with self._single() as conn:
-            done = conn.execute(statement, {**params, "b_now": self.now()})
-        return bool(done.rowcount)
+        params: dict[str, Any] = {"b_id": delivery_id, "b_token": token}
+        if not handed_over:  # uncounted: no attempt row
+            params["b_reason"] = storable(reason, MAX_REASON)
+            with self._single() as conn:
+                done = conn.execute(self._sql.given_back, {**params, "b_now": self.now()})
+            return bool(done.rowcount)
+        row = {**_attempt(None, UNKNOWN, reason, CoreCode.OUTCOME_UNKNOWN.value), "b_started_at": None}
+        return self._end(self._sql.unknown, {**params, **row})
 
     # -- workers' liveness (see notify.delivery.liveness) ----------------------------
 
@@ -507,12 +538,31 @@ class Store:
         with self._single() as conn:
             return int(conn.execute(workers.delete().where(w.dead, ~sa.exists(holding))).rowcount)
 
-    def _finish(self, statement: sa.Update, claim: Claim, **params: Any) -> bool:
-        """Record the outcome of a try and end its claim, only if the claim is still this one."""
+    def _finish(
+        self, statement: Ending | sa.Update, claim: Claim, row: dict[str, Any] | None, **params: Any
+    ) -> bool:
+        """Record the outcome of a try and end its claim, only if the claim is still this one;
+        with its attempt row (`row`'s values) unless the try goes uncounted."""
         params.update(b_id=claim.delivery_id, b_token=claim.token)
+        if isinstance(statement, Ending):
+            return self._end(statement, {**params, **(row or {}), "b_started_at": claim.claimed_at})
         with self._single() as conn:
             done = conn.execute(statement, {**params, "b_now": self.now()})
         return bool(done.rowcount)
+
+    def _end(self, ending: Ending, params: dict[str, Any]) -> bool:
+        """An outcome and its attempt row, written together only if the fence matched: one
+        statement on PostgreSQL, one transaction on SQLite."""
+        if self._one_statement is not None:
+            with self._single() as conn:
+                return conn.execute(ending.with_row, {**params, "b_now": self.now()}).first() is not None
+        with self._tx() as conn:
+            params["b_now"] = self.now()
+            number = conn.execute(ending.numbered, params).scalar()
+            if number is None:  # the claim was no longer this one: nothing recorded
+                return False
+            conn.execute(self._sql.add_attempt, {**params, "b_number": number})
+        return True
 
     # -- receipts (see notify.receipts) -----------------------------------------------
 
@@ -695,6 +745,10 @@ class Store:
             condition = sa.and_(d.status == Status.SENDING, _of_dead_worker(), d.handed_over_at.is_not(None))
             if channels is not None:
                 condition = sa.and_(condition, d.channel.in_(channels))
+            # When each was claimed (its updated_at while "sending"), read before it changes.
+            claimed = dict(conn.execute(sa.select(d.id, d.updated_at).where(condition)).all())
+            if not claimed:
+                return []
             ended = conn.execute(
                 deliveries.update()
                 .where(condition)
@@ -708,9 +762,18 @@ class Store:
                     worker_id=None,
                     handed_over_at=None,
                 )
-                .returning(d.id)
-            )
-            return list(ended.scalars().all())
+                .returning(d.id, (d.earlier_attempts + d.attempts).label("number"))
+            ).all()
+            # Their attempt rows, outcome unknown: the sweep does not know which provider was
+            # called (the worker that did is gone). A late answer from it replaces the row.
+            row = _attempt(None, UNKNOWN, reason, CoreCode.OUTCOME_UNKNOWN.value)
+            rows = [
+                {**row, "b_id": e.id, "b_number": e.number, "b_started_at": claimed.get(e.id), "b_now": now}
+                for e in ended
+            ]
+            if rows:
+                conn.execute(self._sql.add_attempt, rows)
+            return [e.id for e in ended]
 
     def queued_since(
         self,
@@ -770,12 +833,22 @@ class Store:
             now = self.now()
             cutoff = now - timedelta(seconds=older_than)
             removed = conn.execute(
-                deliveries.delete().where(d.status.in_(_PURGED), d.updated_at < cutoff)
-            ).rowcount
+                deliveries.delete().where(d.status.in_(_PURGED), d.updated_at < cutoff).returning(d.id)
+            )
+            ids = list(removed.scalars().all())
+            self._delete_attempts(conn, ids)
             conn.execute(receipts.delete().where(receipts.c.received_at < cutoff))
             conn.execute(dedup_claims.delete().where(dedup_claims.c.expires_at < now))
             self._delete_orphan_notifications(conn, created_before=cutoff)
-        return int(removed)
+        return len(ids)
+
+    def _delete_attempts(self, conn: sa.Connection, delivery_ids: list[str]) -> None:
+        """The attempt rows of deliveries just deleted (exactly those: no foreign key does it);
+        none on a schema older than ATTEMPTS_SINCE (`notify dlq purge` of a producer's store)."""
+        if not delivery_ids or not self._has_attempts():
+            return
+        for chunk in _chunks(delivery_ids):
+            conn.execute(attempts.delete().where(attempts.c.delivery_id.in_(chunk)))
 
     def _delete_orphan_notifications(self, conn: sa.Connection, *, created_before: datetime) -> None:
         d = deliveries.c
@@ -833,9 +906,15 @@ class Store:
             return list(conn.execute(query).scalars())
 
     def replay(self, ids: Sequence[str] | None) -> list[Queued]:
-        """Put failed deliveries (these, or all) back to "queued" for a fresh attempt cycle."""
+        """Put failed deliveries (these, or all) back to "queued" for a fresh attempt cycle.
+
+        Their attempt rows stay: they are history. The new cycle counts its
+        tries from 0 (`attempts`, which max_attempts bounds), and numbers them
+        on from the old ones (earlier_attempts + attempts): try 5 after four
+        failed ones, never a second try 1, so every row has one number.
+        """
         d = deliveries.c
-        fresh = {
+        fresh: dict[str, Any] = {
             "attempts": 0,
             "failed_at": None,
             "next_attempt_at": None,
@@ -845,6 +924,8 @@ class Store:
         }
         replayed: list[Queued] = []
         self.schema_revision()  # known: an older schema has no suppression list to consult
+        if self._has_attempts():  # a new attempt cycle: its tries numbered on from the old ones
+            fresh["earlier_attempts"] = d.earlier_attempts + d.attempts
         replayable = d.status == Status.FAILED
         if self._has_suppressions:
             replayable = sa.and_(replayable, ~suppressed(d.channel, d.address))
@@ -880,6 +961,7 @@ class Store:
             ids = list(removed.scalars().all())
             for chunk in _chunks(ids):
                 conn.execute(dedup_claims.delete().where(dedup_claims.c.delivery_id.in_(chunk)))
+            self._delete_attempts(conn, ids)
             self._delete_orphan_notifications(conn, created_before=self.now() + timedelta(days=1))
         return len(ids)
 
@@ -922,10 +1004,29 @@ class Store:
         query = _records().where(sa.or_(*found)).order_by(d.created_at.desc(), d.id).limit(limit)
         return [_record(row) for row in self._read(query, {})]
 
+    def attempts_of(self, delivery_id: str) -> list[AttemptRecord]:
+        """Every try recorded for `delivery_id`, first first (for `notify status` and the console);
+        none on a schema older than ATTEMPTS_SINCE (a producer's store is not upgraded by itself)."""
+        if not self._has_attempts():
+            return []
+        a = attempts.c
+        query = sa.select(attempts).where(a.delivery_id == delivery_id).order_by(a.number)
+        return [AttemptRecord(**row._mapping) for row in self._read(query, {})]
+
     def record(self, delivery_id: str) -> DeliveryRecord | None:
         """Delivery `delivery_id` with its notification's template, or None if the store has none."""
         rows = self._read(_records().where(deliveries.c.id == delivery_id), {})
         return _record(rows[0]) if rows else None
+
+
+def _attempt(provider: str | None, outcome: str, reason: str | None, code: str | None) -> dict[str, Any]:
+    """An attempt row's values, bound by name; its reason and code as the delivery keeps them."""
+    return {
+        "b_provider": storable(provider, MAX_PROVIDER_NAME),
+        "b_outcome": outcome,
+        "b_reason": storable(reason, MAX_REASON),
+        "b_code": storable(code, MAX_CODE),
+    }
 
 
 def _among(condition: sa.ColumnElement[bool], ids: list[str]) -> Callable[[datetime], sa.ColumnElement[bool]]:

@@ -23,7 +23,7 @@ from notify.broker.depths import queue_depths
 from notify.errors import NotifyError, StoreUnavailable, TemplateError
 from notify.models import Status
 from notify.settings import Settings, revealed
-from notify.store import DeliveryRecord, Store
+from notify.store import AttemptRecord, DeliveryRecord, Store
 from notify.text import printable
 from notify.web.console import previews
 from notify.web.console.guard import CSRF_FIELD, Guard, csrf_token, csrf_valid
@@ -66,6 +66,7 @@ class Console:
         )
         self.env.filters["shown"] = _shown
         self.env.filters["when"] = _when
+        self.env.filters["took"] = _took
 
     def mount(self) -> Mount:
         return Mount(
@@ -147,7 +148,9 @@ class Console:
         if found is None:
             return self.page("missing.html", status_code=404, what=f"no delivery {delivery_id}")
         receipts = await run_in_threadpool(self.store.receipts_of, delivery_id)
-        return self.page("delivery.html", d=found, receipts=receipts, timeline=_timeline(found, receipts))
+        tries = await run_in_threadpool(self.store.attempts_of, delivery_id)
+        timeline = _timeline(found, receipts, tries)
+        return self.page("delivery.html", d=found, receipts=receipts, attempts=tries, timeline=timeline)
 
     def _record(self, delivery_id: str) -> DeliveryRecord | None:
         if printable(delivery_id) != delivery_id:  # no id has a control character (PostgreSQL takes no NUL)
@@ -255,7 +258,9 @@ def _some(ids: list[str], line: str) -> list[str]:
     return lines
 
 
-def _timeline(d: DeliveryRecord, receipts: list[dict[str, Any]]) -> list[tuple[datetime, str]]:
+def _timeline(
+    d: DeliveryRecord, receipts: list[dict[str, Any]], tries: list[AttemptRecord]
+) -> list[tuple[datetime, str]]:
     """What happened to `d`, oldest first, from what the store keeps."""
     events: list[tuple[datetime | None, str]] = [
         (d.created_at, "recorded"),
@@ -270,11 +275,23 @@ def _timeline(d: DeliveryRecord, receipts: list[dict[str, Any]]) -> list[tuple[d
         )
         for r in receipts
     ]
+    events += [(a.started_at, f"try {a.number} claimed") for a in tries]
+    events += [(a.ended_at, _try_ended(a)) for a in tries]
     if d.next_attempt_at is not None:
         why = " ".join(x for x in (d.error_code, d.last_error) if x)
         events.append((d.next_attempt_at, "next attempt due" + (f", after: {why}" if why else "")))
     events.append((d.updated_at, f"last change: now {d.status}"))
     return sorted(((t, what) for t, what in events if t is not None), key=lambda e: e[0])
+
+
+def _try_ended(a: AttemptRecord) -> str:
+    by = f" ({a.provider})" if a.provider else ""
+    why = " ".join(x for x in (a.code, a.reason) if x)
+    return f"try {a.number}{by}: {a.outcome}" + (f": {why}" if why else "")
+
+
+def _took(seconds: float | None) -> str:
+    return "" if seconds is None else f"{seconds:.3f} s"
 
 
 async def _form(request: Request) -> list[tuple[str, str]]:
