@@ -36,6 +36,7 @@ T = TypeVar("T")
 
 MIB = 1024 * 1024
 SECRET_KEY_MIN = 32  # characters of NOTIFY_SECRET_KEY
+WEB_PASSWORD_MIN = 12  # characters of NOTIFY_WEB_PASSWORD: it is guessed over the network
 LOG_FORMATS = ("text", "json")
 # Celery broker URL schemes notify's routing knows how to configure; "sqlite"
 # selects the embedded broker (kombu's SQLAlchemy transport) at that path.
@@ -170,6 +171,11 @@ class Settings:
             raise ConfigurationError(
                 f"NOTIFY_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, not {self.log_format!r}",
                 setting="NOTIFY_LOG_FORMAT",
+            )
+        if self.web_password is not None and len(self.web_password.reveal()) < WEB_PASSWORD_MIN:
+            raise ConfigurationError(
+                f"NOTIFY_WEB_PASSWORD must be at least {WEB_PASSWORD_MIN} characters",
+                setting="NOTIFY_WEB_PASSWORD",
             )
         if self.secret_key is not None and len(self.secret_key.reveal()) < SECRET_KEY_MIN:
             raise ConfigurationError(

@@ -16,6 +16,7 @@ import requests
 
 from notify.api import Notifier
 from notify.cli.web import is_loopback
+from notify.errors import ConfigurationError
 from notify.models import Status
 from notify.settings import Secret, Settings
 from notify.web.console.guard import CSRF_LIFETIME, csrf_token, csrf_valid
@@ -356,3 +357,125 @@ def test_notify_web_names_a_notify_setting_nothing_reads_at_start(
         web.stop()
     assert "NOTIFY_WEB_PASWORD (did you mean NOTIFY_WEB_PASSWORD?)" in said
     assert "hunter2" not in said
+
+
+@pytest.mark.parametrize("store_kind", ["sqlite", "postgresql"])
+def test_a_delivery_retried_then_sent_shows_both_attempts_on_its_page_and_in_notify_status(
+    env: dict[str, str],
+    tmp_path: Path,
+    smtp_server: SmtpServer,
+    start_worker: Callable[..., Worker],
+    notifier: Callable[[], Notifier],
+    request: pytest.FixtureRequest,
+    store_kind: str,
+) -> None:
+    """A real worker (threads) whose SMTP server refuses the first try with 451, then accepts."""
+    import json
+
+    from tests.test_cli import REPO, notify_cli
+
+    if store_kind == "postgresql":
+        env["NOTIFY_DATABASE_URL"] = str(request.getfixturevalue("postgres_url"))
+    (tmp_path / "notify.toml").write_text('[channels.email]\nbackoff_initial = "200ms"\njitter = false\n')
+    env["NOTIFY_CONFIG"] = str(tmp_path / "notify.toml")
+    env["NOTIFY_WEB_PASSWORD"] = PASSWORD
+    web = Web(env, tmp_path / "web.log", web_env(env))
+    try:
+        smtp_server.fail_next(1, "451 4.3.0 <b>Try</b> again later")
+        start_worker("email", "-P", "threads", "-c", "2").wait_ready()
+        producer = notifier()
+        [delivery] = producer.send("welcome", {"email": SENT_TO}, data={"name": "G"}).deliveries
+        wait_for(
+            lambda: producer.store.get(delivery.id).status is Status.SENT,  # type: ignore[union-attr]
+            what="the email, sent on its second try",
+        )
+        web.wait_ready()
+
+        page = requests.get(f"{web.url}/console/deliveries/{delivery.id}", auth=AUTH, timeout=30).text
+        rows = re.findall(r'<table class="attempts">(.*?)</table>', page, re.S)
+        assert rows, page
+        cells = [
+            [re.sub(r"<[^>]+>", "", cell).strip() for cell in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
+            for row in re.findall(r"<tr>(.*?)</tr>", rows[0], re.S)[1:]
+        ]
+        assert [c[:4] for c in cells] == [["1", "smtp", "retry", "451"], ["2", "smtp", "sent", ""]], cells
+        assert cells[0][4] == "4.3.0 &lt;b&gt;Try&lt;/b&gt; again later"
+        assert all(c[5] and c[6] and c[7].endswith(" s") for c in cells)  # started, ended, took
+        assert "&lt;b&gt;Try&lt;/b&gt; again later" in rows[0] and "<b>Try" not in page
+        assert "try 1 (smtp): retry: 451" in page and "try 2 (smtp): sent" in page  # the timeline
+
+        shown = notify_cli(env, REPO, "status", delivery.id, "--json")
+        assert shown.returncode == 0, shown.stderr
+        [found] = json.loads(shown.stdout)
+        history = [(a["number"], a["provider"], a["outcome"], a["code"]) for a in found["attempt_history"]]
+        assert history == [(1, "smtp", "retry", "451"), (2, "smtp", "sent", None)]
+        assert found["attempts"] == 2
+        text = notify_cli(env, REPO, "status", delivery.id)
+        assert text.returncode == 0, text.stderr
+        assert "PROVIDER" in text.stdout and "retry" in text.stdout and "451" in text.stdout
+    finally:
+        web.stop()
+
+
+def test_without_a_password_the_console_answers_only_to_a_loopback_host(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """DNS rebinding: a page of another site whose name now points here is same-origin to the
+    browser; its Host header still names that site, and is refused. Forms from elsewhere too."""
+    port = web_env(env)
+    web = Web(env, tmp_path / "web.log", port).wait_ready()
+    try:
+        page = web.url + "/console/dead-letters"
+        assert requests.get(page, timeout=30).status_code == 200
+        assert requests.get(page, headers={"Host": f"localhost:{port}"}, timeout=30).status_code == 200
+        rebound = requests.get(page, headers={"Host": "rebind.attacker.example"}, timeout=30)
+        assert rebound.status_code == 403 and "loopback Host" in rebound.text
+        form = {
+            "csrf": csrf_token(Settings.from_env({"NOTIFY_SECRET_KEY": SECRET_KEY})),
+            "action": "replay-all",
+        }
+        for headers in ({"Origin": "http://attacker.example"}, {"Sec-Fetch-Site": "cross-site"}):
+            posted = requests.post(page, data=form, headers=headers, timeout=30, allow_redirects=False)
+            assert posted.status_code == 403, headers
+        ours = requests.post(page, data=form, headers={"Origin": web.url}, timeout=30, allow_redirects=False)
+        assert ours.status_code in (200, 303), ours.text
+    finally:
+        web.stop()
+
+
+def test_a_console_password_shorter_than_12_characters_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="NOTIFY_WEB_PASSWORD must be at least 12 characters"):
+        Settings.from_env({"NOTIFY_WEB_PASSWORD": "hunter2"})
+
+
+def test_a_broker_that_takes_the_connection_and_never_answers_holds_no_page_or_probe(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """Before: /healthz, /metrics and /console/ never answered (each holding a thread of the pool
+    that receipts and unsubscribe share). Now each gives up on the broker and says so."""
+    import socket
+    import threading
+
+    silent = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    threading.Thread(target=lambda: held.extend(iter(lambda: silent.accept()[0], None)), daemon=True).start()
+    port = web_env(env)
+    env["NOTIFY_BROKER_URL"] = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+    web = Web(env, tmp_path / "web.log", port)
+    try:
+        wait_for(lambda: _answers(web.url + "/healthz") == 503, what="/healthz to say the broker is away")
+        assert requests.get(web.url + "/healthz", timeout=30).json()["broker"] == "unavailable"
+        metrics = requests.get(web.url + "/metrics", timeout=30)
+        assert metrics.status_code == 200 and "notify_broker_up 0.0" in metrics.text
+        page = requests.get(web.url + "/console/", timeout=30)
+        assert page.status_code == 200 and "the broker does not answer" in page.text
+    finally:
+        web.stop()
+        silent.close()
+
+
+def _answers(url: str) -> int | None:
+    try:
+        return requests.get(url, timeout=30).status_code
+    except requests.ConnectionError:
+        return None

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("notify.web")
 
 MAX_BODY = 64 * 1024  # bytes: a receipt or a one-click POST is a few hundred
+BROKER_READ_TIMEOUT = 5.0  # seconds any one read of the broker (a probe, a scrape, a page) may take
 ONE_CLICK = ("List-Unsubscribe", "One-Click")
 _SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -79,7 +80,18 @@ class Web:
         """The Celery app /healthz reaches the broker with: built on first ask, then kept."""
         from notify.broker.routing import producer_app  # Celery: imported when first asked
 
-        return producer_app(self.settings)
+        app = producer_app(self.settings)
+        if not self.settings.uses_embedded_broker:
+            # Reads (a probe, a scrape, a page) must not hang on a broker that takes the connection
+            # and never answers: every socket operation gives up after BROKER_READ_TIMEOUT.
+            app.conf.broker_transport_options = {
+                **app.conf.broker_transport_options,
+                "socket_timeout": BROKER_READ_TIMEOUT,  # Redis
+                "socket_connect_timeout": BROKER_READ_TIMEOUT,
+                "read_timeout": BROKER_READ_TIMEOUT,  # py-amqp
+                "write_timeout": BROKER_READ_TIMEOUT,
+            }
+        return app
 
     def _broker_state(self) -> str:
         try:

@@ -20,6 +20,7 @@ queue already hands a high message to the next free slot first.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Sequence
@@ -142,37 +143,50 @@ class ExpressLane(ConsumerMixin):
 
 class TaskEvents:
     """The task events Celery's consumer sends for a task (with -E), sent for the lanes' messages:
-    without them Flower would never list a high-priority delivery. Each lane its own dispatcher."""
+    without them Flower would never list a high-priority delivery. Each lane its own dispatcher,
+    on a thread of its own: a broker that is slow to take an event never delays a delivery, and
+    what it cannot take is dropped (monitoring, not the record: the store has every outcome)."""
 
     def __init__(self, celery: Celery, hostname: str) -> None:
         self._connection = celery.connection_for_write()
         self._dispatcher = celery.events.Dispatcher(self._connection, hostname=hostname, enabled=True)
+        self._queue: queue.SimpleQueue[tuple[str, dict[str, Any]] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._send_all, name="notify-express-events", daemon=True)
+        self._thread.start()
 
     def received(self, headers: dict[str, Any]) -> None:
-        self._send(
-            "task-received",
-            uuid=headers.get("id"),
-            name=headers.get("shadow") or headers.get("task"),
-            args=headers.get("argsrepr"),
-            kwargs=headers.get("kwargsrepr"),
-            root_id=headers.get("root_id"),
-            parent_id=headers.get("parent_id"),
-            retries=headers.get("retries", 0),
-            eta=headers.get("eta"),
-            expires=headers.get("expires"),
+        self._queue.put(
+            (
+                "task-received",
+                {
+                    "uuid": headers.get("id"),
+                    "name": headers.get("shadow") or headers.get("task"),
+                    "args": headers.get("argsrepr"),
+                    "kwargs": headers.get("kwargsrepr"),
+                    "root_id": headers.get("root_id"),
+                    "parent_id": headers.get("parent_id"),
+                    "retries": headers.get("retries", 0),
+                    "eta": headers.get("eta"),
+                    "expires": headers.get("expires"),
+                },
+            )
         )
-        self._send("task-started", uuid=headers.get("id"))  # the dispatcher adds the pid
+        self._queue.put(("task-started", {"uuid": headers.get("id")}))  # the dispatcher adds the pid
 
     def succeeded(self, headers: dict[str, Any], runtime: float) -> None:
-        self._send("task-succeeded", uuid=headers.get("id"), result="None", runtime=runtime)
+        self._queue.put(("task-succeeded", {"uuid": headers.get("id"), "result": "None", "runtime": runtime}))
 
-    def _send(self, kind: str, **fields: Any) -> None:
-        try:
-            self._dispatcher.send(kind, **fields)
-        except Exception as exc:  # monitoring never stops a delivery
-            log.debug("express lane: the %s event was not sent: %s", kind, exc)
+    def _send_all(self) -> None:
+        while (event := self._queue.get()) is not None:
+            kind, fields = event
+            try:
+                self._dispatcher.send(kind, **fields)
+            except Exception as exc:  # monitoring never stops a delivery
+                log.debug("express lane: the %s event was not sent: %s", kind, exc)
 
     def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=5)
         self._dispatcher.close()
         self._connection.release()
 

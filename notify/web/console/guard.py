@@ -18,6 +18,7 @@ import binascii
 import hashlib
 import hmac
 import time
+from urllib.parse import urlsplit
 
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -39,7 +40,9 @@ HEADERS = {
     "X-Frame-Options": "DENY",
     "Cache-Control": "no-store",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # same-origin, not no-referrer: under no-referrer a browser posts the console's own forms with
+    # Origin: null, which cross_site could not tell from another site's.
+    "Referrer-Policy": "same-origin",
 }
 
 
@@ -56,8 +59,38 @@ def authorised(settings: Settings, header: str | None) -> bool:
         return False
     user, colon, password = decoded.partition(b":")
     good_user = hmac.compare_digest(user, USER.encode())
-    good_password = hmac.compare_digest(password, settings.web_password.reveal().encode())
-    return bool(colon) and good_user and good_password
+    # Digests of equal length: compare_digest on the raw bytes would tell the password's length.
+    given, expected = (
+        hashlib.sha256(v).digest() for v in (password, settings.web_password.reveal().encode())
+    )
+    return bool(colon) and good_user and hmac.compare_digest(given, expected)
+
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def cross_site(settings: Settings, scope: Scope) -> str | None:
+    """Why a request must be refused as another site's, or None.
+
+    Without a password the console trusts whoever reaches loopback, so a Host
+    naming anything else is a page of another site whose name was pointed at
+    this machine (DNS rebinding): refused. A form posted from another origin
+    (its Origin, or the browser's Sec-Fetch-Site) is refused with or without one.
+    """
+    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+    host = headers.get("host", "")
+    if settings.web_password is None:
+        name = (urlsplit(f"//{host}").hostname or "") if host.isascii() else ""
+        if not (name in LOOPBACK_NAMES or name.startswith("127.")):
+            return "the console without a password answers only to a loopback Host"
+    if scope["method"] not in ("GET", "HEAD", "OPTIONS"):
+        if headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+            return "a form posted from another site"
+        origin = headers.get("origin")
+        ours = {host, urlsplit(settings.public_url or "").netloc}  # behind a proxy: its public name
+        if origin not in (None, "null") and urlsplit(origin).netloc not in ours:
+            return "a form posted from another origin"
+    return None
 
 
 def csrf_token(settings: Settings, now: float | None = None) -> str:
@@ -108,11 +141,30 @@ class Guard:
                     headers[name] = value
             await send(message)
 
+        refused = cross_site(self.settings, scope)
+        if refused is not None:
+            await _forbid(sending, refused)
+            return
         header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
         if authorised(self.settings, header or None):
             await self.app(scope, receive, sending)
             return
         await _refuse(sending)
+
+
+async def _forbid(send: Send, why: str) -> None:
+    body = f"refused: {why}\n".encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 403,
+            "headers": [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _refuse(send: Send) -> None:
