@@ -35,6 +35,13 @@ from notify.models import Delivery, Intent, Priority, SendResult
 from notify.text import printable
 
 PRIORITY = click.Choice([p.value for p in Priority])
+CHANNELS = click.option(
+    "--channel",
+    "channels",
+    type=ChannelChoice(),
+    multiple=True,
+    help="Repeat for several; default: all that apply.",
+)
 
 
 def address_options(command: Callable[..., None]) -> Callable[..., None]:
@@ -58,13 +65,7 @@ def address_options(command: Callable[..., None]) -> Callable[..., None]:
 @click.argument("template")
 @address_options
 @click.option("--data", default="{}", help="JSON object of template variables; @FILE reads it from FILE.")
-@click.option(
-    "--channel",
-    "channels",
-    type=ChannelChoice(),
-    multiple=True,
-    help="Repeat for several; default: all that apply.",
-)
+@CHANNELS
 @click.option("--priority", type=PRIORITY, default="normal", show_default=True)
 @click.option("--dedup-key")
 @click.option("--send-at", help="ISO 8601 time with a zone, e.g. 2026-12-01T09:00:00+01:00.")
@@ -155,13 +156,7 @@ def _when(text: str | None) -> datetime | None:
     show_default=True,
     help="For rows that do not set their own.",
 )
-@click.option(
-    "--channel",
-    "channels",
-    type=ChannelChoice(),
-    multiple=True,
-    help="Repeat for several; default: all that apply.",
-)
+@CHANNELS
 @click.option("--dedup-key-column", help="The column (or JSON field) holding each row's dedup key.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=BATCH_SIZE, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output: one result per row.")

@@ -14,13 +14,12 @@ from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from notify import unsubscribe
 from notify.errors import NotifyError, StoreUnavailable
@@ -30,6 +29,7 @@ from notify.receipts import twilio as twilio_receipts
 from notify.settings import Settings, load_status_hook, revealed
 from notify.store import Store
 from notify.web.console import Console
+from notify.web.headers import headers_added
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -190,14 +190,7 @@ class _SecurityHeaders:
             await self.app(scope, receive, send)
             return
 
-        async def sending(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                for name, value in _SECURITY_HEADERS.items():
-                    headers.setdefault(name, value)
-            await send(message)
-
-        await self.app(scope, receive, sending)
+        await self.app(scope, receive, headers_added(send, _SECURITY_HEADERS, replace=False))
 
 
 def create_app(settings: Settings) -> Starlette:

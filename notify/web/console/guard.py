@@ -20,10 +20,10 @@ import hmac
 import time
 from urllib.parse import urlsplit
 
-from starlette.datastructures import MutableHeaders
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from notify.settings import Secret, Settings, revealed
+from notify.web.headers import headers_added
 
 USER = "admin"
 CSRF_LIFETIME = 8 * 3600  # seconds: a working day with the page left open
@@ -134,13 +134,7 @@ class Guard:
             await self.app(scope, receive, send)
             return
 
-        async def sending(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                for name, value in HEADERS.items():
-                    headers[name] = value
-            await send(message)
-
+        sending = headers_added(send, HEADERS, replace=True)
         refused = cross_site(self.settings, scope)
         if refused is not None:
             await _forbid(sending, refused)
